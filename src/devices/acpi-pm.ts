@@ -1,0 +1,136 @@
+// The ACPI fixed-hardware power management block: PM1a event block (status and enable),
+// PM1a control block (SCI_EN, SLP_TYP, SLP_EN) and the PM timer, laid out contiguously as on
+// QEMU's PIIX4 (events at +0, control at +4, timer at +8). The FADT names these ports and the
+// DSDT's \_S5 package names the sleep type that means "soft off"; writing that type with
+// SLP_EN powers the machine off. The power button is the fixed-feature one: pressing it sets
+// PWRBTN_STS and raises the SCI when the guest enabled it.
+import { IrqTrigger } from './irq.js';
+
+export const PM1_EVT_OFFSET = 0;
+export const PM1_STS_OFFSET = 0;
+export const PM1_EN_OFFSET = 2;
+export const PM1_CNT_OFFSET = 4;
+export const PM_TMR_OFFSET = 8;
+export const PM_BLOCK_LENGTH = 12;
+
+export const PM1_STS_TMR = 0x0001;
+export const PM1_STS_PWRBTN = 0x0100;
+export const PM1_STS_WAK = 0x8000;
+export const PM1_CNT_SCI_EN = 0x0001;
+export const PM1_CNT_SLP_EN = 0x2000;
+export const PM1_CNT_SLP_TYP_SHIFT = 10;
+export const PM1_CNT_SLP_TYP_MASK = 0x1c00;
+
+/** The ACPI PM timer ticks at the frequency of the old PC's colour-burst crystal divided by 4. */
+export const PM_TIMER_HZ = 3_579_545;
+
+export interface AcpiPmOptions {
+  /** SLP_TYP value of \_S5 in the DSDT. */
+  s5SleepType: number;
+  /** The guest entered S5 (soft off). */
+  powerOff: () => void;
+  /** SCI output (ISA IRQ 9 on a PC, level triggered). */
+  sci: IrqTrigger;
+  /** 32-bit PM timer when the FADT sets TMR_VAL_EXT, else 24-bit. */
+  timer32?: boolean;
+  /** Monotonic clock in ms, for the PM timer (tests inject one). */
+  now?: () => number;
+}
+
+export class AcpiPmBlock {
+  private status = 0;
+  private enable = 0;
+  private control = 0;
+  private sciLevel = false;
+  private readonly timerMask: number;
+  private readonly now: () => number;
+
+  constructor(private readonly options: AcpiPmOptions) {
+    this.timerMask = options.timer32 ? 0xffffffff : 0xffffff;
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  reset(): void {
+    this.status = 0;
+    this.enable = 0;
+    this.control = 0;
+    this.updateSci();
+  }
+
+  /** Press the power button (QMP system_powerdown). */
+  pressPowerButton(): void {
+    this.status |= PM1_STS_PWRBTN;
+    this.updateSci();
+  }
+
+  private updateSci(): void {
+    const level = (this.control & PM1_CNT_SCI_EN) !== 0 && (this.status & this.enable) !== 0;
+    if (level !== this.sciLevel) {
+      this.sciLevel = level;
+      this.options.sci(level);
+    }
+  }
+
+  private timerValue(): number {
+    const ticks = Math.floor((this.now() * PM_TIMER_HZ) / 1000);
+    return ticks % (this.timerMask + 1);
+  }
+
+  /** The block as 16-bit registers (byte and dword accesses are split or merged here). */
+  private readByte(offset: number): number {
+    const reg = (value: number, shift: number): number => (value >>> shift) & 0xff;
+    switch (offset) {
+      case 0: return reg(this.status, 0);
+      case 1: return reg(this.status, 8);
+      case 2: return reg(this.enable, 0);
+      case 3: return reg(this.enable, 8);
+      case 4: return reg(this.control & ~PM1_CNT_SLP_EN, 0); // SLP_EN is write-only
+      case 5: return reg(this.control & ~PM1_CNT_SLP_EN, 8);
+      default:
+        if (offset >= PM_TMR_OFFSET && offset < PM_TMR_OFFSET + 4) return reg(this.timerValue(), (offset - PM_TMR_OFFSET) * 8);
+        return 0;
+    }
+  }
+
+  read(offset: bigint | number, data: Uint8Array): void {
+    const base = Number(offset);
+    if (base === PM_TMR_OFFSET && data.length === 4) {
+      // One timer sample for the whole dword, so its bytes are consistent.
+      new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.timerValue(), true);
+      return;
+    }
+    for (let i = 0; i < data.length; i++) data[i] = this.readByte(base + i);
+  }
+
+  write(offset: bigint | number, data: Uint8Array): void {
+    const base = Number(offset);
+    // Gather the written bytes into the 16-bit registers they touch, then apply each once:
+    // SLP_TYP and SLP_EN must be seen together when the guest writes PM1_CNT as a word.
+    let sts = 0;
+    let stsTouched = false;
+    let en = this.enable;
+    let enTouched = false;
+    let cnt = this.control;
+    let cntTouched = false;
+    for (let i = 0; i < data.length; i++) {
+      const off = base + i;
+      const byte = data[i]!;
+      const shift = (off & 1) * 8;
+      if (off < 2) { sts |= byte << shift; stsTouched = true; }
+      else if (off < 4) { en = (en & ~(0xff << shift)) | (byte << shift); enTouched = true; }
+      else if (off < 6) { cnt = (cnt & ~(0xff << shift)) | (byte << shift); cntTouched = true; }
+    }
+    if (stsTouched) this.status &= ~sts; // status bits are write-one-to-clear
+    if (enTouched) this.enable = en & 0xffff;
+    if (cntTouched) {
+      this.control = cnt & 0xffff & ~PM1_CNT_SLP_EN;
+      if (cnt & PM1_CNT_SLP_EN) {
+        const type = (cnt & PM1_CNT_SLP_TYP_MASK) >> PM1_CNT_SLP_TYP_SHIFT;
+        if (type === this.options.s5SleepType) this.options.powerOff();
+        // Other sleep states (S1-S4) are not offered in the DSDT; a guest asking for one anyway
+        // just continues, as real chipsets ignore undefined sleep types.
+      }
+    }
+    this.updateSci();
+  }
+}

@@ -1,0 +1,239 @@
+// MC146818 real-time clock and CMOS memory (ports 0x70 index, 0x71 data).
+//
+// The clock is the host's wall clock plus an offset the guest changes by writing the time
+// registers, so it keeps running while the guest is paused or the VMM is busy, like the
+// battery-backed chip. Firmware-style CMOS bytes (memory sizes, CPU count) are filled by the
+// machine through `setMemorySize`/`setCmos`.
+
+export const RTC_SECONDS = 0x00;
+export const RTC_SECONDS_ALARM = 0x01;
+export const RTC_MINUTES = 0x02;
+export const RTC_MINUTES_ALARM = 0x03;
+export const RTC_HOURS = 0x04;
+export const RTC_HOURS_ALARM = 0x05;
+export const RTC_DAY_OF_WEEK = 0x06;
+export const RTC_DAY_OF_MONTH = 0x07;
+export const RTC_MONTH = 0x08;
+export const RTC_YEAR = 0x09;
+export const RTC_REG_A = 0x0a;
+export const RTC_REG_B = 0x0b;
+export const RTC_REG_C = 0x0c;
+export const RTC_REG_D = 0x0d;
+export const RTC_CENTURY = 0x32;
+
+export const REG_A_UIP = 0x80;
+export const REG_B_SET = 0x80;
+export const REG_B_DM_BINARY = 0x04;
+export const REG_B_24H = 0x02;
+export const REG_D_VRT = 0x80;
+const HOUR_PM = 0x80;
+
+// CMOS memory-size bytes, as PC firmware and Linux's early code read them.
+export const CMOS_BASE_MEM_LO = 0x15; // KiB below 1 MiB (640)
+export const CMOS_EXT_MEM_LO = 0x17; // KiB from 1 MiB to 64 MiB
+export const CMOS_EXT_MEM2_LO = 0x30; // same, second copy
+export const CMOS_MEM_ABOVE_16M_LO = 0x34; // 64 KiB units from 16 MiB to 4 GiB
+export const CMOS_MEM_ABOVE_4G = 0x5b; // 64 KiB units above 4 GiB, 3 bytes
+export const CMOS_CPU_COUNT = 0x5f; // CPUs minus one
+
+/**
+ * The update cycle takes 244 us before each second boundary; UIP reads 1 during it so that a
+ * guest that waits for UIP=0 then reads the time never sees a half-updated value.
+ */
+const UPDATE_CYCLE_MS = 0.244;
+
+/** Milliseconds since the Unix epoch, fractional. */
+export type WallClock = () => number;
+const hostClock: WallClock = () => performance.timeOrigin + performance.now();
+
+const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | (v % 10);
+const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
+
+export class Mc146818Rtc {
+  private readonly cmos = new Uint8Array(128);
+  private index = 0;
+  /** Guest time minus host time, in ms. */
+  private offsetMs = 0;
+  /** While SET is held the time registers are frozen at this instant (ms since epoch). */
+  private frozenAt: number | null = null;
+
+  constructor(private readonly now: WallClock = hostClock) {
+    this.reset();
+  }
+
+  /** Power-on defaults: 24-hour BCD mode, 32.768 kHz divider, valid RAM. */
+  reset(): void {
+    this.cmos[RTC_REG_A] = 0x26;
+    this.cmos[RTC_REG_B] = REG_B_24H;
+    this.cmos[RTC_REG_C] = 0;
+    this.cmos[RTC_REG_D] = REG_D_VRT;
+    this.frozenAt = null;
+  }
+
+  /** Write the memory-size bytes for `bytes` of guest RAM (low and high RAM summed). */
+  setMemorySize(belowFourGiB: number, aboveFourGiB: number): void {
+    const KiB = 1024;
+    const MiB = 1024 * KiB;
+    this.setWord(CMOS_BASE_MEM_LO, 640);
+    const ext = Math.min(Math.max(belowFourGiB - MiB, 0) / KiB, 0xffff);
+    this.setWord(CMOS_EXT_MEM_LO, ext);
+    this.setWord(CMOS_EXT_MEM2_LO, ext);
+    const above16 = Math.min(Math.max(belowFourGiB - 16 * MiB, 0) / (64 * KiB), 0xffff);
+    this.setWord(CMOS_MEM_ABOVE_16M_LO, above16);
+    const above4g = Math.floor(aboveFourGiB / (64 * KiB));
+    this.cmos[CMOS_MEM_ABOVE_4G] = above4g & 0xff;
+    this.cmos[CMOS_MEM_ABOVE_4G + 1] = (above4g >> 8) & 0xff;
+    this.cmos[CMOS_MEM_ABOVE_4G + 2] = (above4g >> 16) & 0xff;
+  }
+
+  setCpuCount(cpus: number): void {
+    this.cmos[CMOS_CPU_COUNT] = (cpus - 1) & 0xff;
+  }
+
+  /** Raw CMOS byte (no clock semantics), for firmware-style values. */
+  getCmos(index: number): number {
+    return this.cmos[index & 0x7f]!;
+  }
+
+  setCmos(index: number, value: number): void {
+    this.cmos[index & 0x7f] = value & 0xff;
+  }
+
+  private setWord(index: number, value: number): void {
+    const v = Math.floor(value);
+    this.cmos[index] = v & 0xff;
+    this.cmos[index + 1] = (v >> 8) & 0xff;
+  }
+
+  private guestNow(): number {
+    return this.frozenAt ?? this.now() + this.offsetMs;
+  }
+
+  private binary(): boolean {
+    return (this.cmos[RTC_REG_B]! & REG_B_DM_BINARY) !== 0;
+  }
+
+  private encode(v: number): number {
+    return this.binary() ? v : toBcd(v);
+  }
+
+  private decode(v: number): number {
+    return this.binary() ? v : fromBcd(v);
+  }
+
+  private encodeHour(hour: number): number {
+    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.encode(hour);
+    const h12 = hour % 12 === 0 ? 12 : hour % 12;
+    return this.encode(h12) | (hour >= 12 ? HOUR_PM : 0);
+  }
+
+  private decodeHour(v: number): number {
+    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.decode(v);
+    const h12 = this.decode(v & 0x7f) % 12;
+    return v & HOUR_PM ? h12 + 12 : h12;
+  }
+
+  private clockRegister(reg: number): number {
+    const d = new Date(this.guestNow());
+    switch (reg) {
+      case RTC_SECONDS: return this.encode(d.getUTCSeconds());
+      case RTC_MINUTES: return this.encode(d.getUTCMinutes());
+      case RTC_HOURS: return this.encodeHour(d.getUTCHours());
+      case RTC_DAY_OF_WEEK: return this.encode(d.getUTCDay() + 1);
+      case RTC_DAY_OF_MONTH: return this.encode(d.getUTCDate());
+      case RTC_MONTH: return this.encode(d.getUTCMonth() + 1);
+      case RTC_YEAR: return this.encode(d.getUTCFullYear() % 100);
+      case RTC_CENTURY: return this.encode(Math.floor(d.getUTCFullYear() / 100));
+      default: return 0;
+    }
+  }
+
+  private setClockRegister(reg: number, value: number): void {
+    const d = new Date(this.guestNow());
+    switch (reg) {
+      case RTC_SECONDS: d.setUTCSeconds(this.decode(value)); break;
+      case RTC_MINUTES: d.setUTCMinutes(this.decode(value)); break;
+      case RTC_HOURS: d.setUTCHours(this.decodeHour(value)); break;
+      case RTC_DAY_OF_WEEK: return; // derived from the date
+      case RTC_DAY_OF_MONTH: d.setUTCDate(this.decode(value)); break;
+      case RTC_MONTH: d.setUTCMonth(this.decode(value) - 1); break;
+      case RTC_YEAR: {
+        const century = Math.floor(d.getUTCFullYear() / 100);
+        d.setUTCFullYear(century * 100 + this.decode(value));
+        break;
+      }
+      case RTC_CENTURY: d.setUTCFullYear(this.decode(value) * 100 + (d.getUTCFullYear() % 100)); break;
+      default: return;
+    }
+    const t = d.getTime();
+    if (this.frozenAt !== null) this.frozenAt = t;
+    else this.offsetMs = t - this.now();
+  }
+
+  private isClockRegister(reg: number): boolean {
+    return reg <= RTC_YEAR && reg !== RTC_SECONDS_ALARM && reg !== RTC_MINUTES_ALARM && reg !== RTC_HOURS_ALARM
+      || reg === RTC_CENTURY;
+  }
+
+  /** Read CMOS register `reg` (what a guest gets from port 0x71 after selecting it). */
+  readRegister(reg: number): number {
+    reg &= 0x7f;
+    if (this.isClockRegister(reg)) return this.clockRegister(reg);
+    if (reg === RTC_REG_A) {
+      const t = this.guestNow();
+      const intoSecond = ((t % 1000) + 1000) % 1000;
+      const updating = this.frozenAt === null && intoSecond >= 1000 - UPDATE_CYCLE_MS;
+      return (this.cmos[RTC_REG_A]! & 0x7f) | (updating ? REG_A_UIP : 0);
+    }
+    if (reg === RTC_REG_C) {
+      // Interrupt flags clear on read; no RTC interrupt sources are raised (see design).
+      const v = this.cmos[RTC_REG_C]!;
+      this.cmos[RTC_REG_C] = 0;
+      return v;
+    }
+    return this.cmos[reg]!;
+  }
+
+  writeRegister(reg: number, value: number): void {
+    reg &= 0x7f;
+    value &= 0xff;
+    if (this.isClockRegister(reg)) {
+      this.setClockRegister(reg, value);
+      return;
+    }
+    switch (reg) {
+      case RTC_REG_A:
+        this.cmos[RTC_REG_A] = value & 0x7f; // UIP is read-only
+        return;
+      case RTC_REG_B: {
+        const wasSet = (this.cmos[RTC_REG_B]! & REG_B_SET) !== 0;
+        const set = (value & REG_B_SET) !== 0;
+        if (!wasSet && set) this.frozenAt = this.guestNow();
+        if (wasSet && !set && this.frozenAt !== null) {
+          // Leaving SET starts the clock from what the guest wrote.
+          this.offsetMs = this.frozenAt - this.now();
+          this.frozenAt = null;
+        }
+        this.cmos[RTC_REG_B] = value;
+        return;
+      }
+      case RTC_REG_C:
+      case RTC_REG_D:
+        return; // read-only
+      default:
+        this.cmos[reg] = value;
+    }
+  }
+
+  /** Port access: offset 0 is the index port (bit 7 is the NMI mask), offset 1 the data port. */
+  read(offset: bigint | number, data: Uint8Array): void {
+    data.fill(0);
+    data[0] = Number(offset) === 0 ? this.index : this.readRegister(this.index);
+  }
+
+  write(offset: bigint | number, data: Uint8Array): void {
+    const value = data[0] ?? 0;
+    if (Number(offset) === 0) this.index = value & 0x7f;
+    else this.writeRegister(this.index, value);
+  }
+}
