@@ -1,0 +1,378 @@
+// Loads a Linux kernel (bzImage or ELF vmlinux) and its initrd into guest memory, fills the
+// boot_params "zero page" and returns the 64-bit boot CPU state, following the x86 Linux
+// boot protocol (64-bit entry: paging on, identity-mapped, RSI = boot_params).
+import { GuestMemory } from '../../memory/guest-memory.js';
+import { BootRegs, BootSregs, bootRegs, setupLongMode } from './boot-state.js';
+import {
+  CMDLINE_MAX_SIZE, CMDLINE_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
+} from './layout.js';
+
+export interface LoadLinuxOptions {
+  kernel: Uint8Array;
+  initrd?: Uint8Array;
+  cmdline: string;
+  memorySize: bigint;
+  /** Guest address of the ACPI RSDP; passed in boot_params so Linux need not scan for it. */
+  rsdpAddress?: bigint;
+}
+
+export interface LoadedLinux {
+  /** Guest-physical address of the 64-bit entry point. */
+  entry: bigint;
+  /** Guest-physical address of boot_params (also in regs.rsi). */
+  bootParams: bigint;
+  regs: BootRegs;
+  sregs: BootSregs;
+  kind: 'bzImage' | 'elf';
+  /** Where the kernel landed: [start, end) of the loaded image. */
+  kernelStart: bigint;
+  kernelEnd: bigint;
+  /** Where the initrd landed, if any. */
+  initrd?: { address: bigint; size: bigint };
+}
+
+/** A kernel or initrd the loader cannot use; the message names the problem in one line. */
+export class KernelLoadError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KernelLoadError';
+  }
+}
+
+// ---- boot_params (zero page) offsets, from the boot protocol's zero-page layout ----------
+const BP_ACPI_RSDP_ADDR = 0x070;
+const BP_EXT_RAMDISK_IMAGE = 0x0c0;
+const BP_EXT_RAMDISK_SIZE = 0x0c4;
+const BP_EXT_CMD_LINE_PTR = 0x0c8;
+const BP_E820_ENTRIES = 0x1e8;
+const BP_SETUP_HEADER = 0x1f1;
+const BP_E820_TABLE = 0x2d0;
+const BP_E820_MAX_ENTRIES = 128;
+const BOOT_PARAMS_SIZE = 4096;
+
+// ---- setup header offsets (relative to the start of the bzImage / boot_params) ----------
+const HDR_SETUP_SECTS = 0x1f1;
+const HDR_VID_MODE = 0x1fa;
+const HDR_BOOT_FLAG = 0x1fe;
+const HDR_JUMP = 0x200;
+const HDR_MAGIC = 0x202;
+const HDR_VERSION = 0x206;
+const HDR_TYPE_OF_LOADER = 0x210;
+const HDR_LOADFLAGS = 0x211;
+const HDR_CODE32_START = 0x214;
+const HDR_RAMDISK_IMAGE = 0x218;
+const HDR_RAMDISK_SIZE = 0x21c;
+const HDR_CMD_LINE_PTR = 0x228;
+const HDR_INITRD_ADDR_MAX = 0x22c;
+const HDR_KERNEL_ALIGNMENT = 0x230;
+const HDR_RELOCATABLE = 0x234;
+const HDR_XLOADFLAGS = 0x236;
+const HDR_CMDLINE_SIZE = 0x238;
+const HDR_PREF_ADDRESS = 0x258;
+const HDR_INIT_SIZE = 0x260;
+
+const BOOT_FLAG_MAGIC = 0xaa55;
+const HDRS_MAGIC = 0x53726448; // "HdrS" little-endian
+const LOADED_HIGH = 0x01;
+const XLF_KERNEL_64 = 0x01;
+/** Boot protocol 2.06 added cmdline_size; everything this loader relies on is there. */
+const MIN_PROTOCOL = 0x0206;
+const TYPE_OF_LOADER_UNDEFINED = 0xff;
+const VID_MODE_NORMAL = 0xffff;
+/** Offset of the 64-bit entry point from the start of the protected-mode kernel. */
+const STARTUP_64_OFFSET = 0x200n;
+/** initrd_addr_max assumed when a kernel does not say (protocol < 2.03 and ELF kernels). */
+const DEFAULT_INITRD_ADDR_MAX = 0x37ffffffn;
+const PAGE = 4096n;
+
+/** The fields of a bzImage setup header this loader uses. */
+export interface SetupHeader {
+  setupSects: number;
+  version: number;
+  loadflags: number;
+  xloadflags: number;
+  code32Start: number;
+  initrdAddrMax: bigint;
+  kernelAlignment: number;
+  relocatable: boolean;
+  cmdlineSize: number;
+  prefAddress: bigint;
+  initSize: bigint;
+  /** Bytes of the header (from 0x1f1) that boot_params must carry. */
+  headerLength: number;
+}
+
+function u16(b: Uint8Array, off: number): number {
+  return b[off]! | (b[off + 1]! << 8);
+}
+function u32(b: Uint8Array, off: number): number {
+  return (b[off]! | (b[off + 1]! << 8) | (b[off + 2]! << 16) | (b[off + 3]! << 24)) >>> 0;
+}
+function u64(b: Uint8Array, off: number): bigint {
+  return BigInt(u32(b, off)) | (BigInt(u32(b, off + 4)) << 32n);
+}
+function hex(v: bigint | number): string {
+  return `0x${v.toString(16)}`;
+}
+
+/** Whether the bytes start like a bzImage (boot sector signature plus "HdrS"). */
+export function isBzImage(kernel: Uint8Array): boolean {
+  return kernel.length >= HDR_MAGIC + 4 && u32(kernel, HDR_MAGIC) === HDRS_MAGIC;
+}
+
+/** Parses and validates a bzImage's setup header. */
+export function parseSetupHeader(kernel: Uint8Array): SetupHeader {
+  if (kernel.length < 0x270) {
+    throw new KernelLoadError(`kernel image is truncated: ${kernel.length} bytes, too short for a setup header`);
+  }
+  if (u32(kernel, HDR_MAGIC) !== HDRS_MAGIC) {
+    throw new KernelLoadError(`not a bzImage: setup header magic is ${hex(u32(kernel, HDR_MAGIC))}, expected "HdrS"`);
+  }
+  if (u16(kernel, HDR_BOOT_FLAG) !== BOOT_FLAG_MAGIC) {
+    throw new KernelLoadError(`not a bzImage: boot flag is ${hex(u16(kernel, HDR_BOOT_FLAG))}, expected 0xaa55`);
+  }
+  const version = u16(kernel, HDR_VERSION);
+  if (version < MIN_PROTOCOL) {
+    throw new KernelLoadError(
+      `kernel boot protocol ${version >> 8}.${(version & 0xff).toString().padStart(2, '0')} is too old: 2.06 or newer is needed`);
+  }
+  const loadflags = kernel[HDR_LOADFLAGS]!;
+  if (!(loadflags & LOADED_HIGH)) {
+    throw new KernelLoadError('kernel is a zImage (LOADED_HIGH is clear): only bzImage kernels can be loaded');
+  }
+  const xloadflags = version >= 0x020c ? u16(kernel, HDR_XLOADFLAGS) : 0;
+  if (!(xloadflags & XLF_KERNEL_64)) {
+    throw new KernelLoadError('kernel has no 64-bit entry point (XLF_KERNEL_64 is clear in xloadflags)');
+  }
+  const setupSects = kernel[HDR_SETUP_SECTS]! === 0 ? 4 : kernel[HDR_SETUP_SECTS]!;
+  const headerLength = HDR_JUMP + 2 + kernel[HDR_JUMP + 1]! - BP_SETUP_HEADER;
+  if (HDR_JUMP + 2 + kernel[HDR_JUMP + 1]! > kernel.length || headerLength > BP_E820_TABLE - BP_SETUP_HEADER) {
+    throw new KernelLoadError(`kernel setup header length ${headerLength} is corrupt`);
+  }
+  const setupSize = (setupSects + 1) * 512;
+  if (kernel.length <= setupSize) {
+    throw new KernelLoadError(
+      `kernel image is truncated: ${kernel.length} bytes, but the setup code alone takes ${setupSize}`);
+  }
+  const kernelAlignment = u32(kernel, HDR_KERNEL_ALIGNMENT);
+  if (kernelAlignment !== 0 && (kernelAlignment & (kernelAlignment - 1)) !== 0) {
+    throw new KernelLoadError(`kernel_alignment ${hex(kernelAlignment)} is not a power of two`);
+  }
+  return {
+    setupSects,
+    version,
+    loadflags,
+    xloadflags,
+    code32Start: u32(kernel, HDR_CODE32_START),
+    initrdAddrMax: BigInt(u32(kernel, HDR_INITRD_ADDR_MAX)),
+    kernelAlignment,
+    relocatable: kernel[HDR_RELOCATABLE]! !== 0,
+    cmdlineSize: u32(kernel, HDR_CMDLINE_SIZE),
+    prefAddress: u64(kernel, HDR_PREF_ADDRESS),
+    initSize: BigInt(u32(kernel, HDR_INIT_SIZE)),
+    headerLength,
+  };
+}
+
+interface PlacedKernel {
+  kind: 'bzImage' | 'elf';
+  entry: bigint;
+  start: bigint;
+  /** End of the memory the kernel needs while booting (image or init_size, whichever is larger). */
+  end: bigint;
+  cmdlineSize: number;
+  initrdAddrMax: bigint;
+  /** The setup header to copy into boot_params, or undefined for ELF kernels. */
+  header?: Uint8Array;
+  headerFields?: SetupHeader;
+}
+
+function loadBzImage(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
+  const hdr = parseSetupHeader(kernel);
+  const setupSize = (hdr.setupSects + 1) * 512;
+  const payload = kernel.subarray(setupSize);
+  // Every common loader puts the protected-mode kernel at 1 MiB; a relocatable kernel then
+  // moves itself to an aligned address (at least pref_address) before decompressing.
+  const start = KERNEL_LOAD_ADDRESS;
+  const imageEnd = start + BigInt(payload.length);
+  // While decompressing the kernel occupies init_size bytes from its run address.
+  const runAddress = hdr.prefAddress > start ? hdr.prefAddress : start;
+  const bootEnd = runAddress + hdr.initSize;
+  const end = bootEnd > imageEnd ? bootEnd : imageEnd;
+  if (end > lowEnd) {
+    throw new KernelLoadError(
+      `guest memory is too small for the kernel: it needs RAM up to ${hex(end)}, low RAM ends at ${hex(lowEnd)}`);
+  }
+  mem.write(start, payload);
+  return {
+    kind: 'bzImage',
+    entry: start + STARTUP_64_OFFSET,
+    start,
+    end,
+    cmdlineSize: hdr.cmdlineSize,
+    initrdAddrMax: hdr.initrdAddrMax,
+    header: kernel.subarray(BP_SETUP_HEADER, BP_SETUP_HEADER + hdr.headerLength),
+    headerFields: hdr,
+  };
+}
+
+// ---- ELF ---------------------------------------------------------------------------------
+const ELF_MAGIC = 0x464c457f; // "\x7fELF"
+const ELFCLASS64 = 2;
+const ELFDATA2LSB = 1;
+const EM_X86_64 = 62;
+const PT_LOAD = 1;
+
+/** Loads the PT_LOAD segments of an ELF64 x86-64 vmlinux at their physical addresses. */
+function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
+  if (kernel.length < 64) throw new KernelLoadError(`ELF kernel is truncated: ${kernel.length} bytes, no ELF header`);
+  if (kernel[4] !== ELFCLASS64) throw new KernelLoadError(`ELF kernel is not 64-bit (EI_CLASS ${kernel[4]})`);
+  if (kernel[5] !== ELFDATA2LSB) throw new KernelLoadError(`ELF kernel is not little-endian (EI_DATA ${kernel[5]})`);
+  const machine = u16(kernel, 18);
+  if (machine !== EM_X86_64) throw new KernelLoadError(`ELF kernel is not x86-64 (e_machine ${machine})`);
+  const entry = u64(kernel, 24);
+  const phoff = Number(u64(kernel, 32));
+  const phentsize = u16(kernel, 54);
+  const phnum = u16(kernel, 56);
+  if (phentsize < 56 || phoff + phnum * phentsize > kernel.length) {
+    throw new KernelLoadError(`ELF kernel is truncated: program headers end beyond ${kernel.length} bytes`);
+  }
+  let start = -1n;
+  let end = 0n;
+  const segments: { paddr: bigint; offset: number; filesz: number; memsz: bigint }[] = [];
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize;
+    if (u32(kernel, ph) !== PT_LOAD) continue;
+    const offset = u64(kernel, ph + 8);
+    const paddr = u64(kernel, ph + 24);
+    const filesz = u64(kernel, ph + 32);
+    const memsz = u64(kernel, ph + 40);
+    if (offset + filesz > BigInt(kernel.length)) {
+      throw new KernelLoadError(
+        `ELF kernel is truncated: segment ${i} needs file bytes up to ${hex(offset + filesz)}, file has ${hex(kernel.length)}`);
+    }
+    if (filesz > memsz) throw new KernelLoadError(`ELF kernel segment ${i} is corrupt: file size exceeds memory size`);
+    if (paddr + memsz > lowEnd) {
+      throw new KernelLoadError(
+        `ELF kernel segment ${i} at ${hex(paddr)} (+${hex(memsz)}) does not fit in low RAM ending at ${hex(lowEnd)}`);
+    }
+    segments.push({ paddr, offset: Number(offset), filesz: Number(filesz), memsz });
+    if (start < 0n || paddr < start) start = paddr;
+    if (paddr + memsz > end) end = paddr + memsz;
+  }
+  if (segments.length === 0) throw new KernelLoadError('ELF kernel has no loadable (PT_LOAD) segments');
+  if (entry < start || entry >= end) {
+    throw new KernelLoadError(`ELF kernel entry point ${hex(entry)} lies outside its loaded segments`);
+  }
+  for (const s of segments) {
+    mem.write(s.paddr, kernel.subarray(s.offset, s.offset + s.filesz));
+    // Zero the .bss part explicitly: guest RAM may hold an earlier boot's bytes.
+    if (s.memsz > BigInt(s.filesz)) mem.slice(s.paddr + BigInt(s.filesz), Number(s.memsz) - s.filesz).fill(0);
+  }
+  return {
+    kind: 'elf',
+    entry,
+    start,
+    end,
+    cmdlineSize: CMDLINE_MAX_SIZE - 1,
+    initrdAddrMax: DEFAULT_INITRD_ADDR_MAX,
+  };
+}
+
+/**
+ * Places the initrd as high as possible: below initrd_addr_max, below the end of low RAM,
+ * page aligned, and above the kernel's boot-time footprint.
+ */
+export function placeInitrd(size: bigint, kernelEnd: bigint, initrdAddrMax: bigint, lowEnd: bigint): bigint {
+  const limit = initrdAddrMax + 1n < lowEnd ? initrdAddrMax + 1n : lowEnd;
+  const address = ((limit - size) / PAGE) * PAGE;
+  if (size > limit || address < kernelEnd) {
+    throw new KernelLoadError(
+      `initrd of ${size} bytes does not fit between the kernel end ${hex(kernelEnd)} and ${hex(limit)}`);
+  }
+  return address;
+}
+
+function writeE820(bp: DataView, map: E820Entry[]): void {
+  if (map.length > BP_E820_MAX_ENTRIES) throw new KernelLoadError(`e820 map has ${map.length} entries, at most 128 fit`);
+  map.forEach((e, i) => {
+    const off = BP_E820_TABLE + i * 20;
+    bp.setBigUint64(off, e.address, true);
+    bp.setBigUint64(off + 8, e.size, true);
+    bp.setUint32(off + 16, e.type, true);
+  });
+  bp.setUint8(BP_E820_ENTRIES, map.length);
+}
+
+/** Loads kernel, initrd and command line, builds boot_params and returns the boot CPU state. */
+export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux {
+  const lowEnd = lowRamEnd(opts.memorySize);
+  const kernel = opts.kernel;
+  let placed: PlacedKernel;
+  if (kernel.length >= 4 && u32(kernel, 0) === ELF_MAGIC) {
+    placed = loadElf(mem, kernel, lowEnd);
+  } else if (isBzImage(kernel)) {
+    placed = loadBzImage(mem, kernel, lowEnd);
+  } else if (kernel.length < HDR_MAGIC + 4) {
+    throw new KernelLoadError(`kernel image is truncated: ${kernel.length} bytes, neither a bzImage nor an ELF file`);
+  } else {
+    throw new KernelLoadError('not a Linux kernel: no ELF magic and no bzImage "HdrS" setup header');
+  }
+
+  // Command line: NUL-terminated, within the kernel's cmdline_size and our reserved area.
+  const cmdline = new TextEncoder().encode(opts.cmdline);
+  const maxCmdline = Math.min(placed.cmdlineSize, CMDLINE_MAX_SIZE - 1);
+  if (cmdline.length > maxCmdline) {
+    throw new KernelLoadError(`kernel command line is ${cmdline.length} bytes, the kernel accepts at most ${maxCmdline}`);
+  }
+  if (cmdline.includes(0)) throw new KernelLoadError('kernel command line contains a NUL byte');
+  mem.write(CMDLINE_START, cmdline);
+  mem.writeU8(CMDLINE_START + BigInt(cmdline.length), 0);
+
+  let initrd: { address: bigint; size: bigint } | undefined;
+  if (opts.initrd && opts.initrd.length > 0) {
+    const size = BigInt(opts.initrd.length);
+    const address = placeInitrd(size, placed.end, placed.initrdAddrMax, lowEnd);
+    mem.write(address, opts.initrd);
+    initrd = { address, size };
+  }
+
+  // boot_params: zeroed, then the kernel's own setup header, then what the loader fills in.
+  const bpBytes = new Uint8Array(BOOT_PARAMS_SIZE);
+  const bp = new DataView(bpBytes.buffer);
+  if (placed.header) {
+    bpBytes.set(placed.header, BP_SETUP_HEADER);
+  } else {
+    // ELF kernels carry no setup header: write the fields the kernel checks.
+    bp.setUint16(HDR_BOOT_FLAG, BOOT_FLAG_MAGIC, true);
+    bp.setUint32(HDR_MAGIC, HDRS_MAGIC, true);
+    bp.setUint32(HDR_KERNEL_ALIGNMENT, 0x1000000, true);
+    bp.setUint32(HDR_CMDLINE_SIZE, placed.cmdlineSize, true);
+  }
+  bp.setUint16(HDR_VID_MODE, VID_MODE_NORMAL, true);
+  bp.setUint8(HDR_TYPE_OF_LOADER, TYPE_OF_LOADER_UNDEFINED);
+  bp.setUint8(HDR_LOADFLAGS, bp.getUint8(HDR_LOADFLAGS) | LOADED_HIGH);
+  bp.setUint32(HDR_CMD_LINE_PTR, Number(CMDLINE_START & 0xffffffffn), true);
+  bp.setUint32(BP_EXT_CMD_LINE_PTR, Number(CMDLINE_START >> 32n), true);
+  if (initrd) {
+    bp.setUint32(HDR_RAMDISK_IMAGE, Number(initrd.address & 0xffffffffn), true);
+    bp.setUint32(HDR_RAMDISK_SIZE, Number(initrd.size & 0xffffffffn), true);
+    bp.setUint32(BP_EXT_RAMDISK_IMAGE, Number(initrd.address >> 32n), true);
+    bp.setUint32(BP_EXT_RAMDISK_SIZE, Number(initrd.size >> 32n), true);
+  }
+  if (opts.rsdpAddress !== undefined) bp.setBigUint64(BP_ACPI_RSDP_ADDR, opts.rsdpAddress, true);
+  writeE820(bp, e820Map(opts.memorySize));
+  mem.write(ZERO_PAGE_START, bpBytes);
+
+  const sregs = setupLongMode(mem);
+  return {
+    entry: placed.entry,
+    bootParams: ZERO_PAGE_START,
+    regs: bootRegs(placed.entry, ZERO_PAGE_START),
+    sregs,
+    kind: placed.kind,
+    kernelStart: placed.start,
+    kernelEnd: placed.end,
+    ...(initrd ? { initrd } : {}),
+  };
+}
