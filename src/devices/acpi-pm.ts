@@ -48,12 +48,15 @@ export class AcpiPmBlock {
   constructor(private readonly options: AcpiPmOptions) {
     this.timerMask = options.timer32 ? 0xffffffff : 0xffffff;
     this.now = options.now ?? (() => performance.now());
+    this.control = PM1_CNT_SCI_EN;
   }
 
   reset(): void {
     this.status = 0;
     this.enable = 0;
-    this.control = 0;
+    // The machine has no SMI_CMD port, so ACPI mode can never be switched on: it is on from
+    // power-up and SCI_EN reads 1 (the ACPI spec's "hardware-reduced enable" for such boards).
+    this.control = PM1_CNT_SCI_EN;
     this.updateSci();
   }
 
@@ -123,7 +126,7 @@ export class AcpiPmBlock {
     if (stsTouched) this.status &= ~sts; // status bits are write-one-to-clear
     if (enTouched) this.enable = en & 0xffff;
     if (cntTouched) {
-      this.control = cnt & 0xffff & ~PM1_CNT_SLP_EN;
+      this.control = (cnt & 0xffff & ~PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN;
       if (cnt & PM1_CNT_SLP_EN) {
         const type = (cnt & PM1_CNT_SLP_TYP_MASK) >> PM1_CNT_SLP_TYP_SHIFT;
         if (type === this.options.s5SleepType) this.options.powerOff();
@@ -132,5 +135,42 @@ export class AcpiPmBlock {
       }
     }
     this.updateSci();
+  }
+}
+
+/**
+ * The GPE0 block: status bytes then enable bytes. No general-purpose event source is wired
+ * yet (PCI hotplug will be one), so status reads 0; enable bits are kept so the guest reads
+ * back what it wrote.
+ */
+export class AcpiGpeBlock {
+  private readonly status: Uint8Array;
+  private readonly enable: Uint8Array;
+
+  constructor(readonly length: number) {
+    this.status = new Uint8Array(length / 2);
+    this.enable = new Uint8Array(length / 2);
+  }
+
+  read(offset: bigint | number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; i++) {
+      const off = Number(offset) + i;
+      const half = this.status.length;
+      data[i] = off < half ? this.status[off]! : off < 2 * half ? this.enable[off - half]! : 0;
+    }
+  }
+
+  write(offset: bigint | number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; i++) {
+      const off = Number(offset) + i;
+      const half = this.status.length;
+      if (off < half) this.status[off] = this.status[off]! & ~data[i]!;
+      else if (off < 2 * half) this.enable[off - half] = data[i]!;
+    }
+  }
+
+  reset(): void {
+    this.status.fill(0);
+    this.enable.fill(0);
   }
 }
