@@ -1,0 +1,257 @@
+// The libc calls the KVM layer needs, bound through koffi, and the errors they raise.
+// Every wrapper here checks the C return value and throws a SyscallError that names
+// the call and the errno, so callers never see a bare -1. Pointers are BigInt (koffi 3).
+// koffi loads in worker_threads too, so every thread that imports this module gets
+// its own bindings to the same process-wide libc.
+import { constants as osConstants } from 'node:os';
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+/** errno number -> symbolic name (EEXIST, ...), from Node's own table for this platform. */
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(osConstants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+const strerrorC = libc.func('const char *strerror(int errnum)');
+
+/** The C library's description of an errno ("File exists"). */
+export function strerror(errno: number): string {
+  return String(strerrorC(errno) ?? `errno ${errno}`);
+}
+
+/** A failed system call: `call` names it, `errno` says why. */
+export class SyscallError extends Error {
+  readonly code: string;
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+    detail?: string,
+  ) {
+    super(`${call} failed: ${errnoName(errno)} (${strerror(errno)})${detail ? `: ${detail}` : ''}`);
+    this.name = 'SyscallError';
+    this.code = errnoName(errno);
+  }
+}
+
+/** A failed KVM ioctl, named by its KVM_* constant: `KVM_CREATE_VCPU failed: EEXIST (File exists)`. */
+export class KvmError extends SyscallError {
+  constructor(
+    readonly ioctl: string,
+    errno: number,
+    detail?: string,
+  ) {
+    super(ioctl, errno, detail);
+    this.name = 'KvmError';
+  }
+}
+
+// Linux x86-64 constants (asm-generic and x86 headers).
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_TRUNC = 0o1000;
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
+export const MAP_HUGETLB = 0x40000;
+
+export const MADV_DONTNEED = 4;
+export const MADV_REMOVE = 9;
+export const MADV_MERGEABLE = 12;
+export const MADV_UNMERGEABLE = 13;
+export const MADV_HUGEPAGE = 14;
+export const MADV_NOHUGEPAGE = 15;
+export const MADV_DONTDUMP = 16;
+
+export const MFD_CLOEXEC = 0x0001;
+export const MFD_ALLOW_SEALING = 0x0002;
+export const MFD_HUGETLB = 0x0004;
+/** MFD_HUGETLB page size selectors: log2(page size) << 26. */
+export const MFD_HUGE_2MB = 21 << 26;
+export const MFD_HUGE_1GB = 30 << 26;
+
+export const EFD_SEMAPHORE = 0o1;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+/** struct epoll_event is packed on x86-64: u32 events, u64 data. */
+export const EPOLL_EVENT_SIZE = 12;
+
+export const EINTR = osConstants.errno.EINTR;
+export const EAGAIN = osConstants.errno.EAGAIN;
+export const E2BIG = osConstants.errno.E2BIG;
+
+/** The MAP_FAILED pointer ((void *)-1) as koffi returns it. */
+const MAP_FAILED = 0xffffffffffffffffn;
+
+const openC = libc.func('int open(const char *path, int flags, ...)');
+const closeC = libc.func('int close(int fd)');
+const readC = libc.func('intptr_t read(int fd, void *buf, size_t count)');
+const writeC = libc.func('intptr_t write(int fd, const void *buf, size_t count)');
+const ioctlC = libc.func('int ioctl(int fd, unsigned long request, ...)');
+const mmapC = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
+const munmapC = libc.func('int munmap(void *addr, size_t length)');
+const madviseC = libc.func('int madvise(void *addr, size_t length, int advice)');
+const memfdCreateC = libc.func('int memfd_create(const char *name, unsigned int flags)');
+const ftruncateC = libc.func('int ftruncate(int fd, int64_t length)');
+const fallocateC = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+const eventfdC = libc.func('int eventfd(unsigned int initval, int flags)');
+const epollCreate1C = libc.func('int epoll_create1(int flags)');
+const epollCtlC = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)');
+const epollWaitC = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
+const pthreadSelfC = libc.func('void *pthread_self(void)');
+const pthreadKillC = libc.func('int pthread_kill(void *thread, int sig)');
+const getpidC = libc.func('int getpid(void)');
+
+function check(call: string, result: number, detail?: string): number {
+  if (result < 0) throw new SyscallError(call, koffi.errno(), detail);
+  return result;
+}
+
+export function open(path: string, flags: number, mode = 0o600): number {
+  return check('open', openC(path, flags | O_CLOEXEC, 'uint32_t', mode) as number, path);
+}
+
+export function close(fd: number): void {
+  check('close', closeC(fd) as number, `fd ${fd}`);
+}
+
+/** One read(2); returns the byte count (0 at end of file). */
+export function read(fd: number, into: Uint8Array): number {
+  return check('read', Number(readC(fd, into, into.byteLength)), `fd ${fd}`);
+}
+
+/** One read(2) that reports EAGAIN (non-blocking fd, nothing ready) as -1 instead of throwing. */
+export function readNonBlocking(fd: number, into: Uint8Array): number {
+  const n = Number(readC(fd, into, into.byteLength));
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === EAGAIN) return -1;
+  throw new SyscallError('read', errno, `fd ${fd}`);
+}
+
+export function write(fd: number, data: Uint8Array): number {
+  return check('write', Number(writeC(fd, data, data.byteLength)), `fd ${fd}`);
+}
+
+/** ioctl with an integer argument (or none). `name` is the request's KVM_* name for errors. */
+export function ioctlValue(fd: number, request: number, value: number | bigint, name: string): number {
+  const result = ioctlC(fd, request, 'unsigned long', value) as number;
+  if (result < 0) throw new KvmError(name, koffi.errno());
+  return result;
+}
+
+/** ioctl whose argument points at `arg` (the kernel reads and/or writes it in place). */
+export function ioctlPointer(fd: number, request: number, arg: Uint8Array, name: string): number {
+  const result = ioctlC(fd, request, 'void *', arg) as number;
+  if (result < 0) throw new KvmError(name, koffi.errno());
+  return result;
+}
+
+/** ioctl returning -errno instead of throwing, for callers that treat some errnos as normal (EINTR, E2BIG). */
+export function ioctlPointerRaw(fd: number, request: number, arg: Uint8Array | null): number {
+  const result = arg === null
+    ? (ioctlC(fd, request, 'unsigned long', 0) as number)
+    : (ioctlC(fd, request, 'void *', arg) as number);
+  return result < 0 ? -koffi.errno() : result;
+}
+
+/** mmap(2); returns the mapping's address. */
+export function mmap(length: number, prot: number, flags: number, fd: number, offset = 0, address = 0n): bigint {
+  const p = mmapC(address === 0n ? null : address, length, prot, flags, fd, offset) as bigint | null;
+  if (p === null || p === MAP_FAILED) {
+    throw new SyscallError('mmap', koffi.errno(), `${length} bytes of fd ${fd}`);
+  }
+  return BigInt(p);
+}
+
+export function munmap(address: bigint, length: number): void {
+  check('munmap', munmapC(address, length) as number);
+}
+
+export function madvise(address: bigint, length: number, advice: number): void {
+  check('madvise', madviseC(address, length, advice) as number, `advice ${advice}`);
+}
+
+export function memfdCreate(name: string, flags: number): number {
+  return check('memfd_create', memfdCreateC(name, flags | MFD_CLOEXEC) as number, name);
+}
+
+export function ftruncate(fd: number, length: number): void {
+  check('ftruncate', ftruncateC(fd, length) as number, `fd ${fd} to ${length} bytes`);
+}
+
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  check('fallocate', fallocateC(fd, mode, offset, length) as number, `fd ${fd}, ${length} bytes at ${offset}`);
+}
+
+export function eventfd(initial: number, flags: number): number {
+  return check('eventfd', eventfdC(initial, flags | EFD_CLOEXEC) as number);
+}
+
+export function epollCreate1(): number {
+  return check('epoll_create1', epollCreate1C(EPOLL_CLOEXEC) as number);
+}
+
+/** epoll_ctl with the event's 64-bit data set to the fd itself. */
+export function epollCtl(epfd: number, op: number, fd: number, events: number): void {
+  const ev = new Uint8Array(EPOLL_EVENT_SIZE);
+  const view = new DataView(ev.buffer);
+  view.setUint32(0, events, true);
+  view.setBigUint64(4, BigInt(fd), true);
+  check('epoll_ctl', epollCtlC(epfd, op, fd, ev) as number, `fd ${fd}`);
+}
+
+/** epoll_wait into `events` (a multiple of EPOLL_EVENT_SIZE bytes); returns the count, or -EINTR. */
+export function epollWait(epfd: number, events: Uint8Array, timeoutMs: number): number {
+  const n = epollWaitC(epfd, events, Math.floor(events.byteLength / EPOLL_EVENT_SIZE), timeoutMs) as number;
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === EINTR) return -EINTR;
+  throw new SyscallError('epoll_wait', errno, `epoll fd ${epfd}`);
+}
+
+/** The calling thread's pthread_t (valid for pthread_kill from any thread of the process). */
+export function pthreadSelf(): bigint {
+  return BigInt(pthreadSelfC() as bigint);
+}
+
+export function pthreadKill(thread: bigint, signal: number): void {
+  const result = pthreadKillC(thread, signal) as number;
+  // pthread_kill returns the error number instead of setting errno.
+  if (result !== 0) throw new SyscallError('pthread_kill', result, `signal ${signal}`);
+}
+
+export function getpid(): number {
+  return getpidC() as number;
+}
+
+/** An ArrayBuffer over `length` bytes of native memory at `address` (no copy). */
+export function nativeView(address: bigint, length: number): ArrayBuffer {
+  return koffi.view(address, length);
+}
