@@ -1,6 +1,8 @@
 // The list of subcommands. A command module exports `register(program)`.
 import type { Command } from 'commander';
+import { register as registerImg } from './img.js';
 
 export type RegisterCommand = (program: Command) => void;
 
 export const commands: RegisterCommand[] = [];
+commands.push(registerImg);

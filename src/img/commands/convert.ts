@@ -1,0 +1,224 @@
+// `tsvirt img convert`: copy one or more images (concatenated) into a new raw or qcow2 image,
+// keeping it sparse: extents the source reports as zero/unallocated are not read, and runs of
+// zero bytes at least -S long inside read data are not written.
+import cliProgress from 'cli-progress';
+import type { BlockDriver } from '../../block/driver.js';
+import { ImgError, UsageError } from '../errors.js';
+import { getopt, Options } from '../getopt.js';
+import type { ImgIO } from '../io.js';
+import { createImage } from '../create.js';
+import { isHelpRequest, joinOptionStrings, optionHelp, parseCreateOptions } from '../create-options.js';
+import { forEachChunk, isZero } from '../extents.js';
+import { checkFormatName, openForImg } from '../open.js';
+import { parseSize } from '../size.js';
+import { compressedWriter } from '../compress.js';
+
+const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
+
+/** Several source images read as one disk, laid end to end. */
+class Concatenation {
+  readonly size: bigint;
+  private readonly starts: bigint[] = [];
+  constructor(readonly parts: BlockDriver[]) {
+    let total = 0n;
+    for (const p of parts) {
+      this.starts.push(total);
+      total += p.size();
+    }
+    this.size = total;
+  }
+
+  /** Splits [offset, offset+length) into per-source pieces. */
+  pieces(offset: bigint, length: bigint): Array<{ driver: BlockDriver; at: bigint; length: bigint; into: number }> {
+    const out: Array<{ driver: BlockDriver; at: bigint; length: bigint; into: number }> = [];
+    let pos = offset;
+    const end = offset + length;
+    for (let i = 0; i < this.parts.length && pos < end; i++) {
+      const start = this.starts[i]!;
+      const partEnd = start + this.parts[i]!.size();
+      if (pos >= partEnd) continue;
+      const n = (end < partEnd ? end : partEnd) - pos;
+      out.push({ driver: this.parts[i]!, at: pos - start, length: n, into: Number(pos - offset) });
+      pos += n;
+    }
+    return out;
+  }
+}
+
+interface Progress { add(n: bigint): void; stop(): void }
+
+function progressBar(io: ImgIO, total: bigint, enabled: boolean): Progress {
+  if (!enabled) return { add: () => undefined, stop: () => undefined };
+  const bar = new cliProgress.SingleBar({
+    stream: process.stderr,
+    format: '    ({percentage}/100%) [{bar}]',
+    hideCursor: false,
+    noTTYOutput: !io.errIsTTY,
+    notTTYSchedule: 1000,
+  }, cliProgress.Presets.shades_classic);
+  const scale = Number(total) || 1;
+  let done = 0n;
+  bar.start(100, 0);
+  return {
+    add: (n) => {
+      done += n;
+      bar.update(Math.floor((Number(done) / scale) * 10000) / 100);
+    },
+    stop: () => {
+      bar.update(100);
+      bar.stop();
+    },
+  };
+}
+
+export async function convert(argv: string[], io: ImgIO): Promise<number> {
+  const { options, operands } = getopt(argv, {
+    short: 'hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:',
+    long: {
+      help: { arg: false, alias: 'h' }, 'target-is-zero': { arg: false }, 'force-share': { arg: false, alias: 'U' },
+      object: { arg: true }, 'image-opts': { arg: false }, 'target-image-opts': { arg: false }, salvage: { arg: false },
+      bitmaps: { arg: false }, 'skip-broken-bitmaps': { arg: false },
+    },
+  });
+  const opts = new Options(options);
+  const outFormat = opts.get('O') ?? 'raw';
+  const optionText = joinOptionStrings(opts.all('o'));
+  if (isHelpRequest(opts.all('o'))) {
+    checkFormatName('convert', outFormat);
+    io.out(optionHelp(outFormat));
+    return 0;
+  }
+  if (operands.length < 2) throw new UsageError('Must specify image file name');
+  const target = operands[operands.length - 1]!;
+  const sources = operands.slice(0, -1);
+  checkFormatName(target, outFormat);
+  const noCreate = opts.has('n');
+  const compress = opts.has('c');
+  const quiet = opts.has('q');
+  const sparseText = opts.get('S');
+  let sparse = 4096;
+  if (sparseText !== undefined) {
+    const s = parseSize(sparseText);
+    if (s === undefined || s % 512n !== 0n || s > 16n << 20n) {
+      throw new ImgError('Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16MiB');
+    }
+    sparse = Number(s);
+  }
+  const parallelText = opts.get('m');
+  const parallel = parallelText === undefined ? 8 : Number(parallelText);
+  if (!Number.isInteger(parallel) || parallel < 1 || parallel > 16) throw new ImgError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
+  if (compress && outFormat !== 'qcow2') throw new ImgError(`${target}: Compression not supported for this file format`);
+  if (noCreate && optionText !== '') throw new ImgError('-o has no effect when skipping image creation');
+  const backingFile = opts.get('B');
+  const createOptions = noCreate ? {} : parseCreateOptions(target, outFormat, optionText);
+  if (backingFile !== undefined) {
+    if (outFormat !== 'qcow2') throw new ImgError(`${target}: Backing file not supported for file format '${outFormat}'`);
+    createOptions.backingFile = backingFile;
+    createOptions.backingFormat = opts.get('F') ?? createOptions.backingFormat;
+  }
+
+  const drivers: BlockDriver[] = [];
+  let out: BlockDriver | undefined;
+  try {
+    for (const s of sources) drivers.push(await openForImg(s, { readOnly: true, format: opts.get('f') }));
+    const source = new Concatenation(drivers);
+    const size = source.size;
+    if (!noCreate) await createImage(target, outFormat, createOptions.size ?? size, createOptions);
+    out = await openForImg(target, { format: outFormat, backing: false });
+    if (noCreate && out.size() < size) throw new ImgError(`${target}: Target image is smaller than the source (${out.size()} < ${size} bytes)`);
+    // A freshly created image without backing file reads as zeroes: skipping zero data is enough.
+    const targetIsZero = opts.has('target-is-zero') || (!noCreate && backingFile === undefined
+      && createOptions.preallocation !== 'full' && createOptions.preallocation !== 'falloc');
+    const writer = compress ? await compressedWriter(out) : undefined;
+    const progress = progressBar(io, size, opts.has('p') && !quiet);
+    const output = out;
+    await forEachChunk(size, CHUNK, parallel, async (offset, length) => {
+      if (writer) {
+        // Compressed clusters are written whole: gather the chunk, zero-filled where the
+        // source has holes, and let the writer skip all-zero clusters.
+        const buf = Buffer.alloc(Number(length));
+        let anyData = false;
+        for (const piece of source.pieces(offset, length)) {
+          anyData = (await readDataInto(piece.driver, piece.at, piece.length, buf, piece.into)) || anyData;
+        }
+        if (anyData) await writer.write(offset, buf);
+        progress.add(length);
+        return;
+      }
+      for (const piece of source.pieces(offset, length)) {
+        await copyPiece(piece.driver, piece.at, piece.length, output, offset + BigInt(piece.into));
+      }
+      progress.add(length);
+    });
+
+    /** Reads only the data extents of [at, at+length) into buf at `into`; true if there were any. */
+    async function readDataInto(from: BlockDriver, at: bigint, length: bigint, buf: Buffer, into: number): Promise<boolean> {
+      let any = false;
+      let pos = 0n;
+      while (pos < length) {
+        const status = await from.blockStatus(at + pos, length - pos);
+        const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
+        if (status.data || !status.zero) {
+          const start = into + Number(pos);
+          await from.readv(at + pos, [buf.subarray(start, start + Number(n))]);
+          any = true;
+        }
+        pos += n;
+      }
+      return any;
+    }
+
+    async function copyPiece(from: BlockDriver, at: bigint, length: bigint, to: BlockDriver, dest: bigint): Promise<void> {
+      let pos = 0n;
+      while (pos < length) {
+        const status = await from.blockStatus(at + pos, length - pos);
+        const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
+        if (!status.data && status.zero) {
+          if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
+        } else {
+          const buf = Buffer.allocUnsafe(Number(n));
+          await from.readv(at + pos, [buf]);
+          await writeSparse(to, dest + pos, buf);
+        }
+        pos += n;
+      }
+    }
+
+    /** Writes buf, leaving out runs of zeroes at least `sparse` bytes long (aligned to it). */
+    async function writeSparse(to: BlockDriver, dest: bigint, buf: Buffer): Promise<void> {
+      if (sparse === 0) {
+        await to.writev(dest, [buf]);
+        return;
+      }
+      let runStart = 0;
+      let runIsZero: boolean | undefined;
+      const flush = async (end: number): Promise<void> => {
+        if (end <= runStart) return;
+        if (runIsZero) {
+          if (!targetIsZero) await to.writeZeroes(dest + BigInt(runStart), BigInt(end - runStart), { mayUnmap: true });
+        } else {
+          await to.writev(dest + BigInt(runStart), [buf.subarray(runStart, end)]);
+        }
+      };
+      for (let pos = 0; pos < buf.length; pos += sparse) {
+        const end = Math.min(buf.length, pos + sparse);
+        const zero = isZero(buf, pos, end);
+        if (runIsZero === undefined) runIsZero = zero;
+        else if (zero !== runIsZero) {
+          await flush(pos);
+          runStart = pos;
+          runIsZero = zero;
+        }
+      }
+      await flush(buf.length);
+    }
+
+    if (writer) await writer.finish();
+    await out.flush();
+    progress.stop();
+    return 0;
+  } finally {
+    for (const d of drivers) await d.close().catch(() => undefined);
+    await out?.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,74 @@
+// Walking an image's allocation map: the shared core of map, compare, convert, rebase and commit.
+import type { BlockDriver, BlockStatus } from '../block/driver.js';
+
+/** Allocation status extended with qemu's "present" (allocated somewhere in the chain). */
+export interface Extent extends BlockStatus {
+  start: bigint;
+  present: boolean;
+}
+
+/**
+ * Whether the extent is allocated in some layer of the chain. Drivers may say so directly
+ * (`allocated`); otherwise data, or a zero extent that has host storage, or that the driver
+ * attributes to a layer other than "fell off the chain", counts as present.
+ */
+function isPresent(status: BlockStatus): boolean {
+  const extra = status as BlockStatus & { allocated?: boolean; present?: boolean };
+  if (typeof extra.present === 'boolean') return extra.present;
+  if (typeof extra.allocated === 'boolean') return extra.allocated;
+  return status.data || status.hostOffset !== undefined;
+}
+
+/** Yields the allocation extents of [start, end) in order, each no longer than maxLength. */
+export async function* extents(driver: BlockDriver, start = 0n, end = driver.size(), maxLength = 1n << 30n): AsyncGenerator<Extent> {
+  let offset = start;
+  while (offset < end) {
+    const want = end - offset < maxLength ? end - offset : maxLength;
+    const status = await driver.blockStatus(offset, want);
+    let length = status.length > want ? want : status.length;
+    if (length <= 0n) length = want; // a driver that cannot tell: treat the rest as one extent
+    yield { ...status, length, start: offset, present: isPresent(status) };
+    offset += length;
+  }
+}
+
+/** True when every byte of buf is zero (memcmp against a shared zero page; fast in native code). */
+const ZERO_PAGE = new Uint8Array(1 << 16);
+export function isZero(buf: Uint8Array, from = 0, to = buf.length): boolean {
+  for (let pos = from; pos < to; pos += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, to - pos);
+    if (Buffer.compare(buf.subarray(pos, pos + n), ZERO_PAGE.subarray(0, n)) !== 0) return false;
+  }
+  return true;
+}
+
+/** Reads [offset, offset+length) of driver into a fresh buffer. */
+export async function readRange(driver: BlockDriver, offset: bigint, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  await driver.readv(offset, [buf]);
+  return buf;
+}
+
+/**
+ * Runs `worker` over [0, total) in chunks with up to `parallel` chunks in flight: the I/O depth
+ * is what makes a convert of a sparse image fast, not CPU.
+ */
+export async function forEachChunk(total: bigint, chunk: bigint, parallel: number,
+  worker: (offset: bigint, length: bigint) => Promise<void>): Promise<void> {
+  let next = 0n;
+  let failure: unknown;
+  const lane = async (): Promise<void> => {
+    while (failure === undefined && next < total) {
+      const offset = next;
+      const length = total - offset < chunk ? total - offset : chunk;
+      next += length;
+      try {
+        await worker(offset, length);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, parallel) }, lane));
+  if (failure !== undefined) throw failure;
+}

@@ -1,0 +1,56 @@
+// `tsvirt img`: the qemu-img work-alike. Dispatches a subcommand, turns every failure into one
+// line on stderr and the exit status qemu-img would return.
+import { ImgError, oneLine } from './errors.js';
+import { processIO, type ImgIO } from './io.js';
+import { bench } from './commands/bench.js';
+import { compare } from './commands/compare.js';
+import { convert } from './commands/convert.js';
+import { map } from './commands/map.js';
+import { measure } from './commands/measure.js';
+import { resize } from './commands/resize.js';
+
+export type Subcommand = (argv: string[], io: ImgIO) => Promise<number>;
+
+export const SUBCOMMANDS: Record<string, { run: Subcommand; usage: string }> = {
+  bench: { run: bench, usage: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [-n] [-o offset] [--pattern=N] [-q] [-s size] [-S step] [-t cache] [-w] filename' },
+  compare: { run: compare, usage: 'compare [-f fmt] [-F fmt] [-q] [-s] filename1 filename2' },
+  convert: { run: convert, usage: 'convert [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num] [--target-is-zero] filename [filename2 [...]] output_filename' },
+  map: { run: map, usage: 'map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] filename' },
+  measure: { run: measure, usage: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
+  resize: { run: resize, usage: 'resize [-f fmt] [-q] [--shrink] filename [+ | -]size' },
+};
+
+export function usage(): string {
+  const lines = ['usage: tsvirt img [command] [command options]', 'Command syntax:'];
+  for (const name of Object.keys(SUBCOMMANDS).sort()) lines.push(`  ${SUBCOMMANDS[name]!.usage}`);
+  return lines.join('\n') + '\n';
+}
+
+/** Runs `tsvirt img ARGV...`; resolves to the exit status. Never throws for user errors. */
+export async function runImg(argv: string[], io: ImgIO = processIO): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined) {
+    io.err('tsvirt img: Not enough arguments\n');
+    return 1;
+  }
+  if (name === '-h' || name === '--help' || name === 'help') {
+    io.out(usage());
+    return 0;
+  }
+  const command = SUBCOMMANDS[name];
+  if (!command) {
+    io.err(`tsvirt img: Command not found: ${name}\n`);
+    return 1;
+  }
+  if (rest.includes('-h') || rest.includes('--help')) {
+    io.out(`usage: tsvirt img ${command.usage}\n`);
+    return 0;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (err) {
+    io.err(`tsvirt img: ${oneLine(err)}\n`);
+    if (process.env.TSVIRT_DEBUG && err instanceof Error) io.err(`${err.stack}\n`);
+    return err instanceof ImgError ? err.exitCode : 1;
+  }
+}
