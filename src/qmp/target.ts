@@ -36,10 +36,12 @@ export interface QmpPciDevice {
   function: number;
   vendorId: number;
   deviceId: number;
+  /** The 24-bit class code of config space (class, subclass, programming interface). */
   classCode: number;
   subsystemVendorId: number;
   subsystemId: number;
   qdevId: string;
+  /** Legacy interrupt line, when the device uses INTx. */
   irq?: number;
   bars: Array<{ bar: number; type: 'memory' | 'io'; address: number; size: number; prefetch?: boolean; memType64?: boolean }>;
 }
@@ -65,5 +67,7 @@ export interface QmpTarget {
   pciDevices(): QmpPciDevice[];
   on(event: 'stop' | 'resume' | 'powerdown', listener: () => void): unknown;
   on(event: 'reset' | 'shutdown', listener: (info: { guest: boolean; reason: string }) => void): unknown;
-  off(event: string, listener: (...args: never[]) => void): unknown;
+  // Overloads like on()'s, so that a class extending EventEmitter satisfies the interface.
+  off(event: 'stop' | 'resume' | 'powerdown', listener: () => void): unknown;
+  off(event: 'reset' | 'shutdown', listener: (info: { guest: boolean; reason: string }) => void): unknown;
 }
