@@ -1,0 +1,316 @@
+// `tsvirt lab exec`: boots the lab host under QEMU's TCG (with AMD SVM emulated, so kvm_amd
+// loads inside and /dev/kvm there runs guests at useful speed), runs one command in the
+// project directory, streams its output and returns its exit status.
+//
+// Channels: ttyS0 carries the lab kernel's messages and the init's "tsvirt-lab:" status
+// lines (kept in a log file under the lab cache); ttyS1 and ttyS2 carry only the command's
+// stdout and stderr. An optional results disk brings files back (a tar written by the lab).
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { writeCpioFile } from './cpio.js';
+import { RESULTS_DISK_SERIAL, ROOT_DISK_SERIAL } from './host-image.js';
+import { labBuilt, labFiles, LabImageMissingError, projectRoot } from './paths.js';
+import { addProjectTree, LAB_PROJECT_DIR } from './project-tree.js';
+
+export const QEMU = 'qemu-system-x86_64';
+/** The CPU model: qemu64 plus AMD SVM (for kvm_amd) and the SSE levels Node.js needs. */
+export const LAB_CPU = 'qemu64,+svm,+ssse3,+sse4.1,+sse4.2,+popcnt';
+
+export interface LabExecOptions {
+  /** vCPUs of the lab host (default 2). */
+  cpus?: number;
+  /** Lab host memory in MiB (default 3072: room for nested guests). */
+  memoryMiB?: number;
+  /** Whole run limit in seconds, boot included (default 600). */
+  timeoutSeconds?: number;
+  /** Limit for the lab to boot to the point of starting the command (default 180 s). */
+  bootTimeoutSeconds?: number;
+  /** Give the command this process's terminal (stdin/stdout) instead of pipes. */
+  interactive?: boolean;
+  /** Where the command's output goes (default: this process's stdout/stderr). */
+  stdout?: Writable;
+  stderr?: Writable;
+  /** Project-relative paths the command writes that are copied back to the project afterwards. */
+  copyBack?: string[];
+  /** Extra environment variables for the command. */
+  env?: Record<string, string>;
+  /** Project root to expose (default: this project). */
+  root?: string;
+}
+
+export interface LabExecResult {
+  exitCode: number;
+  /** Seconds from QEMU start to the command's start, and in total. */
+  bootSeconds: number;
+  totalSeconds: number;
+  kernelLog: string;
+}
+
+/** A failure of the lab itself (not of the command), with one-line message and the log tail. */
+export class LabError extends Error {
+  constructor(message: string, readonly logTail: string[] = []) {
+    super(message);
+    this.name = 'LabError';
+  }
+}
+
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./=:,+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function qemuAvailable(): boolean {
+  const r = spawnSync(QEMU, ['--version'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+function commandScript(command: string[], opts: LabExecOptions): string {
+  const env: Record<string, string> = {
+    HOME: '/root',
+    PATH: `${LAB_PROJECT_DIR}/node_modules/.bin:/bin:/usr/bin`,
+    TERM: process.env.TERM ?? 'dumb',
+    TSVIRT_IN_LAB: '1',
+    TSVIRT_PLACEMENT: 'direct',
+    ...(process.env.NO_COLOR !== undefined ? { NO_COLOR: process.env.NO_COLOR } : {}),
+    ...(process.env.FORCE_COLOR !== undefined ? { FORCE_COLOR: process.env.FORCE_COLOR } : {}),
+    ...opts.env,
+  };
+  const title = command.map(shellQuote).join(' ');
+  return [
+    `LAB_DIR=${LAB_PROJECT_DIR}`,
+    `LAB_TITLE=${shellQuote(title.length > 200 ? `${title.slice(0, 200)}...` : title)}`,
+    `LAB_INTERACTIVE=${opts.interactive ? 1 : 0}`,
+    `LAB_COPY_BACK=${shellQuote((opts.copyBack ?? []).map(shellQuote).join(' '))}`,
+    ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
+    `set -- ${command.map(shellQuote).join(' ')}`,
+    '',
+  ].join('\n');
+}
+
+function parseCopyBack(paths: string[]): void {
+  for (const p of paths) {
+    if (p.startsWith('/') || p.split('/').includes('..') || /\s/.test(p)) {
+      throw new LabError(`copy-back path ${p} must be relative to the project, without .. or spaces`);
+    }
+  }
+}
+
+const RESULTS_DISK_BYTES = 256 << 20;
+
+export async function labExec(command: string[], opts: LabExecOptions = {}): Promise<LabExecResult> {
+  if (command.length === 0) throw new LabError('lab exec: no command given');
+  const cpus = opts.cpus ?? 2;
+  const memoryMiB = opts.memoryMiB ?? 3072;
+  const timeoutSeconds = opts.timeoutSeconds ?? 600;
+  const bootTimeoutSeconds = Math.min(opts.bootTimeoutSeconds ?? 180, timeoutSeconds);
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 16) throw new LabError(`lab exec: --cpus ${cpus} must be an integer from 1 to 16`);
+  if (!Number.isInteger(memoryMiB) || memoryMiB < 512) throw new LabError(`lab exec: memory ${memoryMiB} MiB is too small (at least 512 MiB)`);
+  if (!(timeoutSeconds > 0)) throw new LabError(`lab exec: timeout ${timeoutSeconds} s must be positive`);
+  parseCopyBack(opts.copyBack ?? []);
+  if (!labBuilt()) throw new LabImageMissingError('images', labFiles.buildInfo());
+  for (const f of [labFiles.kernel(), labFiles.hostInitrd(), labFiles.guestInitrd()]) {
+    if (!existsSync(f)) throw new LabImageMissingError('image', f);
+  }
+  if (!qemuAvailable()) throw new LabError(`${QEMU} not found: install the qemu-system-x86 package`);
+  const root = opts.root ?? projectRoot();
+  const hostDisk = existsSync(labFiles.hostDisk()) ? labFiles.hostDisk() : null;
+  const onDisk = JSON.parse(readFileSync(labFiles.buildInfo(), 'utf8')).layout === 'disk';
+  if (onDisk && !hostDisk) throw new LabImageMissingError('/usr disk image', labFiles.hostDisk());
+
+  // Per-run files: the initrd (lab initramfs + this run's project archive) and the results disk.
+  const runDir = join(labFiles.runDir(), `${process.pid}-${Date.now()}`);
+  mkdirSync(runDir, { recursive: true });
+  const initrd = join(runDir, 'initrd.cpio');
+  const results = join(runDir, 'results.img');
+  try {
+    writeFileSync(initrd, readFileSync(labFiles.hostInitrd()));
+    const projectArchive = join(runDir, 'project.cpio');
+    writeCpioFile(projectArchive, (cpio) => {
+      addProjectTree(cpio, root);
+      cpio.file('lab/command.sh', commandScript(command, opts), 0o644);
+      cpio.file('bin/tsvirt', `#!/bin/sh\nexec /usr/bin/node ${LAB_PROJECT_DIR}/dist/src/cli/main.js "$@"\n`, 0o755);
+    });
+    appendFile(initrd, projectArchive);
+    const wantResults = (opts.copyBack ?? []).length > 0;
+    if (wantResults) {
+      writeFileSync(results, '');
+      truncateSync(results, RESULTS_DISK_BYTES);
+    }
+
+    const args = [
+      '-accel', 'tcg,thread=multi', '-cpu', LAB_CPU, '-smp', String(cpus), '-m', String(memoryMiB),
+      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+      '-kernel', labFiles.kernel(), '-initrd', initrd,
+      '-append', 'console=ttyS0 panic=-1 quiet',
+    ];
+    if (onDisk && hostDisk) {
+      args.push('-drive', `if=none,id=usr,file=${hostDisk},format=raw,readonly=on`,
+        '-device', `virtio-blk-pci,drive=usr,serial=${ROOT_DISK_SERIAL}`);
+    }
+    if (wantResults) {
+      args.push('-drive', `if=none,id=results,file=${results},format=raw`,
+        '-device', `virtio-blk-pci,drive=results,serial=${RESULTS_DISK_SERIAL}`);
+    }
+    const result = await runQemu(args, opts, timeoutSeconds, bootTimeoutSeconds);
+    if (wantResults) extractResults(results, root);
+    return result;
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+function appendFile(target: string, source: string): void {
+  const out = openSync(target, 'a');
+  const inp = openSync(source, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    for (let n; (n = readSync(inp, buf, 0, buf.length, null)) > 0;) writeSync(out, buf, 0, n);
+  } finally {
+    closeSync(inp);
+    closeSync(out);
+  }
+}
+
+function extractResults(disk: string, root: string): void {
+  const head = Buffer.alloc(512);
+  const fd = openSync(disk, 'r');
+  try { readSync(fd, head, 0, 512, 0); } finally { closeSync(fd); }
+  if (head.every((b) => b === 0)) return; // nothing was written back
+  const r = spawnSync('tar', ['-xf', disk, '-C', root], { encoding: 'utf8' });
+  if (r.status !== 0) throw new LabError(`lab exec: copying results back from ${disk} failed: ${(r.stderr ?? '').trim().split('\n')[0]}`);
+}
+
+interface Channel { server: Server; path: string; socket: Promise<Socket | null> }
+
+// QEMU connects to Unix sockets we listen on (one per serial port): output is streamed live,
+// and each stream ends when QEMU exits, so nothing written before the exit is lost.
+function listen(path: string, acceptTimeoutMs: number): Promise<Channel> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    const socket = new Promise<Socket | null>((res) => {
+      const timer = setTimeout(() => res(null), acceptTimeoutMs);
+      server.once('connection', (s) => { clearTimeout(timer); server.close(); res(s); });
+      server.once('close', () => { clearTimeout(timer); res(null); });
+    });
+    server.once('error', reject);
+    server.listen(path, () => resolve({ server, path, socket }));
+  });
+}
+
+function ended(socket: Socket | null, limitMs: number): Promise<void> {
+  if (!socket || socket.readableEnded || socket.destroyed) return Promise.resolve();
+  return new Promise((res) => {
+    const timer = setTimeout(() => { socket.destroy(); res(); }, limitMs);
+    socket.once('close', () => { clearTimeout(timer); res(); });
+  });
+}
+
+async function runQemu(
+  baseArgs: string[], opts: LabExecOptions, timeoutSeconds: number, bootTimeoutSeconds: number,
+): Promise<LabExecResult> {
+  const logPath = labFiles.kernelLog();
+  const stdout = opts.stdout ?? process.stdout;
+  const stderr = opts.stderr ?? process.stderr;
+  const sockDir = mkdtempSync(join(tmpdir(), 'tsvirt-lab-'));
+  const channels: Channel[] = [];
+  try {
+    for (const name of ['con', 'out', 'err']) channels.push(await listen(join(sockDir, name), 30_000));
+    const [con, out, err] = channels as [Channel, Channel, Channel];
+    const args = [
+      ...baseArgs,
+      '-chardev', `socket,id=labcon,path=${con.path}`, '-serial', 'chardev:labcon',
+      '-chardev', opts.interactive ? 'stdio,id=cmdout,signal=off' : `socket,id=cmdout,path=${out.path}`, '-serial', 'chardev:cmdout',
+      '-chardev', `socket,id=cmderr,path=${err.path}`, '-serial', 'chardev:cmderr',
+    ];
+    if (opts.interactive) { out.server.close(); }
+    return await new Promise<LabExecResult>((resolve, reject) => {
+      const log = openSync(logPath, 'w');
+      const started = Date.now();
+      const child = spawn(QEMU, args, { stdio: [opts.interactive ? 'inherit' : 'ignore', opts.interactive ? 'inherit' : 'pipe', 'pipe'] });
+      let qemuMessages = '';
+      let consoleText = '';
+      let pending = '';
+      let bootSeconds = -1;
+      let exitCode: number | null = null;
+      let labFailure: string | null = null;
+      let killedBecause: string | null = null;
+
+      const onConsole = (chunk: Buffer): void => {
+        writeSync(log, chunk);
+        pending += chunk.toString('utf8');
+        const lines = pending.split(/\r?\n/);
+        pending = lines.pop() ?? '';
+        for (const line of lines) {
+          consoleText += line + '\n';
+          if (consoleText.length > 1 << 20) consoleText = consoleText.slice(-(1 << 19));
+          const m = /tsvirt-lab: (running: |exit (\d+)$|error: (.*))/.exec(line.trim());
+          if (!m) continue;
+          if (m[1] === 'running: ') bootSeconds = (Date.now() - started) / 1000;
+          else if (m[2] !== undefined) exitCode = Number(m[2]);
+          else if (m[3] !== undefined) labFailure = m[3];
+        }
+      };
+      const sockets = Promise.all([con, out, err].map((c) => c.socket));
+      void con.socket.then((s) => s?.on('data', onConsole));
+      void out.socket.then((s) => s?.on('data', (c: Buffer) => stdout.write(c)));
+      void err.socket.then((s) => s?.on('data', (c: Buffer) => stderr.write(c)));
+      child.stdout?.on('data', (c: Buffer) => { qemuMessages += c.toString(); });
+      child.stderr!.on('data', (c: Buffer) => { qemuMessages += c.toString(); });
+
+      const kill = (why: string): void => {
+        if (killedBecause === null) killedBecause = why;
+        child.kill('SIGKILL');
+      };
+      const overall = setTimeout(() => kill(`the command did not finish within ${timeoutSeconds} s (--timeout)`), timeoutSeconds * 1000);
+      const boot = setTimeout(() => {
+        if (bootSeconds < 0) kill(`the lab did not boot within ${bootTimeoutSeconds} s`);
+      }, bootTimeoutSeconds * 1000);
+
+      let spawnError: Error | null = null;
+      child.on('error', (e) => { spawnError = e; });
+      child.on('close', (code, signal) => {
+        clearTimeout(overall);
+        clearTimeout(boot);
+        for (const c of channels) c.server.close();
+        void sockets.then(async (socks) => {
+          await Promise.all(socks.map((s) => ended(s, 5000)));
+          if (pending) onConsole(Buffer.from('\n'));
+          closeSync(log);
+          const tail = consoleText.trimEnd().split('\n').slice(-15);
+          const totalSeconds = (Date.now() - started) / 1000;
+          const where = `(lab log: ${logPath})`;
+          if (spawnError) return reject(new LabError(`lab: cannot start ${QEMU}: ${(spawnError as Error).message}`));
+          if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail));
+          if (labFailure) return reject(new LabError(`lab: ${labFailure} ${where}`, tail));
+          if (exitCode === null) {
+            const q = qemuMessages.trim().split('\n').filter((l) => l.trim() !== '').pop();
+            const why = q ? `QEMU said: ${q}` : `QEMU exited (${signal ?? code}) before the command finished`;
+            return reject(new LabError(`lab: ${why} ${where}`, tail));
+          }
+          resolve({ exitCode, bootSeconds, totalSeconds, kernelLog: logPath });
+        });
+      });
+    });
+  } finally {
+    for (const c of channels) c.server.close();
+    rmSync(sockDir, { recursive: true, force: true });
+  }
+}
+
+/** Memory sizes as the CLI takes them: 3072 (MiB), 3072M, 3G, 3.5G. */
+export function parseMemoryMiB(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)([MmGg]i?[Bb]?)?$/.exec(text.trim());
+  if (!m) throw new LabError(`lab exec: memory size ${JSON.stringify(text)} is not a size like 3072M or 3G`);
+  const n = Number(m[1]);
+  const unit = (m[2] ?? 'M')[0]!.toUpperCase();
+  return Math.round(unit === 'G' ? n * 1024 : n);
+}
+
+/** Size of the lab image files, for reports. */
+export function labImageBytes(): number {
+  return [labFiles.kernel(), labFiles.hostInitrd(), labFiles.hostDisk(), labFiles.guestInitrd()]
+    .filter((f) => existsSync(f)).reduce((s, f) => s + statSync(f).size, 0);
+}

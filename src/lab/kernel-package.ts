@@ -1,0 +1,68 @@
+// Fetches Debian's cloud kernel package: the lab host and the guests both run it.
+// The exact version is resolved from the linux-image-cloud-amd64 metapackage, because
+// `apt-get download` with a wildcard fetches every matching version (hundreds of MB).
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface KernelTree {
+  /** e.g. 6.1.0-56-cloud-amd64 */
+  release: string;
+  /** The bzImage. */
+  vmlinuz: string;
+  /** <tree>/lib/modules/<release>/kernel */
+  modulesDir: string;
+}
+
+const META_PACKAGE = 'linux-image-cloud-amd64';
+
+function run(command: string, args: string[], cwd?: string): string {
+  try {
+    return execFileSync(command, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
+  } catch (err) {
+    const e = err as { stderr?: string; code?: string; message: string };
+    if (e.code === 'ENOENT') throw new Error(`${command} is not installed (needed to build the lab)`);
+    const detail = (e.stderr ?? e.message).trim().split('\n').pop();
+    throw new Error(`${command} ${args.join(' ')} failed: ${detail}`);
+  }
+}
+
+/** The versioned package the metapackage depends on, e.g. linux-image-6.1.0-56-cloud-amd64. */
+export function resolveKernelPackage(): string {
+  const out = run('apt-cache', ['depends', META_PACKAGE]);
+  const m = /Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)\b/.exec(out);
+  if (!m) {
+    throw new Error(`apt-cache depends ${META_PACKAGE} names no linux-image package (run apt-get update?)`);
+  }
+  return m[1]!;
+}
+
+/** Downloads (once) and unpacks the kernel package into `dir`. */
+export function fetchKernel(dir: string, log: (line: string) => void): KernelTree {
+  const pkg = resolveKernelPackage();
+  const release = pkg.replace(/^linux-image-/, '');
+  const tree = join(dir, release);
+  const vmlinuz = join(tree, 'boot', `vmlinuz-${release}`);
+  const modulesDir = join(tree, 'lib', 'modules', release, 'kernel');
+  if (existsSync(vmlinuz) && existsSync(modulesDir)) {
+    log(`kernel ${release}: already unpacked`);
+    return { release, vmlinuz, modulesDir };
+  }
+  const debs = join(dir, 'debs');
+  mkdirSync(debs, { recursive: true });
+  let deb = readdirSync(debs).find((n) => n.startsWith(`${pkg}_`) && n.endsWith('.deb'));
+  if (!deb) {
+    log(`downloading ${pkg}`);
+    run('apt-get', ['download', '-q', pkg], debs);
+    deb = readdirSync(debs).find((n) => n.startsWith(`${pkg}_`) && n.endsWith('.deb'));
+    if (!deb) throw new Error(`apt-get download ${pkg} left no .deb in ${debs}`);
+  }
+  log(`unpacking ${deb}`);
+  const partial = `${tree}.partial`;
+  rmSync(partial, { recursive: true, force: true });
+  run('dpkg-deb', ['-x', join(debs, deb), partial]);
+  rmSync(tree, { recursive: true, force: true });
+  renameSync(partial, tree);
+  if (!existsSync(vmlinuz)) throw new Error(`kernel package ${deb} holds no ${vmlinuz}`);
+  return { release, vmlinuz, modulesDir };
+}
