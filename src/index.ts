@@ -1,3 +1,9 @@
 // The tsvirt library: import { Machine } from 'tsvirt'.
 export * from './memory/guest-memory.js';
 export * from './memory/region-memory.js';
+export {
+  QmpClient, QmpCommandError, QmpConnectionError, QmpServer, startQmpServers, QmpRegistry, QmpError,
+  createCoreRegistry, arg as qmpArg,
+  type QmpTarget, type RunState, type QmpCpuInfo, type QmpBlockInfo, type QmpPciDevice, type QmpCommand,
+  type CommandContext as QmpCommandContext, type QmpClientOptions, type QmpEventMessage,
+} from './qmp/index.js';

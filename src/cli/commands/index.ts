@@ -1,8 +1,10 @@
 // The list of subcommands. A command module exports `register(program)`.
 import type { Command } from 'commander';
 import { register as registerImg } from './img.js';
+import { register as registerQmp } from './qmp.js';
 
 export type RegisterCommand = (program: Command) => void;
 
 export const commands: RegisterCommand[] = [];
 commands.push(registerImg);
+commands.push(registerQmp);
