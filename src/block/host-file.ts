@@ -1,0 +1,269 @@
+// A host file or block device opened for image I/O, with the cache mode applied:
+//   none        O_DIRECT (page cache bypassed; I/O goes through aligned bounce buffers)
+//   directsync  O_DIRECT | O_DSYNC
+//   writethrough O_DSYNC (every write is durable when it completes)
+//   writeback   page cache; flush() = fdatasync
+//   unsafe      page cache; flush() does nothing
+// Vectored I/O uses Node's FileHandle.readv/writev at a position, which run preadv/pwritev on
+// the libuv thread pool, so many requests can be in flight at once.
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import koffi from 'koffi';
+import { BlockError } from './errors.js';
+import type { CacheMode } from './driver.js';
+
+const DIRECT_ALIGN = 4096;
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type CFunction = (...args: any[]) => any;
+interface Libc {
+  fallocate: CFunction;
+  memchr: CFunction;
+}
+let libc: Libc | undefined;
+function getLibc(): Libc {
+  if (!libc) {
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
+      // memchr on a one-byte search hands back the buffer's own address: the only way to
+      // learn where V8 put a buffer, needed to carve O_DIRECT-aligned windows out of it.
+      memchr: lib.func('void *memchr(void *s, int c, size_t n)'),
+    };
+  }
+  return libc;
+}
+
+/** A buffer whose first byte sits on a DIRECT_ALIGN boundary (V8 never moves backing stores). */
+export function alignedBuffer(length: number): Buffer {
+  const raw = Buffer.allocUnsafeSlow(length + DIRECT_ALIGN);
+  raw[0] = 0x5a;
+  const address = koffi.address(getLibc().memchr(raw, 0x5a, 1)) as bigint;
+  const skip = Number((BigInt(DIRECT_ALIGN) - (address % BigInt(DIRECT_ALIGN))) % BigInt(DIRECT_ALIGN));
+  const out = raw.subarray(skip, skip + length);
+  out.fill(0);
+  return out;
+}
+
+function totalLength(buffers: Uint8Array[]): number {
+  let n = 0;
+  for (const b of buffers) n += b.length;
+  return n;
+}
+
+export interface HostFileOptions {
+  readOnly?: boolean;
+  cache?: CacheMode;
+  create?: boolean;
+}
+
+export class HostFile {
+  private constructor(
+    readonly filename: string,
+    private readonly handle: FileHandle,
+    readonly readOnly: boolean,
+    readonly cache: CacheMode,
+    readonly direct: boolean,
+    readonly isBlockDevice: boolean,
+  ) {}
+
+  static async open(filename: string, options: HostFileOptions = {}): Promise<HostFile> {
+    const readOnly = options.readOnly ?? false;
+    const cache = options.cache ?? 'writeback';
+    let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
+    if (options.create) flags |= constants.O_CREAT;
+    if (cache === 'writethrough' || cache === 'directsync') flags |= constants.O_DSYNC;
+    const direct = cache === 'none' || cache === 'directsync';
+    if (direct) flags |= constants.O_DIRECT;
+    let handle: FileHandle;
+    try {
+      handle = await open(filename, flags, 0o644);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (direct && e.code === 'EINVAL') {
+        throw new BlockError(filename, `cache=${cache} needs O_DIRECT, which this file system refuses`);
+      }
+      throw new BlockError(filename, `cannot open${readOnly ? '' : ' read-write'}: ${e.code ?? e.message}`);
+    }
+    const stat = await handle.stat();
+    if (!stat.isFile() && !stat.isBlockDevice()) {
+      await handle.close();
+      throw new BlockError(filename, 'is neither a regular file nor a block device');
+    }
+    return new HostFile(filename, handle, readOnly, cache, direct, stat.isBlockDevice());
+  }
+
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  /** Current length in bytes (for block devices: the device size). */
+  async length(): Promise<bigint> {
+    if (this.isBlockDevice) {
+      // A block device reports size 0 in stat; seeking to its end is what tells.
+      const probe = Buffer.alloc(1);
+      let lo = 0n;
+      let hi = 1n << 50n;
+      while (hi - lo > 1n) {
+        const mid = (lo + hi) / 2n;
+        const { bytesRead } = await this.handle.read(probe, 0, 1, Number(mid));
+        if (bytesRead === 1) lo = mid; else hi = mid;
+      }
+      return hi;
+    }
+    const stat = await this.handle.stat({ bigint: true });
+    return stat.size;
+  }
+
+  /** Read exactly the buffers' total length at offset; bytes beyond the end of file read as zeroes. */
+  async readv(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
+    if (buffers.length === 0) return;
+    if (this.direct) return this.directRead(Number(offset), buffers);
+    let pos = Number(offset);
+    let bufs = buffers.filter((b) => b.length > 0);
+    while (bufs.length > 0) {
+      const { bytesRead } = await this.handle.readv(bufs, pos);
+      if (bytesRead === 0) {
+        for (const b of bufs) b.fill(0);
+        return;
+      }
+      pos += bytesRead;
+      bufs = advance(bufs, bytesRead);
+    }
+  }
+
+  async writev(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'is open read-only');
+    if (buffers.length === 0) return;
+    if (this.direct) return this.directWrite(Number(offset), buffers);
+    let pos = Number(offset);
+    let bufs = buffers.filter((b) => b.length > 0);
+    while (bufs.length > 0) {
+      const { bytesWritten } = await this.handle.writev(bufs, pos);
+      if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
+      pos += bytesWritten;
+      bufs = advance(bufs, bytesWritten);
+    }
+  }
+
+  read(offset: bigint | number, buffer: Uint8Array): Promise<void> {
+    return this.readv(offset, [buffer]);
+  }
+
+  write(offset: bigint | number, buffer: Uint8Array): Promise<void> {
+    return this.writev(offset, [buffer]);
+  }
+
+  // O_DIRECT needs offset, length and memory address aligned: go through an aligned
+  // bounce buffer covering the request rounded out to the alignment. A write that does
+  // not cover whole aligned blocks first reads the blocks it touches (read-modify-write);
+  // writes are serialised so two such read-modify-writes never interleave.
+  private directQueue: Promise<void> = Promise.resolve();
+
+  private async directRead(offset: number, buffers: Uint8Array[]): Promise<void> {
+    const length = totalLength(buffers);
+    const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const bounce = alignedBuffer(end - start);
+    let pos = 0;
+    while (pos < bounce.length) {
+      const { bytesRead } = await this.handle.read(bounce, pos, bounce.length - pos, start + pos);
+      if (bytesRead === 0) break;
+      pos += bytesRead;
+    }
+    let from = offset - start;
+    for (const b of buffers) {
+      b.set(bounce.subarray(from, from + b.length));
+      from += b.length;
+    }
+  }
+
+  private directWrite(offset: number, buffers: Uint8Array[]): Promise<void> {
+    const run = async (): Promise<void> => {
+      const length = totalLength(buffers);
+      const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
+      const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
+      const bounce = alignedBuffer(end - start);
+      if (start !== offset || end !== offset + length) {
+        const fileEnd = Number(await this.length());
+        const readable = Math.max(0, Math.min(end, Math.ceil(fileEnd / DIRECT_ALIGN) * DIRECT_ALIGN) - start);
+        let pos = 0;
+        while (pos < readable) {
+          const { bytesRead } = await this.handle.read(bounce, pos, readable - pos, start + pos);
+          if (bytesRead === 0) break;
+          pos += bytesRead;
+        }
+      }
+      let at = offset - start;
+      for (const b of buffers) {
+        bounce.set(b, at);
+        at += b.length;
+      }
+      const fileEnd = Number(await this.length());
+      let pos = 0;
+      while (pos < bounce.length) {
+        const { bytesWritten } = await this.handle.write(bounce, pos, bounce.length - pos, start + pos);
+        pos += bytesWritten;
+      }
+      // Rounding up to the alignment may have grown the file past the request's end.
+      if (end > fileEnd && offset + length < end && !this.isBlockDevice) {
+        await this.handle.truncate(Math.max(fileEnd, offset + length));
+      }
+    };
+    const next = this.directQueue.then(run, run);
+    this.directQueue = next.catch(() => undefined);
+    return next;
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly || this.cache === 'unsafe') return;
+    await this.handle.datasync();
+  }
+
+  async truncate(length: bigint): Promise<void> {
+    if (this.isBlockDevice) {
+      if (length > (await this.length())) throw new BlockError(this.filename, 'a block device cannot grow');
+      return;
+    }
+    await this.handle.truncate(Number(length));
+  }
+
+  /** Reserve space without writing it (posix fallocate); false when the file system cannot. */
+  allocate(offset: bigint, length: bigint): boolean {
+    return getLibc().fallocate(this.fd, 0, offset, length) === 0;
+  }
+
+  /** Give the range back to the file system (it then reads as zeroes); false when unsupported. */
+  punchHole(offset: bigint, length: bigint): boolean {
+    if (this.readOnly) return false;
+    return getLibc().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
+  }
+
+  /** Zero the range cheaply (no data written) when the file system can; false otherwise. */
+  zeroRange(offset: bigint, length: bigint): boolean {
+    if (this.readOnly) return false;
+    return getLibc().fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
+  }
+
+  async close(): Promise<void> {
+    await this.directQueue;
+    await this.handle.close();
+  }
+}
+
+function advance(buffers: Uint8Array[], count: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = count;
+  for (const b of buffers) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

@@ -1,0 +1,22 @@
+// Format probing: qcow2 by its magic number, raw for anything else.
+import { open } from 'node:fs/promises';
+import { BlockError } from './errors.js';
+import { QCOW2_MAGIC } from './qcow2/header.js';
+
+/** Guess an image's format from its first bytes. */
+export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
+  let handle;
+  try {
+    handle = await open(filename, 'r');
+  } catch (err) {
+    throw new BlockError(filename, `cannot open: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  try {
+    const magic = new Uint8Array(4);
+    const { bytesRead } = await handle.read(magic, 0, 4, 0);
+    if (bytesRead === 4 && new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
+    return 'raw';
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,162 @@
+// The raw format: the image is the disk, byte for byte. Holes in a sparse file are
+// reported by blockStatus as zero, unallocated extents.
+import { BlockError } from './errors.js';
+import { HostFile } from './host-file.js';
+import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
+import { open as openFile } from 'node:fs/promises';
+import koffi from 'koffi';
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+export class RawDriver implements BlockDriver {
+  readonly format = 'raw';
+  private virtualSize: bigint;
+
+  private constructor(
+    private readonly file: HostFile,
+    size: bigint,
+  ) {
+    this.virtualSize = size;
+  }
+
+  static async open(filename: string, options: OpenOptions = {}): Promise<RawDriver> {
+    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache });
+    return new RawDriver(file, await file.length());
+  }
+
+  get filename(): string {
+    return this.file.filename;
+  }
+
+  get readOnly(): boolean {
+    return this.file.readOnly;
+  }
+
+  size(): bigint {
+    return this.virtualSize;
+  }
+
+  topology(): BlockTopology {
+    const block = this.file.direct ? 4096 : 512;
+    return {
+      logicalBlockSize: 512,
+      physicalBlockSize: block,
+      alignmentOffset: 0,
+      minimumIoSize: block,
+      optimalIoSize: 0,
+      discardGranularity: 4096,
+    };
+  }
+
+  private check(offset: bigint, length: bigint, what: string): void {
+    if (offset < 0n || length < 0n || offset + length > this.virtualSize) {
+      throw new BlockError(this.filename, `${what} of ${length} bytes at offset ${offset} is beyond the disk size ${this.virtualSize}`);
+    }
+  }
+
+  async readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    this.check(offset, BigInt(buffers.reduce((n, b) => n + b.length, 0)), 'read');
+    await this.file.readv(offset, buffers);
+  }
+
+  async writev(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'write refused: image is open read-only');
+    this.check(offset, BigInt(buffers.reduce((n, b) => n + b.length, 0)), 'write');
+    await this.file.writev(offset, buffers);
+  }
+
+  flush(): Promise<void> {
+    return this.file.flush();
+  }
+
+  async discard(offset: bigint, length: bigint): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'discard refused: image is open read-only');
+    this.check(offset, length, 'discard');
+    this.file.punchHole(offset, length);
+  }
+
+  async writeZeroes(offset: bigint, length: bigint, opts: { mayUnmap?: boolean } = {}): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'write refused: image is open read-only');
+    this.check(offset, length, 'write-zeroes');
+    if (opts.mayUnmap && this.file.punchHole(offset, length)) return;
+    if (this.file.zeroRange(offset, length)) return;
+    const chunk = new Uint8Array(1 << 20);
+    for (let pos = offset; pos < offset + length; ) {
+      const n = (offset + length - pos) < BigInt(chunk.length) ? Number(offset + length - pos) : chunk.length;
+      await this.file.write(pos, chunk.subarray(0, n));
+      pos += BigInt(n);
+    }
+  }
+
+  async resize(newSize: bigint): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'resize refused: image is open read-only');
+    if (newSize < 0n) throw new BlockError(this.filename, `invalid size ${newSize}`);
+    await this.file.truncate(newSize);
+    this.virtualSize = newSize;
+  }
+
+  async blockStatus(offset: bigint, length: bigint): Promise<BlockStatus> {
+    this.check(offset, length, 'block status');
+    const end = offset + length;
+    const next = (whence: number): bigint => {
+      try {
+        return BigInt(seekFd(this.file.fd, offset, whence));
+      } catch {
+        return -1n;
+      }
+    };
+    const hole = next(SEEK_HOLE);
+    const data = next(SEEK_DATA);
+    if (hole < 0n && data < 0n) return { length, data: true, zero: false, depth: 0, hostOffset: offset };
+    if (data === offset || (data < 0n && hole > offset) || (hole > offset && data <= offset)) {
+      const stop = hole < 0n || hole > end ? end : hole;
+      return { length: stop - offset, data: true, zero: false, depth: 0, hostOffset: offset };
+    }
+    const stop = data < 0n || data > end ? end : data;
+    return { length: stop - offset, data: false, zero: true, depth: 0 };
+  }
+
+  close(): Promise<void> {
+    return this.file.close();
+  }
+}
+
+let lseek: ((fd: number, offset: bigint, whence: number) => bigint) | undefined;
+function seekFd(fd: number, offset: bigint, whence: number): bigint {
+  if (!lseek) {
+    // Node has no lseek; SEEK_DATA/SEEK_HOLE are how a sparse file tells its holes.
+    const lib = koffi.load('libc.so.6');
+    const fn = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
+    lseek = (f, o, w) => BigInt(fn(f, o, w) as number | bigint);
+  }
+  const r = lseek(fd, offset, whence);
+  if (r < 0n) throw new Error('lseek failed');
+  return r;
+}
+
+/** Create (or truncate to) a raw image of `size` bytes; preallocation 'falloc'/'full' reserves or writes it. */
+export async function createRaw(filename: string, options: { size: bigint; preallocation?: 'off' | 'falloc' | 'full' }): Promise<void> {
+  if (options.size < 0n) throw new BlockError(filename, `invalid size ${options.size}`);
+  let handle;
+  try {
+    handle = await openFile(filename, 'w');
+  } catch (err) {
+    throw new BlockError(filename, `cannot create: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  await handle.close();
+  const file = await HostFile.open(filename);
+  try {
+    await file.truncate(options.size);
+    if (options.preallocation === 'falloc' && options.size > 0n) file.allocate(0n, options.size);
+    if (options.preallocation === 'full') {
+      const chunk = new Uint8Array(1 << 20);
+      for (let pos = 0n; pos < options.size; pos += BigInt(chunk.length)) {
+        const n = options.size - pos < BigInt(chunk.length) ? Number(options.size - pos) : chunk.length;
+        await file.write(pos, chunk.subarray(0, n));
+      }
+    }
+  } finally {
+    await file.close();
+  }
+}
