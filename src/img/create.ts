@@ -1,5 +1,6 @@
 // Creating images of either format from validated creation options.
 import { createRaw } from '../block/raw.js';
+import { createQcow2 } from './qcow2-create.js';
 import { ImgError, oneLine } from './errors.js';
 import type { CreateOptions } from './create-options.js';
 
@@ -11,7 +12,8 @@ export async function createImage(filename: string, format: string, size: bigint
       return;
     }
     if (format === 'qcow2') {
-      throw new ImgError(`${filename}: qcow2 creation is not available yet`);
+      await createQcow2(filename, size, options);
+      return;
     }
   } catch (err) {
     if (err instanceof ImgError) throw err;

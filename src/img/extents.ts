@@ -27,7 +27,12 @@ export async function* extents(driver: BlockDriver, start = 0n, end = driver.siz
     const status = await driver.blockStatus(offset, want);
     let length = status.length > want ? want : status.length;
     if (length <= 0n) length = want; // a driver that cannot tell: treat the rest as one extent
-    yield { ...status, length, start: offset, present: isPresent(status) };
+    if (driver.format === 'raw') {
+      // A raw image is its own host file: every byte is "allocated" and maps 1:1, holes included.
+      yield { ...status, length, start: offset, present: true, hostOffset: offset };
+    } else {
+      yield { ...status, length, start: offset, present: isPresent(status) };
+    }
     offset += length;
   }
 }

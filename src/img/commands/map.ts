@@ -17,7 +17,7 @@ interface MapEntry { start: bigint; length: bigint; depth: number; present: bool
 
 function toEntry(e: Extent): MapEntry {
   const entry: MapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
-  if (e.data && e.hostOffset !== undefined && !e.compressed) entry.offset = e.hostOffset;
+  if (e.hostOffset !== undefined && !e.compressed) entry.offset = e.hostOffset;
   return entry;
 }
 

@@ -93,7 +93,8 @@ export async function measure(argv: string[], io: ImgIO): Promise<number> {
     required = fullyAllocated - aligned + required;
   } else {
     fullyAllocated = roundUp(virtualSize, 512n);
-    required = sizeText !== undefined || prealloc === 'full' || prealloc === 'falloc' ? fullyAllocated : required;
+    // qemu's raw driver does not look at the source's allocation: a raw copy may need it all.
+    required = fullyAllocated;
   }
   if (output === 'json') {
     io.out(qemuJson({ required, 'fully-allocated': fullyAllocated, bitmaps: bitmaps ? 0 : undefined }) + '\n');
