@@ -92,7 +92,11 @@ export class VcpuFd {
   private readonly run: DataView;
   private closed = false;
 
-  constructor(readonly fd: number, readonly id: number, readonly mmapSize: number) {
+  /**
+   * Maps the run page of vCPU `fd`. With ownsFd false (another thread's vCPU, by fd number),
+   * close() only unmaps this thread's mapping and leaves the descriptor open.
+   */
+  constructor(readonly fd: number, readonly id: number, readonly mmapSize: number, private readonly ownsFd = true) {
     this.runAddress = mmap(mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     this.runBytes = new Uint8Array(nativeView(this.runAddress, mmapSize));
     this.run = new DataView(this.runBytes.buffer);
@@ -336,7 +340,7 @@ export class VcpuFd {
     if (this.closed) return;
     this.closed = true;
     munmap(this.runAddress, this.mmapSize);
-    close(this.fd);
+    if (this.ownsFd) close(this.fd);
   }
 
   private getStruct(request: number, name: string, layout: typeof kvm_regs): unknown {
