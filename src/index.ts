@@ -1,6 +1,7 @@
 // The tsvirt library: import { Machine } from 'tsvirt'.
 export * from './memory/guest-memory.js';
 export * from './memory/region-memory.js';
+export * from './kvm/index.js';
 export {
   QmpClient, QmpCommandError, QmpConnectionError, QmpServer, startQmpServers, QmpRegistry, QmpError,
   createCoreRegistry, arg as qmpArg,
