@@ -1,0 +1,312 @@
+// A split virtqueue (virtio 1.x, section 2.7) seen from the device side, with no device
+// logic: walk descriptor chains (direct and indirect), hand them out, put used elements
+// back, and decide whether the driver wants an interrupt (EVENT_IDX or NO_INTERRUPT).
+//
+// Everything read from the rings is driver-controlled and may be hostile. Every address
+// goes through GuestMemory's bounds checks, every chain is bounded (it cannot loop or grow
+// past the queue size or the indirect-table limit) and every length is checked for 32-bit
+// overflow. A protocol violation throws VirtqueueError naming the queue and guest address;
+// the transport then marks the device DEVICE_NEEDS_RESET instead of crashing or hanging.
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { hex } from '../pci/interrupt.js';
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+/** The most descriptors one indirect table may hold (the spec leaves it to the device). */
+export const MAX_INDIRECT_DESCRIPTORS = 1024;
+export const MAX_QUEUE_SIZE = 32768;
+
+export class VirtqueueError extends Error {
+  constructor(
+    readonly queueName: string,
+    readonly guestAddress: bigint,
+    detail: string,
+  ) {
+    super(`${queueName}: ${detail} at guest address ${hex(guestAddress)}`);
+    this.name = 'VirtqueueError';
+  }
+}
+
+/** One guest buffer of a chain. `address` and `length` are already checked against memory. */
+export interface Descriptor {
+  address: bigint;
+  length: number;
+  writable: boolean;
+}
+
+export interface DescriptorChain {
+  /** The head index to return in the used ring. */
+  head: number;
+  /** Device-readable buffers, in order. */
+  readable: Descriptor[];
+  /** Device-writable buffers, in order (the spec puts them after the readable ones). */
+  writable: Descriptor[];
+  readableBytes: number;
+  writableBytes: number;
+}
+
+export interface QueueState {
+  size: number;
+  ready: boolean;
+  descTable: string;
+  availRing: string;
+  usedRing: string;
+  nextAvail: number;
+  nextUsed: number;
+  signalledUsed: number | null;
+  msixVector: number;
+}
+
+export class Virtqueue {
+  /** Set by the driver through the transport before enabling. */
+  size: number;
+  ready = false;
+  descTable = 0n;
+  availRing = 0n;
+  usedRing = 0n;
+  msixVector = 0xffff;
+  /** Negotiated features that change ring handling. */
+  eventIdx = false;
+  indirect = false;
+
+  private nextAvail = 0;
+  private nextUsed = 0;
+  /** The used index at the last interrupt we sent (EVENT_IDX bookkeeping); null = unknown. */
+  private signalledUsed: number | null = null;
+
+  constructor(
+    private readonly memory: GuestMemory,
+    readonly name: string,
+    readonly maxSize: number,
+  ) {
+    this.size = maxSize;
+  }
+
+  reset(): void {
+    this.size = this.maxSize;
+    this.ready = false;
+    this.descTable = 0n;
+    this.availRing = 0n;
+    this.usedRing = 0n;
+    this.msixVector = 0xffff;
+    this.nextAvail = 0;
+    this.nextUsed = 0;
+    this.signalledUsed = null;
+  }
+
+  /**
+   * Check the layout the driver programmed when it enables the queue: a power-of-two size
+   * no larger than the maximum, rings aligned and wholly inside guest memory.
+   */
+  validate(): void {
+    const size = this.size;
+    if (size === 0 || size > this.maxSize || (size & (size - 1)) !== 0) {
+      throw new VirtqueueError(this.name, this.descTable, `queue size ${size} is not a power of two in 1..${this.maxSize}`);
+    }
+    const areas: Array<[string, bigint, number, bigint]> = [
+      ['descriptor table', this.descTable, 16 * size, 16n],
+      ['available ring', this.availRing, 6 + 2 * size, 2n],
+      ['used ring', this.usedRing, 6 + 8 * size, 4n],
+    ];
+    for (const [what, address, length, align] of areas) {
+      if (address % align !== 0n) throw new VirtqueueError(this.name, address, `${what} is not ${align}-byte aligned`);
+      if (!this.memory.contains(address, length)) {
+        throw new VirtqueueError(this.name, address, `${what} (${length} bytes) is outside guest memory`);
+      }
+    }
+  }
+
+  private availIdx(): number {
+    return this.memory.readU16(this.availRing + 2n);
+  }
+
+  /** Chains the driver has made available that we have not taken yet. */
+  pendingCount(): number {
+    if (!this.ready) return 0;
+    const pending = (this.availIdx() - this.nextAvail) & 0xffff;
+    if (pending > this.size) {
+      throw new VirtqueueError(this.name, this.availRing + 2n,
+        `available index moved ${pending} entries past the ${this.size} the queue holds`);
+    }
+    return pending;
+  }
+
+  /** Take the next available chain, or null when the ring is empty. */
+  pop(): DescriptorChain | null {
+    if (this.pendingCount() === 0) return null;
+    const slotAddress = this.availRing + 4n + 2n * BigInt(this.nextAvail % this.size);
+    const head = this.memory.readU16(slotAddress);
+    this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    if (this.eventIdx) {
+      // avail_event: ask to be notified when the driver adds anything past what we took.
+      this.memory.writeU16(this.usedRing + 4n + 8n * BigInt(this.size), this.nextAvail);
+    }
+    if (head >= this.size) throw new VirtqueueError(this.name, slotAddress, `head index ${head} is beyond queue size ${this.size}`);
+    return this.walk(head);
+  }
+
+  /** Put the last popped chain back (the device cannot handle it yet, e.g. no room downstream). */
+  undoPop(): void {
+    this.nextAvail = (this.nextAvail - 1) & 0xffff;
+    if (this.eventIdx) this.memory.writeU16(this.usedRing + 4n + 8n * BigInt(this.size), this.nextAvail);
+  }
+
+  private walk(head: number): DescriptorChain {
+    const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
+    let table = this.descTable;
+    let tableSize = this.size;
+    let index = head;
+    let budget = this.size; // descriptors this table may still contribute: a loop runs out of it
+    let inIndirect = false;
+    for (;;) {
+      const at = table + 16n * BigInt(index);
+      if (budget-- <= 0) throw new VirtqueueError(this.name, at, 'descriptor chain loops or is longer than its table');
+      const address = this.memory.readU64(at);
+      const length = this.memory.readU32(at + 8n);
+      const flags = this.memory.readU16(at + 12n);
+      const next = this.memory.readU16(at + 14n);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirect) throw new VirtqueueError(this.name, at, 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
+        if (inIndirect) throw new VirtqueueError(this.name, at, 'indirect descriptor inside an indirect table');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new VirtqueueError(this.name, at, 'indirect descriptor with NEXT set');
+        if (length === 0 || length % 16 !== 0 || length / 16 > MAX_INDIRECT_DESCRIPTORS) {
+          throw new VirtqueueError(this.name, at, `indirect table length ${length} is not a multiple of 16 in 16..${16 * MAX_INDIRECT_DESCRIPTORS}`);
+        }
+        if (!this.memory.contains(address, length)) {
+          throw new VirtqueueError(this.name, address, `indirect table (${length} bytes) is outside guest memory`);
+        }
+        inIndirect = true;
+        table = address;
+        tableSize = length / 16;
+        budget = tableSize;
+        index = 0;
+        continue;
+      }
+      if (length > 0 && !this.memory.contains(address, length)) {
+        throw new VirtqueueError(this.name, address, `buffer of ${length} bytes is outside guest memory`);
+      }
+      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+      if (writable) {
+        chain.writable.push({ address, length, writable });
+        chain.writableBytes += length;
+      } else {
+        if (chain.writable.length > 0) throw new VirtqueueError(this.name, at, 'device-readable descriptor after a writable one');
+        chain.readable.push({ address, length, writable });
+        chain.readableBytes += length;
+      }
+      if (chain.readableBytes + chain.writableBytes > 0xffffffff) {
+        throw new VirtqueueError(this.name, at, 'chain buffers add up to more than 4 GiB');
+      }
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (next >= tableSize) throw new VirtqueueError(this.name, at, `next index ${next} is beyond table size ${tableSize}`);
+      index = next;
+    }
+  }
+
+  /** Return a chain to the driver with `written` bytes written into its writable buffers. */
+  pushUsed(head: number, written: number): void {
+    const slot = this.usedRing + 4n + 8n * BigInt(this.nextUsed % this.size);
+    this.memory.writeU32(slot, head);
+    this.memory.writeU32(slot + 4n, written >>> 0);
+    this.nextUsed = (this.nextUsed + 1) & 0xffff;
+    this.memory.writeU16(this.usedRing + 2n, this.nextUsed);
+  }
+
+  /**
+   * Whether the driver wants an interrupt for the used entries added since the last one.
+   * Call after pushUsed(); it records the interrupt as sent when it answers true.
+   */
+  needsInterrupt(): boolean {
+    if (this.eventIdx) {
+      const usedEvent = this.memory.readU16(this.availRing + 4n + 2n * BigInt(this.size));
+      const old = this.signalledUsed;
+      const now = this.nextUsed;
+      this.signalledUsed = now;
+      if (old === null) return true;
+      // vring_need_event: fire if used_event lies in (old, now].
+      return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
+    }
+    return (this.memory.readU16(this.availRing) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  saveState(): QueueState {
+    return {
+      size: this.size, ready: this.ready, descTable: hex(this.descTable), availRing: hex(this.availRing),
+      usedRing: hex(this.usedRing), nextAvail: this.nextAvail, nextUsed: this.nextUsed,
+      signalledUsed: this.signalledUsed, msixVector: this.msixVector,
+    };
+  }
+
+  loadState(state: QueueState): void {
+    this.size = state.size;
+    this.ready = state.ready;
+    this.descTable = BigInt(state.descTable);
+    this.availRing = BigInt(state.availRing);
+    this.usedRing = BigInt(state.usedRing);
+    this.nextAvail = state.nextAvail;
+    this.nextUsed = state.nextUsed;
+    this.signalledUsed = state.signalledUsed;
+    this.msixVector = state.msixVector;
+    if (this.ready) this.validate();
+  }
+}
+
+/** Copy up to `into.length` bytes out of `buffers`, skipping the first `skip` bytes. */
+export function gather(memory: GuestMemory, buffers: readonly Descriptor[], into: Uint8Array, skip = 0): number {
+  let done = 0;
+  for (const d of buffers) {
+    if (done >= into.length) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const n = Math.min(d.length - skip, into.length - done);
+    into.set(memory.slice(d.address + BigInt(skip), n), done);
+    done += n;
+    skip = 0;
+  }
+  return done;
+}
+
+/** Copy `data` into `buffers` starting `skip` bytes in; returns bytes written. */
+export function scatter(memory: GuestMemory, buffers: readonly Descriptor[], data: Uint8Array, skip = 0): number {
+  let done = 0;
+  for (const d of buffers) {
+    if (done >= data.length) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const n = Math.min(d.length - skip, data.length - done);
+    memory.write(d.address + BigInt(skip), data.subarray(done, done + n));
+    done += n;
+    skip = 0;
+  }
+  return done;
+}
+
+/**
+ * Views (aliasing guest memory) of the byte range [start, start+length) of the buffers'
+ * concatenation: the zero-copy iovecs for block I/O.
+ */
+export function sliceBuffers(memory: GuestMemory, buffers: readonly Descriptor[], start: number, length: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = start;
+  let left = length;
+  for (const d of buffers) {
+    if (left <= 0) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const n = Math.min(d.length - skip, left);
+    if (n > 0) out.push(memory.slice(d.address + BigInt(skip), n));
+    left -= n;
+    skip = 0;
+  }
+  return out;
+}
