@@ -1,0 +1,155 @@
+// The DSDT's contents: \_S5 for poweroff and, under \_SB, the legacy devices and the PCI
+// host bridge. The DSDT is a list of builders so other parts of the machine (PCI interrupt
+// routing, hot-plug) add their own devices and methods without touching this file.
+import {
+  ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KEYBOARD_IRQ,
+  PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_CONFIG_PORT, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_CONFIG_PORT_COUNT, PCI_IO_END, PCI_IO_START, RTC_IRQ,
+  RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
+} from '../layout.js';
+import {
+  Aml, concat, device, dwordMemory, eisaId, integer, io, irqNoFlags, memory32Fixed, name, pkg, qwordMemory,
+  resourceTemplate, scope, string, wordBusNumber, wordIo,
+} from './aml.js';
+
+/** Where the PCI host bridge's resources live. */
+export interface PciHostConfig {
+  ecamBase: bigint;
+  ecamSize: bigint;
+  busStart: number;
+  busEnd: number;
+  mmio32: { start: bigint; size: bigint };
+  mmio64: { start: bigint; size: bigint };
+  /** The I/O port window for PCI devices (BAR allocation range). */
+  io: { start: number; end: number };
+}
+
+/**
+ * A DSDT builder: returns AML terms. `scope` says where the terms go: '\\' (the root),
+ * '\\_SB' (devices), '\\_SB.PCI0' (inside the host bridge) or '\\_GPE' (event methods).
+ */
+export interface DsdtPart {
+  scope: '\\' | '\\_SB' | '\\_SB.PCI0' | '\\_GPE';
+  build(): Aml;
+}
+
+/** \_S5: the sleep type values the OS writes to PM1a/PM1b control to power off. */
+export function sleepStateS5(): DsdtPart {
+  return {
+    scope: '\\',
+    build: () => name('_S5', pkg([integer(ACPI_S5_SLEEP_TYPE), integer(ACPI_S5_SLEEP_TYPE), integer(0), integer(0)])),
+  };
+}
+
+/** A 16550 UART on COM1: PNP0501, its 8 ports and IRQ 4. */
+export function com1(): DsdtPart {
+  return {
+    scope: '\\_SB',
+    build: () => device('COM1', [
+      name('_HID', eisaId('PNP0501')),
+      name('_UID', integer(1)),
+      name('_STA', integer(0xf)),
+      name('_CRS', resourceTemplate([io(COM1_PORT, COM1_PORT, 8, UART_PORT_COUNT), irqNoFlags([COM1_IRQ])])),
+    ]),
+  };
+}
+
+/** The i8042 keyboard controller: PNP0303, data and command ports, IRQ 1. */
+export function ps2Keyboard(): DsdtPart {
+  return {
+    scope: '\\_SB',
+    build: () => device('PS2K', [
+      name('_HID', eisaId('PNP0303')),
+      name('_STA', integer(0xf)),
+      name('_CRS', resourceTemplate([
+        io(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1),
+        io(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1),
+        irqNoFlags([I8042_KEYBOARD_IRQ]),
+      ])),
+    ]),
+  };
+}
+
+/** The MC146818 RTC: PNP0B00, ports 0x70-0x71, IRQ 8. */
+export function rtc(): DsdtPart {
+  return {
+    scope: '\\_SB',
+    build: () => device('RTC', [
+      name('_HID', eisaId('PNP0B00')),
+      name('_STA', integer(0xf)),
+      name('_CRS', resourceTemplate([io(RTC_PORT, RTC_PORT, 1, RTC_PORT_COUNT), irqNoFlags([RTC_IRQ])])),
+    ]),
+  };
+}
+
+/**
+ * The PCIe host bridge PCI0 (PNP0A08, compatible PNP0A03) with the bus range, the 0xCF8
+ * config ports, the I/O window and both MMIO windows in _CRS. Also a motherboard-resources
+ * device (PNP0C02) claiming the ECAM: Linux only trusts an MCFG region reserved there or in e820.
+ */
+export function pciHostBridge(cfg: PciHostConfig): DsdtPart[] {
+  const lowIoEnd = PCI_CONFIG_PORT - 1;
+  const highIoStart = PCI_CONFIG_PORT + PCI_CONFIG_PORT_COUNT;
+  const resources: Uint8Array[] = [
+    wordBusNumber(cfg.busStart, cfg.busEnd),
+    io(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORT_COUNT),
+    // The legacy ports below 0xCF8 stay routable to the ISA devices; everything else goes
+    // to the I/O window for PCI BARs.
+    wordIo(0, lowIoEnd),
+  ];
+  if (cfg.io.end >= highIoStart) {
+    resources.push(wordIo(Math.max(cfg.io.start, highIoStart), cfg.io.end));
+  }
+  resources.push(dwordMemory(cfg.mmio32.start, cfg.mmio32.start + cfg.mmio32.size - 1n));
+  if (cfg.mmio64.size > 0n) resources.push(qwordMemory(cfg.mmio64.start, cfg.mmio64.start + cfg.mmio64.size - 1n));
+  return [
+    {
+      scope: '\\_SB',
+      build: () => device('PCI0', [
+        name('_HID', eisaId('PNP0A08')),
+        name('_CID', eisaId('PNP0A03')),
+        name('_ADR', integer(0)),
+        name('_SEG', integer(0)),
+        name('_UID', integer(0)),
+        name('_BBN', integer(cfg.busStart)),
+        name('_CRS', resourceTemplate(resources)),
+      ]),
+    },
+    {
+      scope: '\\_SB',
+      build: () => device('MRES', [
+        name('_HID', eisaId('PNP0C02')),
+        name('_UID', string('ECAM')),
+        name('_CRS', resourceTemplate([memory32Fixed(cfg.ecamBase, cfg.ecamSize)])),
+      ]),
+    },
+  ];
+}
+
+/** The host bridge configuration for the standard layout. */
+export function defaultPciHostConfig(mmio64: { start: bigint; size: bigint }): PciHostConfig {
+  return {
+    ecamBase: PCIE_ECAM_START,
+    ecamSize: PCIE_ECAM_SIZE,
+    busStart: 0,
+    busEnd: Number(PCIE_ECAM_SIZE >> 20n) - 1,
+    mmio32: { start: PCI_MMIO32_START, size: PCI_MMIO32_SIZE },
+    mmio64,
+    io: { start: PCI_IO_START, end: PCI_IO_END },
+  };
+}
+
+const SCOPE_ORDER: DsdtPart['scope'][] = ['\\', '\\_SB', '\\_SB.PCI0', '\\_GPE'];
+
+/**
+ * The DSDT's AML from a list of parts. Parts for the same scope are emitted in list order
+ * inside one Scope() term; '\\_SB.PCI0' parts follow the device that defines PCI0.
+ */
+export function buildDsdtAml(parts: readonly DsdtPart[]): Aml {
+  const out: Aml[] = [];
+  for (const s of SCOPE_ORDER) {
+    const terms = parts.filter((p) => p.scope === s).map((p) => p.build());
+    if (terms.length === 0) continue;
+    out.push(s === '\\' ? concat(terms) : scope(s, terms));
+  }
+  return concat(out);
+}
