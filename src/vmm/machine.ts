@@ -1,0 +1,663 @@
+// The machine: guest RAM, the KVM VM with its in-kernel irqchip and PIT, the legacy devices,
+// one thread per vCPU, and the lifecycle around them (start, pause/resume, reset, power off,
+// stop). It implements QMP's QmpTarget, so the monitor drives it without knowing it.
+//
+// Threads. Each vCPU runs in its own worker thread blocked in KVM_RUN. The serial console's
+// registers live in shared memory, so its exits (two per printed character under Linux) are
+// completed on the vCPU thread itself; every other device lives here on the main thread and
+// gets its exits through a shared-memory mailbox per vCPU (vcpu-channel.ts). See
+// docs/design.md for the measurements behind this split.
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import {
+  Kvm, KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT, type CpuidEntry, VcpuFd, type VmFd,
+} from '../kvm/index.js';
+import { installKickHandler, kickThread } from '../kvm/kick.js';
+import { setupRealMode } from '../kvm/microguest.js';
+import {
+  ACPI_GPE0_LENGTH, ACPI_GPE0_PORT, ACPI_PM_BASE, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_SCI_IRQ, COM1_IRQ, COM1_PORT,
+  I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
+} from '../arch/x86/layout.js';
+import { loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
+import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
+import { Bus } from '../devices/bus.js';
+import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
+import { Mc146818Rtc } from '../devices/rtc.js';
+import { I8042 } from '../devices/i8042.js';
+import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH } from '../devices/acpi-pm.js';
+import { ResetControl } from '../devices/reset-control.js';
+import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
+import { waitAsync } from './atomics.js';
+import { ByteRing } from './byte-ring.js';
+import { ConfigError, MAX_VCPUS, memoryBytes, validateConfig, type MachineConfig } from './config.js';
+import { ConsoleStream } from './console.js';
+import { cpuidForVcpu, setupFpu, setupLapicLints } from './cpu-setup.js';
+import { resolveCpuModel } from './cpu-model.js';
+import { GuestRam } from './guest-ram.js';
+import {
+  CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
+  CTL_THREAD_ID, CTL_WORDS, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
+} from './vcpu-channel.js';
+
+/** Something to boot instead of Linux: raw real-mode code (tests, tiny guests). */
+export interface RawBoot {
+  /** Bytes placed at `address` and entered in real mode with CS base 0. */
+  code: Uint8Array;
+  /** Guest-physical load and entry address, below 64 KiB. */
+  address: number;
+}
+
+export interface MachineOptions {
+  /** Boot raw code instead of a Linux kernel (then `kernel` must be absent). */
+  rawBoot?: RawBoot;
+  /** Where the vCPU worker module is (defaults to the compiled vcpu-worker.js beside this file). */
+  workerUrl?: URL;
+}
+
+export interface MachineExit {
+  /** Process-style exit code: 0 for a guest power-off or a host quit, 1 for a failure. */
+  code: number;
+  reason: string;
+}
+
+/** Default command line for a Linux guest on this machine (console on COM1). */
+export const DEFAULT_APPEND = 'console=ttyS0 reboot=k panic=-1';
+
+/** Errors with a machine-level cause (a file, a size, a model): one line, naming it. */
+export class MachineError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MachineError';
+  }
+}
+
+interface VcpuThread {
+  index: number;
+  worker: Worker;
+  control: Int32Array;
+  thread: bigint;
+  threadId: number;
+  ready: Promise<void>;
+}
+
+interface Boot {
+  kernel?: Uint8Array;
+  initrd?: Uint8Array;
+  cmdline: string;
+  raw?: RawBoot;
+}
+
+const PARK_TIMEOUT_MS = 5000;
+
+export class Machine extends EventEmitter implements QmpTarget {
+  readonly uuid = randomUUID();
+  readonly console = new ConsoleStream();
+  readonly cpuCount: number;
+  readonly memorySize: bigint;
+
+  private state: RunState = 'prelaunch';
+  private kvm: Kvm;
+  private vm!: VmFd;
+  private vcpus: VcpuFd[] = [];
+  private threads: VcpuThread[] = [];
+  private readonly ram: GuestRam;
+  private readonly pio = new Bus('pio');
+  private readonly mmio = new Bus('mmio');
+  private readonly uartState = new SharedArrayBuffer(UART_STATE_BYTES);
+  private readonly ring = ByteRing.create();
+  private uart!: Uart16550;
+  private readonly rtc = new Mc146818Rtc();
+  private readonly i8042: I8042;
+  private readonly pm: AcpiPmBlock;
+  private readonly gpe = new AcpiGpeBlock(ACPI_GPE0_LENGTH);
+  private readonly resetControl: ResetControl;
+  private ended = false;
+  private exitResult: MachineExit | null = null;
+  private readonly exited: Promise<MachineExit>;
+  private resolveExited!: (e: MachineExit) => void;
+  /** Serialises lifecycle operations (pause, reset, stop) so they never interleave. */
+  private lifecycle: Promise<unknown> = Promise.resolve();
+  private inputTimer: NodeJS.Timeout | null = null;
+
+  private constructor(
+    readonly config: MachineConfig,
+    private readonly boot: Boot,
+    private readonly cpuModel: CpuidEntry[],
+    ram: GuestRam,
+    kvm: Kvm,
+    private readonly options: MachineOptions,
+  ) {
+    super();
+    this.cpuCount = config.cpus ?? 1;
+    this.memorySize = ram.size;
+    this.ram = ram;
+    this.kvm = kvm;
+    this.exited = new Promise((resolve) => { this.resolveExited = resolve; });
+    this.i8042 = new I8042({ reset: () => this.guestReset('guest-reset') });
+    this.resetControl = new ResetControl(() => this.guestReset('guest-reset'));
+    this.pm = new AcpiPmBlock({
+      s5SleepType: ACPI_S5_SLEEP_TYPE,
+      powerOff: () => this.guestPowerOff(),
+      sci: (level) => this.vm.irqLine(ACPI_SCI_IRQ, level),
+    });
+    this.rtc.setMemorySize(Number(lowRamEnd(ram.size)), Number(highRamSize(ram.size)));
+    this.rtc.setCpuCount(this.cpuCount);
+    this.pio.insert(BigInt(COM1_PORT), BigInt(UART_PORT_COUNT), { read: (o, d) => this.uart.read(o, d), write: (o, d) => this.uart.write(o, d) }, 'serial0');
+    this.pio.insert(BigInt(I8042_DATA_PORT), 1n, { read: (_o, d) => this.i8042.read(0, d), write: (_o, d) => this.i8042.write(0, d) }, 'i8042-data');
+    this.pio.insert(BigInt(I8042_COMMAND_PORT), 1n, { read: (_o, d) => this.i8042.read(4, d), write: (_o, d) => this.i8042.write(4, d) }, 'i8042-command');
+    this.pio.insert(BigInt(RTC_PORT), BigInt(RTC_PORT_COUNT), this.rtc, 'rtc');
+    this.pio.insert(BigInt(ACPI_PM_BASE), BigInt(PM_BLOCK_LENGTH), this.pm, 'acpi-pm');
+    this.pio.insert(BigInt(ACPI_GPE0_PORT), BigInt(ACPI_GPE0_LENGTH), this.gpe, 'acpi-gpe0');
+    this.pio.insert(BigInt(ACPI_RESET_PORT), 1n, this.resetControl, 'reset-control');
+    this.console.onInput(() => this.feedConsoleInput());
+  }
+
+  /**
+   * Validate the config, read the kernel, check the host can give the memory and the CPU
+   * model, build the VM and its vCPU threads. Nothing runs until start().
+   */
+  static async create(config: MachineConfig, options: MachineOptions = {}): Promise<Machine> {
+    const valid = validateConfig(config);
+    const boot = readBoot(valid, options);
+    const cpus = valid.cpus ?? 1;
+    const size = memoryBytes(valid);
+    const kvm = Kvm.open();
+    let ram: GuestRam | undefined;
+    try {
+      const maxVcpus = kvm.checkExtension('MAX_VCPUS') || kvm.checkExtension('NR_VCPUS') || 4;
+      if (cpus > Math.min(maxVcpus, MAX_VCPUS)) {
+        throw new MachineError(`${cpus} vCPUs requested, this host's KVM allows at most ${Math.min(maxVcpus, MAX_VCPUS)}`);
+      }
+      const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
+      const backend = valid.memoryBackend ?? 'memfd';
+      ram = GuestRam.allocate({
+        size, thp: valid.thp ?? true, ksm: valid.ksm ?? true,
+        ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
+      });
+      const machine = new Machine(valid, boot, model, ram, kvm, options);
+      machine.buildVm();
+      await machine.spawnThreads();
+      return machine;
+    } catch (err) {
+      ram?.close();
+      kvm.close();
+      throw err;
+    }
+  }
+
+  get name(): string | undefined {
+    return this.config.name;
+  }
+
+  runState(): RunState {
+    return this.state;
+  }
+
+  /** Resolves when the machine has ended (guest power-off, quit, stop or a fatal error). */
+  waitForExit(): Promise<MachineExit> {
+    return this.exited;
+  }
+
+  /** Exit counts, for diagnostics and benchmarks. */
+  exitStats(): { local: number; forwarded: number } {
+    let local = 0;
+    let forwarded = 0;
+    for (const t of this.threads) {
+      local += Atomics.load(t.control, CTL_LOCAL_EXITS);
+      forwarded += Atomics.load(t.control, CTL_FORWARDED_EXITS);
+    }
+    return { local, forwarded };
+  }
+
+  /** Let the vCPUs run. */
+  async start(): Promise<void> {
+    if (this.state !== 'prelaunch') throw new MachineError(`cannot start a machine that is ${this.state}`);
+    this.startOutputPump();
+    this.setRunState('running');
+    this.releaseVcpus();
+  }
+
+  pause(): Promise<void> {
+    return this.serialise(async () => {
+      if (this.state !== 'running') return;
+      await this.parkVcpus();
+      this.setRunState('paused');
+      this.emit('stop');
+    });
+  }
+
+  resume(): Promise<void> {
+    return this.serialise(async () => {
+      if (this.state !== 'paused') return;
+      this.setRunState('running');
+      this.releaseVcpus();
+      this.emit('resume');
+    });
+  }
+
+  /** Host-initiated reset (QMP system_reset). */
+  reset(): Promise<void> {
+    return this.serialise(() => this.doReset({ guest: false, reason: 'host-qmp-system-reset' }));
+  }
+
+  /** Press the ACPI power button; a guest with ACPI support shuts down and powers off. */
+  powerdown(): Promise<void> {
+    return this.serialise(async () => {
+      this.pm.pressPowerButton();
+      this.emit('powerdown');
+    });
+  }
+
+  /** QMP quit: end the VM now. */
+  quit(): Promise<void> {
+    return this.end({ code: 0, reason: 'host-qmp-quit' }, { guest: false, reason: 'host-qmp-quit' });
+  }
+
+  /** Stop the VM and free everything (the library's way to end a machine). */
+  stop(): Promise<void> {
+    return this.end({ code: 0, reason: 'host-stop' }, { guest: false, reason: 'host-signal' });
+  }
+
+  cpus(): QmpCpuInfo[] {
+    return this.threads.map((t) => ({
+      cpuIndex: t.index,
+      threadId: Atomics.load(t.control, CTL_THREAD_ID) || t.threadId,
+      qomPath: `/machine/unattached/device[${t.index}]`,
+      socketId: 0,
+      coreId: t.index,
+      threadId_: 0,
+      target: 'x86_64',
+    }));
+  }
+
+  blockDevices(): QmpBlockInfo[] {
+    return [];
+  }
+
+  pciDevices(): QmpPciDevice[] {
+    return [];
+  }
+
+  /** The port I/O bus: where later device managers (PCI host bridge) attach ranges. */
+  get ioBus(): Bus {
+    return this.pio;
+  }
+
+  /** The MMIO bus. */
+  get mmioBus(): Bus {
+    return this.mmio;
+  }
+
+  /** The KVM VM (for irqfd/ioeventfd wiring by device managers). */
+  get vmFd(): VmFd {
+    return this.vm;
+  }
+
+  // ---- construction -------------------------------------------------------------------
+
+  /** A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. */
+  private buildVm(): void {
+    const vm = this.kvm.createVm();
+    this.vm = vm;
+    try {
+      // Intel VMX needs these three pages for real-mode emulation; they sit just below the
+      // 4 GiB boundary, in the hole above the LAPIC where nothing else lives.
+      vm.setIdentityMapAddr(0xfffbc000n);
+      vm.setTssAddr(0xfffbd000);
+    } catch { /* AMD and PVM do not need them */ }
+    vm.createIrqchip();
+    vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
+    this.ram.registerWith(vm);
+    this.uart = new Uart16550(this.uartState, {
+      transmit: (byte) => { this.ring.push(byte); },
+      trigger: (level) => this.vm.irqLine(COM1_IRQ, level),
+    });
+
+    const mem = this.ram.memory;
+    let entry: { regs: ReturnType<typeof loadLinux>['regs']; sregs: ReturnType<typeof loadLinux>['sregs'] } | null = null;
+    if (this.boot.raw) {
+      mem.write(BigInt(this.boot.raw.address), this.boot.raw.code);
+    } else {
+      const acpi = buildAcpiTables(mem, { cpus: this.cpuCount, pci: false, memorySize: this.memorySize });
+      try {
+        entry = loadLinux(mem, {
+          kernel: this.boot.kernel!,
+          ...(this.boot.initrd ? { initrd: this.boot.initrd } : {}),
+          cmdline: this.boot.cmdline,
+          memorySize: this.memorySize,
+          rsdpAddress: acpi.rsdp,
+        });
+      } catch (err) {
+        if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
+        throw err;
+      }
+    }
+
+    this.vcpus = [];
+    for (let i = 0; i < this.cpuCount; i++) {
+      const vcpu = vm.createVcpu(i);
+      this.vcpus.push(vcpu);
+      vcpu.setCpuid2(cpuidForVcpu(this.cpuModel, i, this.cpuCount));
+      setupLapicLints(vcpu);
+      setupFpu(vcpu);
+      if (i === 0) {
+        if (this.boot.raw) {
+          setupRealMode(vcpu, this.boot.raw.address);
+        } else if (entry) {
+          const current = vcpu.getSregs();
+          vcpu.setSregs({
+            ...current,
+            ...entry.sregs,
+            cs: { ...entry.sregs.cs, padding: 0 }, ds: { ...entry.sregs.ds, padding: 0 },
+            es: { ...entry.sregs.es, padding: 0 }, fs: { ...entry.sregs.fs, padding: 0 },
+            gs: { ...entry.sregs.gs, padding: 0 }, ss: { ...entry.sregs.ss, padding: 0 },
+            tr: { ...entry.sregs.tr, padding: 0 }, ldt: { ...entry.sregs.ldt, padding: 0 },
+            gdt: { ...entry.sregs.gdt, padding: [0, 0, 0] }, idt: { ...entry.sregs.idt, padding: [0, 0, 0] },
+          });
+          vcpu.setRegs(entry.regs);
+        }
+        vcpu.setMpState(KVM_MP_STATE.RUNNABLE);
+      } else {
+        // Application processors wait for the boot CPU's INIT/SIPI, which the in-kernel
+        // LAPIC delivers: they start in wait-for-SIPI, exactly like real hardware.
+        vcpu.setMpState(KVM_MP_STATE.UNINITIALIZED);
+      }
+    }
+  }
+
+  private async spawnThreads(): Promise<void> {
+    installKickHandler();
+    const url = this.options.workerUrl ?? new URL('./vcpu-worker.js', import.meta.url);
+    const spawn = (index: number): VcpuThread => {
+      const control = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
+      control[CTL_RUN_STATE] = PARK;
+      const data: VcpuWorkerData = {
+        index, vmFd: this.vm.fd, control: control.buffer as SharedArrayBuffer, uartState: this.uartState,
+        consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
+      };
+      const worker = new Worker(url, { workerData: data, name: `vcpu${index}`, resourceLimits: { maxOldGenerationSizeMb: 32 } });
+      const thread: VcpuThread = { index, worker, control, thread: 0n, threadId: 0, ready: Promise.resolve() };
+      thread.ready = new Promise((resolve, reject) => {
+        const onError = (err: Error): void => reject(new MachineError(`vCPU ${index} thread failed to start: ${err.message}`));
+        worker.once('error', onError);
+        worker.on('message', (m: VcpuReport) => {
+          if (m.type === 'ready') {
+            thread.thread = m.thread;
+            thread.threadId = m.threadId;
+            worker.off('error', onError);
+            worker.on('error', (err) => this.fatal(`vCPU ${index} thread crashed: ${err.message}`));
+            resolve();
+          } else {
+            this.onVcpuReport(m);
+          }
+        });
+      });
+      this.serveExits(thread);
+      return thread;
+    };
+    this.threads = Array.from({ length: this.cpuCount }, (_, i) => spawn(i));
+    await Promise.all(this.threads.map((t) => t.ready));
+    this.attachVcpus();
+  }
+
+  private attachVcpus(): void {
+    this.threads.forEach((t, i) => {
+      const vcpu = this.vcpus[i]!;
+      this.command(t, { type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize });
+    });
+  }
+
+  private command(t: VcpuThread, cmd: VcpuCommand): void {
+    t.worker.postMessage(cmd);
+    Atomics.add(t.control, CTL_COMMAND_SEQ, 1);
+    Atomics.notify(t.control, CTL_COMMAND_SEQ);
+  }
+
+  private setDesired(t: VcpuThread, state: number): void {
+    Atomics.store(t.control, CTL_RUN_STATE, state);
+    Atomics.add(t.control, CTL_COMMAND_SEQ, 1);
+    Atomics.notify(t.control, CTL_COMMAND_SEQ);
+  }
+
+  // ---- exits served on the main thread ----------------------------------------------------
+
+  /** Complete forwarded exits of one vCPU for as long as the machine lives. */
+  private serveExits(t: VcpuThread): void {
+    let seen = 0;
+    const loop = async (): Promise<void> => {
+      while (!this.ended) {
+        await waitAsync(t.control, CTL_EXIT_SEQ, seen);
+        const seq = Atomics.load(t.control, CTL_EXIT_SEQ);
+        if (seq === seen) continue;
+        seen = seq;
+        try {
+          this.completeExit(t.index);
+        } catch (err) {
+          this.fatal(`vCPU ${t.index}: device emulation failed: ${(err as Error).message}`);
+        }
+        Atomics.store(t.control, CTL_DONE_SEQ, seq);
+        Atomics.notify(t.control, CTL_DONE_SEQ);
+      }
+    };
+    void loop();
+  }
+
+  private completeExit(index: number): void {
+    const vcpu = this.vcpus[index];
+    if (!vcpu) return;
+    const exit = vcpu.decodeExit();
+    if (exit.reason === 'io') {
+      for (let i = 0; i < exit.count; i++) {
+        const bytes = exit.data.subarray(i * exit.size, (i + 1) * exit.size);
+        if (exit.direction === 'in') this.pio.read(BigInt(exit.port), bytes);
+        else this.pio.write(BigInt(exit.port), bytes);
+      }
+    } else if (exit.reason === 'mmio') {
+      if (exit.isWrite) this.mmio.write(exit.address, exit.data);
+      else this.mmio.read(exit.address, exit.data);
+    }
+  }
+
+  private onVcpuReport(m: VcpuReport): void {
+    if (m.type === 'error') {
+      this.fatal(`vCPU ${m.index}: ${m.message}`);
+      return;
+    }
+    if (m.type !== 'stopped') return;
+    const detail = m.detail;
+    if (m.reason === 'shutdown') {
+      // A triple fault: what a PC does then is reset.
+      this.guestReset('guest-reset');
+      return;
+    }
+    if (m.reason === 'system_event') {
+      const type = (JSON.parse(detail) as { type: number }).type;
+      if (type === KVM_SYSTEM_EVENT.SHUTDOWN) { this.guestPowerOff(); return; }
+      if (type === KVM_SYSTEM_EVENT.RESET) { this.guestReset('guest-reset'); return; }
+      if (type === KVM_SYSTEM_EVENT.CRASH) {
+        this.setRunState('guest-panicked');
+        this.finish({ code: 1, reason: 'guest-panicked' }, { guest: true, reason: 'guest-panic' });
+        return;
+      }
+    }
+    this.fatal(`vCPU ${m.index} stopped: KVM exit ${m.reason} ${detail}`, 'internal-error');
+  }
+
+  // ---- guest-initiated transitions ---------------------------------------------------------
+
+  private guestPowerOff(): void {
+    // Called from inside an exit the main thread is completing: end asynchronously, after
+    // the vCPU got its answer.
+    setImmediate(() => void this.end({ code: 0, reason: 'guest-shutdown' }, { guest: true, reason: 'guest-shutdown' }));
+  }
+
+  private guestReset(reason: string): void {
+    setImmediate(() => {
+      if (this.ended) return;
+      if (this.config.noReboot) {
+        void this.end({ code: 0, reason: 'guest-reset' }, { guest: true, reason: 'guest-reset' });
+        return;
+      }
+      void this.serialise(() => this.doReset({ guest: true, reason }));
+    });
+  }
+
+  private fatal(message: string, state: RunState = 'internal-error'): void {
+    if (this.ended) return;
+    this.setRunState(state);
+    this.emit('error-report', message);
+    void this.end({ code: 1, reason: message }, { guest: false, reason: 'host-error' });
+  }
+
+  // ---- lifecycle mechanics -------------------------------------------------------------------
+
+  private serialise<T>(op: () => Promise<T>): Promise<T> {
+    const next = this.lifecycle.then(op, op);
+    this.lifecycle = next.catch(() => undefined);
+    return next;
+  }
+
+  private setRunState(state: RunState): void {
+    this.state = state;
+  }
+
+  private releaseVcpus(): void {
+    for (const t of this.threads) this.setDesired(t, RUN);
+  }
+
+  /** Bring every vCPU out of KVM_RUN and wait until all are parked. */
+  private async parkVcpus(): Promise<void> {
+    for (const t of this.threads) this.setDesired(t, PARK);
+    const deadline = Date.now() + PARK_TIMEOUT_MS;
+    for (const t of this.threads) {
+      const vcpu = this.vcpus[t.index];
+      while (Atomics.load(t.control, CTL_PARKED) !== 1) {
+        if (vcpu) vcpu.immediateExit = true;
+        if (t.thread) kickThread(t.thread);
+        await waitAsync(t.control, CTL_PARKED, 0, 20);
+        if (Date.now() > deadline) throw new MachineError(`vCPU ${t.index} did not stop within ${PARK_TIMEOUT_MS} ms`);
+      }
+    }
+  }
+
+  private async doReset(info: { guest: boolean; reason: string }): Promise<void> {
+    if (this.ended) return;
+    const wasPaused = this.state === 'paused';
+    await this.parkVcpus();
+    for (const t of this.threads) this.command(t, { type: 'detach' });
+    // Detach is applied by each parked thread before it runs again; wait for it to be taken.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const oldVm = this.vm;
+    const oldVcpus = this.vcpus;
+    this.vcpus = [];
+    this.ram.clear();
+    this.uart.reset();
+    this.rtc.reset();
+    this.i8042.reset();
+    this.pm.reset();
+    this.gpe.reset();
+    this.resetControl.reset();
+    this.buildVm();
+    this.attachVcpus();
+    // The old vCPU and VM descriptors go once the threads took the new ones.
+    setTimeout(() => {
+      for (const v of oldVcpus) { try { v.close(); } catch { /* already gone */ } }
+      try { oldVm.close(); } catch { /* already gone */ }
+    }, 1000);
+    this.emit('reset', info);
+    if (!wasPaused && this.state !== 'prelaunch') {
+      this.setRunState('running');
+      this.releaseVcpus();
+    }
+  }
+
+  private end(result: MachineExit, shutdown: { guest: boolean; reason: string }): Promise<void> {
+    return this.serialise(async () => {
+      if (this.ended) return;
+      try {
+        await this.parkVcpus();
+      } catch { /* a stuck vCPU must not keep the machine alive: terminate below */ }
+      if (this.state !== 'internal-error' && this.state !== 'guest-panicked') this.setRunState('shutdown');
+      this.emit('shutdown', shutdown);
+      this.finish(result);
+    });
+  }
+
+  private finish(result: MachineExit, shutdown?: { guest: boolean; reason: string }): void {
+    if (this.ended) return;
+    if (shutdown) this.emit('shutdown', shutdown);
+    this.ended = true;
+    this.exitResult = result;
+    if (this.inputTimer) clearInterval(this.inputTimer);
+    this.console.deliverOutput(this.ring.drain());
+    for (const t of this.threads) {
+      this.setDesired(t, QUIT);
+      // Wake the exit server so it sees `ended`.
+      Atomics.add(t.control, CTL_EXIT_SEQ, 0);
+      Atomics.notify(t.control, CTL_EXIT_SEQ);
+      void t.worker.terminate();
+    }
+    for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
+    try { this.vm.close(); } catch { /* gone */ }
+    this.ram.close();
+    this.kvm.close();
+    this.console.finish();
+    this.emit('exit', result);
+    this.resolveExited(result);
+  }
+
+  /** The result once ended, else null. */
+  get result(): MachineExit | null {
+    return this.exitResult;
+  }
+
+  private startOutputPump(): void {
+    const pump = async (): Promise<void> => {
+      while (!this.ended) {
+        await this.ring.waitForData(250);
+        const bytes = this.ring.drain();
+        if (bytes.length) this.console.deliverOutput(bytes);
+      }
+    };
+    void pump();
+  }
+
+  private feedConsoleInput(): void {
+    if (this.ended) return;
+    this.console.takeInput((bytes) => this.uart.receive(bytes));
+    // The UART buffer was full: retry as the guest reads (a few ms is below typing speed).
+    if (this.console.hasInput && !this.inputTimer) {
+      this.inputTimer = setInterval(() => {
+        this.console.takeInput((bytes) => this.uart.receive(bytes));
+        if (!this.console.hasInput && this.inputTimer) { clearInterval(this.inputTimer); this.inputTimer = null; }
+      }, 5);
+    }
+  }
+}
+
+function readFile(path: string, what: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new MachineError(`${what} ${path}: cannot read (${code ?? (err as Error).message})`);
+  }
+}
+
+function readBoot(config: MachineConfig, options: MachineOptions): Boot {
+  if (options.rawBoot) {
+    if (config.kernel) throw new ConfigError('config: kernel and a raw boot image cannot both be given');
+    if (options.rawBoot.address + options.rawBoot.code.length > 0x10000) {
+      throw new ConfigError(`raw boot image at 0x${options.rawBoot.address.toString(16)} must fit below 64 KiB`);
+    }
+    return { raw: options.rawBoot, cmdline: '' };
+  }
+  if (!config.kernel) throw new ConfigError('config: no kernel given');
+  return {
+    kernel: readFile(config.kernel, 'kernel'),
+    ...(config.initrd ? { initrd: readFile(config.initrd, 'initrd') } : {}),
+    cmdline: config.append ?? DEFAULT_APPEND,
+  };
+}

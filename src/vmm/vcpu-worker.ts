@@ -1,0 +1,142 @@
+// The body of one vCPU thread: KVM_RUN in a loop. Exits of the serial console are served
+// here, on the thread that took them, through the UART's shared register state; all other
+// device exits are handed to the main thread through the control block (vcpu-channel.ts).
+// Exits that end or reset the machine are reported and the thread parks until told what to do.
+import { readlinkSync } from 'node:fs';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { VcpuFd, VmFd, type VcpuExit } from '../kvm/index.js';
+import { munmap, pthreadSelf } from '../kvm/libc.js';
+import { Uart16550 } from '../devices/uart.js';
+import { ByteRing } from './byte-ring.js';
+import {
+  CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
+  CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
+} from './vcpu-channel.js';
+
+const data = workerData as VcpuWorkerData;
+const port = parentPort!;
+const ctl = new Int32Array(data.control);
+const ring = new ByteRing(data.consoleRing);
+let vm: VmFd = new VmFd(data.vmFd, 0);
+let vcpu: VcpuFd | null = null;
+
+const uart = new Uart16550(data.uartState, {
+  transmit: (byte) => { ring.push(byte); },
+  // The vCPU thread raises the console interrupt itself: KVM_IRQ_LINE on the VM fd is valid
+  // in every thread.
+  trigger: (level) => vm.irqLine(data.uartIrq, level),
+});
+const uartEnd = data.uartPort + 8;
+
+function report(r: VcpuReport): void {
+  port.postMessage(r);
+}
+
+/** The kernel thread id of this thread ("/proc/thread-self" names it). */
+function threadId(): number {
+  try {
+    return Number(readlinkSync('/proc/thread-self').split('/').pop());
+  } catch {
+    return 0;
+  }
+}
+
+function applyCommand(cmd: VcpuCommand): void {
+  if (cmd.type === 'attach') {
+    vm = new VmFd(cmd.vmFd, cmd.mmapSize);
+    // A second mapping of the same kvm_run page: the main thread keeps its own.
+    vcpu = new VcpuFd(cmd.vcpuFd, cmd.id, cmd.mmapSize);
+  } else if (cmd.type === 'detach' && vcpu) {
+    munmap(vcpu.runAddress, vcpu.mmapSize);
+    vcpu = null;
+  }
+}
+
+/** Sleep until the main thread wants this vCPU running (returns false to quit). */
+function park(): boolean {
+  if (vcpu) vcpu.immediateExit = false;
+  Atomics.store(ctl, CTL_PARKED, 1);
+  Atomics.notify(ctl, CTL_PARKED);
+  for (;;) {
+    const seen = Atomics.load(ctl, CTL_COMMAND_SEQ);
+    for (let m = receiveMessageOnPort(port as never); m; m = receiveMessageOnPort(port as never)) {
+      applyCommand(m.message as VcpuCommand);
+    }
+    const state = Atomics.load(ctl, CTL_RUN_STATE);
+    if (state === QUIT) return false;
+    if (state === RUN && vcpu) {
+      // Clear a kick that arrived while parked, so the first KVM_RUN really runs.
+      vcpu.immediateExit = false;
+      Atomics.store(ctl, CTL_PARKED, 0);
+      Atomics.notify(ctl, CTL_PARKED);
+      return true;
+    }
+    Atomics.wait(ctl, CTL_COMMAND_SEQ, seen);
+  }
+}
+
+function serveUart(exit: Extract<VcpuExit, { reason: 'io' }>): void {
+  const offset = exit.port - data.uartPort;
+  for (let i = 0; i < exit.count; i++) {
+    const bytes = exit.data.subarray(i * exit.size, (i + 1) * exit.size);
+    if (exit.direction === 'in') uart.read(offset, bytes);
+    else uart.write(offset, bytes);
+  }
+}
+
+/** Hand the current exit to the main thread and wait until it has been completed. */
+function forward(): void {
+  const seq = (Atomics.load(ctl, CTL_EXIT_SEQ) + 1) | 0;
+  Atomics.store(ctl, CTL_EXIT_SEQ, seq);
+  Atomics.notify(ctl, CTL_EXIT_SEQ);
+  while (Atomics.load(ctl, CTL_DONE_SEQ) !== seq) Atomics.wait(ctl, CTL_DONE_SEQ, Atomics.load(ctl, CTL_DONE_SEQ));
+  Atomics.add(ctl, CTL_FORWARDED_EXITS, 1);
+}
+
+function describe(exit: VcpuExit): string {
+  return JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v));
+}
+
+function loop(): void {
+  report({ type: 'ready', index: data.index, thread: pthreadSelf(), threadId: threadId() });
+  Atomics.store(ctl, CTL_THREAD_ID, threadId());
+  for (;;) {
+    if (Atomics.load(ctl, CTL_RUN_STATE) !== RUN || !vcpu) {
+      if (!park()) return;
+      continue;
+    }
+    let exit: VcpuExit;
+    try {
+      exit = vcpu.runOnce();
+    } catch (err) {
+      report({ type: 'error', index: data.index, message: (err as Error).message });
+      Atomics.store(ctl, CTL_RUN_STATE, PARK);
+      continue;
+    }
+    switch (exit.reason) {
+      case 'io':
+        if (exit.port >= data.uartPort && exit.port < uartEnd) {
+          serveUart(exit);
+          Atomics.add(ctl, CTL_LOCAL_EXITS, 1);
+        } else {
+          forward();
+        }
+        break;
+      case 'mmio':
+        forward();
+        break;
+      case 'intr':
+      case 'irq_window_open':
+      case 'hlt':
+        // A kick (pause, stop) or a spurious wake-up: the loop head decides.
+        break;
+      default:
+        report({ type: 'stopped', index: data.index, reason: exit.reason, detail: describe(exit) });
+        Atomics.store(ctl, CTL_RUN_STATE, PARK);
+    }
+  }
+}
+
+loop();
+if (vcpu) munmap((vcpu as VcpuFd).runAddress, (vcpu as VcpuFd).mmapSize);
+port.close();

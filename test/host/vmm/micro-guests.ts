@@ -1,0 +1,35 @@
+// Tiny real-mode guests for the machine tests: a few instructions that exercise the console
+// path (served on the vCPU thread) and the main-thread device path, then halt with
+// interrupts off so the vCPU sleeps in the kernel and costs no CPU.
+import { GuestCode } from '../../../src/kvm/index.js';
+
+export const GUEST_ADDRESS = 0x8000;
+
+const CLI = 0xfa;
+const HLT = 0xf4;
+const JMP_SELF_MINUS_3 = [0xeb, 0xfc]; // jmp back to the cli
+
+/** Prints `text` on COM1, then reads the RTC seconds register (a main-thread exit) and echoes it, then halts. */
+export function helloGuest(text: string): Uint8Array {
+  const code = new GuestCode('real').movDxImm16(0x3f8);
+  for (const ch of new TextEncoder().encode(text)) code.movAlImm8(ch).outDxAl();
+  // RTC: select register 0x0a (status A, fixed 0x26 after reset) and print its value.
+  code.movAlImm8(0x0a).outImm8Al(0x70).movDxImm16(0x71).inAlDx().movDxImm16(0x3f8).outDxAl();
+  return Uint8Array.from([...code.bytes(), CLI, HLT, ...JMP_SELF_MINUS_3]);
+}
+
+/** Writes 0xFE to the i8042 command port (a reset request) after printing `text`. */
+export function resetGuest(text: string): Uint8Array {
+  const code = new GuestCode('real').movDxImm16(0x3f8);
+  for (const ch of new TextEncoder().encode(text)) code.movAlImm8(ch).outDxAl();
+  code.movAlImm8(0xfe).outImm8Al(0x64);
+  return Uint8Array.from([...code.bytes(), CLI, HLT, ...JMP_SELF_MINUS_3]);
+}
+
+/** Writes SLP_TYP=S5|SLP_EN to the ACPI PM1a control port after printing `text`. */
+export function powerOffGuest(text: string): Uint8Array {
+  const code = new GuestCode('real').movDxImm16(0x3f8);
+  for (const ch of new TextEncoder().encode(text)) code.movAlImm8(ch).outDxAl();
+  code.movDxImm16(0x604).movEaxImm32((5 << 10) | (1 << 13)).outDxAx();
+  return Uint8Array.from([...code.bytes(), CLI, HLT, ...JMP_SELF_MINUS_3]);
+}
