@@ -8,3 +8,4 @@ export {
   type QmpTarget, type RunState, type QmpCpuInfo, type QmpBlockInfo, type QmpPciDevice, type QmpCommand,
   type CommandContext as QmpCommandContext, type QmpClientOptions, type QmpEventMessage,
 } from './qmp/index.js';
+export * from './block/index.js';
