@@ -1,0 +1,142 @@
+// The machine on this host's own KVM, with micro-guests (a Linux guest needs the lab).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Machine, MachineError } from '../../../src/vmm/machine.js';
+import { GuestRamError, hostMemoryLimit } from '../../../src/vmm/guest-ram.js';
+import { GUEST_ADDRESS, helloGuest, powerOffGuest, resetGuest } from './micro-guests.js';
+
+const TIMEOUT = 20_000;
+
+function collect(m: Machine): { text: () => string } {
+  let out = '';
+  m.console.on('data', (d: Buffer) => { out += d.toString('latin1'); });
+  return { text: () => out };
+}
+
+async function until(what: string, predicate: () => boolean, ms = TIMEOUT): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('a machine runs its guest, pauses, resumes, resets and stops, with events', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ cpus: 2, memory: '64M', name: 'micro' }, { rawBoot: { code: helloGuest('Hi\n'), address: GUEST_ADDRESS } });
+  const events: string[] = [];
+  for (const e of ['stop', 'resume', 'reset', 'shutdown', 'exit'] as const) {
+    m.on(e, (info?: { guest?: boolean; reason?: string }) => events.push(info?.reason ? `${e}:${info.reason}` : e));
+  }
+  const out = collect(m);
+  assert.equal(m.runState(), 'prelaunch');
+  assert.equal(m.name, 'micro');
+  assert.match(m.uuid, /^[0-9a-f-]{36}$/);
+  await m.start();
+  assert.equal(m.runState(), 'running');
+  // "Hi\n" then the RTC's status register A (0x26 = '&') read through the main-thread path.
+  await until('guest output', () => out.text() === 'Hi\n&');
+  const stats = m.exitStats();
+  assert.equal(stats.local, 4, 'three THR writes and the echo were served on the vCPU thread');
+  assert.equal(stats.forwarded, 2, 'the RTC index write and data read went to the main thread');
+
+  await m.pause();
+  assert.equal(m.runState(), 'paused');
+  await m.resume();
+  assert.equal(m.runState(), 'running');
+  const cpus = m.cpus();
+  assert.deepEqual(cpus.map((c) => c.cpuIndex), [0, 1]);
+  assert.ok(cpus.every((c) => c.threadId > 0 && c.threadId !== process.pid), 'each vCPU has its own thread');
+  assert.notEqual(cpus[0]!.threadId, cpus[1]!.threadId);
+
+  await m.reset();
+  await until('output after reset', () => out.text() === 'Hi\n&Hi\n&');
+  assert.equal(m.runState(), 'running');
+  await m.stop();
+  const exit = await m.waitForExit();
+  assert.deepEqual(exit, { code: 0, reason: 'host-stop' });
+  assert.equal(m.runState(), 'shutdown');
+  assert.deepEqual(events, ['stop', 'resume', 'reset:host-qmp-system-reset', 'shutdown:host-signal', 'exit:host-stop']);
+});
+
+test('reset while paused stays paused until resumed', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ memory: '32M' }, { rawBoot: { code: helloGuest('P'), address: GUEST_ADDRESS } });
+  const out = collect(m);
+  await m.start();
+  await until('first boot', () => out.text() === 'P&');
+  await m.pause();
+  await m.reset();
+  assert.equal(m.runState(), 'paused');
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(out.text(), 'P&', 'nothing runs while paused');
+  await m.resume();
+  await until('second boot', () => out.text() === 'P&P&');
+  await m.quit();
+  assert.equal((await m.waitForExit()).reason, 'host-qmp-quit');
+});
+
+test('a guest reset through the i8042 restarts the guest, or ends it with noReboot', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ memory: '32M' }, { rawBoot: { code: resetGuest('R'), address: GUEST_ADDRESS } });
+  const resets: Array<{ guest: boolean; reason: string }> = [];
+  m.on('reset', (info) => resets.push(info));
+  const out = collect(m);
+  await m.start();
+  await until('two boots', () => out.text().length >= 2);
+  assert.ok(resets.length >= 1);
+  assert.deepEqual(resets[0], { guest: true, reason: 'guest-reset' });
+  await m.stop();
+
+  const once = await Machine.create({ memory: '32M', noReboot: true }, { rawBoot: { code: resetGuest('R'), address: GUEST_ADDRESS } });
+  const out2 = collect(once);
+  const shutdowns: Array<{ guest: boolean; reason: string }> = [];
+  once.on('shutdown', (info) => shutdowns.push(info));
+  await once.start();
+  const exit = await once.waitForExit();
+  assert.deepEqual(exit, { code: 0, reason: 'guest-reset' });
+  assert.deepEqual(shutdowns, [{ guest: true, reason: 'guest-reset' }]);
+  assert.equal(out2.text(), 'R', 'booted once');
+});
+
+test('a guest writing S5 to the ACPI PM control register powers the machine off with code 0', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ memory: '32M' }, { rawBoot: { code: powerOffGuest('bye'), address: GUEST_ADDRESS } });
+  const out = collect(m);
+  await m.start();
+  const exit = await m.waitForExit();
+  assert.deepEqual(exit, { code: 0, reason: 'guest-shutdown' });
+  assert.equal(out.text(), 'bye');
+});
+
+test('a corrupt or missing kernel file is a clear error naming it, before anything runs', { timeout: 30_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kernel-'));
+  const corrupt = join(dir, 'vmlinuz');
+  writeFileSync(corrupt, Buffer.alloc(8192, 0x41));
+  await assert.rejects(Machine.create({ kernel: corrupt, memory: '32M' }), (err: Error) => {
+    assert.ok(err instanceof MachineError);
+    assert.match(err.message, new RegExp(`^kernel ${corrupt}: not a Linux kernel`));
+    return true;
+  });
+  const tiny = join(dir, 'tiny');
+  writeFileSync(tiny, Buffer.from([1, 2, 3]));
+  await assert.rejects(Machine.create({ kernel: tiny, memory: '32M' }), /kernel .*tiny: kernel image is truncated/);
+  await assert.rejects(Machine.create({ kernel: join(dir, 'absent'), memory: '32M' }), /kernel .*absent: cannot read \(ENOENT\)/);
+  await assert.rejects(Machine.create({ kernel: corrupt, initrd: join(dir, 'none.img'), memory: '32M' }), /initrd .*none\.img: cannot read \(ENOENT\)/);
+});
+
+test('a memory size the host cannot give fails before the guest starts', { timeout: 30_000 }, async () => {
+  const tooMuch = hostMemoryLimit() * 2n;
+  const gib = tooMuch / (1024n ** 3n) + 1n;
+  await assert.rejects(
+    Machine.create({ memory: `${gib}G` }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }),
+    (err: Error) => {
+      assert.ok(err instanceof GuestRamError);
+      assert.match(err.message, new RegExp(`^guest memory ${gib} GiB is more than this host can give \\(\\d+ (MiB|GiB) of RAM and swap\\)$`));
+      return true;
+    },
+  );
+});
+
+test('more vCPUs than the schema allows is a config error', async () => {
+  await assert.rejects(Machine.create({ cpus: 300 }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }), /^ConfigError: config: cpus: must be <= 255$/m);
+});
