@@ -155,7 +155,9 @@ export class Virtqueue {
     if (this.eventIdx) this.memory.writeU16(this.usedRing + 4n + 8n * BigInt(this.size), this.nextAvail);
   }
 
-  private walk(head: number): DescriptorChain {
+  /** Walk the chain starting at descriptor `head` (used to restore requests saved in flight). */
+  walk(head: number): DescriptorChain {
+    if (head >= this.size) throw new VirtqueueError(this.name, this.descTable, `head index ${head} is beyond queue size ${this.size}`);
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
     let table = this.descTable;
     let tableSize = this.size;

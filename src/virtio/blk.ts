@@ -1,0 +1,327 @@
+// virtio-blk (virtio 1.x, section 5.2) on a block backend. Requests run asynchronously with
+// zero-copy vectored I/O straight from guest buffers; many are in flight and complete in
+// whatever order the backend finishes them. Host I/O errors are never swallowed: they
+// become VIRTIO_BLK_S_IOERR, or (policy 'stop') the request is parked, the VM is paused
+// through a callback and the request is retried on resume().
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { hex, type LogLine } from '../pci/interrupt.js';
+import {
+  bit, complete, drainQueue, VIRTIO_ID_BLOCK, type VirtioDevice, type VirtioDeviceContext,
+} from './device.js';
+import { type DescriptorChain, gather, scatter, sliceBuffers } from './queue.js';
+
+/**
+ * What virtio-blk needs of a disk. The block layer's BlockDriver satisfies it; it is
+ * declared here because the block layer sits above the device models.
+ */
+export interface BlockBackend {
+  readonly filename: string;
+  readonly readOnly: boolean;
+  size(): bigint;
+  topology(): {
+    logicalBlockSize: number;
+    physicalBlockSize: number;
+    alignmentOffset: number;
+    minimumIoSize: number;
+    optimalIoSize: number;
+    discardGranularity: number;
+  };
+  readv(offset: bigint, buffers: Uint8Array[]): Promise<void>;
+  writev(offset: bigint, buffers: Uint8Array[]): Promise<void>;
+  flush(): Promise<void>;
+  discard(offset: bigint, length: bigint): Promise<void>;
+  writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void>;
+}
+
+export const VIRTIO_BLK_F_SEG_MAX = 2n;
+export const VIRTIO_BLK_F_RO = 5n;
+export const VIRTIO_BLK_F_BLK_SIZE = 6n;
+export const VIRTIO_BLK_F_FLUSH = 9n;
+export const VIRTIO_BLK_F_TOPOLOGY = 10n;
+export const VIRTIO_BLK_F_MQ = 12n;
+export const VIRTIO_BLK_F_DISCARD = 13n;
+export const VIRTIO_BLK_F_WRITE_ZEROES = 14n;
+
+export const VIRTIO_BLK_T_IN = 0;
+export const VIRTIO_BLK_T_OUT = 1;
+export const VIRTIO_BLK_T_FLUSH = 4;
+export const VIRTIO_BLK_T_GET_ID = 8;
+export const VIRTIO_BLK_T_DISCARD = 11;
+export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
+
+export const VIRTIO_BLK_S_OK = 0;
+export const VIRTIO_BLK_S_IOERR = 1;
+export const VIRTIO_BLK_S_UNSUPP = 2;
+
+const SECTOR = 512;
+const HEADER = 16;
+const SEGMENT = 16;
+const ID_BYTES = 20;
+const MAX_DISCARD_SECTORS = 0x3fffff;
+const CONFIG_SIZE = 60;
+
+export type IoErrorPolicy = 'report' | 'stop';
+
+export interface VirtioBlkOptions {
+  name?: string;
+  /** Up to 20 bytes, returned by GET_ID (/sys/block/vdX/serial). */
+  serial?: string;
+  /** Expose the disk read-only even if the backend is writable. */
+  readOnly?: boolean;
+  /** Request queues (default 1); one per vCPU is the usual choice. */
+  numQueues?: number;
+  queueSize?: number;
+  /** Override the backend's topology. */
+  logicalBlockSize?: number;
+  physicalBlockSize?: number;
+  /** What a host I/O error does: fail the request (default) or pause the VM and retry later. */
+  errorPolicy?: IoErrorPolicy;
+  /** Called with policy 'stop' when a request fails; the VMM pauses the guest. */
+  onIoError?: (device: string, error: Error) => void;
+  log?: LogLine;
+}
+
+interface Parked { context: VirtioDeviceContext; queue: number; chain: DescriptorChain }
+
+export class VirtioBlk implements VirtioDevice {
+  readonly name: string;
+  readonly deviceType = VIRTIO_ID_BLOCK;
+  readonly pciClass = 0x010000;
+  readonly queueSizes: number[];
+  readonly features: bigint;
+  readonly configSize = CONFIG_SIZE;
+  private readonly config = new Uint8Array(CONFIG_SIZE);
+  private readonly readOnly: boolean;
+  private readonly serial: Uint8Array;
+  private readonly capacityBytes: bigint;
+  private context: VirtioDeviceContext | undefined;
+  private parked: Parked[] = [];
+  private inFlightCount = 0;
+
+  constructor(private readonly backend: BlockBackend, private readonly options: VirtioBlkOptions = {}) {
+    this.name = options.name ?? 'virtio-blk0';
+    const numQueues = options.numQueues ?? 1;
+    const queueSize = options.queueSize ?? 256;
+    if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 64) throw new Error(`${this.name}: num_queues ${numQueues} is not in 1..64`);
+    this.queueSizes = new Array<number>(numQueues).fill(queueSize);
+    this.readOnly = backend.readOnly || options.readOnly === true;
+    const serial = new TextEncoder().encode(options.serial ?? '');
+    if (serial.length > ID_BYTES) throw new Error(`${this.name}: serial '${options.serial}' is longer than ${ID_BYTES} bytes`);
+    this.serial = serial;
+    const topo = backend.topology();
+    const logical = options.logicalBlockSize ?? topo.logicalBlockSize;
+    const physical = options.physicalBlockSize ?? Math.max(topo.physicalBlockSize, logical);
+    const isPow2 = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+    if (!isPow2(logical) || logical < SECTOR || logical > 65536) {
+      throw new Error(`${this.name}: logical_block_size ${logical} is not a power of two in 512..65536`);
+    }
+    if (!isPow2(physical) || physical < logical) {
+      throw new Error(`${this.name}: physical_block_size ${physical} is not a power of two >= logical_block_size ${logical}`);
+    }
+    this.capacityBytes = backend.size() - (backend.size() % BigInt(SECTOR));
+    let features = bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
+      | bit(VIRTIO_BLK_F_TOPOLOGY);
+    if (numQueues > 1) features |= bit(VIRTIO_BLK_F_MQ);
+    if (this.readOnly) features |= bit(VIRTIO_BLK_F_RO);
+    else features |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+    this.features = features;
+
+    const dv = new DataView(this.config.buffer);
+    dv.setBigUint64(0, this.capacityBytes / BigInt(SECTOR), true);
+    dv.setUint32(12, Math.max(1, queueSize - 2), true); // seg_max: header and status take two descriptors
+    dv.setUint32(20, logical, true);
+    this.config[24] = Math.log2(physical / logical);
+    this.config[25] = Math.min(255, Math.floor(topo.alignmentOffset / logical));
+    dv.setUint16(26, Math.min(0xffff, Math.floor(topo.minimumIoSize / logical)), true);
+    dv.setUint32(28, Math.floor(topo.optimalIoSize / logical), true);
+    dv.setUint16(34, numQueues, true);
+    dv.setUint32(36, MAX_DISCARD_SECTORS, true);
+    dv.setUint32(40, 1, true);
+    dv.setUint32(44, Math.max(1, Math.floor(Math.max(topo.discardGranularity, logical) / SECTOR)), true);
+    dv.setUint32(48, MAX_DISCARD_SECTORS, true);
+    dv.setUint32(52, 1, true);
+    this.config[56] = 1;
+  }
+
+  /** Requests currently submitted to the backend. */
+  get inFlight(): number { return this.inFlightCount; }
+  /** Requests held back by the 'stop' policy, waiting for resume(). */
+  get parkedRequests(): number { return this.parked.length; }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    data.set(this.config.subarray(offset, offset + data.length));
+  }
+
+  writeConfig(): void {}
+
+  activate(context: VirtioDeviceContext): void {
+    this.context = context;
+    for (const { queue, head } of this.restoredParked) {
+      try {
+        this.parked.push({ context, queue, chain: context.queues[queue]!.walk(head) });
+      } catch (error) {
+        context.fail(error as Error);
+      }
+    }
+    this.restoredParked = [];
+    for (let i = 0; i < this.queueSizes.length; i++) this.queueNotify(i);
+  }
+
+  reset(): void {
+    this.context = undefined;
+    this.parked = [];
+  }
+
+  queueNotify(index: number): void {
+    const context = this.context;
+    if (!context || index >= this.queueSizes.length) return;
+    drainQueue(context, index, (chain) => {
+      void this.process(context, index, chain);
+      return true;
+    });
+  }
+
+  /** Retry the requests parked by the 'stop' error policy (call when the VM resumes). */
+  resume(): void {
+    const parked = this.parked;
+    this.parked = [];
+    for (const p of parked) void this.process(p.context, p.queue, p.chain);
+  }
+
+  private fail(queue: number, chain: DescriptorChain, message: string): number {
+    const address = chain.readable[0]?.address ?? chain.writable[0]?.address ?? 0n;
+    (this.options.log ?? this.context?.log ?? (() => {}))(`${this.name}: queue ${queue}: request at guest address ${hex(address)}: ${message}`);
+    return VIRTIO_BLK_S_IOERR;
+  }
+
+  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): Promise<void> {
+    const memory = context.memory;
+    if (chain.writableBytes < 1) {
+      // Nowhere to put a status: hand the buffers back untouched so the driver is not stuck.
+      this.fail(queue, chain, 'has no writable status byte');
+      complete(context, queue, chain.head, 0);
+      return;
+    }
+    let status = VIRTIO_BLK_S_OK;
+    let written = 0;
+    if (chain.readableBytes < HEADER) {
+      status = this.fail(queue, chain, `header is ${chain.readableBytes} bytes, needs ${HEADER}`);
+    } else {
+      const header = new Uint8Array(HEADER);
+      gather(memory, chain.readable, header);
+      const hv = new DataView(header.buffer);
+      const type = hv.getUint32(0, true);
+      const sector = hv.getBigUint64(8, true);
+      this.inFlightCount++;
+      try {
+        ({ status, written } = await this.execute(memory, queue, chain, type, sector));
+      } catch (error) {
+        const err = error instanceof Error ? error : new Error(String(error));
+        if (this.options.errorPolicy === 'stop' && context.live) {
+          this.fail(queue, chain, `host I/O error, pausing: ${err.message}`);
+          this.parked.push({ context, queue, chain });
+          this.options.onIoError?.(this.name, err);
+          return;
+        }
+        status = this.fail(queue, chain, `host I/O error: ${err.message}`);
+        written = 0;
+      } finally {
+        this.inFlightCount--;
+      }
+    }
+    if (!context.live) return;
+    try {
+      scatter(memory, chain.writable, Uint8Array.of(status), chain.writableBytes - 1);
+    } catch (error) {
+      context.fail(error as Error);
+      return;
+    }
+    complete(context, queue, chain.head, written + 1);
+  }
+
+  /** Run one request; returns its status and how many data bytes went to the driver. */
+  private async execute(memory: GuestMemory, queue: number, chain: DescriptorChain, type: number, sector: bigint): Promise<{ status: number; written: number }> {
+    const dataIn = chain.writableBytes - 1;
+    const dataOut = chain.readableBytes - HEADER;
+    const ioerr = (message: string): { status: number; written: number } => ({ status: this.fail(queue, chain, message), written: 0 });
+    const range = (start: bigint, bytes: bigint): string | undefined => {
+      if (start + bytes > this.capacityBytes) {
+        return `sectors ${start / BigInt(SECTOR)}+${bytes / BigInt(SECTOR)} are beyond the disk's ${this.capacityBytes / BigInt(SECTOR)} sectors`;
+      }
+      return undefined;
+    };
+    switch (type) {
+      case VIRTIO_BLK_T_IN:
+      case VIRTIO_BLK_T_OUT: {
+        const isRead = type === VIRTIO_BLK_T_IN;
+        const bytes = isRead ? dataIn : dataOut;
+        if (!isRead && this.readOnly) return ioerr('write to a read-only disk');
+        if (bytes % SECTOR !== 0) return ioerr(`data length ${bytes} is not a multiple of ${SECTOR}`);
+        const offset = sector * BigInt(SECTOR);
+        const bad = range(offset, BigInt(bytes));
+        if (bad) return ioerr(bad);
+        if (isRead) {
+          await this.backend.readv(offset, sliceBuffers(memory, chain.writable, 0, bytes));
+          return { status: VIRTIO_BLK_S_OK, written: bytes };
+        }
+        await this.backend.writev(offset, sliceBuffers(memory, chain.readable, HEADER, bytes));
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      }
+      case VIRTIO_BLK_T_FLUSH:
+        await this.backend.flush();
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      case VIRTIO_BLK_T_GET_ID: {
+        const id = new Uint8Array(Math.min(ID_BYTES, dataIn));
+        id.set(this.serial.subarray(0, id.length));
+        scatter(memory, chain.writable, id);
+        return { status: VIRTIO_BLK_S_OK, written: id.length };
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES: {
+        if (this.readOnly) return ioerr('discard or write-zeroes on a read-only disk');
+        if (dataOut === 0 || dataOut % SEGMENT !== 0) return ioerr(`segment list of ${dataOut} bytes is not a multiple of ${SEGMENT}`);
+        const segments = new Uint8Array(dataOut);
+        gather(memory, chain.readable, segments, HEADER);
+        const sv = new DataView(segments.buffer);
+        for (let at = 0; at < dataOut; at += SEGMENT) {
+          const start = sv.getBigUint64(at, true) * BigInt(SECTOR);
+          const count = sv.getUint32(at + 8, true);
+          const flags = sv.getUint32(at + 12, true);
+          if (count > MAX_DISCARD_SECTORS) return ioerr(`segment of ${count} sectors exceeds the ${MAX_DISCARD_SECTORS} advertised`);
+          const bytes = BigInt(count) * BigInt(SECTOR);
+          const bad = range(start, bytes);
+          if (bad) return ioerr(bad);
+          if (type === VIRTIO_BLK_T_DISCARD) await this.backend.discard(start, bytes);
+          else await this.backend.writeZeroes(start, bytes, { mayUnmap: (flags & 1) !== 0 });
+        }
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      }
+      default:
+        return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+    }
+  }
+
+  /**
+   * Save with the VM paused. Requests parked by the 'stop' policy are saved by head index
+   * and retried on resume() after load; requests still running on the backend cannot be
+   * saved, so the caller waits until inFlight is 0.
+   */
+  saveState(): unknown {
+    if (this.inFlightCount > 0) throw new Error(`${this.name}: ${this.inFlightCount} requests in flight; drain before saving`);
+    return {
+      version: 1, capacity: this.capacityBytes.toString(),
+      parked: this.parked.map((p) => ({ queue: p.queue, head: p.chain.head })),
+    };
+  }
+
+  private restoredParked: Array<{ queue: number; head: number }> = [];
+
+  loadState(state: unknown): void {
+    const s = state as { version?: number; capacity?: string; parked?: Array<{ queue: number; head: number }> };
+    if (s?.version !== 1) throw new Error(`${this.name}: unsupported virtio-blk state version ${String(s?.version)}`);
+    if (s.capacity !== this.capacityBytes.toString()) {
+      throw new Error(`${this.name}: saved capacity ${s.capacity} bytes differs from the disk's ${this.capacityBytes}`);
+    }
+    this.restoredParked = s.parked ?? [];
+  }
+}

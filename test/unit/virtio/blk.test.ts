@@ -1,0 +1,288 @@
+// virtio-blk driven by the simulated driver through the virtio-pci transport.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { RawDriver } from '../../../src/block/raw.js';
+import { type BlockBackend, VirtioBlk, type VirtioBlkOptions } from '../../../src/virtio/blk.js';
+import { makeMachine, plugVirtio, type DriverQueue, type VirtioDriver as Driver, VirtioDriver } from './support/driver.js';
+import { MemoryDisk } from './support/memory-disk.js';
+
+const MiB = 1 << 20;
+
+async function blkMachine(disk: BlockBackend, options: VirtioBlkOptions = {}, driverOpts = {}) {
+  const m = makeMachine();
+  const blk = new VirtioBlk(disk, { log: (l) => m.logs.push(l), ...options });
+  const { slot, transport } = plugVirtio(m, blk);
+  m.bridge.assignBars();
+  const d = await VirtioDriver.start(m, slot, driverOpts);
+  return { m, blk, d, transport, q: d.queues[0]! };
+}
+
+/** Submit one request: header (+ out data) readable, (in data +) status writable. */
+function request(d: Driver, q: DriverQueue, type: number, sector: bigint, opts: { out?: Uint8Array; inLen?: number; indirect?: boolean; splitHeader?: boolean } = {}) {
+  const hdr = d.alloc(16, 8);
+  d.m.memory.writeU32(hdr, type);
+  d.m.memory.writeU64(hdr + 8n, sector);
+  const bufs = opts.splitHeader
+    ? [{ address: hdr, length: 5, writable: false }, { address: hdr + 5n, length: 11, writable: false }]
+    : [{ address: hdr, length: 16, writable: false }];
+  if (opts.out) {
+    const a = d.alloc(opts.out.length, 512);
+    d.m.memory.write(a, opts.out);
+    bufs.push({ address: a, length: opts.out.length, writable: false });
+  }
+  let data = 0n;
+  if (opts.inLen) {
+    data = d.alloc(opts.inLen, 512);
+    bufs.push({ address: data, length: opts.inLen, writable: true });
+  }
+  const status = d.alloc(1, 1);
+  d.m.memory.writeU8(status, 0xee);
+  bufs.push({ address: status, length: 1, writable: true });
+  const head = q.add(bufs, { indirect: opts.indirect ?? false });
+  return { head, status, data, statusByte: () => d.m.memory.readU8(status) };
+}
+
+const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+
+test('config space: capacity, seg_max, topology and queue count', async () => {
+  const disk = new MemoryDisk(8 * MiB);
+  disk.topo = { ...disk.topo, alignmentOffset: 1024, minimumIoSize: 8192, optimalIoSize: 1 << 20 };
+  const { d } = await blkMachine(disk, { numQueues: 3, logicalBlockSize: 1024, queueSize: 128 });
+  assert.equal(d.cfg(0, 8), BigInt(8 * MiB / 512));
+  assert.equal(d.cfg(12, 4), 126n);
+  assert.equal(d.cfg(20, 4), 1024n, 'blk_size');
+  assert.equal(d.cfg(24, 1), 2n, 'physical_block_exp: 4096 = 1024 << 2');
+  assert.equal(d.cfg(25, 1), 1n, 'alignment_offset in logical blocks');
+  assert.equal(d.cfg(26, 2), 8n, 'min_io_size in logical blocks');
+  assert.equal(d.cfg(28, 4), 1024n, 'opt_io_size in logical blocks');
+  assert.equal(d.cfg(34, 2), 3n, 'num_queues');
+  assert.equal(d.c16(0x12), 3);
+  const f = d.deviceFeatures();
+  for (const b of [2n, 6n, 9n, 10n, 12n, 13n, 14n]) assert.equal((f >> b) & 1n, 1n, `feature ${b}`);
+  assert.equal((f >> 5n) & 1n, 0n, 'not read-only');
+});
+
+test('bad topology and serial options are one-line errors naming the device', () => {
+  const disk = new MemoryDisk(MiB);
+  assert.throws(() => new VirtioBlk(disk, { name: 'virtio-blk3', logicalBlockSize: 1000 }), /^Error: virtio-blk3: logical_block_size 1000 is not a power of two/);
+  assert.throws(() => new VirtioBlk(disk, { physicalBlockSize: 256 }), /physical_block_size 256 is not a power of two >= logical_block_size 512/);
+  assert.throws(() => new VirtioBlk(disk, { serial: 'x'.repeat(21) }), /serial 'x{21}' is longer than 20 bytes/);
+  assert.throws(() => new VirtioBlk(disk, { numQueues: 0 }), /num_queues 0 is not in 1..64/);
+});
+
+test('write then read back, with split headers and indirect chains', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q } = await blkMachine(disk);
+  const data = pattern(4096, 3);
+  const w = request(d, q, 1, 8n, { out: data, splitHeader: true });
+  q.kick();
+  assert.deepEqual(await q.waitUsed(1), [{ id: w.head, len: 1 }]);
+  assert.equal(w.statusByte(), 0);
+  assert.deepEqual(disk.bytes.subarray(4096, 8192), data);
+  const r = request(d, q, 0, 8n, { inLen: 4096, indirect: true });
+  q.kick();
+  assert.deepEqual(await q.waitUsed(1), [{ id: r.head, len: 4097 }]);
+  assert.equal(r.statusByte(), 0);
+  assert.deepEqual(d.m.memory.slice(r.data, 4096), data);
+});
+
+test('many requests in flight complete out of order, each with its own status', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q, blk } = await blkMachine(disk);
+  disk.hold = true;
+  const reqs = [0, 1, 2, 3].map((i) => request(d, q, 1, BigInt(i * 8), { out: pattern(512, i) }));
+  q.kick();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(disk.heldCount, 4);
+  assert.equal(blk.inFlight, 4);
+  disk.release([2, 0, 3, 1]);
+  const used = await q.waitUsed(4);
+  assert.deepEqual(used.map((u) => u.id), [reqs[2]!.head, reqs[0]!.head, reqs[3]!.head, reqs[1]!.head]);
+  for (const [i, r] of reqs.entries()) {
+    assert.equal(r.statusByte(), 0);
+    assert.deepEqual(disk.bytes.subarray(i * 4096, i * 4096 + 512), pattern(512, i));
+  }
+});
+
+test('flush, get-id (serial), discard and write-zeroes', async () => {
+  const disk = new MemoryDisk(MiB);
+  disk.bytes.fill(0xaa);
+  const { d, q } = await blkMachine(disk, { serial: 'disk-serial-1' });
+  const f = request(d, q, 4, 0n);
+  const id = request(d, q, 8, 0n, { inLen: 20 });
+  const seg = (sector: bigint, count: number, flags: number): Uint8Array => {
+    const b = new Uint8Array(16);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, sector, true);
+    v.setUint32(8, count, true);
+    v.setUint32(12, flags, true);
+    return b;
+  };
+  const disc = request(d, q, 11, 0n, { out: seg(0n, 8, 0) });
+  const wz = request(d, q, 13, 0n, { out: seg(16n, 8, 1) });
+  q.kick();
+  const used = await q.waitUsed(4);
+  assert.deepEqual(used.find((u) => u.id === id.head), { id: id.head, len: 21 });
+  for (const r of [f, id, disc, wz]) assert.equal(r.statusByte(), 0);
+  assert.equal(new TextDecoder().decode(d.m.memory.slice(id.data, 13)), 'disk-serial-1');
+  assert.equal(d.m.memory.readU8(id.data + 13n), 0);
+  assert.ok(disk.calls.includes('flush'));
+  assert.ok(disk.calls.includes('discard 0+4096'));
+  assert.ok(disk.calls.includes('zeroes 8192+4096 unmap'));
+  assert.equal(disk.bytes[8192], 0);
+  assert.equal(disk.bytes[4096], 0xaa);
+});
+
+test('unknown request types answer UNSUPP', async () => {
+  const { d, q } = await blkMachine(new MemoryDisk(MiB));
+  const r = request(d, q, 99, 0n);
+  q.kick();
+  await q.waitUsed(1);
+  assert.equal(r.statusByte(), 2);
+});
+
+test('read-only disks: VIRTIO_BLK_F_RO offered, writes fail with IOERR and the disk is untouched', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q, m } = await blkMachine(disk, { readOnly: true });
+  assert.equal((d.deviceFeatures() >> 5n) & 1n, 1n);
+  const w = request(d, q, 1, 0n, { out: pattern(512, 1) });
+  const z = request(d, q, 13, 0n, { out: new Uint8Array(16) });
+  const r = request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  await q.waitUsed(3);
+  assert.equal(w.statusByte(), 1);
+  assert.equal(z.statusByte(), 1);
+  assert.equal(r.statusByte(), 0);
+  assert.ok(disk.bytes.every((b) => b === 0));
+  assert.ok(m.logs.some((l) => l.includes('virtio-blk0: queue 0: request at guest address') && l.includes('write to a read-only disk')));
+});
+
+test('malformed requests fail alone with IOERR and a log line; the device keeps working', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q, m } = await blkMachine(disk);
+  const beyond = request(d, q, 0, BigInt(MiB / 512) - 1n, { inLen: 1024 });
+  const odd = request(d, q, 1, 0n, { out: new Uint8Array(100) });
+  // Header too short: only 8 readable bytes.
+  const shortHdr = d.alloc(8, 8);
+  const st = d.alloc(1, 1);
+  q.add([{ address: shortHdr, length: 8, writable: false }, { address: st, length: 1, writable: true }]);
+  // No status byte at all.
+  const noStatus = d.alloc(16, 8);
+  const noStatusHead = q.add([{ address: noStatus, length: 16, writable: false }]);
+  const good = request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  const used = await q.waitUsed(5);
+  assert.equal(beyond.statusByte(), 1);
+  assert.equal(odd.statusByte(), 1);
+  assert.equal(d.m.memory.readU8(st), 1);
+  assert.equal(good.statusByte(), 0);
+  assert.deepEqual(used.find((u) => u.id === noStatusHead), { id: noStatusHead, len: 0 });
+  assert.equal(d.status & 0x40, 0, 'no device reset needed');
+  for (const text of ['beyond the disk', 'not a multiple of 512', 'header is 8 bytes', 'no writable status byte']) {
+    assert.ok(m.logs.some((l) => l.startsWith('virtio-blk0: queue 0: request at guest address 0x') && l.includes(text)), text);
+  }
+});
+
+test('host I/O errors: policy report gives IOERR; policy stop pauses and retries on resume', async () => {
+  const disk = new MemoryDisk(MiB);
+  {
+    const { d, q } = await blkMachine(disk);
+    disk.failNext = new Error('EIO: input/output error');
+    const r = request(d, q, 1, 0n, { out: pattern(512, 9) });
+    q.kick();
+    await q.waitUsed(1);
+    assert.equal(r.statusByte(), 1);
+  }
+  const paused: string[] = [];
+  const { d, q, blk } = await blkMachine(disk, { errorPolicy: 'stop', onIoError: (dev, e) => paused.push(`${dev}: ${e.message}`) });
+  disk.failNext = new Error('ENOSPC: no space left on device');
+  const r = request(d, q, 1, 0n, { out: pattern(512, 5) });
+  q.kick();
+  const deadline = Date.now() + 1000;
+  while (paused.length === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 1));
+  assert.deepEqual(paused, ['virtio-blk0: ENOSPC: no space left on device']);
+  assert.equal(q.takeUsed().length, 0, 'request not completed while paused');
+  assert.equal(r.statusByte(), 0xee);
+  assert.equal(blk.parkedRequests, 1);
+  blk.resume();
+  await q.waitUsed(1);
+  assert.equal(r.statusByte(), 0);
+  assert.deepEqual(disk.bytes.subarray(0, 512), pattern(512, 5));
+});
+
+test('multiqueue: every queue serves requests', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d } = await blkMachine(disk, { numQueues: 2 }, { msix: true });
+  const reqs = d.queues.map((q, i) => request(d, q, 1, BigInt(i * 8), { out: pattern(512, 40 + i) }));
+  d.queues.forEach((q) => q.kick());
+  for (const q of d.queues) await q.waitUsed(1);
+  reqs.forEach((r) => assert.equal(r.statusByte(), 0));
+  assert.deepEqual(d.m.sink.msis.map((x) => x.data).sort(), [0x41, 0x42]);
+});
+
+test('reset while requests are in flight: late completions never touch the rings', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q } = await blkMachine(disk);
+  disk.hold = true;
+  const r = request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  await new Promise((res) => setImmediate(res));
+  d.status = 0;
+  disk.release();
+  await new Promise((res) => setTimeout(res, 5));
+  assert.equal(q.usedIdx, 0);
+  assert.equal(r.statusByte(), 0xee);
+});
+
+test('save state refuses while requests run; parked requests survive save and load', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q, blk, transport, m } = await blkMachine(disk, { errorPolicy: 'stop', onIoError: () => {} });
+  disk.hold = true;
+  request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  await new Promise((res) => setImmediate(res));
+  assert.throws(() => transport.saveState(), /virtio-blk0: 1 requests in flight; drain before saving/);
+  disk.hold = false;
+  disk.release();
+  await q.waitUsed(1);
+  disk.failNext = new Error('EIO');
+  const r = request(d, q, 1, 8n, { out: pattern(512, 77) });
+  q.kick();
+  while (blk.parkedRequests === 0) await new Promise((res) => setTimeout(res, 1));
+  const state = JSON.parse(JSON.stringify(transport.saveState()));
+  const m2 = makeMachine();
+  m2.memory.write(0n, m.memory.slice(0n, Number(m.memory.size)));
+  const blk2 = new VirtioBlk(disk);
+  const t2 = plugVirtio(m2, blk2, 1);
+  m2.bridge.assignBars();
+  t2.transport.loadState(state);
+  assert.equal(blk2.parkedRequests, 1);
+  blk2.resume();
+  const deadline = Date.now() + 1000;
+  while (m2.memory.readU8(r.status) !== 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 1));
+  assert.equal(m2.memory.readU8(r.status), 0);
+  assert.deepEqual(disk.bytes.subarray(4096, 4608), pattern(512, 77));
+});
+
+test('on a real raw image file through the block layer', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-blk-'));
+  try {
+    const file = join(dir, 'disk.raw');
+    writeFileSync(file, new Uint8Array(MiB));
+    const driver = await RawDriver.open(file);
+    const { d, q } = await blkMachine(driver);
+    const w = request(d, q, 1, 2n, { out: pattern(1024, 11) });
+    const f = request(d, q, 4, 0n);
+    q.kick();
+    await q.waitUsed(2);
+    assert.equal(w.statusByte(), 0);
+    assert.equal(f.statusByte(), 0);
+    await driver.close();
+    assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(1024, 2048), pattern(1024, 11));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,68 @@
+// A disk in a byte array for virtio-blk tests, with controllable completion order and
+// injectable host errors (the device under test is virtio-blk, not the disk).
+import type { BlockBackend } from '../../../../src/virtio/blk.js';
+
+export class MemoryDisk implements BlockBackend {
+  readonly bytes: Uint8Array;
+  readonly filename = 'memory-disk';
+  readonly calls: string[] = [];
+  /** When set, each operation waits for release() instead of finishing on the next tick. */
+  hold = false;
+  private held: Array<() => void> = [];
+  failNext: Error | undefined;
+  topo = { logicalBlockSize: 512, physicalBlockSize: 4096, alignmentOffset: 0, minimumIoSize: 4096, optimalIoSize: 65536, discardGranularity: 4096 };
+
+  constructor(size: number, readonly readOnly = false) {
+    this.bytes = new Uint8Array(size);
+  }
+
+  size(): bigint { return BigInt(this.bytes.length); }
+  topology() { return this.topo; }
+
+  /** Finish held operations in the given order (indices into the held list), or all. */
+  release(order?: number[]): void {
+    const held = this.held;
+    this.held = [];
+    for (const i of order ?? held.map((_, j) => j)) held[i]!();
+  }
+  get heldCount(): number { return this.held.length; }
+
+  private async gate(call: string): Promise<void> {
+    this.calls.push(call);
+    if (this.hold) await new Promise<void>((r) => this.held.push(r));
+    else await new Promise((r) => setImmediate(r));
+    if (this.failNext) {
+      const e = this.failNext;
+      this.failNext = undefined;
+      throw e;
+    }
+  }
+
+  async readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    await this.gate(`read ${offset}`);
+    let at = Number(offset);
+    for (const b of buffers) {
+      b.set(this.bytes.subarray(at, at + b.length));
+      at += b.length;
+    }
+  }
+
+  async writev(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    await this.gate(`write ${offset}`);
+    let at = Number(offset);
+    for (const b of buffers) {
+      this.bytes.set(b, at);
+      at += b.length;
+    }
+  }
+
+  async flush(): Promise<void> { await this.gate('flush'); }
+  async discard(offset: bigint, length: bigint): Promise<void> {
+    await this.gate(`discard ${offset}+${length}`);
+    this.bytes.fill(0, Number(offset), Number(offset + length));
+  }
+  async writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void> {
+    await this.gate(`zeroes ${offset}+${length}${opts?.mayUnmap ? ' unmap' : ''}`);
+    this.bytes.fill(0, Number(offset), Number(offset + length));
+  }
+}
