@@ -1,8 +1,66 @@
-// Chooses where the guest suite runs. Until the lab exists, it runs directly.
-export async function guestTestRunner(_root: string): Promise<(args: string[]) => Promise<number>> {
-  const { spawn } = await import('node:child_process');
-  return (args) => new Promise((resolve) => {
+// Chooses where the guest suite runs: directly when this machine's /dev/kvm runs guest code
+// fast enough, else inside the nested lab (decidePlacement in src/lab/placement.ts; override
+// with TSVIRT_PLACEMENT=direct|lab). In the lab, host paths under the project are rewritten
+// to the lab's project directory, and files the test runner writes under .cache (the TAP
+// report it counts results from) are copied back when the lab run ends.
+import { spawn } from 'node:child_process';
+import { relative, resolve } from 'node:path';
+
+export type TestRunner = (args: string[]) => Promise<number>;
+
+/** Whole guest suite limit inside the lab (boot included); well inside the CI budget. */
+const LAB_SUITE_TIMEOUT_SECONDS = 1200;
+
+function direct(args: string[]): Promise<number> {
+  return new Promise((done) => {
     const child = spawn(process.execPath, args, { stdio: 'inherit' });
-    child.on('exit', (code) => resolve(code ?? 1));
+    child.on('error', () => done(1));
+    child.on('exit', (code) => done(code ?? 1));
   });
+}
+
+/** Rewrites every project path in `args` (bare or as --flag=PATH) for the lab. */
+export function translateArgs(root: string, args: string[], toLabPath: (root: string, p: string) => string): { args: string[]; copyBack: string[] } {
+  const copyBack: string[] = [];
+  const rootDir = resolve(root);
+  const out = args.map((arg) => {
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const prefix = eq >= 0 ? arg.slice(0, eq + 1) : '';
+    const value = eq >= 0 ? arg.slice(eq + 1) : arg;
+    if (!value.startsWith('/')) return arg;
+    const rel = relative(rootDir, value);
+    if (rel.startsWith('..')) return arg;
+    if (rel.startsWith('.cache/') && !rel.startsWith('.cache/lab/')) copyBack.push(rel);
+    return prefix + toLabPath(rootDir, value);
+  });
+  return { args: out, copyBack };
+}
+
+export async function guestTestRunner(root: string): Promise<TestRunner> {
+  const { placementVerdict } = await import('../src/lab/placement.js');
+  const verdict = await placementVerdict();
+  process.stdout.write(`guest suite placement: ${verdict.placement} (${verdict.reason})\n`);
+  if (verdict.placement === 'direct') return direct;
+
+  const { labBuilt } = await import('../src/lab/paths.js');
+  const { labExec, LabError } = await import('../src/lab/exec.js');
+  const { toLabPath } = await import('../src/lab/project-tree.js');
+  return async (args) => {
+    try {
+      if (!labBuilt()) {
+        const { buildLab } = await import('../src/lab/build.js');
+        await buildLab();
+      }
+      const t = translateArgs(root, args, toLabPath);
+      const result = await labExec(['node', ...t.args], {
+        copyBack: t.copyBack, timeoutSeconds: LAB_SUITE_TIMEOUT_SECONDS, root: resolve(root),
+      });
+      process.stdout.write(`(lab: booted in ${result.bootSeconds.toFixed(1)} s, ran ${result.totalSeconds.toFixed(1)} s in all)\n`);
+      return result.exitCode;
+    } catch (err) {
+      if (err instanceof LabError) for (const line of err.logTail) process.stderr.write(`lab log| ${line}\n`);
+      process.stderr.write(`guest suite: ${(err as Error).message}\n`);
+      return 1;
+    }
+  };
 }
