@@ -12,6 +12,8 @@ import type { QmpTarget } from './target.js';
 
 /** A client that stops reading loses its connection once this much output is queued for it. */
 const MAX_QUEUED_OUTPUT = 16 * 1024 * 1024;
+/** How long close() lets in-flight commands finish, and sockets flush, before cutting them off. */
+const CLOSE_GRACE_MS = 1000;
 
 export interface QmpListenerInfo { spec: string; endpoint: QmpEndpoint; address: string }
 
@@ -128,17 +130,29 @@ export class QmpServer {
     return info;
   }
 
-  /** Closes every connection and listener (unix socket files are removed). Idempotent. */
+  /**
+   * Closes every connection and listener (unix socket files are removed). Commands already
+   * received are answered first (bounded), so a client that sent quit still gets its reply
+   * even when the VM's exit is what closes the server. Idempotent.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const off of this.unsubscribe) off();
+      const closed = this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())));
+      for (const { endpoint } of this.servers) if (endpoint.kind === 'unix') removeStaleSocket(endpoint.path);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all([...this.sessions].map((s) => s.idle())),
+        new Promise((resolve) => { timer = setTimeout(resolve, CLOSE_GRACE_MS); }),
+      ]);
+      clearTimeout(timer);
       for (const session of this.sessions) session.close();
       this.sessions.clear();
-      // end() first so that the last reply (e.g. to quit) is flushed before the socket goes.
-      for (const socket of this.sockets) socket.end();
-      const closed = this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())));
-      for (const socket of this.sockets) setTimeout(() => socket.destroy(), 1000).unref();
-      for (const { endpoint } of this.servers) if (endpoint.kind === 'unix') removeStaleSocket(endpoint.path);
+      // end() rather than destroy() so queued output is flushed; destroy whatever lingers.
+      for (const socket of this.sockets) {
+        socket.end();
+        setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+      }
       await Promise.all(closed);
     })();
     return this.closing;

@@ -45,6 +45,11 @@ export class QmpSession {
     if (!this.closed) this.parser.feed(bytes);
   }
 
+  /** Resolves once every command received so far has been answered. */
+  idle(): Promise<void> {
+    return this.queue;
+  }
+
   /** Stops all output (the peer has gone); commands already running finish on their own. */
   close(): void {
     this.closed = true;
