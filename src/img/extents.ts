@@ -12,6 +12,26 @@ export interface Extent extends BlockStatus {
  * (`allocated`); otherwise data, or a zero extent that has host storage, or that the driver
  * attributes to a layer other than "fell off the chain", counts as present.
  */
+interface ClusterLookup { clusterSize: number; lookup(gc: number): Promise<{ kind: string }>; backing?: BlockDriver }
+
+/** The driver `depth` levels down the backing chain, if the drivers expose their backing. */
+function layer(driver: BlockDriver, depth: number): BlockDriver | undefined {
+  let d: BlockDriver | undefined = driver;
+  for (let i = 0; i < depth && d; i++) d = (d as Partial<ClusterLookup>).backing;
+  return d;
+}
+
+/**
+ * The block layer's status does not tell a qcow2 zero cluster (allocated, reads as zero) from
+ * an unallocated one; qemu calls the first "present". Ask the layer's cluster map directly.
+ */
+async function isZeroCluster(driver: BlockDriver, status: BlockStatus, offset: bigint): Promise<boolean> {
+  const d = layer(driver, status.depth) as Partial<ClusterLookup> | undefined;
+  if (!d || typeof d.lookup !== 'function' || typeof d.clusterSize !== 'number') return false;
+  const entry = await d.lookup(Number(offset / BigInt(d.clusterSize)));
+  return entry.kind === 'zero';
+}
+
 function isPresent(status: BlockStatus): boolean {
   const extra = status as BlockStatus & { allocated?: boolean; present?: boolean };
   if (typeof extra.present === 'boolean') return extra.present;
@@ -31,7 +51,9 @@ export async function* extents(driver: BlockDriver, start = 0n, end = driver.siz
       // A raw image is its own host file: every byte is "allocated" and maps 1:1, holes included.
       yield { ...status, length, start: offset, present: true, hostOffset: offset };
     } else {
-      yield { ...status, length, start: offset, present: isPresent(status) };
+      let present = isPresent(status);
+      if (!present && status.zero && !status.data) present = await isZeroCluster(driver, status, offset);
+      yield { ...status, length, start: offset, present };
     }
     offset += length;
   }

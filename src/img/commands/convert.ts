@@ -173,8 +173,15 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
         const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
-        if (!status.data && status.zero) {
+        if (!status.data && status.zero && sparse !== 0) {
           if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
+        } else if (!status.data && status.zero) {
+          // -S 0: the output is to be fully allocated, so zeroes are written as data.
+          const zeroes = Buffer.alloc(Number(n < 1n << 20n ? n : 1n << 20n));
+          for (let done = 0n; done < n; done += BigInt(zeroes.length)) {
+            const k = n - done < BigInt(zeroes.length) ? Number(n - done) : zeroes.length;
+            await to.writev(dest + pos + done, [zeroes.subarray(0, k)]);
+          }
         } else {
           const buf = Buffer.allocUnsafe(Number(n));
           await from.readv(at + pos, [buf]);

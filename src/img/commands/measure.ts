@@ -7,6 +7,7 @@ import { joinOptionStrings, parseCreateOptions } from '../create-options.js';
 import { withImage, checkFormatName } from '../open.js';
 import { parseSize } from '../size.js';
 import { extents } from '../extents.js';
+import { imageInfo } from '../info.js';
 import { qemuJson } from '../qemu-json.js';
 import { parseOutputFormat } from './map.js';
 
@@ -81,7 +82,9 @@ export async function measure(argv: string[], io: ImgIO): Promise<number> {
         if (to > from) used += to - from;
         if (to > countedTo) countedTo = to;
       }
-      return [d.size(), used, d.format === 'qcow2' && outFormat === 'qcow2' && create.compat !== '0.10'] as [bigint, bigint, boolean];
+      // Bitmap space is reported only when both the source and the output can hold bitmaps (qcow2 v3).
+      const sourceV3 = d.format === 'qcow2' && (await imageInfo(filename)).formatSpecific?.compat === '1.1';
+      return [d.size(), used, sourceV3 && outFormat === 'qcow2' && create.compat !== '0.10'] as [bigint, bigint, boolean];
     });
   }
 

@@ -1,0 +1,180 @@
+// tsvirt img against the real qemu-img: images each one makes must satisfy the other.
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { Scratch, comparableInfo, haveQemuImg } from './harness.js';
+
+const skip = haveQemuImg() ? false : 'qemu-img is not installed';
+
+describe('tsvirt img creates images qemu-img accepts', { skip }, () => {
+  let s: Scratch;
+  before(() => {
+    s = new Scratch();
+  });
+  after(() => s.remove());
+
+  const variants = ['', 'cluster_size=512', 'cluster_size=2M', 'compat=0.10', 'refcount_bits=1', 'refcount_bits=64',
+    'extended_l2=on', 'lazy_refcounts=on', 'preallocation=metadata', 'preallocation=full', 'cluster_size=4k,refcount_bits=8'];
+  for (const options of variants) {
+    test(`create -f qcow2 ${options || '(defaults)'}: clean, and info/map equal to qemu-img's own`, () => {
+      const extra = options ? ['-o', options] : [];
+      assert.equal(s.tsvirt('create', '-q', '-f', 'qcow2', ...extra, 'ours.qcow2', '48M').status, 0);
+      s.qemu('create', '-q', '-f', 'qcow2', ...extra, 'theirs.qcow2', '48M');
+      const check = s.qemuImg('check', 'ours.qcow2');
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      assert.deepEqual(comparableInfo(s.qemu('info', '--output', 'json', 'ours.qcow2')),
+        comparableInfo(s.qemu('info', '--output', 'json', 'theirs.qcow2')));
+      assert.equal(s.qemu('map', '--output', 'json', 'ours.qcow2'), s.qemu('map', '--output', 'json', 'theirs.qcow2'));
+    });
+  }
+
+  test('create with a backing file takes its size and records name and format', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'base.qcow2', '3M');
+    const r = s.tsvirt('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^Formatting 'top.qcow2', fmt=qcow2 .*backing_file=base.qcow2 backing_fmt=qcow2 .*size=3145728/);
+    const info = JSON.parse(s.qemu('info', '--output', 'json', 'top.qcow2')) as Record<string, unknown>;
+    assert.equal(info['backing-filename'], 'base.qcow2');
+    assert.equal(info['backing-filename-format'], 'qcow2');
+    assert.equal(info['virtual-size'], 3145728);
+    assert.equal(s.qemuImg('check', 'top.qcow2').status, 0);
+  });
+
+  test('raw create makes a sparse file of the exact size', () => {
+    assert.equal(s.tsvirt('create', '-q', '-f', 'raw', 'disk.raw', '1.5M').status, 0);
+    assert.equal(readFileSync(s.path('disk.raw')).length, 1572864);
+  });
+});
+
+describe('convert output passes qemu-img check and reads back identical', { skip }, () => {
+  let s: Scratch;
+  before(() => {
+    s = new Scratch();
+    s.qemu('create', '-q', '-f', 'raw', 'src.raw', '24M');
+    // data, an explicit zero run inside data, holes, and data in the last cluster
+    s.io('src.raw', 'write -P 3 0 3M', 'write -P 0 1M 256k', 'write -P 5 10M 1M', 'write -P 7 24572k 4k');
+  });
+  after(() => s.remove());
+
+  test('raw -> qcow2 is clean, identical, and sparse', () => {
+    assert.equal(s.tsvirt('convert', '-O', 'qcow2', 'src.raw', 'out.qcow2').status, 0);
+    assert.equal(s.qemuImg('check', 'out.qcow2').status, 0);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'out.qcow2').status, 0);
+    const info = JSON.parse(s.qemu('info', '--output', 'json', 'out.qcow2')) as { 'actual-size': number };
+    assert.ok(info['actual-size'] < 8 << 20, `output holds ${info['actual-size']} bytes for 4 MiB of data`);
+  });
+
+  test('qcow2 -> raw is byte-identical to the source', () => {
+    s.qemu('convert', '-O', 'qcow2', 'src.raw', 'q.qcow2');
+    assert.equal(s.tsvirt('convert', '-f', 'qcow2', '-O', 'raw', 'q.qcow2', 'back.raw').status, 0);
+    assert.deepEqual(readFileSync(s.path('back.raw')), readFileSync(s.path('src.raw')));
+  });
+
+  test('compressed (-c) output is clean, identical and has compressed clusters', () => {
+    assert.equal(s.tsvirt('convert', '-c', '-O', 'qcow2', 'src.raw', 'c.qcow2').status, 0);
+    const check = s.qemuImg('check', 'c.qcow2');
+    assert.equal(check.status, 0, check.stdout);
+    assert.match(check.stdout, /[1-9][\d.]*% compressed clusters/);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'c.qcow2').status, 0);
+  });
+
+  test('-n writes into an existing qemu-made image, which stays clean', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'existing.qcow2', '24M');
+    s.io('existing.qcow2', 'write -P 9 4M 4M');
+    assert.equal(s.tsvirt('convert', '-n', '-O', 'qcow2', 'src.raw', 'existing.qcow2').status, 0);
+    assert.equal(s.qemuImg('check', 'existing.qcow2').status, 0);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'existing.qcow2').status, 0);
+  });
+
+  test('-S 0 writes zeroes too (fully allocated raw output)', () => {
+    assert.equal(s.tsvirt('convert', '-S', '0', '-O', 'raw', 'src.raw', 'full.raw').status, 0);
+    const info = JSON.parse(s.qemu('info', '--output', 'json', 'full.raw')) as { 'actual-size': number };
+    assert.ok(info['actual-size'] >= 6 << 20, `only ${info['actual-size']} bytes allocated`);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'full.raw').status, 0);
+  });
+
+  test('concatenating two sources', () => {
+    assert.equal(s.tsvirt('convert', '-O', 'raw', 'src.raw', 'src.raw', 'twice.raw').status, 0);
+    const src = readFileSync(s.path('src.raw'));
+    assert.deepEqual(readFileSync(s.path('twice.raw')), Buffer.concat([src, src]));
+  });
+});
+
+describe('images qemu-img makes read the same through tsvirt img', { skip }, () => {
+  let s: Scratch;
+  before(() => {
+    s = new Scratch();
+    s.qemu('create', '-q', '-f', 'qcow2', 'base.qcow2', '8M');
+    s.io('base.qcow2', 'write -P 1 0 1M', 'write -z 2M 64k', 'write -P 2 5M 100k');
+    s.qemu('snapshot', '-c', 'first', 'base.qcow2');
+    s.io('base.qcow2', 'write -P 4 512k 64k');
+    s.qemu('create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2');
+    s.io('top.qcow2', 'write -P 6 600k 128k', 'write -z 5M 64k');
+    s.qemu('convert', '-c', '-O', 'qcow2', 'base.qcow2', 'compressed.qcow2');
+    s.qemu('create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=128k', 'ext.qcow2', '8M');
+    s.io('ext.qcow2', 'write -P 8 4k 8k', 'write -z 1M 32k');
+    s.qemu('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=4k', 'old.qcow2', '8M');
+    s.io('old.qcow2', 'write -P 9 100k 300k');
+    s.qemu('create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', 'prealloc.qcow2', '8M');
+    s.qemu('create', '-q', '-f', 'raw', 'plain.raw', '8M');
+    s.io('plain.raw', 'write -P 3 1M 1M');
+  });
+  after(() => s.remove());
+
+  for (const name of ['base.qcow2', 'top.qcow2', 'compressed.qcow2', 'ext.qcow2', 'old.qcow2', 'prealloc.qcow2', 'plain.raw']) {
+    test(`${name}: info (human and JSON, with backing chain) is qemu-img's text`, () => {
+      for (const args of [['info', name], ['info', '--output', 'json', name], ['info', '--backing-chain', '--output=json', name]]) {
+        const ours = s.tsvirt(...args);
+        assert.equal(ours.status, 0, ours.stderr);
+        assert.equal(ours.stdout, s.qemu(...args), args.join(' '));
+      }
+    });
+    // Known gaps: qemu reports sub-cluster allocation of extended L2 images, and marks preallocated
+    // clusters whose host range is a hole as "zero"; the block layer's status carries neither yet.
+    const gap = name === 'ext.qcow2' || name === 'prealloc.qcow2' ? 'block status lacks subcluster/host-hole detail' : false;
+    test(`${name}: map --output json equals qemu-img's`, { todo: gap }, () => {
+      const ours = s.tsvirt('map', '--output', 'json', name);
+      assert.equal(ours.status, 0, ours.stderr);
+      assert.equal(ours.stdout, s.qemu('map', '--output', 'json', name));
+    });
+    test(`${name}: compare with qemu's raw conversion says identical; measure agrees`, { todo: name === 'prealloc.qcow2' ? 'host-hole detection' : false }, () => {
+      s.qemu('convert', '-O', 'raw', name, `${name}.raw`);
+      const r = s.tsvirt('compare', name, `${name}.raw`);
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      assert.equal(r.stdout, 'Images are identical.\n');
+      for (const fmt of ['qcow2', 'raw']) {
+        assert.equal(s.tsvirt('measure', '--output', 'json', '-O', fmt, name).stdout, s.qemu('measure', '--output', 'json', '-O', fmt, name), `measure -O ${fmt}`);
+      }
+    });
+  }
+
+  test('map human output names the file at each depth', () => {
+    assert.equal(s.tsvirt('map', 'top.qcow2').stdout, s.qemu('map', 'top.qcow2'));
+  });
+
+  test('compare reports the first differing sector and exits 1, like qemu-img', () => {
+    s.qemu('convert', '-O', 'raw', 'top.qcow2', 'diff.raw');
+    s.io('diff.raw', 'write -P 0x55 3000001 1');
+    const theirs = s.qemuImg('compare', 'top.qcow2', 'diff.raw');
+    const ours = s.tsvirt('compare', 'top.qcow2', 'diff.raw');
+    assert.equal(ours.status, 1);
+    assert.equal(ours.status, theirs.status);
+    assert.equal(ours.stdout, theirs.stdout);
+  });
+
+  test('resize grows a qemu image, which stays clean', () => {
+    s.qemu('convert', '-O', 'qcow2', 'base.qcow2', 'grow.qcow2');
+    const r = s.tsvirt('resize', 'grow.qcow2', '+8M');
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'Image resized.\n');
+    assert.equal(s.qemuImg('check', 'grow.qcow2').status, 0);
+    assert.equal((JSON.parse(s.qemu('info', '--output', 'json', 'grow.qcow2')) as Record<string, number>)['virtual-size'], 16 << 20);
+  });
+
+  test('measure --size equals qemu-img for several option sets', () => {
+    for (const o of ['cluster_size=64k', 'cluster_size=512', 'refcount_bits=1', 'extended_l2=on', 'preallocation=full']) {
+      const args = ['measure', '--output', 'json', '-O', 'qcow2', '-o', o, '--size', '7G'];
+      assert.equal(s.tsvirt(...args).stdout, s.qemu(...args), o);
+    }
+  });
+});
