@@ -2,6 +2,7 @@
 export * from './memory/guest-memory.js';
 export * from './memory/region-memory.js';
 export * from './kvm/index.js';
+export * from './memory/host-ram.js';
 export {
   QmpClient, QmpCommandError, QmpConnectionError, QmpServer, startQmpServers, QmpRegistry, QmpError,
   createCoreRegistry, arg as qmpArg,
