@@ -201,6 +201,10 @@ export class VirtioDriver {
     return at;
   }
 
+  /** The allocation point, to give memory back with release(). */
+  mark(): bigint { return this.heap; }
+  release(mark: bigint): void { this.heap = mark; }
+
   /** Bring up PCI: enable memory decoding and bus mastering, read the BARs, walk the caps. */
   probePci(): void {
     cfgWrite(this.m, this.slot, 0x04, 2, 0x6);
