@@ -109,6 +109,9 @@ function loop(): void {
     try {
       exit = vcpu.runOnce();
     } catch (err) {
+      // An application processor still waiting for its SIPI returns EAGAIN from KVM_RUN
+      // after the in-kernel LAPIC woke it (INIT received): just run it again.
+      if ((err as { code?: string }).code === 'EAGAIN') continue;
       report({ type: 'error', index: data.index, message: (err as Error).message });
       Atomics.store(ctl, CTL_RUN_STATE, PARK);
       continue;
