@@ -1,5 +1,6 @@
 // The core QMP commands (run control and queries) and the events they relate to. Reply shapes
 // follow QEMU 7.2's qapi schema so existing management tools can read them.
+import { statSync } from 'node:fs';
 import type { JsonValue } from './json-stream.js';
 import { QEMU_COMPAT_VERSION, QMP_PACKAGE, QmpError } from './protocol.js';
 import type { CommandContext, QmpArgs, QmpRegistry } from './registry.js';
@@ -50,6 +51,17 @@ function pciDeviceInfo(device: QmpPciDevice): JsonValue {
   return info;
 }
 
+function imageInfo(block: QmpBlockInfo): JsonValue {
+  const image: { [k: string]: JsonValue } = {
+    filename: block.filename, format: block.format, 'virtual-size': block.virtualSize, 'dirty-flag': false,
+  };
+  // Space the image takes on the host, when it is a file we can see (QEMU reports it too).
+  try {
+    image['actual-size'] = statSync(block.filename).blocks * 512;
+  } catch { /* not a local file: leave it out, as QEMU does when it cannot tell */ }
+  return image;
+}
+
 function blockInfo(block: QmpBlockInfo): JsonValue {
   return {
     device: block.device,
@@ -69,7 +81,7 @@ function blockInfo(block: QmpBlockInfo): JsonValue {
       bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0,
       write_threshold: 0,
       cache: { writeback: block.cache.writeback, direct: block.cache.direct, 'no-flush': block.cache.noFlush },
-      image: { filename: block.filename, format: block.format, 'virtual-size': block.virtualSize, 'dirty-flag': false },
+      image: imageInfo(block),
     },
   };
 }

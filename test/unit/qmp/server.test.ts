@@ -80,7 +80,11 @@ describe('QMP server', () => {
     assert.deepEqual(devices[1]!.class_info, { class: 0x0100, desc: 'SCSI controller' });
     assert.deepEqual(devices[1]!.id, { device: 0x1042, vendor: 0x1af4, subsystem: 2, 'subsystem-vendor': 0x1af4 });
     assert.equal(devices[1]!.irq, 11);
-    assert.deepEqual(devices[1]!.regions, [{ bar: 4, type: 'memory', address: 0xfe000000, size: 0x4000, prefetch: true, mem_type_64: true }]);
+    assert.deepEqual(devices[1]!.regions, [
+      { bar: 0, type: 'io', address: 0xc000, size: 0x80 },
+      { bar: 1, type: 'memory', address: 0xfebf0000, size: 0x1000, prefetch: false, mem_type_64: false },
+      { bar: 4, type: 'memory', address: 0xfe000000, size: 0x4000, prefetch: true, mem_type_64: true },
+    ]);
     const names = ((await c.command('{"execute":"query-commands"}')).return as Json[]).map((x) => x.name);
     for (const cmd of ['qmp_capabilities', 'query-status', 'stop', 'cont', 'quit', 'human-monitor-command', 'query-events']) {
       assert.ok(names.includes(cmd), cmd);

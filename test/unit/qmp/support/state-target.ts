@@ -7,6 +7,9 @@ import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from
 export class StateTarget extends EventEmitter implements QmpTarget {
   readonly uuid = '6a3c7a4e-2b1d-4c43-9a55-0f5f2d9c1e01';
   state: RunState = 'running';
+  /** The image query-block reports (a real file gets an actual-size). */
+  diskFile = 'disk.qcow2';
+  diskFormat = 'qcow2';
   resets = 0;
   powerdowns = 0;
 
@@ -53,7 +56,7 @@ export class StateTarget extends EventEmitter implements QmpTarget {
   blockDevices(): QmpBlockInfo[] {
     return [{
       device: 'disk0', qdev: '/machine/peripheral/disk0/virtio-backend', removable: false, locked: false,
-      readOnly: false, filename: 'disk.qcow2', format: 'qcow2', virtualSize: 1 << 30,
+      readOnly: false, filename: this.diskFile, format: this.diskFormat, virtualSize: 1 << 30,
       cache: { writeback: true, direct: false, noFlush: false },
     }];
   }
@@ -64,7 +67,11 @@ export class StateTarget extends EventEmitter implements QmpTarget {
         subsystemVendorId: 0x1af4, subsystemId: 0x1100, qdevId: '', bars: [] },
       { bus: 0, slot: 3, function: 0, vendorId: 0x1af4, deviceId: 0x1042, classCode: 0x010000,
         subsystemVendorId: 0x1af4, subsystemId: 0x0002, qdevId: 'disk0', irq: 11,
-        bars: [{ bar: 4, type: 'memory', address: 0xfe000000, size: 0x4000, prefetch: true, memType64: true }] },
+        bars: [
+          { bar: 0, type: 'io', address: 0xc000, size: 0x80 },
+          { bar: 1, type: 'memory', address: 0xfebf0000, size: 0x1000 },
+          { bar: 4, type: 'memory', address: 0xfe000000, size: 0x4000, prefetch: true, memType64: true },
+        ] },
     ];
   }
 }
