@@ -55,6 +55,8 @@ export interface BootSregs {
 // Control register and EFER bits used below.
 export const CR0_PE = 1n << 0n;
 export const CR0_ET = 1n << 4n;
+/** Native x87 error reporting: VMX requires it set in a guest's CR0. */
+export const CR0_NE = 1n << 5n;
 export const CR0_PG = 1n << 31n;
 export const CR4_PAE = 1n << 5n;
 export const EFER_LME = 1n << 8n;
@@ -157,7 +159,7 @@ export function setupLongMode(mem: GuestMemory): BootSregs {
   const data = segmentFromGdtEntry(BOOT_GDT[BOOT_DS_SELECTOR / 8]!, BOOT_DS_SELECTOR);
   const tss = segmentFromGdtEntry(BOOT_GDT[BOOT_TSS_SELECTOR / 8]!, BOOT_TSS_SELECTOR);
   return {
-    cr0: CR0_PE | CR0_ET | CR0_PG,
+    cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
     cr2: 0n,
     cr3,
     cr4: CR4_PAE,
