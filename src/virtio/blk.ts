@@ -31,6 +31,7 @@ export interface BlockBackend {
   flush(): Promise<void>;
   discard(offset: bigint, length: bigint): Promise<void>;
   writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void>;
+  close?(): Promise<void>;
 }
 
 export const VIRTIO_BLK_F_SEG_MAX = 2n;
