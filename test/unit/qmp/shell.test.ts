@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -113,4 +113,44 @@ describe('tsvirt qmp command', () => {
     assert.equal(r.stderr, 'error: CommandNotFound: The command bogus has not been found\n');
     assert.equal(target.state, 'running');
   });
+
+  it('on a terminal, completes command names with tab and recalls history with the up arrow', { skip: hasScript() ? false : 'util-linux script(1) is not installed' }, async () => {
+    // script(1) gives the shell a pseudo-terminal; keys are typed one burst at a time because
+    // readline treats a multi-key burst as a paste and does not complete inside it.
+    const child = spawn('script', ['-qfec', `${process.execPath} ${cli} qmp ${path}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const waitFor = async (pattern: RegExp, what: string): Promise<void> => {
+      for (let i = 0; i < 100 && !pattern.test(out); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.match(out, pattern, what);
+    };
+    const type = async (keys: string): Promise<void> => {
+      child.stdin.write(keys);
+      await new Promise((r) => setTimeout(r, 150));
+    };
+    try {
+      await waitFor(/\(QMP\) /, 'prompt');
+      await type('query-na');
+      await type('\t');
+      await type('\r');
+      await waitFor(/"name": "vm0"/, 'tab completed query-na to query-name and ran it');
+      await type('\x1b[A');
+      await type('\r');
+      await waitFor(/"name": "vm0"[^]*"name": "vm0"/, 'the up arrow recalled query-name');
+      await type('qu');
+      await type('\t');
+      await type('\t');
+      await waitFor(/query-cpus-fast[^]*query-status[^]*quit/, 'double tab lists the matching commands');
+      await type('\x15'); // clear the line
+      await type('\x04'); // end of input on an empty line ends the shell
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    } finally {
+      child.kill();
+    }
+  });
 });
+
+function hasScript(): boolean {
+  return spawnSync('script', ['--version']).status === 0;
+}
