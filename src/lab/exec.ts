@@ -40,6 +40,8 @@ export interface LabExecOptions {
   env?: Record<string, string>;
   /** Project root to expose (default: this project). */
   root?: string;
+  /** QEMU -cpu model of the lab host (default LAB_CPU; without svm there is no /dev/kvm inside). */
+  cpuModel?: string;
 }
 
 export interface LabExecResult {
@@ -141,7 +143,7 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
     }
 
     const args = [
-      '-accel', 'tcg,thread=multi', '-cpu', LAB_CPU, '-smp', String(cpus), '-m', String(memoryMiB),
+      '-accel', 'tcg,thread=multi', '-cpu', opts.cpuModel ?? LAB_CPU, '-smp', String(cpus), '-m', String(memoryMiB),
       '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
       '-kernel', labFiles.kernel(), '-initrd', initrd,
       '-append', 'console=ttyS0 panic=-1 quiet',

@@ -11,8 +11,9 @@ import { labCacheDir } from './paths.js';
 export type Placement = 'direct' | 'lab';
 
 /** Loop iterations per second a KVM must reach to boot Linux guests in useful time. A
- *  hardware KVM runs hundreds of millions; an emulating one about one million. */
-export const DIRECT_MIN_ITERATIONS_PER_SECOND = 50e6;
+ *  hardware KVM runs hundreds of millions, the nested lab 60-170 million, an emulating KVM
+ *  about one million. (A partial count from a timed-out run still gives the rate.) */
+export const DIRECT_MIN_ITERATIONS_PER_SECOND = 10e6;
 const CALIBRATION_ITERATIONS = 20_000_000;
 const CALIBRATION_TIMEOUT_MS = 1000;
 
@@ -52,7 +53,7 @@ export async function calibrate(): Promise<PlacementVerdict> {
   }
   try {
     const rate = await measureLoopRate(CALIBRATION_ITERATIONS, { timeoutMs: CALIBRATION_TIMEOUT_MS });
-    const fast = rate.completed && rate.iterationsPerSecond >= DIRECT_MIN_ITERATIONS_PER_SECOND;
+    const fast = rate.iterationsPerSecond >= DIRECT_MIN_ITERATIONS_PER_SECOND;
     const mips = (rate.iterationsPerSecond / 1e6).toFixed(1);
     return {
       placement: fast ? 'direct' : 'lab',

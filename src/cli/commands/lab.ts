@@ -24,7 +24,14 @@ function parseExecFlags(flags: ExecFlags, parseMemoryMiB: (s: string) => number)
   if (!/^\d+$/.test(flags.cpus) || cpus < 1 || cpus > 16) throw new Error(`lab exec: --cpus ${flags.cpus} must be an integer from 1 to 16`);
   const timeoutSeconds = Number(flags.timeout);
   if (!/^\d+(\.\d+)?$/.test(flags.timeout) || timeoutSeconds <= 0) throw new Error(`lab exec: --timeout ${flags.timeout} must be a positive number of seconds`);
-  return { cpus, memoryMiB: parseMemoryMiB(flags.memory), timeoutSeconds };
+  let memoryMiB: number;
+  try {
+    memoryMiB = parseMemoryMiB(flags.memory);
+  } catch (err) {
+    throw new Error((err as Error).message); // a usage error (exit 1), not a lab failure
+  }
+  if (memoryMiB < 512) throw new Error(`lab exec: memory ${memoryMiB} MiB is too small (at least 512 MiB)`);
+  return { cpus, memoryMiB, timeoutSeconds };
 }
 
 export function register(program: Command): void {
@@ -50,8 +57,8 @@ export function register(program: Command): void {
     .argument('<command...>', 'the command and its arguments (put -- before it)')
     .action(async (command: string[], flags: ExecFlags) => {
       const { labExec, parseMemoryMiB } = await import('../../lab/exec.js');
+      const opts = parseExecFlags(flags, parseMemoryMiB);
       try {
-        const opts = parseExecFlags(flags, parseMemoryMiB);
         const result = await labExec(command, { ...opts, interactive: Boolean(flags.tty) });
         process.exitCode = result.exitCode;
       } catch (err) {
@@ -64,8 +71,8 @@ export function register(program: Command): void {
     .action(async (flags: ExecFlags) => {
       const { labExec, parseMemoryMiB } = await import('../../lab/exec.js');
       const { labBuilt } = await import('../../lab/paths.js');
+      const opts = parseExecFlags(flags, parseMemoryMiB);
       try {
-        const opts = parseExecFlags(flags, parseMemoryMiB);
         if (!labBuilt()) {
           const { buildLab } = await import('../../lab/build.js');
           await buildLab();
