@@ -15,6 +15,8 @@ export const JSON_LIMITS = {
   maxNesting: 1024,
 } as const;
 
+export interface JsonLimits { maxTokenBytes: number; maxTokenCount: number; maxNesting: number }
+
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
 export type JsonStreamResult = { ok: true; value: JsonValue } | { ok: false; error: string };
@@ -33,6 +35,9 @@ const CH = {
   a: 0x61, z: 0x7a, e: 0x65, E: 0x45, lcurly: 0x7b, rcurly: 0x7d, lsquare: 0x5b, rsquare: 0x5d, colon: 0x3a,
   comma: 0x2c, space: 0x20, tab: 0x09, lf: 0x0a, cr: 0x0d,
 } as const;
+
+/** Unwinds feedByte when one token outgrows the size limit (the error is already reported). */
+const TOKEN_OVERFLOW = Symbol('token overflow');
 
 const isDigit = (c: number): boolean => c >= CH.zero && c <= CH.nine;
 const isWhitespace = (c: number): boolean => c === CH.space || c === CH.tab || c === CH.lf || c === CH.cr;
@@ -54,10 +59,21 @@ export class JsonMessageStream {
   private braces = 0;
   private brackets = 0;
 
-  constructor(private readonly onMessage: (result: JsonStreamResult) => void) {}
+  constructor(
+    private readonly onMessage: (result: JsonStreamResult) => void,
+    private readonly limits: JsonLimits = JSON_LIMITS,
+  ) {}
 
   feed(chunk: Uint8Array): void {
-    for (let i = 0; i < chunk.length; i++) this.feedByte(chunk[i]!);
+    let i = 0;
+    while (i < chunk.length) {
+      try {
+        for (; i < chunk.length; i++) this.feedByte(chunk[i]!);
+      } catch (err) {
+        if (err !== TOKEN_OVERFLOW) throw err;
+        i++; // the byte that overflowed is dropped with its token; go on in recovery
+      }
+    }
   }
 
   /** True while part of a message has been read (useful to tell a clean end of input from a truncated one). */
@@ -72,10 +88,11 @@ export class JsonMessageStream {
       this.token = bigger;
     }
     this.token[this.tokenLength++] = c;
-    if (this.tokenLength > JSON_LIMITS.maxTokenBytes) {
+    if (this.tokenLength > this.limits.maxTokenBytes) {
       this.tokenLength = 0;
       this.state = Lex.Recovery;
       this.fail('JSON token size limit exceeded');
+      throw TOKEN_OVERFLOW;
     }
   }
 
@@ -209,11 +226,11 @@ export class JsonMessageStream {
       this.braces = 0;
       this.brackets = 0;
       this.onMessage(parseTokens(tokens));
-    } else if (this.pendingBytes > JSON_LIMITS.maxTokenBytes) {
+    } else if (this.pendingBytes > this.limits.maxTokenBytes) {
       this.fail('JSON token size limit exceeded');
-    } else if (this.tokens.length > JSON_LIMITS.maxTokenCount) {
+    } else if (this.tokens.length > this.limits.maxTokenCount) {
       this.fail('JSON token count limit exceeded');
-    } else if (this.braces + this.brackets > JSON_LIMITS.maxNesting) {
+    } else if (this.braces + this.brackets > this.limits.maxNesting) {
       this.fail('JSON nesting depth limit exceeded');
     }
   }

@@ -111,3 +111,35 @@ describe('JsonMessageStream', () => {
     assert.deepEqual(Object.keys(value), ['__proto__']);
   });
 });
+
+describe('JsonMessageStream limits', () => {
+  const small = { maxTokenBytes: 64, maxTokenCount: 10, maxNesting: 4 };
+  const run = (text: string): unknown[] => {
+    const out: JsonStreamResult[] = [];
+    const stream = new JsonMessageStream((r) => out.push(r), small);
+    stream.feed(Buffer.from(text));
+    return values(out);
+  };
+
+  it('reports one oversized token and recovers at the next message', () => {
+    assert.deepEqual(run(`{"a": "${'x'.repeat(100)}"}\n{"ok": 1}`), [
+      { error: 'JSON token size limit exceeded' },
+      { error: 'JSON parse error, expecting value' }, // the "}" left over from the dropped object
+      { ok: 1 },
+    ]);
+  });
+
+  it('bounds the bytes of one message across tokens', () => {
+    assert.deepEqual(run(`{"a": "${'x'.repeat(30)}", "b": "${'y'.repeat(30)}", "c": 1}`)[0], { error: 'JSON token size limit exceeded' });
+  });
+
+  it('bounds the token count of one message', () => {
+    assert.deepEqual(run('[1,2,3,4,5,6,7,8]\n[1]')[0], { error: 'JSON token count limit exceeded' });
+    assert.deepEqual(run('[1,2,3,4]'), [[1, 2, 3, 4]]);
+  });
+
+  it('bounds nesting at the configured depth', () => {
+    assert.deepEqual(run('[[[[1]]]]'), [[[[[1]]]]]);
+    assert.deepEqual(run('[[[[[')[0], { error: 'JSON nesting depth limit exceeded' });
+  });
+});
