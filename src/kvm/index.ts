@@ -8,3 +8,4 @@ export { VcpuFd, type VcpuExit } from './vcpu.js';
 export * from './kick.js';
 export * from './microguest.js';
 export { measureLoopRate, loopGuestCode, type LoopRate } from './loop-guest.js';
+export { FdPoller, type FdCallback } from './fd-poller.js';

@@ -99,6 +99,8 @@ export const EPOLLIN = 0x001;
 export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;
 export const EPOLLHUP = 0x010;
+/** Report one event, then disable the fd until re-armed with EPOLL_CTL_MOD. */
+export const EPOLLONESHOT = 1 << 30;
 /** struct epoll_event is packed on x86-64: u32 events, u64 data. */
 export const EPOLL_EVENT_SIZE = 12;
 
@@ -218,12 +220,12 @@ export function epollCreate1(): number {
   return check('epoll_create1', epollCreate1C(EPOLL_CLOEXEC) as number);
 }
 
-/** epoll_ctl with the event's 64-bit data set to the fd itself. */
-export function epollCtl(epfd: number, op: number, fd: number, events: number): void {
+/** epoll_ctl; `data` (default: the fd) comes back with each event for this fd. */
+export function epollCtl(epfd: number, op: number, fd: number, events: number, data: bigint = BigInt(fd)): void {
   const ev = new Uint8Array(EPOLL_EVENT_SIZE);
   const view = new DataView(ev.buffer);
   view.setUint32(0, events, true);
-  view.setBigUint64(4, BigInt(fd), true);
+  view.setBigUint64(4, data, true);
   check('epoll_ctl', epollCtlC(epfd, op, fd, ev) as number, `fd ${fd}`);
 }
 

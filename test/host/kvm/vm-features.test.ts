@@ -1,0 +1,70 @@
+// VM-level plumbing on this machine's /dev/kvm: irqfd (with and without resampling), MSI
+// injection, PIT creation and dirty page logging seen from a micro-guest's writes.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY } from '../../../src/kvm/abi.js';
+import { close, EFD_NONBLOCK, eventfd, readNonBlocking, write } from '../../../src/kvm/libc.js';
+import { createMicroVm, GuestCode } from '../../../src/kvm/microguest.js';
+import { dirtyBitmapBytes } from '../../../src/kvm/vm.js';
+
+function signal(fd: number): void {
+  const one = new Uint8Array(8);
+  one[0] = 1;
+  write(fd, one);
+}
+
+function pending(fd: number): boolean {
+  return readNonBlocking(fd, new Uint8Array(8)) > 0;
+}
+
+test('irqfd: KVM consumes writes to a registered eventfd; after unregistering it does not', { timeout: 30_000 }, () => {
+  const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
+  const irq = eventfd(0, EFD_NONBLOCK);
+  const level = eventfd(0, EFD_NONBLOCK);
+  const resample = eventfd(0, EFD_NONBLOCK);
+  try {
+    micro.vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
+    micro.vm.registerIrqfd(irq, 5);
+    signal(irq);
+    assert.equal(pending(irq), false, 'the kernel read the eventfd to raise GSI 5');
+    micro.vm.unregisterIrqfd(irq, 5);
+    signal(irq);
+    assert.equal(pending(irq), true, 'an unregistered eventfd keeps its count');
+
+    if (micro.kvm.checkExtension('IRQFD_RESAMPLE')) {
+      micro.vm.registerIrqfd(level, 10, resample);
+      signal(level);
+      assert.equal(pending(level), false);
+      micro.vm.unregisterIrqfd(level, 10);
+    }
+    assert.ok(micro.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x41 }) >= 0);
+  } finally {
+    micro.close();
+    for (const fd of [irq, level, resample]) close(fd);
+  }
+});
+
+test('dirty log: pages the guest writes are reported once, untouched pages are not', { timeout: 30_000 }, () => {
+  const memorySize = 2 * 1024 * 1024;
+  const code = new GuestCode('long').movEaxImm32(0x1234).storeEax(0x30010).storeEax(0x45000).hlt();
+  const micro = createMicroVm({ mode: 'long', code: code.bytes(), memorySize });
+  try {
+    micro.vm.setUserMemoryRegion({
+      slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0n,
+      memorySize: BigInt(memorySize), userspaceAddr: micro.memoryAddress,
+    });
+    assert.equal(micro.vcpu.runOnce().reason, 'hlt');
+    const bit = (bitmap: Uint8Array, page: number): boolean => ((bitmap[page >> 3]! >> (page & 7)) & 1) === 1;
+    const first = micro.vm.getDirtyLog(0, BigInt(memorySize));
+    assert.equal(first.length, dirtyBitmapBytes(BigInt(memorySize)));
+    assert.equal(first.length, 64);
+    assert.equal(bit(first, 0x30), true, 'page 0x30000 written');
+    assert.equal(bit(first, 0x45), true, 'page 0x45000 written');
+    assert.equal(bit(first, 0x100), false, 'page 0x100000 never touched');
+    const second = micro.vm.getDirtyLog(0, BigInt(memorySize));
+    assert.equal(bit(second, 0x30), false, 'reading the log reset it');
+    assert.throws(() => micro.vm.getDirtyLog(7, BigInt(memorySize)), /KVM_GET_DIRTY_LOG failed: (EINVAL|ENOENT)/);
+  } finally {
+    micro.close();
+  }
+});
