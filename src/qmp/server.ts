@@ -98,6 +98,7 @@ export class QmpServer {
       registry: this.registry,
       emitEvent: (name, data) => this.emitEvent(name, data),
       shutdownRequested: () => void this.close(),
+      setReading: (on) => { if (on) socket.resume(); else socket.pause(); },
     }, (message) => {
       if (socket.destroyed) return;
       if (socket.writableLength > MAX_QUEUED_OUTPUT) { socket.destroy(); return; }

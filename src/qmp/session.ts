@@ -15,7 +15,12 @@ export interface SessionHost {
   emitEvent(name: string, data?: { [key: string]: JsonValue }): void;
   /** Called once the reply of a command that asked for it (quit) has been sent. */
   shutdownRequested(): void;
+  /** Flow control: stop reading the peer while this many commands wait (QEMU stops at 8). */
+  setReading?(on: boolean): void;
 }
+
+/** Requests a session queues before it asks its host to stop reading input. */
+export const MAX_PENDING_COMMANDS = 8;
 
 type JsonObject = { [key: string]: JsonValue };
 
@@ -26,6 +31,7 @@ export class QmpSession {
   private oobEnabled = false;
   private closed = false;
   private shutdownAfterReply = false;
+  private pending = 0;
   /** Commands run one at a time, in arrival order, like QEMU's in-band queue. */
   private queue: Promise<void> = Promise.resolve();
   private readonly parser = new JsonMessageStream((result) => this.onMessage(result));
@@ -98,7 +104,17 @@ export class QmpSession {
   }
 
   private enqueue(step: () => void | Promise<void>): void {
-    this.queue = this.queue.then(step).catch(() => undefined);
+    this.pending++;
+    if (this.pending === MAX_PENDING_COMMANDS) this.host.setReading?.(false);
+    this.queue = this.queue
+      // Once the peer is gone, requests it sent that have not started are dropped (as QEMU
+      // does): a client that disconnects cannot leave commands behind to act on the VM later.
+      .then(() => (this.closed ? undefined : step()))
+      .catch(() => undefined)
+      .finally(() => {
+        this.pending--;
+        if (this.pending === MAX_PENDING_COMMANDS - 1) this.host.setReading?.(true);
+      });
   }
 
   private async dispatch(message: JsonObject): Promise<JsonValue> {

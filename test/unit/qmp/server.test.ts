@@ -201,11 +201,14 @@ describe('QMP server', () => {
     const { path, target } = await serve(new StateTarget(), registry);
     const good = track(await RawQmpConnection.negotiated(path));
     const leaving = track(await RawQmpConnection.negotiated(path));
-    leaving.send('{"execute":"x-slow"}\n');
+    // stop is queued behind x-slow; leaving before it starts must drop it.
+    leaving.send('{"execute":"x-slow"}\n{"execute":"stop"}\n');
     await slowStarted;
     leaving.close();
     await new Promise((r) => setTimeout(r, 20));
     release();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(target.state, 'running', 'a command queued by a client that left must not run');
     const rude = track(await RawQmpConnection.open(path));
     await rude.next();
     rude.send(Buffer.from([0xff, 0x00, 0xfe, 0x7b, 0x7b, 0x5d]));
@@ -214,6 +217,28 @@ describe('QMP server', () => {
     assert.deepEqual(await good.command('{"execute":"stop"}', events), { return: {} });
     assert.equal(events[0]?.event, 'STOP');
     assert.equal(target.state, 'paused');
+  });
+
+  it('stops reading a client that floods commands until its queue drains, answering all in order', async () => {
+    const registry = createCoreRegistry();
+    let running = 0;
+    let most = 0;
+    registry.register({
+      name: 'x-tick', args: { n: arg.int() },
+      handler: async (args) => {
+        running++;
+        most = Math.max(most, running);
+        await new Promise((r) => setTimeout(r, 1));
+        running--;
+        return { n: args.n! };
+      },
+    });
+    const { path } = await serve(new StateTarget(), registry);
+    const c = track(await RawQmpConnection.negotiated(path));
+    const count = 200;
+    c.send(Array.from({ length: count }, (_, i) => `{"execute":"x-tick","arguments":{"n":${i}}}`).join('\n') + '\n');
+    for (let i = 0; i < count; i++) assert.deepEqual(await c.next(), { return: { n: i } });
+    assert.equal(most, 1, 'commands of one client run one at a time');
   });
 
   it('reports a nesting-bomb as an error and keeps serving', async () => {
