@@ -10,3 +10,4 @@ export {
   type CommandContext as QmpCommandContext, type QmpClientOptions, type QmpEventMessage,
 } from './qmp/index.js';
 export * from './block/index.js';
+export * as x86 from './arch/x86/index.js';

@@ -8,7 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { buildAcpiTables } from '../../../src/arch/x86/acpi/build-tables.js';
-import { arg, device, integer, method, name, pkg, returnValue, string } from '../../../src/arch/x86/acpi/aml.js';
+import {
+  add, arg, device, field, ifElse, integer, lEqual, local, method, name, notify, operationRegion, pkg, ref, returnValue, store,
+  string,
+} from '../../../src/arch/x86/acpi/aml.js';
+
+/** The PCI host bridge _OSC UUID as the 16 bytes ToUUID() produces. */
+const OSC_UUID_BYTES = '5b 4d db 33 f7 1f 1c 40 96 57 74 41 c0 3d d7 66';
 
 function iasl(args: string[], cwd: string): { status: number | null; output: string } {
   const r = spawnSync('iasl', args, { cwd, encoding: 'utf8', timeout: 30_000 });
@@ -31,6 +37,12 @@ test('iasl disassembles every table without errors', () => {
         name('_HID', string('TSV0001')),
         method('_STA', 0, false, [returnValue(integer(0xf))]),
         method('ECHO', 1, true, [returnValue(arg(0))]),
+        operationRegion('HPRG', 'SystemIO', 0xae00, 0x14),
+        field('HPRG', 'DWordAcc', [{ name: 'PCIU', bits: 32 }, { bits: 32 }, { name: 'B0EJ', bits: 32 }]),
+        method('SCAN', 0, false, [
+          store(add(ref('PCIU'), integer(1)), local(1)),
+          ifElse(lEqual(local(1), integer(2)), [notify(ref('\\_SB.TST0'), integer(1))], [store(integer(0), ref('B0EJ'))]),
+        ]),
       ]),
     };
     const { bytes } = buildAcpiTables(mem, { cpus: apicIds.length, apicIds, memorySize: 6n << 30n, extraDsdt: [prt, extraDevice] });
@@ -48,7 +60,9 @@ test('iasl disassembles every table without errors', () => {
     for (const want of ['Name (_S5, Package (0x04)', 'EisaId ("PNP0501")', 'EisaId ("PNP0303")', 'EisaId ("PNP0B00")',
       'EisaId ("PNP0A08")', 'EisaId ("PNP0A03")', 'EisaId ("PNP0C02")', 'WordBusNumber (ResourceProducer',
       'QWordMemory (ResourceProducer', 'DWordMemory (ResourceProducer', 'Memory32Fixed (ReadWrite',
-      'Name (_PRT, Package (0x01)', 'Method (ECHO, 1, Serialized)', 'Device (TST0)', '0x00000001C0000000' /* 64-bit window above 7 GiB of RAM end */]) {
+      'Name (_PRT, Package (0x01)', 'Method (ECHO, 1, Serialized)', 'Device (TST0)',
+      'OperationRegion (HPRG, SystemIO, 0xAE00, 0x14)', 'PCIU,   32', 'B0EJ,   32', 'Notify (\\_SB.TST0, One)',
+      'ToUUID ("33db4d5b-1ff7-401c-9657-7441c03dd766") /* PCI Host Bridge Device */', '0x00000001C0000000' /* 64-bit window above 7 GiB of RAM end */]) {
       assert.ok(dsdt.includes(want), `DSDT disassembly lacks ${want}`);
     }
     const madt = readFileSync(join(dir, 'apic.dsl'), 'utf8');
@@ -77,7 +91,11 @@ test('acpiexec loads the tables and evaluates \\_S5 and a method added by an ext
       writeFileSync(file, bytes[sig]!);
       return file;
     });
-    const r = spawnSync('acpiexec', ['-b', 'evaluate \\_S5; evaluate \\_SB.ADD1 0x1234; evaluate \\_SB.PCI0._HID', ...files],
+    const r = spawnSync('acpiexec', ['-b', ['evaluate \\_S5', 'evaluate \\_SB.ADD1 0x1234', 'evaluate \\_SB.PCI0._HID',
+      // _OSC with the PCI host bridge UUID asking for everything, then with a foreign UUID.
+      `evaluate \\_SB.PCI0._OSC (${OSC_UUID_BYTES}) 1 3 (00 00 00 00 1f 00 00 00 ff 00 00 00)`,
+      'evaluate \\_SB.PCI0._OSC (00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f) 1 3 (00 00 00 00 1f 00 00 00 ff 00 00 00)',
+    ].join('; '), ...files],
       { cwd: dir, encoding: 'utf8', timeout: 30_000 });
     if (r.error) throw new Error(`cannot run acpiexec (install the Debian package acpica-tools): ${r.error.message}`);
     const out = `${r.stdout}${r.stderr}`;
@@ -85,6 +103,11 @@ test('acpiexec loads the tables and evaluates \\_S5 and a method added by an ext
     assert.match(out, /Evaluation of \\_S5 returned[\s\S]*?Contains 4 Elements:\s+\[Integer\] = 0000000000000005/);
     assert.match(out, /Evaluation of \\_SB\.ADD1 returned[\s\S]*?\[Integer\] = 0000000000001234/);
     assert.match(out, /Evaluation of \\_SB\.PCI0\._HID returned[\s\S]*?\[Integer\] = 00000000080AD041/);
+    const osc = [...out.matchAll(/Evaluation of \\_SB\.PCI0\._OSC returned[\s\S]*?0000: ((?:[0-9A-F]{2} ){12})/g)].map((m) => m[1]!.trim());
+    // Granted controls masked to 0x1f, with "capabilities masked" (0x10) reported in CDW1.
+    assert.equal(osc[0], '10 00 00 00 1F 00 00 00 1F 00 00 00');
+    // Unknown UUID: CDW1 gets "unrecognized UUID" (0x04) and nothing is granted.
+    assert.equal(osc[1], '04 00 00 00 1F 00 00 00 FF 00 00 00');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  add, and, arg, call, createDWordField, field, ifElse, lEqual, lNotEqual, local, notify, operationRegion, or, ref, store, uuid,
   buffer, device, eisaId, integer, io, irqNoFlags, memory32Fixed, method, name, nameString, pkg, pkgLength,
   qwordMemory, resourceTemplate, returnValue, string, wordBusNumber,
 } from '../../../src/arch/x86/acpi/aml.js';
@@ -77,4 +78,33 @@ test('resource descriptors have the spec layouts', () => {
   assert.throws(() => wordBusNumber(5, 4), /inverted/);
   const tmpl = resourceTemplate([io(0x70, 0x70, 1, 2)]);
   assert.equal(hex(tmpl.subarray(tmpl.length - 2)), '7900', 'end tag');
+});
+
+test('expressions and control flow encode operands in order', () => {
+  const seg = (t: string) => Buffer.from(t).toString('hex');
+  assert.equal(hex(store(integer(5), local(0))), '700a0560');
+  assert.equal(hex(add(local(0), integer(1))), '72600100', 'null target when none is given');
+  assert.equal(hex(and(arg(0), integer(0x1f), local(2))), '7b680a1f62');
+  assert.equal(hex(or(ref('CDW1'), integer(4), ref('CDW1'))), '7d' + seg('CDW1') + '0a04' + seg('CDW1'));
+  assert.equal(hex(lEqual(arg(1), integer(1))), '936901');
+  assert.equal(hex(lNotEqual(arg(1), integer(1))), '92936901');
+  // If (Arg0) { Return (One) } Else { Return (Zero) }
+  assert.equal(hex(ifElse(arg(0), [returnValue(integer(1))], [returnValue(integer(0))])), 'a00468a401' + 'a103a400');
+  assert.equal(hex(notify(ref('DEV0'), integer(3))), '86' + seg('DEV0') + '0a03');
+  assert.equal(hex(createDWordField(arg(3), integer(0), 'CDW1')), '8a6b00' + seg('CDW1'));
+  assert.equal(hex(call('\\_SB.PCI0.PCNT', [])), '5c2f03' + seg('_SB_PCI0PCNT'));
+  assert.equal(hex(call('PCNT', [integer(2)])), seg('PCNT') + '0a02');
+  assert.throws(() => arg(7), /Arg7 does not exist/);
+});
+
+test('ToUUID, OperationRegion and Field follow the ASL encodings', () => {
+  // The PCI host bridge _OSC UUID as ASL compilers emit it.
+  assert.equal(hex(uuid('33DB4D5B-1FF7-401C-9657-7441C03DD766')), '11130a10' + '5b4ddb33f71f1c40965774 41c03dd766'.replace(/ /g, ''));
+  assert.throws(() => uuid('not-a-uuid'), /invalid UUID "not-a-uuid"/);
+  assert.equal(hex(operationRegion('HPRG', 'SystemIO', 0xae00, 0x14)), '5b80' + Buffer.from('HPRG').toString('hex') + '01' + '0b00ae' + '0a14');
+  // Field (HPRG, DWordAcc, NoLock, Preserve) { PCIU, 32, , 64, BIG_, 100 }
+  const f = field('HPRG', 'DWordAcc', [{ name: 'PCIU', bits: 32 }, { bits: 64 }, { name: 'BIG', bits: 100 }]);
+  const body = Buffer.from('HPRG').toString('hex') + '03' + Buffer.from('PCIU').toString('hex') + '20' + '00' + '4004'
+    + Buffer.from('BIG_').toString('hex') + '4406';
+  assert.equal(hex(f), '5b81' + (body.length / 2 + 1).toString(16).padStart(2, '0') + body);
 });

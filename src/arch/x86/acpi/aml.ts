@@ -274,3 +274,154 @@ export function qwordMemory(min: bigint, max: bigint, caching: MemoryCaching = '
   return addressSpace(0x8a, 8, RESOURCE_MEMORY, generalFlags(flags), 1 | (CACHING[caching] << 1), min, max, 0n,
     max - min + 1n);
 }
+
+// ---- control flow and expressions, for methods such as _OSC, _STA and hot-plug handlers ---
+
+const IF_OP = 0xa0;
+const ELSE_OP = 0xa1;
+const STORE_OP = 0x70;
+const ADD_OP = 0x72;
+const AND_OP = 0x7b;
+const OR_OP = 0x7d;
+const NOTIFY_OP = 0x86;
+const CREATE_DWORD_FIELD_OP = 0x8a;
+const LAND_OP = 0x90;
+const LOR_OP = 0x91;
+const LNOT_OP = 0x92;
+const LEQUAL_OP = 0x93;
+const LGREATER_OP = 0x94;
+const LLESS_OP = 0x95;
+const OP_REGION_OP = 0x80; // after EXT_OP_PREFIX
+const FIELD_OP = 0x81; // after EXT_OP_PREFIX
+const NULL_TARGET = 0x00;
+
+/** A reference to a named object (or a method call with no arguments): just its NameString. */
+export function ref(path: string): Aml {
+  return nameString(path);
+}
+
+/** A call of method `path` with arguments: the NameString followed by the argument terms. */
+export function call(path: string, args: readonly Aml[]): Aml {
+  return concat([nameString(path), ...args]);
+}
+
+/** If (predicate) { body } [Else { elseBody }]. */
+export function ifElse(predicate: Aml, body: readonly Aml[], elseBody?: readonly Aml[]): Aml {
+  const content = concat([predicate, ...body]);
+  const parts = [bytes(IF_OP), pkgLength(content.length), content];
+  if (elseBody) {
+    const e = concat(elseBody);
+    parts.push(bytes(ELSE_OP), pkgLength(e.length), e);
+  }
+  return concat(parts);
+}
+
+/** Store (value, target). */
+export function store(value: Aml, target: Aml): Aml {
+  return concat([bytes(STORE_OP), value, target]);
+}
+
+function binary(op: number, a: Aml, b: Aml, target?: Aml): Aml {
+  return concat([bytes(op), a, b, target ?? bytes(NULL_TARGET)]);
+}
+
+/** Add (a, b[, target]). */
+export function add(a: Aml, b: Aml, target?: Aml): Aml {
+  return binary(ADD_OP, a, b, target);
+}
+/** And (a, b[, target]): bitwise. */
+export function and(a: Aml, b: Aml, target?: Aml): Aml {
+  return binary(AND_OP, a, b, target);
+}
+/** Or (a, b[, target]): bitwise. */
+export function or(a: Aml, b: Aml, target?: Aml): Aml {
+  return binary(OR_OP, a, b, target);
+}
+/** LEqual (a, b). */
+export function lEqual(a: Aml, b: Aml): Aml {
+  return concat([bytes(LEQUAL_OP), a, b]);
+}
+/** LNotEqual (a, b), encoded as LNot (LEqual (a, b)). */
+export function lNotEqual(a: Aml, b: Aml): Aml {
+  return concat([bytes(LNOT_OP), lEqual(a, b)]);
+}
+export function lGreater(a: Aml, b: Aml): Aml {
+  return concat([bytes(LGREATER_OP), a, b]);
+}
+export function lLess(a: Aml, b: Aml): Aml {
+  return concat([bytes(LLESS_OP), a, b]);
+}
+export function lAnd(a: Aml, b: Aml): Aml {
+  return concat([bytes(LAND_OP), a, b]);
+}
+export function lOr(a: Aml, b: Aml): Aml {
+  return concat([bytes(LOR_OP), a, b]);
+}
+export function lNot(a: Aml): Aml {
+  return concat([bytes(LNOT_OP), a]);
+}
+
+/** Notify (object, value): e.g. device check (1) or eject request (3) for hot-plug. */
+export function notify(object: Aml, value: Aml): Aml {
+  return concat([bytes(NOTIFY_OP), object, value]);
+}
+
+/** CreateDWordField (buffer, byteIndex, name). */
+export function createDWordField(source: Aml, byteIndex: Aml, fieldName: string): Aml {
+  return concat([bytes(CREATE_DWORD_FIELD_OP), source, byteIndex, nameString(fieldName)]);
+}
+
+/**
+ * ToUUID ("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx") as the 16-byte buffer ASL produces: the
+ * first three groups little-endian, the last two in string order.
+ */
+export function uuid(text: string): Aml {
+  if (!/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(text)) {
+    throw new Error(`invalid UUID "${text}"`);
+  }
+  const hex = text.replace(/-/g, '');
+  const b = Array.from({ length: 16 }, (_, i) => parseInt(hex.slice(i * 2, i * 2 + 2), 16));
+  const order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+  return buffer(Uint8Array.from(order.map((i) => b[i]!)));
+}
+
+/** Address spaces of OperationRegion. */
+export type RegionSpace = 'SystemMemory' | 'SystemIO' | 'PCI_Config';
+const REGION_SPACE: Record<RegionSpace, number> = { SystemMemory: 0, SystemIO: 1, PCI_Config: 2 };
+
+/** OperationRegion (name, space, offset, length). */
+export function operationRegion(regionName: string, space: RegionSpace, offset: number | bigint, length: number | bigint): Aml {
+  return concat([bytes(EXT_OP_PREFIX, OP_REGION_OP), nameString(regionName), bytes(REGION_SPACE[space]),
+    integer(offset), integer(length)]);
+}
+
+/** Access width of a Field. */
+export type FieldAccess = 'AnyAcc' | 'ByteAcc' | 'WordAcc' | 'DWordAcc' | 'QWordAcc';
+const FIELD_ACCESS: Record<FieldAccess, number> = { AnyAcc: 0, ByteAcc: 1, WordAcc: 2, DWordAcc: 3, QWordAcc: 4 };
+
+/** One Field element: a named unit of `bits`, or an unnamed gap (`name` undefined). */
+export interface FieldUnit {
+  name?: string;
+  bits: number;
+}
+
+/** A field unit length: PkgLength's byte layout, but the value is exactly `bits`. */
+function fieldBits(bits: number): number[] {
+  if (bits < 0 || bits >= 1 << 28) throw new Error(`AML field unit of ${bits} bits is out of range`);
+  if (bits < 0x40) return [bits];
+  const extra = bits < 1 << 12 ? 1 : bits < 1 << 20 ? 2 : 3;
+  const out = [(extra << 6) | (bits & 0x0f)];
+  for (let i = 0; i < extra; i++) out.push((bits >> (4 + 8 * i)) & 0xff);
+  return out;
+}
+
+/** Field (region, access, NoLock, Preserve) { units }. */
+export function field(regionName: string, access: FieldAccess, units: readonly FieldUnit[]): Aml {
+  const list: number[] = [];
+  for (const u of units) {
+    if (u.name === undefined) list.push(0x00, ...fieldBits(u.bits)); // ReservedField
+    else list.push(...nameSegment(u.name), ...fieldBits(u.bits));
+  }
+  const content = concat([nameString(regionName), bytes(FIELD_ACCESS[access]), Uint8Array.from(list)]);
+  return concat([bytes(EXT_OP_PREFIX, FIELD_OP), pkgLength(content.length), content]);
+}

@@ -7,8 +7,9 @@ import {
   RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
 } from '../layout.js';
 import {
-  Aml, concat, device, dwordMemory, eisaId, integer, io, irqNoFlags, memory32Fixed, name, pkg, qwordMemory,
-  resourceTemplate, scope, string, wordBusNumber, wordIo,
+  Aml, and, arg, concat, createDWordField, device, dwordMemory, eisaId, ifElse, integer, io, irqNoFlags, lEqual,
+  lNotEqual, local, memory32Fixed, method, name, or, pkg, qwordMemory, ref, resourceTemplate, returnValue, scope, store,
+  string, uuid, wordBusNumber, wordIo,
 } from './aml.js';
 
 /** Where the PCI host bridge's resources live. */
@@ -21,6 +22,39 @@ export interface PciHostConfig {
   mmio64: { start: bigint; size: bigint };
   /** The I/O port window for PCI devices (BAR allocation range). */
   io: { start: number; end: number };
+  /**
+   * PCIe features _OSC hands to the OS (bits of the _OSC control dword: 1 native hot-plug,
+   * 2 SHPC hot-plug, 4 PME, 8 AER, 0x10 PCIe capability structure, ...). Default 0x1f: the OS
+   * drives everything natively, which Linux needs to use pciehp for PCIe hot-plug.
+   */
+  oscControl?: number;
+}
+
+/** The PCI host bridge _OSC UUID from the PCI Firmware Specification. */
+export const PCI_HOST_BRIDGE_OSC_UUID = '33DB4D5B-1FF7-401C-9657-7441C03DD766';
+const OSC_UNRECOGNIZED_UUID = 0x4;
+const OSC_UNRECOGNIZED_REVISION = 0x8;
+const OSC_CAPABILITIES_MASKED = 0x10;
+
+/**
+ * _OSC of the host bridge: grants the OS the requested controls within `allowed`, and
+ * reports masked capabilities, an unknown revision or UUID in the first dword as the spec asks.
+ */
+export function pciHostBridgeOsc(allowed: number): Aml {
+  return method('_OSC', 4, false, [
+    createDWordField(arg(3), integer(0), 'CDW1'),
+    ifElse(lEqual(arg(0), uuid(PCI_HOST_BRIDGE_OSC_UUID)), [
+      createDWordField(arg(3), integer(8), 'CDW3'),
+      store(ref('CDW3'), local(0)),
+      and(local(0), integer(allowed), local(0)),
+      ifElse(lNotEqual(arg(1), integer(1)), [or(ref('CDW1'), integer(OSC_UNRECOGNIZED_REVISION), ref('CDW1'))]),
+      ifElse(lNotEqual(ref('CDW3'), local(0)), [or(ref('CDW1'), integer(OSC_CAPABILITIES_MASKED), ref('CDW1'))]),
+      store(local(0), ref('CDW3')),
+    ], [
+      or(ref('CDW1'), integer(OSC_UNRECOGNIZED_UUID), ref('CDW1')),
+    ]),
+    returnValue(arg(3)),
+  ]);
 }
 
 /**
@@ -112,6 +146,7 @@ export function pciHostBridge(cfg: PciHostConfig): DsdtPart[] {
         name('_UID', integer(0)),
         name('_BBN', integer(cfg.busStart)),
         name('_CRS', resourceTemplate(resources)),
+        pciHostBridgeOsc(cfg.oscControl ?? 0x1f),
       ]),
     },
     {
