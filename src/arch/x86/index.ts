@@ -12,3 +12,4 @@ export * from './acpi/dsdt.js';
 export * from './acpi/build-tables.js';
 /** The AML writer, as a namespace: its builders have short names (name, device, method, ...). */
 export * as aml from './acpi/aml.js';
+export * from './mptable.js';
