@@ -89,7 +89,7 @@ export class VcpuFd {
   readonly runAddress: bigint;
   /** The kvm_run page and the PIO data pages after it. */
   readonly runBytes: Uint8Array;
-  private readonly run: DataView;
+  private readonly page: DataView;
   private closed = false;
 
   /**
@@ -99,7 +99,7 @@ export class VcpuFd {
   constructor(readonly fd: number, readonly id: number, readonly mmapSize: number, private readonly ownsFd = true) {
     this.runAddress = mmap(mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     this.runBytes = new Uint8Array(nativeView(this.runAddress, mmapSize));
-    this.run = new DataView(this.runBytes.buffer);
+    this.page = new DataView(this.runBytes.buffer);
   }
 
   /**
@@ -113,9 +113,14 @@ export class VcpuFd {
     return this.decodeExit();
   }
 
+  /** KVM_RUN until the next exit (the same as runOnce()). */
+  run(): VcpuExit {
+    return this.runOnce();
+  }
+
   /** The exit currently described by the run page. */
   decodeExit(): VcpuExit {
-    const v = this.run;
+    const v = this.page;
     const reason = v.getUint32(OFF.exitReason, true);
     switch (reason) {
       case KVM_EXIT.IO: {
@@ -186,21 +191,21 @@ export class VcpuFd {
 
   /** kvm_run.immediate_exit: when set, KVM_RUN returns at once with EINTR (race-free pause). */
   get immediateExit(): boolean {
-    return this.run.getUint8(OFF.immediateExit) !== 0;
+    return this.page.getUint8(OFF.immediateExit) !== 0;
   }
   set immediateExit(value: boolean) {
-    this.run.setUint8(OFF.immediateExit, value ? 1 : 0);
+    this.page.setUint8(OFF.immediateExit, value ? 1 : 0);
   }
 
   /** kvm_run.request_interrupt_window: ask for an IRQ_WINDOW_OPEN exit when the guest can take one. */
   set requestInterruptWindow(value: boolean) {
-    this.run.setUint8(OFF.requestInterruptWindow, value ? 1 : 0);
+    this.page.setUint8(OFF.requestInterruptWindow, value ? 1 : 0);
   }
   get readyForInterruptInjection(): boolean {
-    return this.run.getUint8(OFF.readyForInjection) !== 0;
+    return this.page.getUint8(OFF.readyForInjection) !== 0;
   }
   get interruptFlag(): boolean {
-    return this.run.getUint8(OFF.ifFlag) !== 0;
+    return this.page.getUint8(OFF.ifFlag) !== 0;
   }
 
   getRegs(): KvmRegs {
