@@ -235,3 +235,18 @@ test('the bridge claims ECAM and the legacy config ports on the buses', () => {
   assert.deepEqual(mmio.list().map((r) => r.name), ['pci-ecam']);
   assert.deepEqual(pio.list().map((r) => r.base), [0xcf8n, 0xcfcn]);
 });
+
+test('the _PRT DSDT part lists every slot and pin with its GSI', async () => {
+  const { pciRoutingDsdtPart } = await import('../../../src/pci/acpi.js');
+  const part = pciRoutingDsdtPart();
+  assert.equal(part.scope, '\\_SB.PCI0');
+  const bytes = part.build();
+  // NameOp '_PRT' PackageOp: the name comes first.
+  assert.equal(bytes[0], 0x08);
+  assert.equal(String.fromCharCode(...bytes.subarray(1, 5)), '_PRT');
+  // Slot 3 pin B (1) -> GSI 16 + (3 + 2 - 1) % 4 = 16: PackageOp, length 11, 4 elements,
+  // DWord 0x0003FFFF, One, Zero, Byte 16.
+  const needle = [0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x03, 0x00, 0x01, 0x00, 0x0a, 16];
+  const found = bytes.findIndex((_, i) => needle.every((b, j) => bytes[i + j] === b));
+  assert.ok(found > 0, 'package { 0x0003FFFF, One, Zero, 16 } present');
+});
