@@ -1,10 +1,20 @@
 // The human monitor commands reachable through QMP's human-monitor-command. Only the
 // read-only ones scripts commonly use are provided; anything else is refused with a clear
 // error rather than guessed at. Output is formatted like QEMU's (lines end in CR LF).
-import { QmpError } from './protocol.js';
+import { QEMU_COMPAT_VERSION, QMP_PACKAGE, QmpError } from './protocol.js';
 import type { QmpTarget } from './target.js';
 
-export const SUPPORTED_HMP_COMMANDS = ['info status', 'info cpus'] as const;
+/** Each supported command with its output, formatted as QEMU formats it. */
+const INFO_COMMANDS: Record<string, (target: QmpTarget, currentCpu: number) => string> = {
+  status: (target) => infoStatus(target),
+  cpus: (target, currentCpu) => infoCpus(target, currentCpu),
+  version: () => `${QEMU_COMPAT_VERSION.major}.${QEMU_COMPAT_VERSION.minor}.${QEMU_COMPAT_VERSION.micro}${QMP_PACKAGE}\r\n`,
+  name: (target) => (target.name === undefined ? '' : `${target.name}\r\n`),
+  uuid: (target) => `${target.uuid}\r\n`,
+  kvm: () => 'kvm support: enabled\r\n',
+};
+
+export const SUPPORTED_HMP_COMMANDS = Object.keys(INFO_COMMANDS).map((c) => `info ${c}`);
 
 function infoStatus(target: QmpTarget): string {
   const state = target.runState();
@@ -26,8 +36,8 @@ export function runHumanCommand(target: QmpTarget, commandLine: string, cpuIndex
   }
   const words = commandLine.trim().split(/\s+/);
   const command = words.join(' ');
-  if (command === 'info status') return infoStatus(target);
-  if (command === 'info cpus') return infoCpus(target, cpuIndex ?? cpus[0]?.cpuIndex ?? 0);
+  const info = words[0] === 'info' && words.length === 2 ? INFO_COMMANDS[words[1]!] : undefined;
+  if (info && Object.hasOwn(INFO_COMMANDS, words[1]!)) return info(target, cpuIndex ?? cpus[0]?.cpuIndex ?? 0);
   throw new QmpError('GenericError',
     `human monitor command '${command}' is not supported (supported: ${SUPPORTED_HMP_COMMANDS.join(', ')})`);
 }

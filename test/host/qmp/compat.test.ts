@@ -25,6 +25,8 @@ interface Step {
   events?: string[];
   /** The error text must match QEMU's exactly, not only the class. */
   sameDesc?: boolean;
+  /** The return values must be equal, not only alike in shape. */
+  sameReturn?: boolean;
   /** After the first chunk, nothing may arrive for a while (an unterminated object). */
   silentAfterFirst?: boolean;
 }
@@ -39,16 +41,18 @@ const CONVERSATION: Step[] = [
   { name: 'negotiation', send: [cmd('qmp_capabilities', 2)], replies: 1 },
   { name: 'second negotiation', send: [cmd('qmp_capabilities', 3)], replies: 1, sameDesc: true },
   { name: 'query-version', send: [cmd('query-version', 4)], replies: 1 },
-  { name: 'query-status', send: [cmd('query-status', 5)], replies: 1 },
-  { name: 'query-name', send: [cmd('query-name', 6)], replies: 1 },
+  { name: 'query-status', send: [cmd('query-status', 5)], replies: 1, sameReturn: true },
+  { name: 'query-name', send: [cmd('query-name', 6)], replies: 1, sameReturn: true },
   { name: 'query-uuid', send: [cmd('query-uuid', 7)], replies: 1 },
-  { name: 'query-kvm', send: [cmd('query-kvm', 8)], replies: 1 },
+  { name: 'query-kvm', send: [cmd('query-kvm', 8)], replies: 1, sameReturn: true },
   { name: 'query-cpus-fast', send: [cmd('query-cpus-fast', 9)], replies: 1 },
   { name: 'query-block', send: [cmd('query-block', 10)], replies: 1 },
   { name: 'query-pci', send: [cmd('query-pci', 11)], replies: 1 },
   { name: 'query-commands', send: [cmd('query-commands', 12)], replies: 1 },
-  { name: 'hmp info status', send: [hmp('info status', 13)], replies: 1 },
+  { name: 'hmp info status', send: [hmp('info status', 13)], replies: 1, sameReturn: true },
   { name: 'hmp info cpus', send: [hmp('info cpus', 14)], replies: 1 },
+  { name: 'hmp info name, kvm', send: [hmp('info name', 35), hmp('info kvm', 36)], replies: 2, sameReturn: true },
+  { name: 'hmp info version, uuid', send: [hmp('info version', 37), hmp('info uuid', 38)], replies: 2 },
   { name: 'unknown command', send: [cmd('no-such-command', 15)], replies: 1, sameDesc: true },
   { name: 'unexpected argument', send: [cmd('query-status', 16, { verbose: true })], replies: 1, sameDesc: true },
   { name: 'missing argument', send: [cmd('human-monitor-command', 17)], replies: 1, sameDesc: true },
@@ -70,7 +74,7 @@ const CONVERSATION: Step[] = [
   { name: 'unterminated object waits', send: ['{"execute": "query-kvm", "id": 25\n', '}\n'], replies: 1, silentAfterFirst: true },
   { name: 'single-quoted strings', send: ["{'execute': 'query-kvm', 'id': 26}\n"], replies: 1 },
   { name: 'stop', send: [cmd('stop', 27)], replies: 1, events: ['STOP'] },
-  { name: 'status while paused', send: [cmd('query-status', 28), hmp('info status', 29)], replies: 2 },
+  { name: 'status while paused', send: [cmd('query-status', 28), hmp('info status', 29)], replies: 2, sameReturn: true },
   { name: 'stop again', send: [cmd('stop', 30)], replies: 1 },
   { name: 'cont', send: [cmd('cont', 31)], replies: 1, events: ['RESUME'] },
   { name: 'system_powerdown', send: [cmd('system_powerdown', 32)], replies: 1, events: ['POWERDOWN'] },
@@ -168,6 +172,9 @@ describe('QMP compatibility with QEMU (live)', { skip: unavailable ?? false }, (
         }
         const d = shapeDifference(shapeOf(qr), shapeOf(tr));
         if (d) problems.push(`${step.name}: reply ${d}`);
+        if (step.sameReturn && JSON.stringify(qr.return) !== JSON.stringify(tr.return)) {
+          problems.push(`${step.name}: return ${JSON.stringify(qr.return)} vs ${JSON.stringify(tr.return)}`);
+        }
       });
       if (q.silent !== t.silent) problems.push(`${step.name}: QEMU silent=${q.silent}, tsvirt silent=${t.silent}`);
       for (const name of step.events ?? []) {

@@ -146,7 +146,8 @@ describe('QMP server', () => {
       ['{"execute":"human-monitor-command"}', 'GenericError', "Parameter 'command-line' is missing"],
       ['{"execute":"human-monitor-command","arguments":{"command-line":5}}', 'GenericError', "Invalid parameter type for 'command-line', expected: string"],
       ['{"execute":"human-monitor-command","arguments":{"command-line":"info status","cpu-index":9}}', 'GenericError', "Parameter 'cpu-index' expects a CPU number"],
-      ['{"execute":"human-monitor-command","arguments":{"command-line":"savevm x"}}', 'GenericError', "human monitor command 'savevm x' is not supported (supported: info status, info cpus)"],
+      ['{"execute":"human-monitor-command","arguments":{"command-line":"savevm x"}}', 'GenericError', "human monitor command 'savevm x' is not supported (supported: info status, info cpus, info version, info name, info uuid, info kvm)"],
+      ['{"execute":"human-monitor-command","arguments":{"command-line":"info constructor"}}', 'GenericError', "human monitor command 'info constructor' is not supported (supported: info status, info cpus, info version, info name, info uuid, info kvm)"],
       ['garbage', 'GenericError', "JSON parse error, invalid keyword 'garbage'"],
     ];
     for (const [input, cls, desc] of cases) {
@@ -155,6 +156,12 @@ describe('QMP server', () => {
     assert.deepEqual(await c.command('{"execute":"human-monitor-command","arguments":{"command-line":"info  status"}}'), { return: 'VM status: running\r\n' });
     assert.deepEqual(await c.command('{"execute":"human-monitor-command","arguments":{"command-line":"info cpus","cpu-index":1}}'),
       { return: '  CPU #0: thread_id=1000\r\n* CPU #1: thread_id=1001\r\n' });
+    const info = async (what: string): Promise<unknown> =>
+      (await c.command(JSON.stringify({ execute: 'human-monitor-command', arguments: { 'command-line': `info ${what}` } }))).return;
+    assert.equal(await info('name'), 'vm0\r\n');
+    assert.equal(await info('uuid'), '6a3c7a4e-2b1d-4c43-9a55-0f5f2d9c1e01\r\n');
+    assert.equal(await info('kvm'), 'kvm support: enabled\r\n');
+    assert.match(await info('version') as string, /^7\.2\.0tsvirt \d+\.\d+\.\d+\r\n$/);
   });
 
   it('echoes ids of any JSON type, in errors too', async () => {
