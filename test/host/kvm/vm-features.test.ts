@@ -68,3 +68,30 @@ test('dirty log: pages the guest writes are reported once, untouched pages are n
     micro.close();
   }
 });
+
+test('manual dirty log protection: pages stay reported until cleared', { timeout: 30_000 }, (t) => {
+  const memorySize = 2 * 1024 * 1024;
+  const code = new GuestCode('long').movEaxImm32(0x1234).storeEax(0x50000).hlt();
+  const micro = createMicroVm({ mode: 'long', code: code.bytes(), memorySize });
+  try {
+    if (micro.vm.checkExtension('MANUAL_DIRTY_LOG_PROTECT2') === 0) {
+      t.skip('KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is not offered by this kernel');
+      return;
+    }
+    micro.vm.enableCap('MANUAL_DIRTY_LOG_PROTECT2', [1n]);
+    micro.vm.setUserMemoryRegion({
+      slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0n,
+      memorySize: BigInt(memorySize), userspaceAddr: micro.memoryAddress,
+    });
+    assert.equal(micro.vcpu.runOnce().reason, 'hlt');
+    const bit = (bitmap: Uint8Array, page: number): boolean => ((bitmap[page >> 3]! >> (page & 7)) & 1) === 1;
+    const first = micro.vm.getDirtyLog(0, BigInt(memorySize));
+    assert.equal(bit(first, 0x50), true);
+    assert.equal(bit(micro.vm.getDirtyLog(0, BigInt(memorySize)), 0x50), true, 'still dirty: not cleared yet');
+    micro.vm.clearDirtyLog(0, 0n, memorySize / 4096, first);
+    assert.equal(bit(micro.vm.getDirtyLog(0, BigInt(memorySize)), 0x50), false, 'cleared');
+    assert.throws(() => micro.vm.clearDirtyLog(0, 3n, 64, first), /KVM_CLEAR_DIRTY_LOG failed: EINVAL/);
+  } finally {
+    micro.close();
+  }
+});
