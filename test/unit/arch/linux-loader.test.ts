@@ -212,3 +212,22 @@ test('the initrd respects initrd_addr_max and the end of low RAM', () => {
   assert.equal(out2.initrd!.address, 0x2000000n - 4096n);
   assert.equal(placeInitrd(4096n, 0x1000000n, 0xffffffffn, 3n << 30n), (3n << 30n) - 4096n);
 });
+
+test('a guest above 3 GiB gets the initrd below initrd_addr_max and RAM above 4 GiB in e820', () => {
+  // Only the parts of guest RAM the loader touches are backed: the low 64 MiB and the
+  // 16 MiB just below 2 GiB where a kernel with initrd_addr_max 0x7fffffff gets its initrd.
+  const mem = new RegionGuestMemory([
+    { guestAddress: 0n, bytes: new Uint8Array(64 * MiB) },
+    { guestAddress: (2n << 30n) - 16n * BigInt(MiB), bytes: new Uint8Array(16 * MiB) },
+  ]);
+  const memorySize = 6n << 30n;
+  const initrd = new Uint8Array(MiB + 1).fill(0x5a);
+  const out = loadLinux(mem, { kernel: syntheticBzImage(), initrd, cmdline: 'x', memorySize });
+  assert.equal(out.initrd!.address, (2n << 30n) - BigInt(MiB) - 4096n, 'highest page-aligned spot below 2 GiB');
+  assert.equal(mem.readU8(out.initrd!.address + BigInt(MiB)), 0x5a);
+  const entries = mem.readU8(ZERO_PAGE_START + 0x1e8n);
+  const last = ZERO_PAGE_START + 0x2d0n + BigInt((entries - 1) * 20);
+  assert.equal(mem.readU64(last), 4n << 30n);
+  assert.equal(mem.readU64(last + 8n), 3n << 30n);
+  assert.equal(mem.readU32(last + 16n), 1);
+});
