@@ -117,7 +117,6 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
     if (!ref(l1info.offset, l1info.size * 8, l1info.name)) continue;
     const l1 = new Uint8Array(l1info.size * 8);
     await file.read(l1info.offset, l1);
-    let nextContiguous = 0;
     for (let i = 0; i < l1info.size; i++) {
       const [hi, lo] = readU64Parts(l1, i * 8);
       const l2off = offsetOf(hi, lo);
@@ -131,13 +130,16 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
       if (l1info.active) w.badFlags.push({ at: l1info.offset + i * 8, copied: (hi & COPIED_HI) !== 0 });
       const table = new Uint8Array(cs);
       await file.read(l2off, table);
+      // Fragmentation is judged within each L2 table; compressed clusters always count
+      // as fragmented (adjacent ones still share sectors), as qemu-img reports it.
+      let nextContiguous = 0;
       for (let j = 0; j < cs / entryBytes; j++) {
         const e = decodeL2(table, j, h.clusterBits, extended);
         if (e.kind === 'compressed') {
           if (l1info.active) {
             w.allocated++;
             w.compressed++;
-            nextContiguous = 0;
+            w.fragmented++;
           }
           ref(e.compressedOffset, e.compressedLength, `compressed cluster (L2 at 0x${l2off.toString(16)} entry ${j})`);
           continue;
@@ -251,7 +253,7 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
     for (let b = 0; b < stored.table.length; b++) {
       if (stored.table[b] === 0 || (b + 1) * stored.perBlock <= w.refs.length) continue;
       if (stored.table[b] + cs > fileLength) continue;
-      for (let c = Math.max(w.refs.length, b * stored.perBlock); c < (b + 1) * stored.perBlock; c++) if (!(await visit(c))) break;
+      for (const c of await stored.nonZeroInBlock(b, w.refs.length)) if (!(await visit(c))) break;
     }
     return { low, high, highest };
   };

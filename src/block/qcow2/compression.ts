@@ -1,7 +1,7 @@
 // Compressed clusters: deflate (raw, no zlib header) or zstd, as the header's compression
 // type says. Decompression must yield exactly one cluster; anything else is corruption.
 import { deflateRawSync, inflateRawSync, constants as zlibConstants } from 'node:zlib';
-import { Decompress as ZstdDecompress } from 'fzstd';
+import { decompress as zstdDecompress } from 'fzstd';
 import { BlockError } from '../errors.js';
 
 export function decompressCluster(filename: string, type: number, input: Uint8Array, clusterSize: number, hostOffset: number): Uint8Array {
@@ -11,23 +11,9 @@ export function decompressCluster(filename: string, type: number, input: Uint8Ar
       // The stored bytes run to a sector boundary, so trailing garbage after the stream is normal.
       out = inflateRawSync(input, { finishFlush: zlibConstants.Z_SYNC_FLUSH, maxOutputLength: clusterSize });
     } else {
-      const chunks: Uint8Array[] = [];
-      let total = 0;
-      const stream = new ZstdDecompress((chunk) => {
-        chunks.push(chunk);
-        total += chunk.length;
-      });
-      // Feed the frame(s) in pieces and stop as soon as one cluster is out: the padding
-      // after the last frame is not a frame.
-      for (let at = 0; at < input.length && total < clusterSize; at += 4096) {
-        stream.push(input.subarray(at, Math.min(input.length, at + 4096)), at + 4096 >= input.length);
-      }
-      out = new Uint8Array(total);
-      let pos = 0;
-      for (const c of chunks) {
-        out.set(c, pos);
-        pos += c.length;
-      }
+      // The stored bytes run to a sector boundary and may hold the start of the next
+      // compressed cluster after this frame: decompress exactly one frame.
+      out = zstdDecompress(input.subarray(0, zstdFrameLength(input)));
     }
   } catch (err) {
     if (err instanceof BlockError) throw err;
@@ -43,4 +29,35 @@ export function decompressCluster(filename: string, type: number, input: Uint8Ar
 export function compressCluster(data: Uint8Array): Uint8Array | undefined {
   const out = deflateRawSync(data, { level: 6 });
   return out.length < data.length - 512 ? out : undefined;
+}
+
+/** Length of the zstd frame at the start of `buf`, from its frame and block headers. */
+export function zstdFrameLength(buf: Uint8Array): number {
+  const need = (n: number): void => {
+    if (n > buf.length) throw new Error('truncated zstd frame');
+  };
+  need(6);
+  const magic = (buf[0] | (buf[1] << 8) | (buf[2] << 16) | (buf[3] << 24)) >>> 0;
+  if (magic !== 0xfd2fb528) throw new Error('no zstd frame magic');
+  const fhd = buf[4];
+  const singleSegment = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const dictBytes = [0, 1, 2, 4][fhd & 3];
+  const fcsFlag = fhd >> 6;
+  const fcsBytes = fcsFlag === 0 ? singleSegment : [0, 2, 4, 8][fcsFlag];
+  let pos = 5 + (singleSegment ? 0 : 1) + dictBytes + fcsBytes;
+  for (;;) {
+    need(pos + 3);
+    const header = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16);
+    const last = header & 1;
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3) throw new Error('reserved zstd block type');
+    pos += 3 + (type === 1 ? 1 : size);
+    need(pos);
+    if (last) break;
+  }
+  pos += checksum ? 4 : 0;
+  need(pos);
+  return pos;
 }

@@ -112,6 +112,26 @@ export class Refcounts {
     return [index * bytes, index * bytes + bytes];
   }
 
+  /** Clusters at or after `from` described by block `index` whose refcount is not zero. */
+  async nonZeroInBlock(index: number, from: number): Promise<number[]> {
+    if (index >= this.table.length || this.table[index] === 0) return [];
+    const block = await this.block(this.table[index]);
+    const out: number[] = [];
+    const bytesPerEntry = this.refcountBits / 8;
+    for (let byte = 0; byte < block.length; byte++) {
+      if (block[byte] === 0) continue;
+      // Every entry sharing this byte (sub-byte refcounts) or starting in it.
+      const firstEntry = bytesPerEntry >= 1 ? Math.floor(byte / bytesPerEntry) : byte * (8 / this.refcountBits);
+      const lastEntry = bytesPerEntry >= 1 ? firstEntry : firstEntry + 8 / this.refcountBits - 1;
+      for (let e = firstEntry; e <= lastEntry; e++) {
+        const c = index * this.perBlock + e;
+        if (c >= from && out[out.length - 1] !== c && Refcounts.getEntry(block, e, this.refcountOrder) !== 0n) out.push(c);
+      }
+      if (bytesPerEntry > 1) byte = (firstEntry + 1) * bytesPerEntry - 1;
+    }
+    return out;
+  }
+
   async get(cluster: number): Promise<bigint> {
     const b = Math.floor(cluster / this.perBlock);
     if (b >= this.table.length || this.table[b] === 0) return 0n;

@@ -1,0 +1,261 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, writeFileSync } from 'node:fs';
+import {
+  openImage, createQcow2, checkQcow2, qcow2Info, Qcow2Image, createQcow2Snapshot, applyQcow2Snapshot,
+  listQcow2Snapshots, deleteQcow2Snapshot, type CreateQcow2Options,
+} from '../../../src/block/index.js';
+import { tempDir, rng, randomBytes, firstDifference, scatter } from '../../unit/block/helpers.js';
+import { haveQemuImg, qemuImg, qemuIo, qemuCheck, qemuContents } from './qemu.js';
+
+const skip = haveQemuImg ? false : 'qemu-img is not installed';
+
+async function readAll(filename: string): Promise<Uint8Array> {
+  const img = await openImage(filename, { readOnly: true });
+  const out = new Uint8Array(Number(img.size()));
+  await img.readv(0n, [out]);
+  await img.close();
+  return out;
+}
+
+function assertQemuClean(file: string): void {
+  const r = qemuCheck(file);
+  assert.equal(r['check-errors'], 0, `${file}: check errors`);
+  assert.equal(r.corruptions ?? 0, 0, `${file}: qemu-img check finds corruptions`);
+  assert.equal(r.leaks ?? 0, 0, `${file}: qemu-img check finds leaks`);
+}
+
+/** Random writes/zeroes/discards through our driver, mirrored into the shadow. */
+async function scribble(filename: string, shadow: Uint8Array, seed: number, ops: number): Promise<void> {
+  const next = rng(seed);
+  const img = await openImage(filename);
+  for (let i = 0; i < ops; i++) {
+    const off = Math.floor(next() * shadow.length);
+    const len = Math.min(shadow.length - off, 1 + Math.floor(next() * 150000));
+    const k = next();
+    if (k < 0.75) {
+      const data = randomBytes(next, len);
+      await img.writev(BigInt(off), scatter(data, next));
+      shadow.set(data, off);
+    } else if (k < 0.9) {
+      await img.writeZeroes(BigInt(off), BigInt(len), { mayUnmap: next() < 0.5 });
+      shadow.fill(0, off, off + len);
+    } else {
+      await img.discard(BigInt(off), BigInt(len));
+      const back = new Uint8Array(len);
+      await img.readv(BigInt(off), [back]);
+      shadow.set(back, off);
+    }
+  }
+  await img.close();
+}
+
+test('images we create and write pass qemu-img check and read identically in QEMU', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const size = 3 << 20;
+    const variants: Array<[string, CreateQcow2Options]> = [
+      ['c512', { clusterSize: 512 }],
+      ['c4k-r1', { clusterSize: 4096, refcountBits: 1 }],
+      ['c64k-r64', { refcountBits: 64 }],
+      ['c2m-r8', { clusterSize: 2 * 1024 * 1024, refcountBits: 8 }],
+      ['v2', { compat: '0.10' }],
+      ['extl2', { extendedL2: true, clusterSize: 32768 }],
+      ['lazy', { lazyRefcounts: true, refcountBits: 2 }],
+      ['prealloc', { preallocation: 'metadata', clusterSize: 16384 }],
+      ['falloc', { preallocation: 'falloc' }],
+    ];
+    for (const [name, opts] of variants) {
+      const f = t.path(`${name}.qcow2`);
+      await createQcow2(f, { size: BigInt(size), ...opts });
+      const shadow = new Uint8Array(size);
+      await scribble(f, shadow, name.length * 31, 30);
+      assertQemuClean(f);
+      assert.equal(firstDifference(qemuContents(f, t.path('out.raw')), shadow), -1, `${name}: QEMU reads what we wrote`);
+      const info = JSON.parse(qemuImg('info', '--output=json', f)) as { 'format-specific': { data: Record<string, unknown> }; 'cluster-size': number };
+      const ours = await qcow2Info(f);
+      assert.equal(info['cluster-size'], ours.clusterSize);
+      assert.equal(info['format-specific'].data.compat, ours.formatSpecific.compat);
+      if (ours.formatSpecific.compat === '1.1') {
+        assert.equal(info['format-specific'].data['refcount-bits'], ours.formatSpecific.refcountBits);
+        assert.equal(info['format-specific'].data['extended-l2'], ours.formatSpecific.extendedL2);
+        assert.equal(info['format-specific'].data['lazy-refcounts'], ours.formatSpecific.lazyRefcounts);
+      }
+      // Our check agrees with QEMU's on the numbers qemu-img prints.
+      const q = qemuCheck(f);
+      const r = await checkQcow2(f);
+      assert.equal(r.allocatedClusters, q['allocated-clusters'] ?? 0, `${name}: allocated clusters`);
+      assert.equal(r.totalClusters, q['total-clusters'], `${name}: total clusters`);
+      assert.equal(r.fragmentedClusters, q['fragmented-clusters'] ?? 0, `${name}: fragmented clusters`);
+      assert.equal(Number(r.imageEndOffset), q['image-end-offset'], `${name}: image end offset`);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('our backing chains, snapshots and compressed clusters are what QEMU sees', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const size = 2 << 20;
+    const base = t.path('base.qcow2');
+    await createQcow2(base, { size: BigInt(size), clusterSize: 4096 });
+    const shadow = new Uint8Array(size);
+    await scribble(base, shadow, 1, 20);
+    const top = t.path('top.qcow2');
+    await createQcow2(top, { backingFile: 'base.qcow2', backingFormat: 'qcow2', clusterSize: 65536 });
+    await scribble(top, shadow, 2, 20);
+    assertQemuClean(top);
+    assert.equal(firstDifference(qemuContents(top, t.path('o.raw')), shadow), -1, 'QEMU follows our backing chain');
+
+    // Snapshots: ours applied by QEMU.
+    const s = t.path('snap.qcow2');
+    await createQcow2(s, { size: BigInt(size), clusterSize: 8192 });
+    const s0 = new Uint8Array(size);
+    await scribble(s, s0, 3, 15);
+    await createQcow2Snapshot(s, 'before');
+    const s1 = s0.slice();
+    await scribble(s, s1, 4, 15);
+    assertQemuClean(s);
+    assert.match(qemuImg('snapshot', '-l', s), /before/);
+    assert.equal(firstDifference(qemuContents(s, t.path('o.raw'), ['-l', 'snapshot.name=before']), s0), -1, 'QEMU reads our snapshot');
+    const copy = t.path('snap-copy.qcow2');
+    copyFileSync(s, copy);
+    qemuImg('snapshot', '-a', 'before', copy);
+    assertQemuClean(copy);
+    assert.equal(firstDifference(await readAll(copy), s0), -1);
+    await deleteQcow2Snapshot(s, 'before');
+    assertQemuClean(s);
+    assert.equal(firstDifference(qemuContents(s, t.path('o.raw')), s1), -1);
+
+    // Compressed clusters written by us, read by QEMU.
+    const z = t.path('z.qcow2');
+    await createQcow2(z, { size: BigInt(size), clusterSize: 65536 });
+    const img = (await openImage(z)) as Qcow2Image;
+    const zs = new Uint8Array(size);
+    const next = rng(9);
+    for (let c = 0; c < size / 65536; c += 2) {
+      const d = new Uint8Array(65536);
+      for (let i = 0; i < d.length; i += 256) d.fill(Math.floor(next() * 4), i, i + 256);
+      await img.writeCompressed(BigInt(c * 65536), d);
+      zs.set(d, c * 65536);
+    }
+    await img.close();
+    assertQemuClean(z);
+    assert.ok((qemuCheck(z)['compressed-clusters'] ?? 0) > 0);
+    assert.equal(firstDifference(qemuContents(z, t.path('o.raw')), zs), -1, 'QEMU inflates our compressed clusters');
+  } finally {
+    t.cleanup();
+  }
+});
+
+function qemuWrites(file: string, size: number, seed: number): void {
+  const next = rng(seed);
+  const cmds: string[] = [];
+  for (let i = 0; i < 25; i++) {
+    const off = Math.floor((next() * size) / 512) * 512;
+    const len = Math.max(512, Math.min(size - off, Math.floor((next() * 131072) / 512) * 512));
+    const k = next();
+    if (k < 0.7) cmds.push(`write -P ${Math.floor(next() * 255) + 1} ${off} ${len}`);
+    else if (k < 0.85) cmds.push(`write -z ${off} ${len}`);
+    else cmds.push(`discard ${off} ${len}`);
+  }
+  qemuIo(file, ...cmds);
+}
+
+test('images qemu-img makes with each option read identically and stay clean after our writes', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const size = 4 << 20;
+    const variants: Array<[string, string]> = [
+      ['c512', 'cluster_size=512'],
+      ['c2m', 'cluster_size=2M'],
+      ['c16k-extl2', 'cluster_size=16k,extended_l2=on'],
+      ['c64k-extl2', 'extended_l2=on'],
+      ['v2', 'compat=0.10'],
+      ['r1', 'refcount_bits=1,cluster_size=4k'],
+      ['r64', 'refcount_bits=64'],
+      ['lazy', 'lazy_refcounts=on'],
+      ['prealloc-meta', 'preallocation=metadata'],
+      ['prealloc-full', 'preallocation=full,cluster_size=128k'],
+    ];
+    for (const [name, opts] of variants) {
+      const f = t.path(`${name}.qcow2`);
+      qemuImg('create', '-q', '-f', 'qcow2', '-o', opts, f, String(size));
+      qemuWrites(f, size, name.length);
+      const theirs = qemuContents(f, t.path('o.raw'));
+      assert.equal(firstDifference(await readAll(f), theirs), -1, `${name}: we read what QEMU wrote`);
+      const shadow = theirs.slice();
+      await scribble(f, shadow, name.length + 100, 25);
+      assertQemuClean(f);
+      assert.equal(firstDifference(qemuContents(f, t.path('o.raw')), shadow), -1, `${name}: QEMU reads what we wrote`);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('QEMU backing chains, snapshots and compression (zlib, zstd) read identically', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const size = 4 << 20;
+    const raw = t.path('src.raw');
+    const data = new Uint8Array(size);
+    const next = rng(42);
+    for (let i = 0; i < size; i += 1024) data.fill(Math.floor(next() * 8), i, i + 1024);
+    data.set(randomBytes(next, 200000), 1000000);
+    writeFileSync(raw, data);
+    for (const [name, opts] of [['zlib', 'cluster_size=64k'], ['zstd', 'compression_type=zstd'], ['zlib-4k', 'cluster_size=4k'], ['zstd-2m', 'compression_type=zstd,cluster_size=2M']]) {
+      const f = t.path(`${name}.qcow2`);
+      qemuImg('convert', '-c', '-O', 'qcow2', '-o', opts, raw, f);
+      assert.ok((qemuCheck(f)['compressed-clusters'] ?? 0) > 0, `${name} has compressed clusters`);
+      assert.equal(firstDifference(await readAll(f), data), -1, `${name}: compressed clusters read back`);
+      const st = await (async () => {
+        const img = await openImage(f, { readOnly: true });
+        const s = await img.blockStatus(0n, 65536n);
+        await img.close();
+        return s;
+      })();
+      assert.equal(st.compressed, true);
+      const shadow = data.slice();
+      await scribble(f, shadow, 7, 20);
+      assertQemuClean(f);
+      assert.equal(firstDifference(qemuContents(f, t.path('o.raw')), shadow), -1, `${name}: QEMU reads our writes over compressed clusters`);
+      const r = await checkQcow2(f);
+      const q = qemuCheck(f);
+      assert.equal(r.compressedClusters, q['compressed-clusters'] ?? 0);
+    }
+
+    // A three-deep chain with a raw base, made by qemu-img.
+    qemuImg('create', '-q', '-f', 'qcow2', '-b', 'src.raw', '-F', 'raw', t.path('l1.qcow2'));
+    qemuIo(t.path('l1.qcow2'), 'write -P 7 100k 300k');
+    qemuImg('create', '-q', '-f', 'qcow2', '-b', 'l1.qcow2', '-F', 'qcow2', '-o', 'cluster_size=4k', t.path('l2.qcow2'));
+    qemuIo(t.path('l2.qcow2'), 'write -P 9 250k 10k', 'write -z 1M 64k');
+    const chain = qemuContents(t.path('l2.qcow2'), t.path('o.raw'));
+    assert.equal(firstDifference(await readAll(t.path('l2.qcow2')), chain), -1, 'backing chain reads');
+    const shadow = chain.slice();
+    await scribble(t.path('l2.qcow2'), shadow, 8, 20);
+    assertQemuClean(t.path('l2.qcow2'));
+    assert.equal(firstDifference(qemuContents(t.path('l2.qcow2'), t.path('o.raw')), shadow), -1);
+
+    // Snapshots made by QEMU: we list, apply and delete them.
+    const s = t.path('s.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', s, String(size));
+    qemuIo(s, 'write -P 1 0 1M');
+    qemuImg('snapshot', '-c', 'one', s);
+    qemuIo(s, 'write -P 2 512k 1M');
+    qemuImg('snapshot', '-c', 'two', s);
+    qemuIo(s, 'write -P 3 0 64k');
+    const snaps = await listQcow2Snapshots(s);
+    assert.deepEqual(snaps.map((x) => x.name), ['one', 'two']);
+    const one = qemuContents(s, t.path('o.raw'), ['-l', 'snapshot.name=one']);
+    await applyQcow2Snapshot(s, 'one');
+    assert.equal(firstDifference(await readAll(s), one), -1);
+    assertQemuClean(s);
+    await deleteQcow2Snapshot(s, 'two');
+    assertQemuClean(s);
+    assert.equal(firstDifference(qemuContents(s, t.path('o.raw')), one), -1);
+  } finally {
+    t.cleanup();
+  }
+});

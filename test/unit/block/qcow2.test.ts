@@ -1,0 +1,364 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  openImage, createQcow2, checkQcow2, qcow2Info, Qcow2Image, BlockError, createRaw,
+  createQcow2Snapshot, listQcow2Snapshots, applyQcow2Snapshot, deleteQcow2Snapshot, setQcow2Backing,
+} from '../../../src/block/index.js';
+import { tempDir, rng, randomBytes, firstDifference, scatter } from './helpers.js';
+
+async function readAll(filename: string, size: number): Promise<Uint8Array> {
+  const img = await openImage(filename, { readOnly: true });
+  const out = new Uint8Array(size);
+  await img.readv(0n, [out]);
+  await img.close();
+  return out;
+}
+
+async function assertClean(filename: string): Promise<void> {
+  const r = await checkQcow2(filename);
+  assert.equal(r.corruptions, 0, `corruptions in ${filename}: ${r.messages.slice(0, 5).join('; ')}`);
+  assert.equal(r.leaks, 0, `leaks in ${filename}: ${r.messages.slice(0, 5).join('; ')}`);
+  assert.equal(r.checkErrors, 0);
+}
+
+/** Random writes, zeroes and discards through the driver and into a shadow; then compare. */
+async function exercise(filename: string, shadow: Uint8Array, seed: number, ops: number, opts: { discards?: boolean } = {}): Promise<void> {
+  const next = rng(seed);
+  const img = await openImage(filename);
+  const size = shadow.length;
+  for (let i = 0; i < ops; i++) {
+    const off = Math.floor(next() * size);
+    const len = Math.min(size - off, 1 + Math.floor(next() * 200000));
+    const kind = next();
+    if (kind < 0.7) {
+      const data = randomBytes(next, len);
+      await img.writev(BigInt(off), scatter(data, next));
+      shadow.set(data, off);
+    } else if (kind < 0.85) {
+      await img.writeZeroes(BigInt(off), BigInt(len), { mayUnmap: next() < 0.5 });
+      shadow.fill(0, off, off + len);
+    } else if (opts.discards !== false) {
+      // Discard leaves undefined contents only in whole clusters; zero them in the shadow
+      // by reading back what the image now holds there.
+      await img.discard(BigInt(off), BigInt(len));
+      const back = new Uint8Array(len);
+      await img.readv(BigInt(off), [back]);
+      for (let k = 0; k < len; k++) assert.ok(back[k] === shadow[off + k] || back[k] === 0, 'discard may only turn data into zeroes');
+      shadow.set(back, off);
+    }
+  }
+  await img.close();
+}
+
+test('qcow2 round-trips random I/O for every cluster size and refcount width', async () => {
+  const t = tempDir();
+  try {
+    const size = 3 << 20;
+    for (const clusterSize of [512, 4096, 65536, 2 * 1024 * 1024]) {
+      for (const refcountBits of [1, 8, 16, 64]) {
+        const f = t.path(`c${clusterSize}-r${refcountBits}.qcow2`);
+        await createQcow2(f, { size: BigInt(size), clusterSize, refcountBits });
+        const shadow = new Uint8Array(size);
+        await exercise(f, shadow, clusterSize + refcountBits, 25);
+        const back = await readAll(f, size);
+        assert.equal(firstDifference(back, shadow), -1, `${f} reads back what was written`);
+        await assertClean(f);
+      }
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('compat 0.10 and extended L2 images handle zeroes and partial writes', async () => {
+  const t = tempDir();
+  try {
+    const size = 4 << 20;
+    for (const [name, opts] of [
+      ['v2', { compat: '0.10' as const }],
+      ['extl2', { extendedL2: true, clusterSize: 65536 }],
+      ['extl2-2m', { extendedL2: true, clusterSize: 2 * 1024 * 1024 }],
+      ['lazy', { lazyRefcounts: true }],
+    ] as const) {
+      const f = t.path(`${name}.qcow2`);
+      await createQcow2(f, { size: BigInt(size), ...opts });
+      const shadow = new Uint8Array(size);
+      await exercise(f, shadow, 99, 40);
+      assert.equal(firstDifference(await readAll(f, size), shadow), -1, name);
+      await assertClean(f);
+      const info = await qcow2Info(f);
+      assert.equal(info.formatSpecific.compat, name === 'v2' ? '0.10' : '1.1');
+      assert.equal(info.formatSpecific.extendedL2, name.startsWith('extl2'));
+      assert.equal(info.formatSpecific.lazyRefcounts, name === 'lazy');
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('concurrent writes to the same unallocated clusters never corrupt metadata', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('c.qcow2');
+    const size = 2 << 20;
+    await createQcow2(f, { size: BigInt(size), clusterSize: 4096 });
+    const img = await openImage(f);
+    const next = rng(7);
+    // Non-overlapping byte ranges packed into the same clusters, all issued at once.
+    const shadow = new Uint8Array(size);
+    const jobs: Promise<void>[] = [];
+    for (let i = 0; i < 400; i++) {
+      const off = i * 5000 + 17;
+      const data = randomBytes(next, 3000);
+      shadow.set(data, off);
+      jobs.push(img.writev(BigInt(off), [data]));
+    }
+    await Promise.all(jobs);
+    // Reads in flight together with more writes to already allocated clusters.
+    const reads: Promise<void>[] = [];
+    const more: Promise<void>[] = [];
+    for (let i = 0; i < 100; i++) {
+      const off = i * 5000 + 3100;
+      const data = randomBytes(next, 1000);
+      shadow.set(data, off);
+      more.push(img.writev(BigInt(off), [data]));
+      reads.push(img.readv(BigInt(i * 4096), [new Uint8Array(4096)]));
+    }
+    await Promise.all([...more, ...reads]);
+    await img.close();
+    assert.equal(firstDifference(await readAll(f, size), shadow), -1);
+    await assertClean(f);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('backing chains: copy-on-write, depth in block status, raw backing, loops refused', async () => {
+  const t = tempDir();
+  try {
+    const size = 1 << 20;
+    const base = t.path('base.raw');
+    await createRaw(base, { size: BigInt(size) });
+    const baseData = randomBytes(rng(1), size);
+    writeFileSync(base, baseData);
+    const mid = t.path('mid.qcow2');
+    await createQcow2(mid, { backingFile: 'base.raw', backingFormat: 'raw', clusterSize: 4096 });
+    const top = t.path('top.qcow2');
+    await createQcow2(top, { backingFile: mid, clusterSize: 65536 });
+    const shadow = baseData.slice();
+    let img = await openImage(mid);
+    const m = randomBytes(rng(2), 10000);
+    await img.writev(5000n, [m]);
+    shadow.set(m, 5000);
+    await img.close();
+    img = await openImage(top);
+    assert.equal(img.size(), BigInt(size));
+    const tdata = randomBytes(rng(3), 300);
+    await img.writev(70000n, [tdata]);
+    shadow.set(tdata, 70000);
+    const st0 = await img.blockStatus(0n, 4096n);
+    assert.equal(st0.depth, 2, 'first cluster comes from the raw base');
+    const st1 = await img.blockStatus(8192n, 4096n);
+    assert.equal(st1.depth, 1, 'mid layer wrote this cluster');
+    const st2 = await img.blockStatus(65536n, 65536n);
+    assert.equal(st2.depth, 0);
+    assert.equal(st2.data, true);
+    await img.close();
+    assert.equal(firstDifference(await readAll(top, size), shadow), -1);
+    await assertClean(top);
+    await assertClean(mid);
+    // Point the base layer back at the top: a loop.
+    const loopA = t.path('a.qcow2');
+    const loopB = t.path('b.qcow2');
+    await createQcow2(loopA, { size: 65536n });
+    await createQcow2(loopB, { size: 65536n, backingFile: loopA });
+    await setQcow2Backing(loopA, loopB, 'qcow2');
+    await assert.rejects(openImage(loopB), (err: Error) => err instanceof BlockError && /loops/.test(err.message) && err.message.includes('a.qcow2') && err.message.includes('b.qcow2'));
+    await assert.rejects(openImage(t.path('none.qcow2')), BlockError);
+    await createQcow2(t.path('orphan.qcow2'), { size: 65536n, backingFile: 'base.raw' });
+    writeFileSync(base, '');
+    await assert.rejects(createQcow2(t.path('x.qcow2'), { backingFile: 'missing.qcow2' }), /missing\.qcow2/);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('snapshots: create, list, apply and delete keep data and refcounts right', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('s.qcow2');
+    const size = 2 << 20;
+    await createQcow2(f, { size: BigInt(size), clusterSize: 4096 });
+    const shadow0 = new Uint8Array(size);
+    await exercise(f, shadow0, 11, 20);
+    await createQcow2Snapshot(f, 'first');
+    const shadow1 = shadow0.slice();
+    await exercise(f, shadow1, 12, 20);
+    await assertClean(f);
+    await createQcow2Snapshot(f, 'second');
+    const shadow2 = shadow1.slice();
+    await exercise(f, shadow2, 13, 10);
+    const list = await listQcow2Snapshots(f);
+    assert.deepEqual(list.map((s) => [s.id, s.name]), [['1', 'first'], ['2', 'second']]);
+    assert.equal(list[0].diskSize, BigInt(size));
+    await assert.rejects(createQcow2Snapshot(f, 'first'), /already exists/);
+    await assertClean(f);
+    assert.equal(firstDifference(await readAll(f, size), shadow2), -1);
+    await applyQcow2Snapshot(f, 'first');
+    assert.equal(firstDifference(await readAll(f, size), shadow0), -1, 'reverted to the first snapshot');
+    await assertClean(f);
+    await deleteQcow2Snapshot(f, '1');
+    await assertClean(f);
+    await applyQcow2Snapshot(f, 'second');
+    assert.equal(firstDifference(await readAll(f, size), shadow1), -1, 'reverted to the second snapshot');
+    await exercise(f, shadow1, 14, 10);
+    await deleteQcow2Snapshot(f, 'second');
+    assert.equal(firstDifference(await readAll(f, size), shadow1), -1);
+    await assertClean(f);
+    await assert.rejects(deleteQcow2Snapshot(f, 'nope'), /no snapshot with id or name 'nope'/);
+    assert.deepEqual(await listQcow2Snapshots(f), []);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('compressed clusters are written packed and read back', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('z.qcow2');
+    const cs = 65536;
+    const size = 16 * cs;
+    await createQcow2(f, { size: BigInt(size), clusterSize: cs });
+    const img = (await openImage(f)) as Qcow2Image;
+    const shadow = new Uint8Array(size);
+    const next = rng(5);
+    for (let c = 0; c < 16; c++) {
+      const data = new Uint8Array(cs);
+      // Compressible: runs of a few random values; cluster 3 is incompressible noise.
+      if (c === 3) data.set(randomBytes(next, cs));
+      else for (let i = 0; i < cs; i += 512) data.fill(Math.floor(next() * 256), i, i + 512);
+      await img.writeCompressed(BigInt(c * cs), data);
+      shadow.set(data, c * cs);
+    }
+    const st = await img.blockStatus(0n, BigInt(cs));
+    assert.equal(st.compressed, true);
+    // Overwrite part of a compressed cluster: it becomes a normal cluster.
+    const patch = randomBytes(next, 1000);
+    await img.writev(BigInt(5 * cs + 100), [patch]);
+    shadow.set(patch, 5 * cs + 100);
+    await img.close();
+    assert.equal(firstDifference(await readAll(f, size), shadow), -1);
+    const r = await checkQcow2(f);
+    assert.equal(r.corruptions + r.leaks, 0, r.messages.join('; '));
+    assert.equal(r.compressedClusters, 14);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('resize grows and shrinks; preallocation modes allocate everything', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('r.qcow2');
+    await createQcow2(f, { size: 1n << 20n, clusterSize: 512 });
+    const img = await openImage(f);
+    const data = randomBytes(rng(8), 4096);
+    await img.writev(1040000n, [data.subarray(0, 8576)]);
+    await img.resize(64n << 20n);
+    await img.writev(60n << 20n, [data]);
+    const back = new Uint8Array(4096);
+    await img.readv(60n << 20n, [back]);
+    assert.equal(firstDifference(back, data), -1);
+    await img.resize(1000000n);
+    assert.equal(img.size(), 1000000n);
+    await assert.rejects(img.readv(999999n, [new Uint8Array(2)]), /beyond the disk size/);
+    await img.close();
+    await assertClean(f);
+    for (const mode of ['metadata', 'falloc', 'full'] as const) {
+      const p = t.path(`p-${mode}.qcow2`);
+      await createQcow2(p, { size: 3n << 20n, preallocation: mode, clusterSize: 65536 });
+      const r = await checkQcow2(p);
+      assert.equal(r.allocatedClusters, 48, mode);
+      assert.equal(r.corruptions + r.leaks, 0);
+      assert.equal(firstDifference(await readAll(p, 3 << 20), new Uint8Array(3 << 20)), -1, `${mode} reads zeroes`);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('a dirty image has its refcounts rebuilt when opened read-write; repair fixes leaks and corruption', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('d.qcow2');
+    await createQcow2(f, { size: 1n << 20n, clusterSize: 4096, lazyRefcounts: true });
+    const shadow = new Uint8Array(1 << 20);
+    await exercise(f, shadow, 21, 10, { discards: false });
+    // Wipe the refcount block and set the dirty bit, as a crash with lazy refcounts could.
+    const bytes = readFileSync(f);
+    const reftable = Number(bytes.readBigUInt64BE(48));
+    const block = Number(bytes.readBigUInt64BE(reftable));
+    bytes.fill(0, block + 16, block + 4096);
+    bytes.writeBigUInt64BE(bytes.readBigUInt64BE(72) | 1n, 72);
+    writeFileSync(f, bytes);
+    const dirty = await checkQcow2(f);
+    assert.ok(dirty.corruptions > 0, 'wiped refcounts are corruption');
+    const img = await openImage(f);
+    await img.close();
+    await assertClean(f);
+    assert.equal((await qcow2Info(f)).formatSpecific.dirtyFlag, false);
+    assert.equal(firstDifference(await readAll(f, 1 << 20), shadow), -1);
+    // Leak: raise a refcount; check sees it, repair 'leaks' fixes it.
+    const b2 = readFileSync(f);
+    const rt = Number(b2.readBigUInt64BE(48));
+    const blk = Number(b2.readBigUInt64BE(rt));
+    b2.writeUInt16BE(b2.readUInt16BE(blk) + 1, blk);
+    writeFileSync(f, b2);
+    const leaky = await checkQcow2(f);
+    assert.equal(leaky.leaks, 1);
+    assert.equal(leaky.corruptions, 0);
+    const fixed = await checkQcow2(f, { repair: 'leaks' });
+    assert.equal(fixed.leaksFixed, 1);
+    assert.equal(fixed.leaks, 0);
+    // Corruption: drop a refcount to zero; repair 'all' rebuilds the refcounts.
+    const b3 = readFileSync(f);
+    const rt3 = Number(b3.readBigUInt64BE(48));
+    const blk3 = Number(b3.readBigUInt64BE(rt3));
+    b3.writeUInt16BE(0, blk3 + 2 * 10);
+    writeFileSync(f, b3);
+    const bad = await checkQcow2(f);
+    assert.ok(bad.corruptions >= 1, bad.messages.join('; '));
+    const rep = await checkQcow2(f, { repair: 'all' });
+    assert.ok(rep.corruptionsFixed >= 1);
+    assert.equal(rep.corruptions, 0, rep.messages.join('; '));
+    assert.equal(rep.leaks, 0, rep.messages.join('; '));
+    assert.equal(firstDifference(await readAll(f, 1 << 20), shadow), -1);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('bad requests and options get one-line errors naming the file', async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('e.qcow2');
+    await assert.rejects(createQcow2(f, { size: 1n << 20n, clusterSize: 1000 }), /e\.qcow2: cluster size 1000/);
+    await assert.rejects(createQcow2(f, { size: 1n << 20n, compat: '0.10', refcountBits: 8 }), /16-bit refcounts/);
+    await assert.rejects(createQcow2(f, { size: 1n << 20n, extendedL2: true, clusterSize: 4096 }), /16 KiB/);
+    await assert.rejects(createQcow2(f, { size: 1n << 20n, compat: '0.10', lazyRefcounts: true }), /compat=1.1/);
+    await assert.rejects(createQcow2(f, {}), /no size/);
+    await createQcow2(f, { size: 1n << 20n });
+    const ro = await openImage(f, { readOnly: true });
+    await assert.rejects(ro.writev(0n, [new Uint8Array(1)]), /e\.qcow2: write refused: image is open read-only/);
+    await assert.rejects(ro.readv(1n << 20n, [new Uint8Array(1)]), /e\.qcow2: read of 1 bytes at offset 1048576 is beyond/);
+    await ro.close();
+    await assert.rejects(openImage(f, { format: 'vmdk' }), /unknown image format 'vmdk'/);
+    const img = (await openImage(f)) as Qcow2Image;
+    await assert.rejects(img.writeCompressed(100n, new Uint8Array(65536)), /whole aligned cluster/);
+    await img.close();
+    for (const err of [BlockError]) assert.equal(typeof err, 'function');
+  } finally {
+    t.cleanup();
+  }
+});
