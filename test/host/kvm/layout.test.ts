@@ -79,8 +79,9 @@ test('KVM struct layouts, ioctl numbers and constants match <linux/kvm.h>', () =
       execFileSync(gcc, ['-o', binary, source], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
     } catch (err) {
       const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
-      if (/linux\/kvm\.h/.test(stderr) && /No such file/.test(stderr)) {
-        throw new Error('<linux/kvm.h> not found: install Debian package linux-libc-dev');
+      const missing = /fatal error: (\S+): No such file/.exec(stderr)?.[1];
+      if (missing) {
+        throw new Error(`header <${missing}> not found: install Debian packages libc6-dev and linux-libc-dev`);
       }
       throw new Error(`compiling the KVM layout probe failed:\n${stderr.split('\n').slice(0, 20).join('\n')}`);
     }
