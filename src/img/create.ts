@@ -1,6 +1,6 @@
 // Creating images of either format from validated creation options.
 import { createRaw } from '../block/raw.js';
-import { createQcow2 } from './qcow2-create.js';
+import { createQcow2 } from '../block/qcow2/create.js';
 import { ImgError, oneLine } from './errors.js';
 import type { CreateOptions } from './create-options.js';
 
@@ -12,7 +12,11 @@ export async function createImage(filename: string, format: string, size: bigint
       return;
     }
     if (format === 'qcow2') {
-      await createQcow2(filename, size, options);
+      await createQcow2(filename, {
+        size, clusterSize: options.clusterSize, compat: options.compat, backingFile: options.backingFile,
+        backingFormat: options.backingFormat, preallocation: options.preallocation, lazyRefcounts: options.lazyRefcounts,
+        refcountBits: options.refcountBits, extendedL2: options.extendedL2,
+      });
       return;
     }
   } catch (err) {
