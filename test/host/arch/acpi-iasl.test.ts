@@ -65,6 +65,7 @@ test('iasl disassembles every table without errors', () => {
       'ToUUID ("33db4d5b-1ff7-401c-9657-7441c03dd766") /* PCI Host Bridge Device */', '0x00000001C0000000' /* 64-bit window above 7 GiB of RAM end */]) {
       assert.ok(dsdt.includes(want), `DSDT disassembly lacks ${want}`);
     }
+    assert.equal(dsdt.match(/Name \(_HID, "ACPI0007"/g)?.length, apicIds.length, 'one processor device per CPU');
     const madt = readFileSync(join(dir, 'apic.dsl'), 'utf8');
     assert.equal(madt.match(/Subtable Type : 00 \[Processor Local APIC\]/g)?.length, 255);
     assert.equal(madt.match(/Subtable Type : 09 \[Processor Local x2APIC\]/g)?.length, 5);

@@ -135,6 +135,16 @@ test('extra DSDT parts land in the DSDT and leave it checksummed', () => {
   assert.ok(Buffer.from(dsdt).includes(Buffer.from(extra)), 'extra AML is embedded verbatim');
 });
 
+test('the DSDT has one processor device per CPU, named by index', () => {
+  const mem = RegionGuestMemory.ofSize(64 << 20);
+  const { bytes } = buildAcpiTables(mem, { cpus: 20 });
+  const dsdt = Buffer.from(bytes['DSDT']!);
+  const count = (needle: string) => dsdt.toString('latin1').split(needle).length - 1;
+  assert.equal(count('ACPI0007'), 20);
+  assert.equal(count('C013'), 1, 'the 20th CPU is C013');
+  assert.equal(count('C014'), 0);
+});
+
 test('no PCI leaves out PCI0 and the MCFG', () => {
   const mem = RegionGuestMemory.ofSize(64 << 20);
   const { tables, bytes } = buildAcpiTables(mem, { cpus: 1, pci: false });
@@ -147,6 +157,7 @@ test('bad ACPI options are refused in one line', () => {
   assert.throws(() => buildAcpiTables(mem, { cpus: 0 }), /CPU count 0 must be at least 1/);
   assert.throws(() => buildAcpiTables(mem, { cpus: 2, apicIds: [0] }), /1 APIC IDs given for 2 CPUs/);
   assert.throws(() => buildAcpiTables(mem, { cpus: 2, apicIds: [3, 3] }), /not unique/);
-  assert.throws(() => buildAcpiTables(mem, { cpus: 9000 }), /table APIC \(\d+ bytes\) does not fit below 0x100000/);
+  assert.throws(() => buildAcpiTables(mem, { cpus: 4000 }), /table \w+ \(\d+ bytes\) does not fit below 0x100000/);
+  assert.throws(() => buildAcpiTables(mem, { cpus: 5000 }), /5000 processor devices exceed the 4095/);
   assert.throws(() => buildAcpiTables(RegionGuestMemory.ofSize(0x80000), { cpus: 1, pci: false }), /0xe0000/);
 });

@@ -3,7 +3,9 @@
 // 16-byte aligned so an OS that scans the BIOS area finds it even without acpi_rsdp_addr.
 import { GuestMemory } from '../../../memory/guest-memory.js';
 import { ACPI_TABLES_END, ACPI_TABLES_START, pciMmio64Window } from '../layout.js';
-import { DsdtPart, PciHostConfig, buildDsdtAml, com1, defaultPciHostConfig, pciHostBridge, ps2Keyboard, rtc, sleepStateS5 } from './dsdt.js';
+import {
+  DsdtPart, PciHostConfig, buildDsdtAml, com1, defaultPciHostConfig, pciHostBridge, processors, ps2Keyboard, rtc, sleepStateS5,
+} from './dsdt.js';
 import { dsdt, facs, fadt, madt, mcfg, rsdp, rsdt, xsdt } from './tables.js';
 
 export interface AcpiOptions {
@@ -32,8 +34,8 @@ export interface AcpiTables {
 }
 
 /** The standard DSDT parts of this machine. */
-export function standardDsdtParts(pci: PciHostConfig | false): DsdtPart[] {
-  return [sleepStateS5(), com1(), ps2Keyboard(), rtc(), ...(pci ? pciHostBridge(pci) : [])];
+export function standardDsdtParts(pci: PciHostConfig | false, cpus = 1): DsdtPart[] {
+  return [sleepStateS5(), processors(cpus), com1(), ps2Keyboard(), rtc(), ...(pci ? pciHostBridge(pci) : [])];
 }
 
 /** Builds every table, writes them into guest memory and returns where they are. */
@@ -70,7 +72,7 @@ export function buildAcpiTables(mem: GuestMemory, opts: AcpiOptions): AcpiTables
   const rsdpAddr = place('RSDP', 36, 16n);
   const facsTable = facs();
   put('FACS', place('FACS', facsTable.length, 64n), facsTable);
-  const dsdtTable = dsdt(buildDsdtAml([...standardDsdtParts(pci), ...(opts.extraDsdt ?? [])]));
+  const dsdtTable = dsdt(buildDsdtAml([...standardDsdtParts(pci, opts.cpus), ...(opts.extraDsdt ?? [])]));
   put('DSDT', place('DSDT', dsdtTable.length, 16n), dsdtTable);
   const fadtTable = fadt(tables['FACS']!, tables['DSDT']!);
   put('FACP', place('FACP', fadtTable.length, 16n), fadtTable);

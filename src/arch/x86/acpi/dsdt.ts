@@ -74,6 +74,22 @@ export function sleepStateS5(): DsdtPart {
   };
 }
 
+/**
+ * One processor device (ACPI0007) per vCPU, its _UID equal to the ACPI processor UID of its
+ * MADT entry (the vCPU index), so the OS ties namespace objects to CPUs; CPU hot-plug
+ * methods attach here later.
+ */
+export function processors(count: number): DsdtPart {
+  if (count > 0xfff) throw new Error(`ACPI: ${count} processor devices exceed the 4095 the C### names allow`);
+  return {
+    scope: '\\_SB',
+    build: () => concat(Array.from({ length: count }, (_, i) => device(`C${i.toString(16).toUpperCase().padStart(3, '0')}`, [
+      name('_HID', string('ACPI0007')),
+      name('_UID', integer(i)),
+    ]))),
+  };
+}
+
 /** A 16550 UART on COM1: PNP0501, its 8 ports and IRQ 4. */
 export function com1(): DsdtPart {
   return {
