@@ -55,7 +55,11 @@ export class FdPoller {
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
   }
 
-  /** Calls `callback(fd)` on this thread each time `fd` becomes readable. */
+  /**
+   * Calls `callback(fd)` on this thread each time `fd` becomes readable. The callback should
+   * drain the fd (read the eventfd); an exception it throws is not caught (like an event
+   * listener's), but the fd is re-armed first.
+   */
   add(fd: number, callback: FdCallback): void {
     if (this.closing) throw new Error(`fd poller is closed: cannot watch fd ${fd}`);
     if (this.byFd.has(fd)) throw new Error(`fd poller: fd ${fd} is already watched`);
@@ -107,23 +111,27 @@ export class FdPoller {
   }
 
   private dispatch(tokens: bigint[]): void {
+    let failure: { error: unknown } | undefined;
     for (const token of tokens) {
       const watch = this.byToken.get(token);
       if (!watch) continue; // removed since the worker saw it
       try {
         watch.callback(watch.fd);
-      } finally {
-        // Re-arm unless the callback removed it.
-        if (this.byToken.get(token) === watch) {
-          try {
-            epollCtl(this.epollFd, EPOLL_CTL_MOD, watch.fd, ARMED, token);
-          } catch {
-            // Closed by its owner without remove(): forget it.
-            this.byFd.delete(watch.fd);
-            this.byToken.delete(token);
-          }
+      } catch (error) {
+        // Finish the batch (every reported fd must be re-armed), then rethrow the first error.
+        failure ??= { error };
+      }
+      // Re-arm unless the callback removed it.
+      if (this.byToken.get(token) === watch) {
+        try {
+          epollCtl(this.epollFd, EPOLL_CTL_MOD, watch.fd, ARMED, token);
+        } catch {
+          // Closed by its owner without remove(): forget it.
+          this.byFd.delete(watch.fd);
+          this.byToken.delete(token);
         }
       }
     }
+    if (failure) throw failure.error;
   }
 }

@@ -85,8 +85,8 @@ export class Kvm {
 
   /** KVM_CREATE_VM; `type` 0 is the default x86 VM. */
   createVm(type = 0): VmFd {
-    const fd = ioctlValue(this.fd, IOCTLS.KVM_CREATE_VM, type, 'KVM_CREATE_VM');
-    return new VmFd(fd, this.vcpuMmapSize());
+    const mmapSize = this.vcpuMmapSize();
+    return new VmFd(ioctlValue(this.fd, IOCTLS.KVM_CREATE_VM, type, 'KVM_CREATE_VM'), mmapSize);
   }
 
   close(): void {

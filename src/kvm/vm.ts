@@ -43,7 +43,12 @@ export class VmFd {
   /** KVM_CREATE_VCPU with the given APIC id, mapping its kvm_run page. */
   createVcpu(id: number): VcpuFd {
     const fd = ioctlValue(this.fd, IOCTLS.KVM_CREATE_VCPU, id, 'KVM_CREATE_VCPU');
-    return new VcpuFd(fd, id, this.vcpuMmapSize);
+    try {
+      return new VcpuFd(fd, id, this.vcpuMmapSize);
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
   }
 
   /** In-kernel PIC pair + IOAPIC (+ local APICs for vCPUs created afterwards). */
