@@ -11,3 +11,5 @@ export {
 } from './qmp/index.js';
 export * from './block/index.js';
 export * as x86 from './arch/x86/index.js';
+export * as pci from './pci/index.js';
+export * as virtio from './virtio/index.js';

@@ -169,11 +169,13 @@ export class DriverQueue {
   async waitUsed(count: number, timeoutMs = 2000): Promise<Array<{ id: number; len: number }>> {
     const got: Array<{ id: number; len: number }> = [];
     const deadline = Date.now() + timeoutMs;
+    let spins = 0;
     for (;;) {
       got.push(...this.takeUsed());
       if (got.length >= count) return got;
       if (Date.now() > deadline) throw new Error(`queue ${this.index}: ${got.length}/${count} used entries after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 1));
+      // Spin on the event loop first (completions usually land within a few turns), then sleep.
+      await new Promise((r) => (spins++ < 100 ? setImmediate(r) : setTimeout(r, 1)));
     }
   }
 }
