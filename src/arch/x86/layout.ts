@@ -78,6 +78,9 @@ export const CMDLINE_START = 0x20000n;
 export const CMDLINE_MAX_SIZE = 0x10000;
 /** Extended BIOS data area: reserved in e820; the optional MP table goes here. */
 export const EBDA_START = 0x9fc00n;
+/** BIOS data area words Linux reads: the EBDA segment and the base memory size in KiB. */
+export const BDA_EBDA_SEGMENT = 0x40en;
+export const BDA_BASE_MEMORY_KB = 0x413n;
 /** End of conventional memory: from here to 1 MiB is the legacy hole. */
 export const LEGACY_HOLE_START = 0xa0000n;
 /** ACPI tables (RSDP first, so a scanning OS finds it too) fill the BIOS area up to 1 MiB. */

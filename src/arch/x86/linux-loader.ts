@@ -4,7 +4,7 @@
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { BootRegs, BootSregs, bootRegs, setupLongMode } from './boot-state.js';
 import {
-  CMDLINE_MAX_SIZE, CMDLINE_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
+  BDA_BASE_MEMORY_KB, BDA_EBDA_SEGMENT, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
 } from './layout.js';
 
 export interface LoadLinuxOptions {
@@ -363,6 +363,11 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
   if (opts.rsdpAddress !== undefined) bp.setBigUint64(BP_ACPI_RSDP_ADDR, opts.rsdpAddress, true);
   writeE820(bp, e820Map(opts.memorySize));
   mem.write(ZERO_PAGE_START, bpBytes);
+
+  // The BIOS data area: Linux finds the EBDA (and so the MP table) and the end of base
+  // memory through these two words, as a PC BIOS would have left them.
+  mem.writeU16(BDA_EBDA_SEGMENT, Number(EBDA_START >> 4n));
+  mem.writeU16(BDA_BASE_MEMORY_KB, Number(EBDA_START >> 10n));
 
   const sregs = setupLongMode(mem);
   return {

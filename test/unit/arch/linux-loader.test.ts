@@ -157,6 +157,9 @@ test('the boot CPU state is 64-bit long mode with identity paging and the protoc
   assert.equal((code >> 53n) & 1n, 1n, 'L bit set in the code descriptor');
   assert.equal(s.gdt.limit, 5 * 8 - 1);
   assert.equal(out.regs.rflags & 2n, 2n);
+  // The BIOS data area points at the EBDA and reports 639 KiB of base memory.
+  assert.equal(mem.readU16(0x40en) << 4, 0x9fc00);
+  assert.equal(mem.readU16(0x413n), 639);
 });
 
 test('loads a synthetic ELF vmlinux at its physical addresses and clears bss', () => {
