@@ -69,7 +69,7 @@ export class QmpServer {
   async listen(spec: string): Promise<QmpListenerInfo> {
     const endpoint = parseQmpEndpoint(spec);
     if (!endpoint.server) return this.connectOut(spec, endpoint);
-    const server = net.createServer((socket) => this.attach(socket));
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => this.attach(socket));
     server.on('error', () => undefined);
     if (endpoint.kind === 'unix') removeStaleSocket(endpoint.path);
     await new Promise<void>((resolve, reject) => {
@@ -113,13 +113,15 @@ export class QmpServer {
     socket.on('data', (chunk: Buffer) => session.feed(chunk));
     socket.on('error', drop);
     socket.on('close', drop);
-    // A half-closed peer may still be waiting for replies to what it sent.
-    socket.on('end', () => socket.end());
+    // A peer that half-closes (e.g. `printf ... | socat`) still gets the replies to what it sent.
+    socket.on('end', () => void session.idle().then(() => socket.end()));
     session.start();
   }
 
   private async connectOut(spec: string, endpoint: QmpEndpoint): Promise<QmpListenerInfo> {
-    const socket = endpoint.kind === 'unix' ? net.connect(endpoint.path) : net.connect(endpoint.port, endpoint.host);
+    const socket = endpoint.kind === 'unix'
+      ? net.connect({ path: endpoint.path, allowHalfOpen: true })
+      : net.connect({ port: endpoint.port, host: endpoint.host, allowHalfOpen: true });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', (err) => reject(new Error(`QMP client connection ${spec}: ${err.message}`)));

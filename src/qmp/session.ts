@@ -107,8 +107,9 @@ export class QmpSession {
     this.pending++;
     if (this.pending === MAX_PENDING_COMMANDS) this.host.setReading?.(false);
     this.queue = this.queue
-      // Once the peer is gone, requests it sent that have not started are dropped (as QEMU
-      // does): a client that disconnects cannot leave commands behind to act on the VM later.
+      // Once the session is closed (connection reset, server closing), requests that have not
+      // started are dropped. A peer that only half-closes still has its requests run and
+      // answered, as QEMU does.
       .then(() => (this.closed ? undefined : step()))
       .catch(() => undefined)
       .finally(() => {

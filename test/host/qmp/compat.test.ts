@@ -178,12 +178,18 @@ describe('QMP compatibility with QEMU (live)', { skip: unavailable ?? false }, (
       });
       if (q.silent !== t.silent) problems.push(`${step.name}: QEMU silent=${q.silent}, tsvirt silent=${t.silent}`);
       for (const name of step.events ?? []) {
-        const qe = q.events.find((e) => e.event === name);
-        const te = t.events.find((e) => e.event === name);
+        // On a host whose KVM runs the guest fast, the guest may reset by itself meanwhile:
+        // compare the host-initiated event when there is one.
+        const pick = (events: Json[]): Json | undefined => {
+          const named = events.filter((e) => e.event === name);
+          return named.find((e) => (e.data as Json | undefined)?.guest !== true) ?? named[0];
+        };
+        const qe = pick(q.events);
+        const te = pick(t.events);
         if (!qe || !te) { problems.push(`${step.name}: event ${name} from QEMU: ${Boolean(qe)}, from tsvirt: ${Boolean(te)}`); continue; }
         const d = shapeDifference(shapeOf(qe), shapeOf(te));
         if (d) problems.push(`${step.name}: event ${name} ${d}`);
-        if (JSON.stringify(qe.data) !== JSON.stringify(te.data) && name !== 'RESET') {
+        if (JSON.stringify(qe.data) !== JSON.stringify(te.data)) {
           problems.push(`${step.name}: event ${name} data ${JSON.stringify(qe.data)} vs ${JSON.stringify(te.data)}`);
         }
       }
@@ -195,7 +201,8 @@ describe('QMP compatibility with QEMU (live)', { skip: unavailable ?? false }, (
     assert.deepEqual(byName('query-name').replies[0], { return: { name: 'compat' }, id: 6 });
     assert.deepEqual(byName('status while paused').replies.map((r) => r.return),
       [{ status: 'paused', singlestep: false, running: false }, 'VM status: paused\r\n']);
-    assert.deepEqual(byName('system_reset').events.find((e) => e.event === 'RESET')?.data, { guest: false, reason: 'host-qmp-system-reset' });
+    assert.ok(byName('system_reset').events.some((e) => e.event === 'RESET'
+      && JSON.stringify(e.data) === JSON.stringify({ guest: false, reason: 'host-qmp-system-reset' })));
     assert.equal(theirs.steps[CONVERSATION.findIndex((s) => s.name === 'query-status')]!.replies[0]!.return !== undefined, true);
   });
 
