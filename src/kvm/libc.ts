@@ -130,6 +130,9 @@ const pthreadSelfC = libc.func('void *pthread_self(void)');
 const pthreadKillC = libc.func('int pthread_kill(void *thread, int sig)');
 const getpidC = libc.func('int getpid(void)');
 
+// Every descriptor made here (open, memfd, eventfd, epoll) is close-on-exec, so child
+// processes the stack spawns (QEMU for comparisons, helpers) never inherit VM or RAM fds.
+
 function check(call: string, result: number, detail?: string): number {
   if (result < 0) throw new SyscallError(call, koffi.errno(), detail);
   return result;

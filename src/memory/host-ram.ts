@@ -17,10 +17,9 @@
 //   sparse guests. hugetlbfs mappings are made WITHOUT MAP_NORESERVE: the kernel then
 //   reserves the huge pages at mmap time, so a shortage fails up front instead of
 //   killing the VMM with SIGBUS when the guest first touches the page.
-import { readFileSync } from 'node:fs';
 import { constants as bufferConstants } from 'node:buffer';
+import { readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { unlinkSync } from 'node:fs';
 import {
   close, fallocate, ftruncate, madvise, MADV_HUGEPAGE, MADV_MERGEABLE, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE,
   MAP_SHARED, memfdCreate, MFD_HUGETLB, mmap, munmap, nativeView, O_CREAT, O_EXCL, O_RDWR, open, PROT_READ,
