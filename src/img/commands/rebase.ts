@@ -30,7 +30,7 @@ async function readPadded(driver: BlockDriver | undefined, offset: bigint, n: nu
   return buf;
 }
 
-export async function rebase(argv: string[], io: ImgIO): Promise<number> {
+export async function rebase(argv: string[], _io: ImgIO): Promise<number> {
   const { options, operands } = getopt(argv, {
     short: 'hf:F:b:uqpt:T:cU',
     long: { help: { arg: false, alias: 'h' }, 'force-share': { arg: false, alias: 'U' }, object: { arg: true }, 'image-opts': { arg: false } },
