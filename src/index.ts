@@ -13,3 +13,8 @@ export * from './block/index.js';
 export * as x86 from './arch/x86/index.js';
 export * as pci from './pci/index.js';
 export * as virtio from './virtio/index.js';
+export { labCacheDir, guestKernelPath, guestInitrdPath } from './lab/paths.js';
+export { guestInitrdWith } from './lab/guest-image.js';
+export { labExec, LabError, type LabExecOptions, type LabExecResult } from './lab/exec.js';
+export { decidePlacement, type Placement } from './lab/placement.js';
+export { CpioWriter, cpioArchive } from './lab/cpio.js';

@@ -14,7 +14,7 @@ async function reportLabFailure(err: unknown): Promise<boolean> {
   const { LabImageMissingError } = await import('../../lab/paths.js');
   if (!(err instanceof LabError) && !(err instanceof LabImageMissingError)) return false;
   if (err instanceof LabError) for (const line of err.logTail) if (line.trim()) process.stderr.write(`lab log| ${line}\n`);
-  process.stderr.write(`tsvirt lab: ${err.message}\n`);
+  process.stderr.write(`tsvirt lab: ${err.message.replace(/^lab: /, '')}\n`);
   process.exitCode = LAB_FAILURE_EXIT;
   return true;
 }
