@@ -165,6 +165,15 @@ export class PciConfigSpace {
     return offset;
   }
 
+  /** The register contents (not the masks), to restore on machine reset. */
+  snapshot(): Uint8Array {
+    return Uint8Array.from(this.bytes);
+  }
+
+  restore(snapshot: Uint8Array): void {
+    this.bytes.set(snapshot);
+  }
+
   /** A guest read of 1, 2 or 4 bytes; out-of-range reads return all ones. */
   read(offset: number, length: number): number {
     if (offset < 0 || offset + length > PCI_CONFIG_SPACE_SIZE) return length === 4 ? 0xffffffff : (1 << (length * 8)) - 1;

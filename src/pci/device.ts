@@ -25,4 +25,6 @@ export interface PciDevice {
    * can move what depends on its address (ioeventfds on a notify region).
    */
   barMapped?(index: number, address: bigint | undefined): void;
+  /** Machine reset: return to the power-on state (the bridge restores config space itself). */
+  reset?(): void;
 }

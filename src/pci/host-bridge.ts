@@ -52,27 +52,31 @@ export interface PciHostBridgeOptions {
   onResetRequest?: () => void;
 }
 
+/** One BAR as QMP query-pci reports it (addresses as bigint; QMP wants numbers). */
 export interface PciBarInfo {
   bar: number;
   type: 'memory' | 'io';
   address: bigint;
   size: bigint;
-  prefetchable: boolean;
-  is64Bit: boolean;
+  prefetch: boolean;
+  memType64: boolean;
 }
 
+/** One function, shaped like QMP's query-pci entry (QmpPciDevice) plus name and revision. */
 export interface PciDeviceInfo {
   bus: number;
   slot: number;
   function: number;
-  name: string;
+  /** The device's name, used as QMP's qdev_id. */
+  qdevId: string;
   vendorId: number;
   deviceId: number;
   subsystemVendorId: number;
   subsystemId: number;
   classCode: number;
   revision: number;
-  irq: number;
+  /** The GSI of the INTx line, absent for functions without an interrupt pin. */
+  irq?: number;
   bars: PciBarInfo[];
 }
 
@@ -85,6 +89,8 @@ export class PciSlotError extends Error {
 
 interface Plugged {
   device: PciDevice;
+  /** Config space as firmware left it (after BAR assignment), restored on machine reset. */
+  initial?: Uint8Array;
   slot: number;
   mapped: (bigint | undefined)[];
   intxLevel: boolean;
@@ -191,7 +197,25 @@ export class PciHostBridge {
       w.plugged.device.config.setBarAddress(w.index, address);
       next[w.window] = address + w.size;
     }
+    for (const plugged of this.slots) if (plugged) plugged.initial = plugged.device.config.snapshot();
     this.barsAssigned = true;
+  }
+
+  /**
+   * Machine reset: every function's config space goes back to its post-firmware state
+   * (decoding off, BARs at their assigned addresses, MSI-X disabled), mappings and INTx
+   * lines are dropped, and each device resets itself.
+   */
+  reset(): void {
+    for (const plugged of this.slots) {
+      if (!plugged) continue;
+      if (plugged.initial) plugged.device.config.restore(plugged.initial);
+      this.updateMappings(plugged);
+      plugged.device.reset?.();
+      plugged.intxLevel = false;
+      this.updateIntx(plugged);
+    }
+    this.configAddress = 0;
   }
 
   // ---- config access ----
@@ -327,13 +351,14 @@ export class PciHostBridge {
         if (!bar) return;
         bars.push({
           bar: index, type: bar.kind === 'io' ? 'io' : 'memory', address: c.barAddress(index), size: bar.size,
-          prefetchable: bar.prefetchable ?? false, is64Bit: bar.kind === 'mem64',
+          prefetch: bar.prefetchable ?? false, memType64: bar.kind === 'mem64',
         });
       });
+      const pin = c.getU8(0x3d);
       out.push({
-        bus: 0, slot: plugged.slot, function: 0, name: plugged.device.name,
+        bus: 0, slot: plugged.slot, function: 0, qdevId: plugged.device.name,
         vendorId: c.getU16(0), deviceId: c.getU16(2), subsystemVendorId: c.getU16(0x2c), subsystemId: c.getU16(0x2e),
-        classCode: c.getU32(8) >>> 8, revision: c.getU8(8), irq: c.getU8(PCI_INTERRUPT_LINE), bars,
+        classCode: c.getU32(8) >>> 8, revision: c.getU8(8), ...(pin >= 1 && pin <= 4 ? { irq: intxGsi(plugged.slot, pin) } : {}), bars,
       });
     }
     return out;

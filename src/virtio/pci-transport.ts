@@ -107,6 +107,9 @@ export class VirtioPciDevice implements PciDevice {
     });
     this.config.defineBar(MSIX_BAR, { kind: 'mem32', size: MSIX_BAR_SIZE });
     this.config.defineBar(VIRTIO_BAR, { kind: 'mem64', size: VIRTIO_BAR_SIZE, prefetchable: true });
+    if ((this.queues.length + 1) * 16 > MSIX_PBA_OFFSET) {
+      throw new Error(`${device.name}: ${this.queues.length} queues need more MSI-X vectors than the table holds`);
+    }
     this.msix = new Msix(this.config, {
       vectors: this.queues.length + 1, bar: MSIX_BAR, tableOffset: 0, pbaOffset: MSIX_PBA_OFFSET,
     }, options.interrupts);
@@ -194,7 +197,14 @@ export class VirtioPciDevice implements PciDevice {
 
   // ---- device lifecycle ----
 
-  private reset(): void {
+  /** Machine reset, called by the host bridge (which restores config space itself). */
+  reset(): void {
+    this.resetVirtio();
+    this.msix.reset();
+  }
+
+  /** Virtio device reset (the driver wrote 0 to device_status). */
+  private resetVirtio(): void {
     if (this.context) this.context.live = false;
     this.context = undefined;
     this.device.reset();
@@ -220,7 +230,7 @@ export class VirtioPciDevice implements PciDevice {
 
   private writeStatus(value: number): void {
     if (value === 0) {
-      this.reset();
+      this.resetVirtio();
       return;
     }
     const was = this.status;
@@ -439,7 +449,7 @@ export class VirtioPciDevice implements PciDevice {
     if (state.queues.length !== this.queues.length) {
       throw new Error(`${this.device.name}: saved state has ${state.queues.length} queues, device has ${this.queues.length}`);
     }
-    this.reset();
+    this.resetVirtio();
     this.deviceFeatureSelect = state.deviceFeatureSelect;
     this.driverFeatureSelect = state.driverFeatureSelect;
     this.driverFeatures = BigInt(state.driverFeatures);

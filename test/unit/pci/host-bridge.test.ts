@@ -210,14 +210,14 @@ test('query-pci listing names ids, class, irq and BARs', () => {
   const m = makeMachine();
   m.bridge.addDevice(new TestDevice('nic'), 2);
   m.bridge.assignBars();
-  const info = m.bridge.list().find((d) => d.name === 'nic')!;
+  const info = m.bridge.list().find((d) => d.qdevId === 'nic')!;
   assert.equal(info.slot, 2);
   assert.equal(info.vendorId, 0x1234);
   assert.equal(info.subsystemId, 0x42);
   assert.equal(info.classCode, 0x020000);
   assert.equal(info.revision, 3);
   assert.equal(info.irq, intxGsi(2, 1));
-  assert.deepEqual(info.bars.map((b) => [b.bar, b.size, b.is64Bit, b.prefetchable]), [[0, 0x1000n, false, false], [2, 0x4000n, true, true]]);
+  assert.deepEqual(info.bars.map((b) => [b.bar, b.size, b.memType64, b.prefetch]), [[0, 0x1000n, false, false], [2, 0x4000n, true, true]]);
 });
 
 test('MCFG table: signature, length, ECAM base and a valid checksum', () => {

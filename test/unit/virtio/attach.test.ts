@@ -48,9 +48,9 @@ test('disks, channels and rng get stable slots; fixed addr= slots are honoured',
       runs.push(attached.devices.map((d) => `${d.slot}:${d.name}`));
       const listing = attached.bridge.list();
       assert.deepEqual(listing.map((d) => d.slot), [0, 1, 2, 3, 4, 5]);
-      assert.equal(listing.find((d) => d.name === 'virtio-blk0')!.deviceId, 0x1042);
-      assert.equal(listing.find((d) => d.name === 'virtio-serial0')!.deviceId, 0x1043);
-      assert.equal(listing.find((d) => d.name === 'virtio-rng0')!.classCode, 0x00ff00);
+      assert.equal(listing.find((d) => d.qdevId === 'virtio-blk0')!.deviceId, 0x1042);
+      assert.equal(listing.find((d) => d.qdevId === 'virtio-serial0')!.deviceId, 0x1043);
+      assert.equal(listing.find((d) => d.qdevId === 'virtio-rng0')!.classCode, 0x00ff00);
       // Default queue count follows the vCPU count; num_queues overrides it.
       assert.equal(attached.devices.find((d) => d.name === 'virtio-blk0')!.transport.queues.length, 2);
       assert.equal(attached.devices.find((d) => d.name === 'virtio-blk2')!.transport.queues.length, 1);

@@ -216,3 +216,34 @@ test('save and load state: a restored device continues where the old one stopped
   assert.equal(m2.memory.readU16(q.used + 2n), 2);
   assert.throws(() => second.transport.loadState({ ...state, version: 7 }), /virtio-rng0: unsupported virtio-pci state version 7/);
 });
+
+test('machine reset: config space back to firmware state, virtio status 0, MSI-X off, INTx low', async () => {
+  const { m, slot, transport } = rngMachine();
+  const d = await VirtioDriver.start(m, slot);
+  const q = d.queues[0]!;
+  q.add([{ address: d.alloc(8, 8), length: 8, writable: true }]);
+  q.kick();
+  await q.waitUsed(1);
+  const gsi = cfgRead(m, slot, 0x3c, 1);
+  assert.equal(m.sink.lines.get(gsi), true);
+  const bar4 = d.bar4;
+  m.bridge.reset();
+  assert.equal(transport.deviceStatus, 0);
+  assert.equal(m.sink.lines.get(gsi), false);
+  assert.equal(cfgRead(m, slot, 0x04, 2), 0, 'decoding off');
+  assert.ok(!m.mmio.list().some((r) => r.name.startsWith('virtio-rng0')), 'BARs unmapped');
+  assert.equal(BigInt((cfgRead(m, slot, 0x20, 4) & ~0xf) >>> 0), bar4 & 0xffffffffn, 'BAR keeps its assigned address');
+  assert.equal(transport.msix.enabled, false);
+  // The guest can bring the device up again from scratch.
+  const d2 = await VirtioDriver.start(m, slot);
+  d2.queues[0]!.add([{ address: d2.alloc(8, 8), length: 8, writable: true }]);
+  d2.queues[0]!.kick();
+  assert.equal((await d2.queues[0]!.waitUsed(1)).length, 1);
+});
+
+test('too many queues for the MSI-X table is a construction error naming the device', () => {
+  const m = makeMachine();
+  const many = new VirtioRng({ name: 'rng-big' });
+  Object.assign(many, { queueSizes: new Array(200).fill(8) });
+  assert.throws(() => plugVirtio(m, many), /rng-big: 200 queues need more MSI-X vectors than the table holds/);
+});
