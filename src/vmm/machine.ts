@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import {
-  Kvm, KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT, type CpuidEntry, VcpuFd, type VmFd,
+  Kvm, KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT, VcpuFd, type VmFd,
 } from '../kvm/index.js';
 import { installKickHandler, kickThread } from '../kvm/kick.js';
 import { setupRealMode } from '../kvm/microguest.js';
@@ -33,8 +33,8 @@ import { waitAsync } from './atomics.js';
 import { ByteRing } from './byte-ring.js';
 import { ConfigError, MAX_VCPUS, memoryBytes, validateConfig, type MachineConfig } from './config.js';
 import { ConsoleStream } from './console.js';
-import { cpuidForVcpu, setupFpu, setupLapicLints } from './cpu-setup.js';
-import { resolveCpuModel } from './cpu-model.js';
+import { setupVcpu } from './cpu-setup.js';
+import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
@@ -91,6 +91,9 @@ interface Boot {
 
 const PARK_TIMEOUT_MS = 5000;
 
+/** TSVIRT_EXIT_STATS=1 counts main-thread exits by port/address and prints them at the end. */
+const exitCounts: Map<string, number> | null = process.env.TSVIRT_EXIT_STATS ? new Map() : null;
+
 export class Machine extends EventEmitter implements QmpTarget {
   readonly uuid = randomUUID();
   readonly console = new ConsoleStream();
@@ -124,7 +127,7 @@ export class Machine extends EventEmitter implements QmpTarget {
   private constructor(
     readonly config: MachineConfig,
     private readonly boot: Boot,
-    private readonly cpuModel: CpuidEntry[],
+    private readonly cpuModel: ResolvedCpuModel,
     ram: GuestRam,
     kvm: Kvm,
     private readonly options: MachineOptions,
@@ -339,9 +342,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     for (let i = 0; i < this.cpuCount; i++) {
       const vcpu = vm.createVcpu(i);
       this.vcpus.push(vcpu);
-      vcpu.setCpuid2(cpuidForVcpu(this.cpuModel, i, this.cpuCount));
-      setupLapicLints(vcpu);
-      setupFpu(vcpu);
+      setupVcpu(vcpu, this.cpuModel, i, this.cpuCount);
       if (i === 0) {
         if (this.boot.raw) {
           setupRealMode(vcpu, this.boot.raw.address);
@@ -448,6 +449,10 @@ export class Machine extends EventEmitter implements QmpTarget {
     const vcpu = this.vcpus[index];
     if (!vcpu) return;
     const exit = vcpu.decodeExit();
+    if (exitCounts) {
+      const key = exit.reason === 'io' ? `io 0x${exit.port.toString(16)}` : exit.reason === 'mmio' ? `mmio 0x${exit.address.toString(16)}` : exit.reason;
+      exitCounts.set(key, (exitCounts.get(key) ?? 0) + 1);
+    }
     if (exit.reason === 'io') {
       for (let i = 0; i < exit.count; i++) {
         const bytes = exit.data.subarray(i * exit.size, (i + 1) * exit.size);
@@ -604,6 +609,10 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.ram.close();
     this.kvm.close();
     this.console.finish();
+    if (exitCounts) {
+      const top = [...exitCounts].sort((a, b) => b[1] - a[1]).slice(0, 12);
+      process.stderr.write(`tsvirt: exits: ${JSON.stringify(this.exitStats())} main-thread by source: ${JSON.stringify(top)}\n`);
+    }
     this.emit('exit', result);
     this.resolveExited(result);
   }

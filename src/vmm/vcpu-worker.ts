@@ -4,7 +4,10 @@
 // Exits that end or reset the machine are reported and the thread parks until told what to do.
 import { readlinkSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { VcpuFd, VmFd, type VcpuExit } from '../kvm/index.js';
+// Direct module imports, not the kvm index: every vCPU thread is a fresh isolate that must
+// load and compile what it imports, so the graph is kept to what KVM_RUN needs.
+import { VcpuFd, type VcpuExit } from '../kvm/vcpu.js';
+import { VmFd } from '../kvm/vm.js';
 import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
 import { ByteRing } from './byte-ring.js';

@@ -140,3 +140,24 @@ test('a memory size the host cannot give fails before the guest starts', { timeo
 test('more vCPUs than the schema allows is a config error', async () => {
   await assert.rejects(Machine.create({ cpus: 300 }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }), /^ConfigError: config: cpus: must be <= 255$/m);
 });
+
+test('a CPU model asking for features this host lacks is refused with the list', { timeout: 30_000 }, async (t) => {
+  const { Kvm } = await import('../../../src/kvm/index.js');
+  const { CPU_MODELS, checkModel } = await import('../../../src/arch/x86/cpu-models.js');
+  const kvm = Kvm.open();
+  const supported = kvm.supportedCpuid();
+  kvm.close();
+  const lacking = Object.keys(CPU_MODELS).map((name) => ({ name, missing: checkModel(name, supported) })).find((m) => m.missing.length > 0);
+  if (!lacking) {
+    t.skip('this host offers every feature of every named model');
+    return;
+  }
+  await assert.rejects(
+    Machine.create({ cpu: lacking.name, memory: '32M' }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }),
+    (err: Error) => {
+      assert.equal(err.message, `CPU model "${lacking.name}" needs features this host's KVM does not offer: ${lacking.missing.join(', ')}`);
+      return true;
+    },
+  );
+  await assert.rejects(Machine.create({ cpu: 'Pentium', memory: '32M' }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }), /unknown CPU model "Pentium"/);
+});

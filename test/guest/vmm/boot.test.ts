@@ -1,0 +1,125 @@
+// Linux guests on tsvirt: boot the lab's Debian cloud kernel to userspace and check what the
+// guest sees. Each boot costs seconds in the lab, so every boot checks several things.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Machine, type MachineExit } from '../../../src/vmm/machine.js';
+import type { MachineConfig } from '../../../src/vmm/config.js';
+import { guestKernelPath } from '../../../src/lab/paths.js';
+import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
+
+const BOOT_TIMEOUT_MS = 240_000;
+const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
+
+// What every check script prints: CPU count, online mask, x2APIC lines and CPU flags.
+const FACTS = [
+  'echo "fact cpus=$(grep -c ^processor /proc/cpuinfo)"',
+  'echo "fact online=$(cat /sys/devices/system/cpu/online)"',
+  'dmesg | grep -q "x2apic enabled" && echo "fact x2apic=enabled"',
+  'echo "fact flags=$(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)"',
+  'echo "fact clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"',
+].join('\n');
+
+interface Boot {
+  exit: MachineExit;
+  output: string;
+  facts: Map<string, string>;
+  resets: number;
+}
+
+function facts(output: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of output.matchAll(/^fact (\w+)=(.*?)\r?$/gm)) if (!out.has(m[1]!)) out.set(m[1]!, m[2]!.trim());
+  return out;
+}
+
+/**
+ * Boot with `script` as the guest's test; `untilOutput` (optional) ends the run early when the
+ * console output satisfies it (for reboot loops).
+ */
+async function boot(config: MachineConfig, script: string, untilOutput?: (out: string) => boolean, limitMs = BOOT_TIMEOUT_MS): Promise<Boot> {
+  const initrd = await guestInitrdWith(script + '\n');
+  const t0 = performance.now();
+  const machine = await Machine.create({ kernel: guestKernelPath(), initrd, append: APPEND, memory: '256M', ...config });
+  const created = performance.now();
+  let output = '';
+  let resets = 0;
+  machine.on('reset', () => resets++);
+  machine.console.on('data', (d: Buffer) => {
+    output += d.toString('latin1');
+    if (untilOutput?.(output)) void machine.stop();
+  });
+  const timer = setTimeout(() => void machine.stop(), limitMs);
+  await machine.start();
+  const exit = await machine.waitForExit();
+  clearTimeout(timer);
+  const up = output.indexOf(GUEST_USERSPACE_LINE) >= 0;
+  process.stdout.write(`# ${config.cpus ?? 1} vCPUs: created in ${((created - t0) / 1000).toFixed(1)} s, ran ${((performance.now() - created) / 1000).toFixed(1)} s${up ? '' : ' (no userspace)'}\n`);
+  return { exit, output, facts: facts(output), resets };
+}
+
+let hostFlags: string[] = [];
+
+test('8 vCPUs: Linux boots to userspace, sees all CPUs, runs x2APIC and powers off with exit 0', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  const r = await boot({ cpus: 8 }, FACTS);
+  assert.ok(r.output.includes(GUEST_USERSPACE_LINE), `no userspace line in:\n${r.output.slice(-2000)}`);
+  assert.ok(r.output.includes('tsvirt-guest: exit 0'));
+  assert.deepEqual(r.exit, { code: 0, reason: 'guest-shutdown' });
+  assert.equal(r.facts.get('cpus'), '8');
+  assert.equal(r.facts.get('online'), '0-7');
+  assert.equal(r.facts.get('x2apic'), 'enabled');
+  assert.equal(r.facts.get('clocksource'), 'kvm-clock');
+  hostFlags = r.facts.get('flags')!.split(/\s+/);
+  assert.ok(hostFlags.includes('x2apic') && hostFlags.includes('hypervisor'));
+});
+
+test('a named CPU model hides features the host has; a guest reboot restarts the machine', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  const twice = (out: string): boolean => out.split(GUEST_USERSPACE_LINE).length - 1 >= 2;
+  const r = await boot({ cpus: 1, cpu: 'x86-64-v1,-vme' }, `${FACTS}\nreboot -f`, twice);
+  assert.equal(r.facts.get('cpus'), '1');
+  assert.ok(r.resets >= 1, 'reset event');
+  assert.ok(twice(r.output), 'booted again after the reboot');
+  const flags = r.facts.get('flags')!.split(/\s+/);
+  assert.ok(hostFlags.includes('sse4_2'), 'the lab host offers sse4_2');
+  assert.equal(flags.includes('sse4_2'), false, 'x86-64-v1 has no sse4_2');
+  assert.equal(flags.includes('popcnt'), false, 'x86-64-v1 has no popcnt');
+  assert.ok(flags.includes('sse2') && flags.includes('lm'));
+});
+
+test('2 vCPUs with noReboot: a guest reboot ends the machine with exit 0', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  const r = await boot({ cpus: 2, noReboot: true }, `${FACTS}\nreboot -f`);
+  assert.deepEqual(r.exit, { code: 0, reason: 'guest-reset' });
+  assert.equal(r.resets, 0);
+  assert.equal(r.facts.get('cpus'), '2');
+  assert.equal(r.facts.get('online'), '0-1');
+});
+
+// Every vCPU thread is a Node isolate: under the lab's emulation each costs seconds to start
+// (see docs/design.md), so this boot gets a longer bound than the others.
+test('64 vCPUs all come online', { timeout: 2 * BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  const r = await boot({ cpus: 64, memory: '1G' }, FACTS, undefined, 2 * BOOT_TIMEOUT_MS);
+  assert.deepEqual(r.exit, { code: 0, reason: 'guest-shutdown' });
+  assert.equal(r.facts.get('cpus'), '64');
+  assert.equal(r.facts.get('online'), '0-63');
+});
+
+test('tsvirt run boots a kernel from the command line and exits 0 when the guest powers off', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  const initrd = await guestInitrdWith(`${FACTS}\n`);
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-run-'));
+  const log = join(dir, 'console.log');
+  const cli = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
+  const code = await new Promise<number>((resolve, reject) => {
+    const child = spawn(process.execPath, [cli, 'run', '--kernel', guestKernelPath(), '--initrd', initrd, '--cpus', '1',
+      '--memory', '256M,thp=off', '--append', APPEND, '--console', `file:${log}`, '--name', 'cli-guest'], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('tsvirt run did not end')); }, BOOT_TIMEOUT_MS);
+    child.on('exit', (c) => { clearTimeout(timer); resolve(c ?? 1); });
+  });
+  const output = readFileSync(log, 'latin1');
+  assert.equal(code, 0, output.slice(-2000));
+  assert.ok(output.includes('tsvirt-guest: exit 0'));
+  assert.equal(facts(output).get('cpus'), '1');
+});
