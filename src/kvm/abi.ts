@@ -1,7 +1,7 @@
 // The KVM ABI for x86-64 as data: struct layouts from <linux/kvm.h> and <asm/kvm.h>,
 // ioctl request numbers and the constants the wrappers use. Names follow the header so
 // they can be checked against it mechanically (test/host/kvm/layout.test.ts).
-import { array, i32, struct, u16, u32, u64, u8, union, type StructType } from './layout.js';
+import { array, i32, i64, struct, u16, u32, u64, u8, union, type StructType } from './layout.js';
 
 // ---- ioctl request encoding (asm-generic/ioctl.h) ----
 const IOC_NONE = 0;
@@ -112,6 +112,13 @@ export const kvm_run = struct('struct kvm_run', [
   ['s', union(undefined, [['padding', array(u8, 2048)]])],
 ]);
 
+/** In-kernel PIC or IOAPIC state; `chip` is the raw 512-byte area (pic or ioapic layout by chip_id). */
+export const kvm_irqchip = struct('struct kvm_irqchip', [
+  ['chip_id', u32], ['pad', u32], ['chip', union(undefined, [['dummy', array(u8, 512)]])],
+]);
+
+export const kvm_interrupt = struct('struct kvm_interrupt', [['irq', u32]]);
+
 // x86 (asm/kvm.h)
 export const kvm_regs = struct('struct kvm_regs', [
   'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
@@ -193,6 +200,16 @@ export const kvm_xcrs = struct('struct kvm_xcrs', [
   ['nr_xcrs', u32], ['flags', u32], ['xcrs', array(kvm_xcr, KVM_MAX_XCRS)], ['padding', array(u64, 16)],
 ]);
 
+export const kvm_pit_channel_state = struct('struct kvm_pit_channel_state', [
+  ['count', u32], ['latched_count', u16], ['count_latched', u8], ['status_latched', u8], ['status', u8],
+  ['read_state', u8], ['write_state', u8], ['write_latch', u8], ['rw_mode', u8], ['mode', u8], ['bcd', u8],
+  ['gate', u8], ['count_load_time', i64],
+]);
+
+export const kvm_pit_state2 = struct('struct kvm_pit_state2', [
+  ['channels', array(kvm_pit_channel_state, 3)], ['flags', u32], ['reserved', array(u32, 9)],
+]);
+
 /** Every kernel struct defined here, for the layout test. */
 export const ALL_LAYOUTS: readonly StructType[] = [
   kvm_userspace_memory_region, kvm_irq_level, kvm_pit_config, kvm_dirty_log, kvm_clear_dirty_log,
@@ -200,6 +217,7 @@ export const ALL_LAYOUTS: readonly StructType[] = [
   kvm_irq_routing_entry, kvm_irq_routing, kvm_irqfd, kvm_clock_data, kvm_msi, kvm_signal_mask, kvm_run,
   kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu, kvm_msr_entry, kvm_msrs, kvm_msr_list,
   kvm_cpuid_entry2, kvm_cpuid2, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_xsave, kvm_xcr, kvm_xcrs,
+  kvm_irqchip, kvm_interrupt, kvm_pit_channel_state, kvm_pit_state2,
 ];
 
 // ---- ioctl numbers ----
@@ -222,6 +240,11 @@ export const IOCTLS = {
   KVM_CREATE_IRQCHIP: io(0x60),
   KVM_IRQ_LINE: iow(0x61, kvm_irq_level.size),
   KVM_IRQ_LINE_STATUS: iowr(0x67, kvm_irq_level.size),
+  KVM_GET_IRQCHIP: iowr(0x62, kvm_irqchip.size),
+  // The kernel header declares SET_IRQCHIP with _IOR; the number must match it as-is.
+  KVM_SET_IRQCHIP: ior(0x63, kvm_irqchip.size),
+  KVM_GET_PIT2: ior(0x9f, kvm_pit_state2.size),
+  KVM_SET_PIT2: iow(0xa0, kvm_pit_state2.size),
   KVM_SET_GSI_ROUTING: iow(0x6a, kvm_irq_routing.size),
   KVM_IRQFD: iow(0x76, kvm_irqfd.size),
   KVM_CREATE_PIT2: iow(0x77, kvm_pit_config.size),
@@ -248,7 +271,9 @@ export const IOCTLS = {
   KVM_GET_CPUID2: iowr(0x91, kvm_cpuid2.size),
   KVM_GET_MP_STATE: ior(0x98, kvm_mp_state.size),
   KVM_SET_MP_STATE: iow(0x99, kvm_mp_state.size),
+  KVM_INTERRUPT: iow(0x86, kvm_interrupt.size),
   KVM_NMI: io(0x9a),
+  KVM_KVMCLOCK_CTRL: io(0xad),
   KVM_GET_VCPU_EVENTS: ior(0x9f, kvm_vcpu_events.size),
   KVM_SET_VCPU_EVENTS: iow(0xa0, kvm_vcpu_events.size),
   KVM_GET_DEBUGREGS: ior(0xa1, kvm_debugregs.size),

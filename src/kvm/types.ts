@@ -127,3 +127,25 @@ export interface IoEventFd {
   /** Only writes of this value trigger the eventfd. */
   datamatch?: bigint;
 }
+
+export interface KvmPitChannelState {
+  count: number;
+  latched_count: number;
+  count_latched: number;
+  status_latched: number;
+  status: number;
+  read_state: number;
+  write_state: number;
+  write_latch: number;
+  rw_mode: number;
+  mode: number;
+  bcd: number;
+  gate: number;
+  count_load_time: bigint;
+}
+
+export interface KvmPitState2 {
+  channels: KvmPitChannelState[];
+  flags: number;
+  reserved: number[];
+}

@@ -3,7 +3,7 @@
 // so a VMM that must stay responsive runs vCPUs in worker threads (see kick.ts).
 import {
   IOCTLS, KVM_EXIT, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR, KVM_MAX_XCRS, kvm_cpuid2, kvm_cpuid_entry2, kvm_debugregs,
-  kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_msrs, kvm_regs, kvm_run, kvm_signal_mask, kvm_sregs,
+  kvm_fpu, kvm_interrupt, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_msrs, kvm_regs, kvm_run, kvm_signal_mask, kvm_sregs,
   kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 } from './abi.js';
 import { decodeBytes, encodeToBytes, offsetOf } from './layout.js';
@@ -334,6 +334,16 @@ export class VcpuFd {
   }
   setTscKhz(khz: number): void {
     ioctlValue(this.fd, IOCTLS.KVM_SET_TSC_KHZ, khz, 'KVM_SET_TSC_KHZ');
+  }
+
+  /** Injects external interrupt `vector` (only without the in-kernel irqchip: userspace PIC). */
+  interrupt(vector: number): void {
+    ioctlPointer(this.fd, IOCTLS.KVM_INTERRUPT, encodeToBytes(kvm_interrupt, { irq: vector }), 'KVM_INTERRUPT');
+  }
+
+  /** Tells the guest's kvmclock it was paused, so its soft-lockup watchdog does not fire after a pause. */
+  kvmclockCtrl(): void {
+    ioctlValue(this.fd, IOCTLS.KVM_KVMCLOCK_CTRL, 0, 'KVM_KVMCLOCK_CTRL');
   }
 
   /** Queues an NMI for the vCPU. */

@@ -5,13 +5,14 @@ import {
   IOCTLS, KVM_CAP, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IOEVENTFD_FLAG_PIO,
   KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQFD_FLAG_DEASSIGN, KVM_IRQFD_FLAG_RESAMPLE,
   KVM_MSI_VALID_DEVID, kvm_clear_dirty_log, kvm_clock_data, kvm_dirty_log, kvm_enable_cap, kvm_ioeventfd,
-  kvm_irq_level, kvm_irq_routing, kvm_irq_routing_entry, kvm_irqfd, kvm_msi, kvm_pit_config,
+  kvm_irq_level, kvm_irq_routing, kvm_irq_routing_entry, kvm_irqchip, kvm_irqfd, kvm_msi, kvm_pit_config,
+  kvm_pit_state2,
   kvm_userspace_memory_region, type KvmCapName,
 } from './abi.js';
 import koffi from 'koffi';
 import { decodeBytes, encode, encodeToBytes } from './layout.js';
 import { close, ioctlPointer, ioctlValue } from './libc.js';
-import type { GsiRoute, IoEventFd, KvmClockData, MsiMessage, UserMemoryRegion } from './types.js';
+import type { GsiRoute, IoEventFd, KvmClockData, KvmPitState2, MsiMessage, UserMemoryRegion } from './types.js';
 import { VcpuFd } from './vcpu.js';
 
 const PAGE_SIZE = 4096;
@@ -59,6 +60,35 @@ export class VmFd {
   /** In-kernel i8254 PIT; flags KVM_PIT_SPEAKER_DUMMY emulates the speaker port too. */
   createPit2(flags = 0): void {
     ioctlPointer(this.fd, IOCTLS.KVM_CREATE_PIT2, encodeToBytes(kvm_pit_config, { flags }), 'KVM_CREATE_PIT2');
+  }
+
+  /**
+   * The raw 512-byte state of an in-kernel interrupt controller: KVM_IRQCHIP_PIC_MASTER,
+   * KVM_IRQCHIP_PIC_SLAVE (struct kvm_pic_state) or KVM_IRQCHIP_IOAPIC (struct kvm_ioapic_state).
+   */
+  getIrqchip(chipId: number): Uint8Array {
+    const bytes = encodeToBytes(kvm_irqchip, { chip_id: chipId });
+    ioctlPointer(this.fd, IOCTLS.KVM_GET_IRQCHIP, bytes, 'KVM_GET_IRQCHIP');
+    return bytes.slice(kvm_irqchip.fields[2]!.offset);
+  }
+
+  setIrqchip(chipId: number, state: Uint8Array): void {
+    const area = kvm_irqchip.size - kvm_irqchip.fields[2]!.offset;
+    if (state.length !== area) throw new Error(`irqchip ${chipId} state must be ${area} bytes, got ${state.length}`);
+    const bytes = encodeToBytes(kvm_irqchip, { chip_id: chipId });
+    bytes.set(state, kvm_irqchip.fields[2]!.offset);
+    ioctlPointer(this.fd, IOCTLS.KVM_SET_IRQCHIP, bytes, 'KVM_SET_IRQCHIP');
+  }
+
+  /** State of the in-kernel PIT (after createPit2). */
+  getPit2(): KvmPitState2 {
+    const bytes = new Uint8Array(kvm_pit_state2.size);
+    ioctlPointer(this.fd, IOCTLS.KVM_GET_PIT2, bytes, 'KVM_GET_PIT2');
+    return decodeBytes(kvm_pit_state2, bytes) as unknown as KvmPitState2;
+  }
+
+  setPit2(state: KvmPitState2): void {
+    ioctlPointer(this.fd, IOCTLS.KVM_SET_PIT2, encodeToBytes(kvm_pit_state2, state), 'KVM_SET_PIT2');
   }
 
   /** Guest-physical address of the 3 pages Intel VMX needs for the real-mode TSS. */

@@ -2,7 +2,9 @@
 // injection, PIT creation and dirty page logging seen from a micro-guest's writes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY } from '../../../src/kvm/abi.js';
+import {
+  KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+} from '../../../src/kvm/abi.js';
 import { close, EFD_NONBLOCK, eventfd, readNonBlocking, write } from '../../../src/kvm/libc.js';
 import { createMicroVm, GuestCode } from '../../../src/kvm/microguest.js';
 import { dirtyBitmapBytes } from '../../../src/kvm/vm.js';
@@ -93,5 +95,35 @@ test('manual dirty log protection: pages stay reported until cleared', { timeout
     assert.throws(() => micro.vm.clearDirtyLog(0, 3n, 64, first), /KVM_CLEAR_DIRTY_LOG failed: EINVAL/);
   } finally {
     micro.close();
+  }
+});
+
+test('irqchip and PIT state read back what was written; KVM_INTERRUPT needs a userspace PIC', { timeout: 30_000 }, () => {
+  const withChip = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
+  const withoutChip = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes() });
+  try {
+    const { vm } = withChip;
+    const pic = vm.getIrqchip(KVM_IRQCHIP_PIC_MASTER);
+    assert.equal(pic.length, 512);
+    pic[2] = 0xfb; // struct kvm_pic_state: last_irr, irr, imr: mask all but IRQ 2
+    vm.setIrqchip(KVM_IRQCHIP_PIC_MASTER, pic);
+    assert.equal(vm.getIrqchip(KVM_IRQCHIP_PIC_MASTER)[2], 0xfb);
+    const ioapic = vm.getIrqchip(KVM_IRQCHIP_IOAPIC);
+    vm.setIrqchip(KVM_IRQCHIP_IOAPIC, ioapic);
+    assert.throws(() => vm.setIrqchip(KVM_IRQCHIP_IOAPIC, new Uint8Array(10)), /irqchip 2 state must be 512 bytes, got 10/);
+
+    vm.createPit2();
+    const pit = vm.getPit2();
+    assert.equal(pit.channels.length, 3);
+    pit.channels[2]!.gate = 1;
+    vm.setPit2(pit);
+    assert.equal(vm.getPit2().channels[2]!.gate, 1);
+
+    assert.throws(() => withChip.vcpu.interrupt(0x20), /KVM_INTERRUPT failed: ENXIO/);
+    withoutChip.vcpu.interrupt(0x20);
+    assert.throws(() => withoutChip.vcpu.kvmclockCtrl(), /KVM_KVMCLOCK_CTRL failed: EINVAL/, 'the guest never enabled kvmclock');
+  } finally {
+    withChip.close();
+    withoutChip.close();
   }
 });
