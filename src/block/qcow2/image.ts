@@ -100,6 +100,11 @@ export class Qcow2Image implements BlockDriver {
   private readonly l2CacheTables: number;
   private lastDecompressed?: { offset: number; data: Uint8Array };
   private closed = false;
+  /** Writes between their mapping lookup and the end of their in-place data writes. */
+  private inPlaceWriters = 0;
+  private drained?: () => void;
+  /** Set while an exclusive operation runs: new writes wait for it. */
+  private paused?: Promise<void>;
 
   private constructor(
     readonly file: HostFile,
@@ -472,7 +477,42 @@ export class Qcow2Image implements BlockDriver {
     await this.writeFrom(Number(offset), length, buffers);
   }
 
+  /**
+   * Run `fn` under the metadata lock with no in-place write in flight and none starting:
+   * for operations (snapshots) after which a cluster that was ours alone becomes shared.
+   */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(async () => {
+      let release = (): void => undefined;
+      this.paused = new Promise<void>((r) => (release = r));
+      try {
+        while (this.inPlaceWriters > 0) await new Promise<void>((r) => (this.drained = r));
+        return await fn();
+      } finally {
+        this.paused = undefined;
+        release();
+      }
+    });
+  }
+
   private async writeFrom(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
+    while (this.paused) await this.paused;
+    this.inPlaceWriters++;
+    let slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>;
+    try {
+      slow = await this.writeInPlace(offset, length, buffers);
+    } finally {
+      if (--this.inPlaceWriters === 0 && this.drained) {
+        const d = this.drained;
+        this.drained = undefined;
+        d();
+      }
+    }
+    if (slow.length > 0) await this.lock.run(() => this.allocatingWrite(slow));
+  }
+
+  /** Write what can go straight to clusters we own; return the pieces that need allocation. */
+  private async writeInPlace(offset: number, length: number, buffers: Uint8Array[]): Promise<Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>> {
     const cs = this.clusterSize;
     const jobs: Promise<void>[] = [];
     const slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }> = [];
@@ -503,8 +543,8 @@ export class Qcow2Image implements BlockDriver {
       pos += chunk;
     }
     flushRun();
-    if (slow.length > 0) jobs.push(this.lock.run(() => this.allocatingWrite(slow)));
     await Promise.all(jobs);
+    return slow;
   }
 
   /** The full current contents of guest cluster `gc` (for copy-on-write of a partial write). */

@@ -4,7 +4,7 @@
 // it, and the COPIED flag marks entries whose cluster has refcount 1 (safe to write in place).
 import { BlockError } from '../errors.js';
 import type { HostFile } from '../host-file.js';
-import { HEADER_FIELD, MAX_SNAPSHOTS } from './header.js';
+import { HEADER_FIELD, INCOMPAT_DIRTY, MAX_SNAPSHOTS } from './header.js';
 import { decodeL2, makeEntry, offsetOf, readU64Parts, writeU64Parts, COPIED_HI } from './entries.js';
 import type { Qcow2Image } from './image.js';
 import type { Refcounts } from './refcounts.js';
@@ -153,6 +153,23 @@ export async function updateTreeRefcounts(file: HostFile, refcounts: Refcounts, 
   }
 }
 
+/**
+ * Snapshot operations change refcounts and COPIED flags of many clusters, and no order of
+ * those writes is consistent at every step (a cluster's refcount and its entry's flag live
+ * in different clusters). So the image is marked dirty for the duration (v3): after a
+ * crash in the middle, the next read-write open rebuilds refcounts and flags.
+ */
+async function dirtyWhile<T>(image: Qcow2Image, fn: () => Promise<T>): Promise<T> {
+  const v3 = image.header.version === 3;
+  if (v3) await image.setIncompatibleFeatures(image.header.incompatibleFeatures | INCOMPAT_DIRTY);
+  const result = await fn();
+  if (v3) {
+    await image.file.flush();
+    await image.setIncompatibleFeatures(image.header.incompatibleFeatures & ~INCOMPAT_DIRTY);
+  }
+  return result;
+}
+
 async function loadSnapshots(image: Qcow2Image): Promise<Qcow2Snapshot[]> {
   const h = image.header;
   return readSnapshotTable(image.file, image.filename, h.snapshotsOffset, h.nbSnapshots, h.clusterBits, await image.file.length());
@@ -196,7 +213,8 @@ export async function listSnapshots(image: Qcow2Image): Promise<Qcow2Snapshot[]>
 export async function createSnapshot(image: Qcow2Image, name: string, options: { vmClockNsec?: bigint; date?: Date } = {}): Promise<Qcow2Snapshot> {
   if (image.readOnly) throw new BlockError(image.filename, 'snapshot create refused: image is open read-only');
   if (name.length === 0 || new TextEncoder().encode(name).length > 65535) throw new BlockError(image.filename, 'snapshot name must be 1..65535 bytes');
-  return image.lock.run(async () => {
+  if (image.refcounts.refcountBits < 2) throw new BlockError(image.filename, 'snapshots need refcounts of at least 2 bits (this image has 1-bit refcounts)');
+  return image.exclusive(() => dirtyWhile(image, async () => {
     const snapshots = await loadSnapshots(image);
     if (snapshots.some((s) => s.name === name)) throw new BlockError(image.filename, `a snapshot named '${name}' already exists`);
     if (snapshots.length >= MAX_SNAPSHOTS) throw new BlockError(image.filename, 'too many snapshots');
@@ -230,12 +248,12 @@ export async function createSnapshot(image: Qcow2Image, name: string, options: {
     await replaceSnapshotTable(image, [...snapshots, sn]);
     await image.file.flush();
     return sn;
-  });
+  }));
 }
 
 export async function deleteSnapshot(image: Qcow2Image, idOrName: string): Promise<void> {
   if (image.readOnly) throw new BlockError(image.filename, 'snapshot delete refused: image is open read-only');
-  await image.lock.run(async () => {
+  await image.exclusive(() => dirtyWhile(image, async () => {
     const snapshots = await loadSnapshots(image);
     const i = find(image, snapshots, idOrName);
     const sn = snapshots[i];
@@ -250,13 +268,13 @@ export async function deleteSnapshot(image: Qcow2Image, idOrName: string): Promi
     await updateTreeRefcounts(image.file, image.refcounts, image.l1, Number(h.l1TableOffset), h.clusterBits, image.extendedL2, 0n, true);
     image.dropCaches();
     await image.file.flush();
-  });
+  }));
 }
 
 /** Revert the active image to a snapshot (the snapshot stays). */
 export async function applySnapshot(image: Qcow2Image, idOrName: string): Promise<void> {
   if (image.readOnly) throw new BlockError(image.filename, 'snapshot apply refused: image is open read-only');
-  await image.lock.run(async () => {
+  await image.exclusive(() => dirtyWhile(image, async () => {
     const snapshots = await loadSnapshots(image);
     const sn = snapshots[find(image, snapshots, idOrName)];
     const h = image.header;
@@ -295,5 +313,5 @@ export async function applySnapshot(image: Qcow2Image, idOrName: string): Promis
     await updateTreeRefcounts(image.file, image.refcounts, image.l1, l1Offset, h.clusterBits, image.extendedL2, 0n, true);
     image.dropCaches();
     await image.file.flush();
-  });
+  }));
 }
