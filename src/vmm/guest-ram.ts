@@ -1,19 +1,16 @@
-// Guest RAM: a memfd (or a file on a hugetlbfs mount) mapped shared into the VMM, split
-// into the regions of the x86 memory map and registered with KVM as memory slots.
+// Guest RAM: host memory (src/memory/host-ram.ts) split into the regions of the x86 memory
+// map and registered with KVM as memory slots.
 //
-// A file descriptor rather than anonymous memory, so that any thread (and later a vhost-user
-// backend or a migration helper) can map the same RAM by fd. The mapping is advised for
-// transparent huge pages (fewer TLB misses, fewer EPT/NPT entries) and KSM (identical guest
-// pages merged across VMs) unless switched off; it is never locked, so the host may swap it.
-import { closeSync, openSync, readFileSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
+// Backing: private anonymous memory by default. In this VMM only the main thread touches
+// guest RAM (devices, loaders); vCPU threads need their kvm_run page, not RAM, so nothing
+// requires an fd, and private anonymous memory is what KSM can merge (it ignores shared
+// memory). hugetlbfs backing is a file on that mount. The mapping is advised for transparent
+// huge pages and KSM unless switched off, and never locked: the host may swap it.
 import type { VmFd } from '../kvm/index.js';
-import {
-  close, fallocate, ftruncate, madvise, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MAP_NORESERVE, MAP_SHARED,
-  memfdCreate, mmap, munmap, nativeView, PROT_READ, PROT_WRITE,
-} from '../kvm/libc.js';
+import { fallocate, madvise, MADV_DONTNEED } from '../kvm/libc.js';
 import { guestMemoryRegions } from '../arch/x86/layout.js';
-import { RegionGuestMemory } from '../memory/region-memory.js';
+import { HostRam, hostMemoryLimit as hostLimitBytes, type HostRegion } from '../memory/host-ram.js';
+import type { RegionGuestMemory } from '../memory/region-memory.js';
 import { formatSize } from './size.js';
 
 export interface GuestRamOptions {
@@ -24,9 +21,6 @@ export interface GuestRamOptions {
   hugetlbfsPath?: string;
 }
 
-const FALLOC_FL_KEEP_SIZE = 0x01;
-const FALLOC_FL_PUNCH_HOLE = 0x02;
-
 export class GuestRamError extends Error {
   constructor(message: string) {
     super(message);
@@ -34,29 +28,28 @@ export class GuestRamError extends Error {
   }
 }
 
-/** Host RAM plus swap, in bytes, from /proc/meminfo. */
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** Host RAM plus swap, in bytes. */
 export function hostMemoryLimit(): bigint {
-  const info = readFileSync('/proc/meminfo', 'utf8');
-  const kib = (key: string): bigint => BigInt(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(info)?.[1] ?? '0');
-  return (kib('MemTotal') + kib('SwapTotal')) * 1024n;
+  return BigInt(hostLimitBytes());
 }
 
 export class GuestRam {
   readonly memory: RegionGuestMemory;
-  readonly regions: ReadonlyArray<{ guestAddress: bigint; size: bigint; hostAddress: bigint }>;
+  readonly regions: readonly HostRegion[];
   private closed = false;
 
-  private constructor(readonly fd: number, readonly size: bigint, private readonly hostAddress: bigint) {
-    let offset = 0n;
-    this.regions = guestMemoryRegions(size).map((r) => {
-      const region = { guestAddress: r.guestAddress, size: r.size, hostAddress: hostAddress + offset };
-      offset += r.size;
-      return region;
+  private constructor(private readonly host: HostRam, readonly size: bigint) {
+    let offset = 0;
+    const layout = guestMemoryRegions(size).map((r) => {
+      const l = { guestAddress: r.guestAddress, offset, size: Number(r.size) };
+      offset += l.size;
+      return l;
     });
-    this.memory = new RegionGuestMemory(this.regions.map((r) => ({
-      guestAddress: r.guestAddress,
-      bytes: new Uint8Array(nativeView(r.hostAddress, Number(r.size))),
-    })));
+    this.regions = host.regions(layout);
+    this.memory = host.guestMemory(layout);
   }
 
   /**
@@ -70,66 +63,45 @@ export class GuestRam {
         `guest memory ${formatSize(opts.size)} is more than this host can give (${formatSize(limit - (limit % (1024n * 1024n)))} of RAM and swap)`,
       );
     }
-    const length = Number(opts.size);
-    let fd: number;
-    if (opts.hugetlbfsPath) {
-      const path = join(opts.hugetlbfsPath, `tsvirt-ram-${process.pid}-${Date.now()}`);
-      try {
-        fd = openSync(path, 'w+', 0o600);
-      } catch (err) {
-        throw new GuestRamError(`hugetlbfs backend ${opts.hugetlbfsPath}: ${(err as Error).message}`);
-      }
-      // The file only has to live as long as the fd: unlink at once so nothing is left behind.
-      unlinkSync(path);
-      try {
-        ftruncate(fd, length);
-        // Reserve every huge page now: hugetlbfs would otherwise SIGBUS the VMM on first touch.
-        fallocate(fd, 0, 0, length);
-      } catch (err) {
-        closeSync(fd);
-        throw new GuestRamError(
-          `hugetlbfs backend ${opts.hugetlbfsPath}: cannot reserve ${formatSize(opts.size)} of huge pages (${(err as Error).message}); see /proc/sys/vm/nr_hugepages`,
-        );
-      }
-    } else {
-      fd = memfdCreate('tsvirt-guest-ram', 0);
-      ftruncate(fd, length);
-    }
-    let address: bigint;
     try {
-      address = mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      const host = HostRam.allocate({
+        size: Number(opts.size),
+        name: 'tsvirt-guest-ram',
+        transparentHugePages: opts.thp,
+        mergeable: opts.ksm,
+        ...(opts.hugetlbfsPath ? { hugetlb: { mount: opts.hugetlbfsPath } } : { backing: 'anonymous' as const }),
+      });
+      return new GuestRam(host, opts.size);
     } catch (err) {
-      close(fd);
-      throw new GuestRamError(`cannot map ${formatSize(opts.size)} of guest memory: ${(err as Error).message}`);
+      const where = opts.hugetlbfsPath ? ` (hugetlbfs ${opts.hugetlbfsPath})` : '';
+      throw new GuestRamError(`guest memory ${formatSize(opts.size)}${where}: ${(err as Error).message}`);
     }
-    if (!opts.hugetlbfsPath) {
-      // Advice is best effort: a kernel built without THP or KSM refuses it, and the guest
-      // runs fine without.
-      try { madvise(address, length, opts.thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); } catch { /* no THP */ }
-      if (opts.ksm) { try { madvise(address, length, MADV_MERGEABLE); } catch { /* no KSM */ } }
-    }
-    return new GuestRam(fd, opts.size, address);
+  }
+
+  /** Advice the kernel refused (no THP or KSM in this kernel): informational. */
+  get refusedAdvice(): readonly string[] {
+    return this.host.refusedAdvice;
   }
 
   /** Register every region as a KVM memory slot (slots 0, 1, ...). */
   registerWith(vm: VmFd): void {
     this.regions.forEach((r, slot) => vm.setUserMemoryRegion({
-      slot, guestPhysAddr: r.guestAddress, memorySize: r.size, userspaceAddr: r.hostAddress,
+      slot, guestPhysAddr: r.guestAddress, memorySize: BigInt(r.size), userspaceAddr: r.hostAddress,
     }));
   }
 
   /**
-   * Zero all of RAM (machine reset) by punching the pages out of the file: they come back
-   * as zero on use, and a reset never touches (allocates) RAM the guest had not used.
+   * Zero all of RAM (machine reset) by dropping the pages: they come back as zero on use,
+   * so a reset never allocates RAM the guest had not used.
    */
   clear(): void {
-    fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, Number(this.size));
+    if (this.host.fd < 0) madvise(this.host.address, this.host.size, MADV_DONTNEED);
+    else fallocate(this.host.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, this.host.size);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    munmap(this.hostAddress, Number(this.size));
-    close(this.fd);
+    this.host.close();
   }
 }
