@@ -1,6 +1,7 @@
 // The tsvirt library: import { Machine } from 'tsvirt'.
 export * from './memory/guest-memory.js';
 export * from './memory/region-memory.js';
+export * from './vmm/index.js';
 export * from './kvm/index.js';
 export * from './memory/host-ram.js';
 export {
