@@ -125,8 +125,10 @@ export function fadt(facsAddress: bigint, dsdtAddress: bigint): Uint8Array {
   const body = new Uint8Array(276 - SDT_HEADER_SIZE);
   const dv = new DataView(body.buffer);
   const at = (fieldOffset: number) => fieldOffset - SDT_HEADER_SIZE;
-  // 32-bit pointers are filled only when the address fits (the X_ fields always are).
-  if (facsAddress <= 0xffffffffn) dv.setUint32(at(36), Number(facsAddress), true);
+  // The FACS pointer goes in exactly one of FIRMWARE_CTRL / X_FIRMWARE_CTRL (the spec says an
+  // OS ignores the 32-bit one when the 64-bit one is set; Linux would list the FACS twice).
+  const facs32 = facsAddress <= 0xffffffffn;
+  if (facs32) dv.setUint32(at(36), Number(facsAddress), true);
   if (dsdtAddress <= 0xffffffffn) dv.setUint32(at(40), Number(dsdtAddress), true);
   dv.setUint8(at(45), 0); // preferred PM profile: unspecified
   dv.setUint16(at(46), ACPI_SCI_IRQ, true);
@@ -147,7 +149,7 @@ export function fadt(facsAddress: bigint, dsdtAddress: bigint): Uint8Array {
   gasIo(dv, at(116), ACPI_RESET_PORT, 8, 1);
   dv.setUint8(at(128), ACPI_RESET_VALUE);
   dv.setUint8(at(131), 0); // FADT minor version
-  dv.setBigUint64(at(132), facsAddress, true);
+  if (!facs32) dv.setBigUint64(at(132), facsAddress, true);
   dv.setBigUint64(at(140), dsdtAddress, true);
   gasIo(dv, at(148), ACPI_PM1A_EVT_PORT, ACPI_PM1_EVT_LENGTH * 8, 2);
   gasIo(dv, at(172), ACPI_PM1A_CNT_PORT, ACPI_PM1_CNT_LENGTH * 8, 2);
