@@ -67,8 +67,11 @@ export function freeHugePages(pageSize: number): number {
 }
 
 const MiB = 1024 * 1024;
-const describe = (bytes: number): string =>
-  bytes >= 1024 * MiB ? `${(bytes / (1024 * MiB)).toFixed(1)} GiB` : `${(bytes / MiB).toFixed(1)} MiB`;
+const describe = (bytes: number): string => {
+  if (bytes >= 1024 * MiB) return `${(bytes / (1024 * MiB)).toFixed(1)} GiB`;
+  if (bytes >= MiB) return `${(bytes / MiB).toFixed(1)} MiB`;
+  return `${(bytes / 1024).toFixed(0)} KiB`;
+};
 
 export class HostRam {
   private closed = false;
@@ -89,6 +92,9 @@ export class HostRam {
     const name = options.name ?? 'tsvirt-guest-ram';
     const hugePage = options.hugetlb ? options.hugetlb.pageSize ?? 2 * MiB : 0;
     const granule = hugePage || PAGE_SIZE;
+    if (hugePage && options.backing === 'anonymous') {
+      throw new Error(`guest RAM '${name}': hugetlb backing needs a file, not 'anonymous'`);
+    }
     if (!Number.isSafeInteger(size) || size <= 0 || size % granule !== 0) {
       throw new Error(`guest RAM '${name}': size ${size} is not a positive multiple of ${granule} bytes`);
     }
@@ -104,7 +110,6 @@ export class HostRam {
       }
     }
     if (options.backing === 'anonymous') {
-      if (hugePage) throw new Error(`guest RAM '${name}': hugetlb backing needs a file, not 'anonymous'`);
       const address = mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
       const ram = new HostRam(-1, size, address, false);
       ram.advise(options);

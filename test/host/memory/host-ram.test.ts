@@ -120,12 +120,18 @@ test('sizes the host cannot give fail up front with a clear message', () => {
     new RegExp(`guest RAM 'huge': needs ${free + 1} huge pages of 2.0 MiB, the host has ${free} free`),
   );
   assert.throws(() => HostRam.allocate({ size: 3 * MiB, hugetlb: {} }), /size 3145728 is not a positive multiple of 2097152/);
+  assert.throws(
+    () => HostRam.allocate({ size: 2 * MiB, name: 'anon-huge', backing: 'anonymous', hugetlb: { pageSize: 4096 } }),
+    /guest RAM 'anon-huge': hugetlb backing needs a file, not 'anonymous'/,
+  );
+  assert.throws(() => HostRam.mapFd(99999, 4096), /^SyscallError: mmap failed: EBADF \(Bad file descriptor\): 4096 bytes of fd 99999$/);
   const ram = HostRam.allocate({ size: 2 * MiB, prealloc: true });
   try {
     assert.throws(() => ram.view(2 * MiB - 4, 8), /host RAM view \[2097148, \+8\) is outside the 2097152-byte mapping/);
   } finally {
     ram.close();
   }
+  assert.throws(() => ram.view(0, 8), /host RAM is closed/);
 });
 
 test('a KVM guest writes into memfd RAM registered as a memory slot', { timeout: 30_000 }, () => {
