@@ -55,7 +55,9 @@ function note(w: Walk, msg: string): void {
 
 async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise<Walk> {
   const cs = 1 << h.clusterBits;
-  const nClusters = Math.ceil(fileLength / cs);
+  // One cluster of slack past the end of the file: a cluster allocated but not yet
+  // (fully) written sits there, and is referenced legitimately.
+  const nClusters = Math.ceil(fileLength / cs) + 1;
   const w: Walk = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, badFlags: [], refcountStructures: [] };
   const extended = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const entryBytes = extended ? 16 : 8;

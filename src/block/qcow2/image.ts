@@ -299,7 +299,9 @@ export class Qcow2Image implements BlockDriver {
     const fileEnd = this.refcounts.fileEnd;
     if (e.kind === 'normal' || (e.kind === 'zero' && e.offset !== 0)) {
       if (e.offset % this.clusterSize !== 0) throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points at unaligned offset 0x${e.offset.toString(16)}`);
-      if (e.offset === 0 || e.offset + this.clusterSize > fileEnd) {
+      // A cluster may start right at the end of the file: QEMU allocates clusters whose
+      // subclusters it has not written yet. Anything further out is a bad pointer.
+      if (e.offset === 0 || e.offset > Math.ceil(fileEnd / this.clusterSize) * this.clusterSize) {
         throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points past the end of the file (0x${e.offset.toString(16)})`);
       }
     } else if (e.kind === 'compressed') {
