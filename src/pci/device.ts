@@ -18,6 +18,11 @@ export interface PciDevice {
   barRegion(index: number): BusDevice | undefined;
   /** Called once when the device is plugged into a slot. */
   attached?(context: PciSlotContext): void;
+  /**
+   * Called before a guest config read; a device whose registers are windows onto something
+   * else (virtio's PCI_CFG access capability) refreshes `config` here.
+   */
+  configWillRead?(offset: number, length: number): void;
   /** Called after every guest write to config space, with the masks already applied. */
   configWritten?(offset: number, length: number): void;
   /**

@@ -224,6 +224,7 @@ export class PciHostBridge {
   configRead(bus: number, slot: number, fn: number, offset: number, length: number): number {
     const plugged = bus === 0 && fn === 0 ? this.slots[slot] : undefined;
     if (!plugged) return length === 4 ? 0xffffffff : (1 << (length * 8)) - 1;
+    plugged.device.configWillRead?.(offset, length);
     return plugged.device.config.read(offset, length);
   }
 

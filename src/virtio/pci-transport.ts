@@ -29,6 +29,7 @@ export const VIRTIO_PCI_CAP_COMMON_CFG = 1;
 export const VIRTIO_PCI_CAP_NOTIFY_CFG = 2;
 export const VIRTIO_PCI_CAP_ISR_CFG = 3;
 export const VIRTIO_PCI_CAP_DEVICE_CFG = 4;
+export const VIRTIO_PCI_CAP_PCI_CFG = 5;
 
 export const MSIX_BAR = 1;
 export const VIRTIO_BAR = 4;
@@ -119,6 +120,37 @@ export class VirtioPciDevice implements PciDevice {
     this.addVirtioCapability(VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE_CONFIG_OFFSET, Math.max(device.configSize, 4));
     this.addVirtioCapability(VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY_OFFSET, this.queues.length * NOTIFY_OFF_MULTIPLIER,
       NOTIFY_OFF_MULTIPLIER);
+    // The PCI configuration access window: bar/offset/length chosen by the driver, data at +16.
+    this.pciCfgCap = this.addVirtioCapability(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0);
+    this.config.setU8(this.pciCfgCap + 4, 0);
+    this.config.setWritable(this.pciCfgCap + 4, 1, 0xff);
+    this.config.setWritable(this.pciCfgCap + 8, 8, 0xffffffffffffffffn);
+    this.config.setWritable(this.pciCfgCap + 16, 4, 0xffffffff);
+  }
+
+  private readonly pciCfgCap: number;
+
+  /** The BAR access the PCI_CFG window describes, if it is a valid one. */
+  private pciCfgAccess(): { region: BusDevice; offset: bigint; length: number } | undefined {
+    const cap = this.pciCfgCap;
+    const bar = this.config.getU8(cap + 4);
+    const offset = this.config.getU32(cap + 8);
+    const length = this.config.getU32(cap + 12);
+    const region = this.barRegion(bar);
+    const size = this.config.bars[bar]?.size ?? 0n;
+    if (!region || ![1, 2, 4].includes(length) || offset % length !== 0 || BigInt(offset + length) > size) return undefined;
+    return { region, offset: BigInt(offset), length };
+  }
+
+  configWillRead(offset: number, length: number): void {
+    const data = this.pciCfgCap + 16;
+    if (offset >= data + 4 || offset + length <= data) return;
+    const access = this.pciCfgAccess();
+    if (!access) return;
+    const bytes = new Uint8Array(access.length);
+    access.region.read(access.offset, bytes);
+    this.config.bytes.fill(0, data, data + 4);
+    this.config.bytes.set(bytes, data);
   }
 
   get name(): string { return this.device.name; }
@@ -130,19 +162,22 @@ export class VirtioPciDevice implements PciDevice {
     dv.setUint16(0, 0x2 | (0x9 << 4), true); // capability version 2, device/port type RCiEP
     dv.setUint32(2, 0x1 | (1 << 15), true); // device capabilities: max payload 256, role-based error reporting
     dv.setUint16(6, 0x1 << 5 | 0x2 << 12, true); // device control: payload 256, read request 512
-    this.config.addCapability(PCI_CAP_ID_EXP, body);
+    const cap = this.config.addCapability(PCI_CAP_ID_EXP, body);
+    // The OS tunes payload sizes and error reporting through Device Control (and Control 2).
+    this.config.setWritable(cap + 0x08, 2, 0x7fff);
+    this.config.setWritable(cap + 0x28, 2, 0xffff);
   }
 
-  private addVirtioCapability(type: number, offset: number, length: number, multiplier?: number): void {
-    const body = new Uint8Array(multiplier === undefined ? 14 : 18);
+  private addVirtioCapability(type: number, offset: number, length: number, extra?: number): number {
+    const body = new Uint8Array(extra === undefined ? 14 : 18);
     const dv = new DataView(body.buffer);
     body[0] = body.length + 2; // cap_len
     body[1] = type;
     body[2] = VIRTIO_BAR;
     dv.setUint32(6, offset, true);
     dv.setUint32(10, length, true);
-    if (multiplier !== undefined) dv.setUint32(14, multiplier, true);
-    this.config.addCapability(PCI_CAP_ID_VNDR, body);
+    if (extra !== undefined) dv.setUint32(14, extra, true);
+    return this.config.addCapability(PCI_CAP_ID_VNDR, body);
   }
 
   attached(context: PciSlotContext): void {
@@ -151,6 +186,11 @@ export class VirtioPciDevice implements PciDevice {
 
   configWritten(offset: number, length: number): void {
     this.msix.configWritten(offset, length);
+    const data = this.pciCfgCap + 16;
+    if (offset < data + 4 && offset + length > data) {
+      const access = this.pciCfgAccess();
+      if (access) access.region.write(access.offset, this.config.bytes.slice(data, data + access.length));
+    }
   }
 
   barRegion(index: number): BusDevice | undefined {

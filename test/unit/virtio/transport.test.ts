@@ -35,7 +35,7 @@ test('PCI identity and capabilities as lspci shows them', () => {
   for (let cap = cfgRead(m, slot, 0x34, 1); cap; cap = cfgRead(m, slot, cap + 1, 1)) {
     caps.push([cfgRead(m, slot, cap, 1), cfgRead(m, slot, cap, 1) === 9 ? cfgRead(m, slot, cap + 3, 1) : 0]);
   }
-  assert.deepEqual(caps, [[0x11, 0], [0x10, 0], [9, 1], [9, 3], [9, 4], [9, 2]]);
+  assert.deepEqual(caps, [[0x11, 0], [0x10, 0], [9, 1], [9, 3], [9, 4], [9, 2], [9, 5]]);
   assert.equal(cfgRead(m, slot, 0x06, 2) & 0x10, 0x10, 'capability list bit');
 });
 
@@ -246,4 +246,28 @@ test('too many queues for the MSI-X table is a construction error naming the dev
   const many = new VirtioRng({ name: 'rng-big' });
   Object.assign(many, { queueSizes: new Array(200).fill(8) });
   assert.throws(() => plugVirtio(m, many), /rng-big: 200 queues need more MSI-X vectors than the table holds/);
+});
+
+test('the PCI_CFG capability gives config-space access to BAR 4', async () => {
+  const { m, slot } = rngMachine();
+  const d = new VirtioDriver(m, slot);
+  d.probePci();
+  let cap = cfgRead(m, slot, 0x34, 1);
+  while (cap && !(cfgRead(m, slot, cap, 1) === 9 && cfgRead(m, slot, cap + 3, 1) === 5)) cap = cfgRead(m, slot, cap + 1, 1);
+  assert.ok(cap, 'PCI_CFG capability present');
+  const { cfgWrite } = await import('./support/driver.js');
+  cfgWrite(m, slot, cap + 4, 1, 4);
+  cfgWrite(m, slot, cap + 8, 4, 0x14); // device_status
+  cfgWrite(m, slot, cap + 12, 4, 1);
+  cfgWrite(m, slot, cap + 16, 1, 1); // ACKNOWLEDGE through the window
+  assert.equal(d.status, 1);
+  d.status = 3;
+  assert.equal(cfgRead(m, slot, cap + 16, 1), 3);
+  cfgWrite(m, slot, cap + 8, 4, 0x12); // num_queues, 16 bits
+  cfgWrite(m, slot, cap + 12, 4, 2);
+  assert.equal(cfgRead(m, slot, cap + 16, 4), 1);
+  // An invalid window (length 3) does nothing.
+  cfgWrite(m, slot, cap + 12, 4, 3);
+  cfgWrite(m, slot, cap + 16, 4, 0);
+  assert.equal(d.status, 3);
 });

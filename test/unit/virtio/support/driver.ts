@@ -215,7 +215,7 @@ export class VirtioDriver {
     this.bar4 = bar(4) | (BigInt(cfgRead(this.m, this.slot, 0x24, 4)) << 32n);
     let cap = cfgRead(this.m, this.slot, 0x34, 1);
     for (let guard = 0; cap !== 0 && guard < 48; guard++) {
-      if (cfgRead(this.m, this.slot, cap, 1) === 0x09) {
+      if (cfgRead(this.m, this.slot, cap, 1) === 0x09 && cfgRead(this.m, this.slot, cap + 3, 1) !== 5) {
         const type = cfgRead(this.m, this.slot, cap + 3, 1);
         const barIndex = cfgRead(this.m, this.slot, cap + 4, 1);
         const offset = BigInt(cfgRead(this.m, this.slot, cap + 8, 4));
