@@ -29,6 +29,11 @@ export interface LoadedLinux {
   kernelEnd: bigint;
   /** Where the initrd landed, if any. */
   initrd?: { address: bigint; size: bigint };
+  /**
+   * For ELF kernels built with CONFIG_PVH: the 32-bit PVH entry point from the
+   * XEN_ELFNOTE_PHYS32_ENTRY note (informational; this loader boots the 64-bit entry).
+   */
+  pvhEntry?: bigint;
 }
 
 /** A kernel or initrd the loader cannot use; the message names the problem in one line. */
@@ -185,6 +190,7 @@ interface PlacedKernel {
   /** The setup header to copy into boot_params, or undefined for ELF kernels. */
   header?: Uint8Array;
   headerFields?: SetupHeader;
+  pvhEntry?: bigint;
 }
 
 function loadBzImage(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
@@ -222,6 +228,29 @@ const ELFCLASS64 = 2;
 const ELFDATA2LSB = 1;
 const EM_X86_64 = 62;
 const PT_LOAD = 1;
+const PT_NOTE = 4;
+const XEN_ELFNOTE_PHYS32_ENTRY = 18;
+
+/** The PVH entry point from a PT_NOTE segment's "Xen" notes, if present. */
+function findPvhEntry(kernel: Uint8Array, offset: number, size: number): bigint | undefined {
+  let off = offset;
+  const end = offset + size;
+  while (off + 12 <= end) {
+    const namesz = u32(kernel, off);
+    const descsz = u32(kernel, off + 4);
+    const type = u32(kernel, off + 8);
+    const nameStart = off + 12;
+    const descStart = nameStart + ((namesz + 3) & ~3);
+    const next = descStart + ((descsz + 3) & ~3);
+    if (next > end || next <= off) return undefined; // malformed notes: ignore, they are optional
+    const noteName = new TextDecoder().decode(kernel.subarray(nameStart, nameStart + Math.max(0, namesz - 1)));
+    if (noteName === 'Xen' && type === XEN_ELFNOTE_PHYS32_ENTRY && descsz >= 4) {
+      return descsz >= 8 ? u64(kernel, descStart) : BigInt(u32(kernel, descStart));
+    }
+    off = next;
+  }
+  return undefined;
+}
 
 /** Loads the PT_LOAD segments of an ELF64 x86-64 vmlinux at their physical addresses. */
 function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
@@ -240,9 +269,16 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
   let start = -1n;
   let end = 0n;
   const segments: { paddr: bigint; offset: number; filesz: number; memsz: bigint }[] = [];
+  let pvhEntry: bigint | undefined;
   for (let i = 0; i < phnum; i++) {
     const ph = phoff + i * phentsize;
-    if (u32(kernel, ph) !== PT_LOAD) continue;
+    const type = u32(kernel, ph);
+    if (type === PT_NOTE && pvhEntry === undefined) {
+      const noteOffset = u64(kernel, ph + 8);
+      const noteSize = u64(kernel, ph + 32);
+      if (noteOffset + noteSize <= BigInt(kernel.length)) pvhEntry = findPvhEntry(kernel, Number(noteOffset), Number(noteSize));
+    }
+    if (type !== PT_LOAD) continue;
     const offset = u64(kernel, ph + 8);
     const paddr = u64(kernel, ph + 24);
     const filesz = u64(kernel, ph + 32);
@@ -276,6 +312,7 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
     end,
     cmdlineSize: CMDLINE_MAX_SIZE - 1,
     initrdAddrMax: DEFAULT_INITRD_ADDR_MAX,
+    ...(pvhEntry !== undefined ? { pvhEntry } : {}),
   };
 }
 
@@ -379,5 +416,6 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
     kernelStart: placed.start,
     kernelEnd: placed.end,
     ...(initrd ? { initrd } : {}),
+    ...(placed.pvhEntry !== undefined ? { pvhEntry: placed.pvhEntry } : {}),
   };
 }

@@ -4,7 +4,7 @@ import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { KernelLoadError, loadLinux, parseSetupHeader, placeInitrd } from '../../../src/arch/x86/linux-loader.js';
 import { e820Map, CMDLINE_START, ZERO_PAGE_START, PML4_START } from '../../../src/arch/x86/layout.js';
 import { BOOT_CS_SELECTOR, BOOT_DS_SELECTOR } from '../../../src/arch/x86/boot-state.js';
-import { debianCloudKernel } from './debian-kernel.js';
+import { debianCloudKernel, extractVmlinux } from './debian-kernel.js';
 
 const MiB = 1 << 20;
 
@@ -233,4 +233,37 @@ test('a guest above 3 GiB gets the initrd below initrd_addr_max and RAM above 4 
   assert.equal(mem.readU64(last), 4n << 30n);
   assert.equal(mem.readU64(last + 8n), 3n << 30n);
   assert.equal(mem.readU32(last + 16n), 1);
+});
+
+test('loads the ELF vmlinux inside the Debian bzImage at its physical addresses', (t) => {
+  const k = debianCloudKernel();
+  if ('reason' in k) {
+    t.skip(k.reason);
+    return;
+  }
+  const vmlinux = extractVmlinux(k.bytes);
+  const dv = new DataView(vmlinux.buffer, vmlinux.byteOffset, vmlinux.byteLength);
+  assert.equal(dv.getUint32(0, false), 0x7f454c46, 'ELF magic');
+  const memorySize = 128n << 20n;
+  const mem = RegionGuestMemory.ofSize(Number(memorySize));
+  const out = loadLinux(mem, { kernel: vmlinux, cmdline: 'console=ttyS0', memorySize });
+  assert.equal(out.kind, 'elf');
+  assert.equal(out.entry, dv.getBigUint64(24, true));
+  assert.equal(out.kernelStart, 0x1000000n, 'CONFIG_PHYSICAL_START of the Debian kernel');
+  assert.ok(out.pvhEntry !== undefined && out.pvhEntry >= out.kernelStart && out.pvhEntry < out.kernelEnd,
+    'the PVH note points into the kernel');
+  // Every PT_LOAD segment's file bytes are where its physical address says.
+  const phoff = Number(dv.getBigUint64(32, true));
+  let checked = 0;
+  for (let i = 0; i < dv.getUint16(56, true); i++) {
+    const ph = phoff + i * dv.getUint16(54, true);
+    if (dv.getUint32(ph, true) !== 1) continue;
+    const offset = Number(dv.getBigUint64(ph + 8, true));
+    const paddr = dv.getBigUint64(ph + 24, true);
+    const filesz = Number(dv.getBigUint64(ph + 32, true));
+    const n = Math.min(filesz, 4096);
+    assert.deepEqual(mem.slice(paddr, n), vmlinux.subarray(offset, offset + n));
+    checked++;
+  }
+  assert.ok(checked >= 3, 'text, data and percpu segments at least');
 });
