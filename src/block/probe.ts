@@ -13,7 +13,9 @@ export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
   }
   try {
     const magic = new Uint8Array(4);
-    const { bytesRead } = await handle.read(magic, 0, 4, 0);
+    const { bytesRead } = await handle.read(magic, 0, 4, 0).catch((err: NodeJS.ErrnoException) => {
+      throw new BlockError(filename, `cannot read: ${err.code ?? err.message}`);
+    });
     if (bytesRead === 4 && new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
     return 'raw';
   } finally {
