@@ -1,0 +1,122 @@
+// Boot benchmark: time from process start to the guest's first userspace line, and the VMM's
+// resident memory besides guest RAM, tsvirt against QEMU (-M pc and -M microvm) with the same
+// kernel, initrd, memory and command line, measured in the same lab run (a Linux guest needs
+// the nested lab's fast /dev/kvm; see src/lab).
+//
+// Run on the host, the group starts the lab once and runs this same file inside it as a
+// probe, which prints one JSON line with the measurements.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
+import type { BenchGroup, BenchRow } from '../main.js';
+
+const MEMORY_MIB = 256;
+const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
+const USERSPACE_LINE = 'tsvirt-guest: userspace up';
+const PROBE_TIMEOUT_MS = 180_000;
+
+interface Sample {
+  /** Milliseconds from spawn to the userspace line. */
+  bootMs: number;
+  /** KiB resident in the VMM process outside the guest RAM mapping. */
+  vmmRssKiB: number;
+}
+
+/**
+ * Resident KiB of `pid` outside its guest RAM: every mapping's Rss except the one mapping of
+ * exactly the guest's size (both VMMs keep guest RAM in one anonymous mapping of that size).
+ */
+function rssBesidesGuestRam(pid: number, guestKiB: number): number {
+  const smaps = readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  let total = 0;
+  let currentSize = 0;
+  for (const line of smaps.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) {
+      currentSize = (parseInt(m[2]!, 16) - parseInt(m[1]!, 16)) / 1024;
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss && currentSize !== guestKiB) total += Number(rss[1]);
+  }
+  return total;
+}
+
+/** Start `command`, wait for the userspace line on its output, sample memory, kill it. */
+function measure(command: string, args: string[]): Promise<Sample> {
+  return new Promise((resolve, reject) => {
+    const start = performance.now();
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let done = false;
+    const timer = setTimeout(() => finish(new Error(`${command}: no userspace line within ${PROBE_TIMEOUT_MS} ms:\n${out.slice(-1500)}`)), PROBE_TIMEOUT_MS);
+    const finish = (err: Error | null, sample?: Sample): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      if (err) reject(err); else resolve(sample!);
+    };
+    const onData = (d: Buffer): void => {
+      out += d.toString('latin1');
+      if (!done && out.includes(USERSPACE_LINE)) {
+        const bootMs = performance.now() - start;
+        // Let the guest settle for a moment so both VMMs are sampled in the same phase.
+        setTimeout(() => {
+          try {
+            finish(null, { bootMs, vmmRssKiB: rssBesidesGuestRam(child.pid!, MEMORY_MIB * 1024) });
+          } catch (err) {
+            finish(err as Error);
+          }
+        }, 500);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('error', (err) => finish(err));
+    child.on('exit', (code) => finish(new Error(`${command} exited (${code}) before userspace:\n${out.slice(-1500)}`)));
+  });
+}
+
+/** Inside the lab: boot each VMM once and print the results as one JSON line. */
+async function probe(): Promise<void> {
+  const { guestKernelPath } = await import('../../src/lab/paths.js');
+  const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
+  const kernel = guestKernelPath();
+  const initrd = await guestInitrdWith('true\n');
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const qemuCommon = ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1', '-nodefaults', '-no-user-config',
+    '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND];
+  const results = {
+    tsvirt: await measure(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+      '--cpus', '1', '--append', APPEND, '--console', 'stdio']),
+    qemu: await measure('qemu-system-x86_64', ['-M', 'pc', ...qemuCommon]),
+    microvm: await measure('qemu-system-x86_64', ['-M', 'microvm', ...qemuCommon]),
+  };
+  process.stdout.write(`BOOT-BENCH ${JSON.stringify(results)}\n`);
+}
+
+export const group: BenchGroup = {
+  title: 'Boot: process start to guest userspace (1 vCPU, 256 MiB, in the lab)',
+  async run(): Promise<BenchRow[]> {
+    const { labExec } = await import('../../src/lab/exec.js');
+    let text = '';
+    const sink = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString(); cb(); } });
+    const probePath = fileURLToPath(import.meta.url);
+    const { toLabPath } = await import('../../src/lab/project-tree.js');
+    const { projectRoot } = await import('../../src/lab/paths.js');
+    const result = await labExec(['node', toLabPath(projectRoot(), probePath), '--probe'], { stdout: sink, stderr: sink, timeoutSeconds: 900 });
+    const m = /^BOOT-BENCH (.*)$/m.exec(text);
+    if (result.exitCode !== 0 || !m) throw new Error(`boot probe failed in the lab (exit ${result.exitCode}): ${text.slice(-800)}`);
+    const r = JSON.parse(m[1]!) as Record<'tsvirt' | 'qemu' | 'microvm', Sample>;
+    return [
+      { name: 'boot to userspace vs QEMU -M pc', ours: r.tsvirt.bootMs / 1000, reference: r.qemu.bootMs / 1000, unit: 's', higherIsBetter: false },
+      { name: 'boot to userspace vs QEMU -M microvm', ours: r.tsvirt.bootMs / 1000, reference: r.microvm.bootMs / 1000, unit: 's', higherIsBetter: false },
+      { name: 'VMM RSS besides guest RAM vs QEMU -M pc', ours: r.tsvirt.vmmRssKiB / 1024, reference: r.qemu.vmmRssKiB / 1024, unit: 'MiB', higherIsBetter: false },
+      { name: 'VMM RSS besides guest RAM vs QEMU -M microvm', ours: r.tsvirt.vmmRssKiB / 1024, reference: r.microvm.vmmRssKiB / 1024, unit: 'MiB', higherIsBetter: false },
+    ];
+  },
+};
+
+if (process.argv.includes('--probe') && import.meta.url === `file://${process.argv[1]}`) await probe();
