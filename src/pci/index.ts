@@ -6,3 +6,4 @@ export * from './msix.js';
 export * from './host-bridge.js';
 export * from './mcfg.js';
 export * from './acpi.js';
+export * from './kvm-interrupts.js';

@@ -9,3 +9,4 @@ export * from './port-backends.js';
 export * from './rng.js';
 export * from './config.js';
 export * from './attach.js';
+export * from './kvm-notify.js';

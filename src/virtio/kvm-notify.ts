@@ -1,0 +1,68 @@
+// Queue doorbells as KVM ioeventfds: KVM completes the guest's notify write in the kernel
+// and signals an eventfd, so a kick costs no exit to userspace; the fd poller then calls
+// the queue's handler on the main thread.
+import type { IoEventFd } from '../kvm/types.js';
+import { close, EFD_NONBLOCK, eventfd, readNonBlocking } from '../kvm/libc.js';
+import type { NotifyDoorbell, NotifyRegistrar } from './pci-transport.js';
+
+export interface IoeventfdTarget {
+  registerIoeventfd(io: IoEventFd): void;
+  unregisterIoeventfd(io: IoEventFd): void;
+}
+
+export interface FdWatcher {
+  add(fd: number, callback: (fd: number) => void): void;
+  remove(fd: number): void;
+}
+
+export class KvmNotifyRegistrar implements NotifyRegistrar {
+  private readonly active = new Map<string, IoEventFd>();
+
+  /** `vm` is the VmFd, `poller` the VMM's FdPoller. */
+  constructor(private readonly vm: IoeventfdTarget, private readonly poller: FdWatcher) {}
+
+  private static key(d: NotifyDoorbell): string {
+    return `${d.address}:${d.datamatch}`;
+  }
+
+  register(doorbell: NotifyDoorbell, onNotify: () => void): void {
+    const fd = eventfd(0, EFD_NONBLOCK);
+    const io: IoEventFd = { fd, address: doorbell.address, length: doorbell.length, datamatch: BigInt(doorbell.datamatch) };
+    try {
+      this.vm.registerIoeventfd(io);
+    } catch (error) {
+      close(fd);
+      throw error;
+    }
+    const counter = new Uint8Array(8);
+    this.poller.add(fd, () => {
+      // Reading the eventfd resets its counter; several kicks in a row are one notify.
+      if (readNonBlocking(fd, counter) > 0) onNotify();
+    });
+    this.active.set(KvmNotifyRegistrar.key(doorbell), io);
+  }
+
+  unregister(doorbell: NotifyDoorbell): void {
+    const key = KvmNotifyRegistrar.key(doorbell);
+    const io = this.active.get(key);
+    if (!io) return;
+    this.active.delete(key);
+    this.poller.remove(io.fd);
+    this.vm.unregisterIoeventfd(io);
+    close(io.fd);
+  }
+
+  /** Drop every doorbell (machine teardown). */
+  closeAll(): void {
+    for (const [key, io] of [...this.active]) {
+      this.active.delete(key);
+      this.poller.remove(io.fd);
+      try {
+        this.vm.unregisterIoeventfd(io);
+      } catch {}
+      close(io.fd);
+    }
+  }
+
+  get registeredCount(): number { return this.active.size; }
+}
