@@ -10,12 +10,14 @@ import {
   kvm_userspace_memory_region, type KvmCapName,
 } from './abi.js';
 import koffi from 'koffi';
-import { decodeBytes, encode, encodeToBytes } from './layout.js';
+import { decodeBytes, encode, encodeToBytes, offsetOf } from './layout.js';
 import { close, ioctlPointer, ioctlValue } from './libc.js';
 import type { GsiRoute, IoEventFd, KvmClockData, KvmPitState2, MsiMessage, UserMemoryRegion } from './types.js';
 import { VcpuFd } from './vcpu.js';
 
 const PAGE_SIZE = 4096;
+/** Where the 512-byte controller state starts in struct kvm_irqchip. */
+const IRQCHIP_STATE_OFFSET = offsetOf(kvm_irqchip, 'chip');
 
 export class VmFd {
   private closed = false;
@@ -69,14 +71,14 @@ export class VmFd {
   getIrqchip(chipId: number): Uint8Array {
     const bytes = encodeToBytes(kvm_irqchip, { chip_id: chipId });
     ioctlPointer(this.fd, IOCTLS.KVM_GET_IRQCHIP, bytes, 'KVM_GET_IRQCHIP');
-    return bytes.slice(kvm_irqchip.fields[2]!.offset);
+    return bytes.slice(IRQCHIP_STATE_OFFSET);
   }
 
   setIrqchip(chipId: number, state: Uint8Array): void {
-    const area = kvm_irqchip.size - kvm_irqchip.fields[2]!.offset;
+    const area = kvm_irqchip.size - IRQCHIP_STATE_OFFSET;
     if (state.length !== area) throw new Error(`irqchip ${chipId} state must be ${area} bytes, got ${state.length}`);
     const bytes = encodeToBytes(kvm_irqchip, { chip_id: chipId });
-    bytes.set(state, kvm_irqchip.fields[2]!.offset);
+    bytes.set(state, IRQCHIP_STATE_OFFSET);
     ioctlPointer(this.fd, IOCTLS.KVM_SET_IRQCHIP, bytes, 'KVM_SET_IRQCHIP');
   }
 
