@@ -1,6 +1,6 @@
 // Opening images for the img subcommands: block-layer errors become one-line ImgErrors that
 // name the file, with qemu-img's exit status.
-import { openImage, type BlockDriver, type OpenOptions } from '../block/driver.js';
+import { openImage, type BlockDriver, type CacheMode, type OpenOptions } from '../block/driver.js';
 import { ImgError, oneLine } from './errors.js';
 
 export const KNOWN_FORMATS = ['raw', 'qcow2'];
@@ -32,4 +32,13 @@ export async function withImage<T>(filename: string, options: OpenOptions, fn: (
   } finally {
     await driver.close().catch(() => undefined);
   }
+}
+
+const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'] as const;
+
+/** A -t/-T cache mode, or the default when absent; qemu-img's message for a bad one. */
+export function cacheMode(value: string | undefined, fallback: CacheMode): CacheMode {
+  if (value === undefined) return fallback;
+  if (!(CACHE_MODES as readonly string[]).includes(value)) throw new ImgError(`Invalid cache option: ${value}`);
+  return value as CacheMode;
 }
