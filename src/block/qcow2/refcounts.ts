@@ -152,6 +152,24 @@ export class Refcounts {
     if (value === 0n && cluster < this.freeHint) this.freeHint = cluster;
   }
 
+  /** Set the refcounts of clusters [start, start+count) (blocks must exist): one write per block. */
+  private async setRun(start: number, count: number, value: bigint): Promise<void> {
+    for (let c = start; c < start + count; ) {
+      const b = Math.floor(c / this.perBlock);
+      const offset = this.table[b];
+      const block = await this.block(offset);
+      const end = Math.min(start + count, (b + 1) * this.perBlock);
+      let from = Infinity;
+      let to = 0;
+      for (; c < end; c++) {
+        const [f, t] = Refcounts.setEntry(block, c % this.perBlock, this.refcountOrder, value);
+        from = Math.min(from, f);
+        to = Math.max(to, t);
+      }
+      await this.file.write(offset + from, block.slice(from, to));
+    }
+  }
+
   async add(cluster: number, delta: bigint): Promise<bigint> {
     const v = (await this.get(cluster)) + delta;
     if (v < 0n) throw new BlockError(this.file.filename, `refcount of cluster ${cluster} would drop below zero`);
@@ -211,7 +229,7 @@ export class Refcounts {
         }
       }
       if (!stillFree) continue;
-      for (let c = start; c < start + count; c++) await this.set(c, 1n);
+      await this.setRun(start, count, 1n);
       if (start === this.freeHint) this.freeHint = start + count;
       const end = (start + count) * this.clusterSize;
       if (end > this.fileEnd) this.fileEnd = end;
