@@ -48,8 +48,6 @@ export interface PciHostBridgeOptions {
   /** I/O BARs go here; default 0xC000..0xFFFF. */
   io?: AddressWindow;
   log?: LogLine;
-  /** Called when the guest writes the reset bit (bit 2) of port 0xCF9. */
-  onResetRequest?: () => void;
 }
 
 /** One BAR as QMP query-pci reports it (addresses as bigint; QMP wants numbers). */
@@ -117,7 +115,9 @@ export class PciHostBridge {
     this.log = options.log ?? logToStderr;
     this.plug(new HostBridgeFunction(), 0);
     options.mmioBus.insert(options.ecam.base, options.ecam.size, this.ecamRegion, 'pci-ecam');
-    options.pioBus.insert(0xcf8n, 4n, this.configAddressPort, 'pci-config-address');
+    // Only 0xCF8 itself: a dword access there reaches us whole, while the byte port 0xCF9 stays
+    // free for the machine's reset control register.
+    options.pioBus.insert(0xcf8n, 1n, this.configAddressPort, 'pci-config-address');
     options.pioBus.insert(0xcfcn, 4n, this.configDataPort, 'pci-config-data');
   }
 
@@ -258,12 +258,11 @@ export class PciHostBridge {
   private readonly configAddressPort: BusDevice = {
     read: (offset, data) => {
       if (offset === 0n && data.length === 4) writeLe(data, this.configAddress);
-      else data.fill(offset === 1n ? 0 : 0xff);
+      else data.fill(0xff);
     },
     write: (offset, data) => {
-      // Only dword accesses at 0xCF8 latch an address; a byte at 0xCF9 is the reset control.
+      // Only dword accesses latch an address (byte writes to 0xCF8 are not config cycles).
       if (offset === 0n && data.length === 4) this.configAddress = readLe(data) >>> 0;
-      else if (offset === 1n && data.length === 1 && (data[0]! & 0x4)) this.options.onResetRequest?.();
     },
   };
 

@@ -2,6 +2,7 @@
 // virtio in a few lines: it passes guest memory, its buses, an InterruptSink, optionally
 // ioeventfd registration, and a way to open disk images (the block layer sits above this
 // module, so the VMM supplies openImage).
+import { PCIE_ECAM_SIZE, PCIE_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START } from '../arch/x86/layout.js';
 import type { Bus } from '../devices/bus.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { type AddressWindow, PciHostBridge, pciInterruptRoutes, type PciRoute } from '../pci/host-bridge.js';
@@ -22,7 +23,11 @@ export interface VirtioMachineHooks {
   interrupts: InterruptSink;
   /** ioeventfd registration; without it doorbells arrive as MMIO exits (slower, still correct). */
   ioeventfds?: NotifyRegistrar;
-  layout: { ecam: AddressWindow; mmio32: AddressWindow; mmio64?: AddressWindow };
+  /**
+   * PCI windows; default: the x86 layout's ECAM and 32-bit MMIO window, with 64-bit BARs
+   * placed in the 32-bit window too (always inside the host bridge's _CRS).
+   */
+  layout?: { ecam: AddressWindow; mmio32: AddressWindow; mmio64?: AddressWindow };
   /** Default virtio-blk queue count (one per vCPU). */
   vcpuCount: number;
   /** Open a disk image, e.g. `(d) => openImage(d.path, { format: d.format, readOnly: d.readOnly, cache: d.cache })`. */
@@ -60,8 +65,14 @@ export interface AttachedVirtio {
   close(): Promise<void>;
 }
 
+export const DEFAULT_PCI_LAYOUT: { ecam: AddressWindow; mmio32: AddressWindow; mmio64?: AddressWindow } = {
+  ecam: { base: PCIE_ECAM_START, size: PCIE_ECAM_SIZE },
+  mmio32: { base: PCI_MMIO32_START, size: PCI_MMIO32_SIZE },
+};
+
 export async function attachVirtioDevices(hooks: VirtioMachineHooks, config: VirtioConfig): Promise<AttachedVirtio> {
   const log = hooks.log ?? logToStderr;
+  const layout = hooks.layout ?? DEFAULT_PCI_LAYOUT;
   const disks: BlockBackend[] = [];
   const blks: VirtioBlk[] = [];
   let serial: VirtioConsole | undefined;
@@ -106,8 +117,8 @@ export async function attachVirtioDevices(hooks: VirtioMachineHooks, config: Vir
     }
 
     const bridge = new PciHostBridge({
-      mmioBus: hooks.mmioBus, pioBus: hooks.pioBus, interrupts: hooks.interrupts, ecam: hooks.layout.ecam,
-      mmio32: hooks.layout.mmio32, ...(hooks.layout.mmio64 ? { mmio64: hooks.layout.mmio64 } : {}), log,
+      mmioBus: hooks.mmioBus, pioBus: hooks.pioBus, interrupts: hooks.interrupts, ecam: layout.ecam,
+      mmio32: layout.mmio32, ...(layout.mmio64 ? { mmio64: layout.mmio64 } : {}), log,
     });
     const transports = planned.map((p) => new VirtioPciDevice(p.device, {
       memory: hooks.memory, interrupts: hooks.interrupts, log, ...(hooks.ioeventfds ? { notifyRegistrar: hooks.ioeventfds } : {}),
@@ -121,11 +132,11 @@ export async function attachVirtioDevices(hooks: VirtioMachineHooks, config: Vir
       if (p.addr === undefined) slots[i] = bridge.addDevice(transports[i]!);
     });
     bridge.assignBars();
-    const endBus = Number((hooks.layout.ecam.size >> 20n) - 1n);
+    const endBus = Number((layout.ecam.size >> 20n) - 1n);
     return {
       bridge,
       devices: transports.map((t, i) => ({ name: t.name, slot: slots[i]!, transport: t })),
-      mcfg: buildMcfgTable({ ecamBase: hooks.layout.ecam.base, endBus: Math.max(0, Math.min(255, endBus)) }),
+      mcfg: buildMcfgTable({ ecamBase: layout.ecam.base, endBus: Math.max(0, Math.min(255, endBus)) }),
       routes: pciInterruptRoutes(),
       resumeAfterIoError: () => blks.forEach((b) => b.resume()),
       close,

@@ -233,7 +233,9 @@ test('the bridge claims ECAM and the legacy config ports on the buses', () => {
   const pio = new Bus('pio');
   new PciHostBridge({ mmioBus: mmio, pioBus: pio, interrupts: new RecordingSink(), ecam: { base: ECAM_BASE, size: 0x100000n }, mmio32: { base: 0xc0000000n, size: 0x20000000n } });
   assert.deepEqual(mmio.list().map((r) => r.name), ['pci-ecam']);
-  assert.deepEqual(pio.list().map((r) => r.base), [0xcf8n, 0xcfcn]);
+  assert.deepEqual(pio.list().map((r) => [r.base, r.length]), [[0xcf8n, 1n], [0xcfcn, 4n]]);
+  // The machine's reset control register at 0xCF9 still fits next to the bridge.
+  pio.insert(0xcf9n, 1n, { read: () => {}, write: () => {} }, 'reset-control');
 });
 
 test('the _PRT DSDT part lists every slot and pin with its GSI', async () => {

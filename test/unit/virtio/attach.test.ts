@@ -20,7 +20,6 @@ function hooks(overrides: Partial<VirtioMachineHooks> = {}): VirtioMachineHooks 
     mmioBus: new Bus('mmio'),
     interrupts: new RecordingSink(),
     ioeventfds: { register: (d) => doorbells.add(d.address), unregister: (d) => doorbells.delete(d.address) },
-    layout: { ecam: { base: 0xe000_0000n, size: 0x1000_0000n }, mmio32: { base: 0xc000_0000n, size: 0x2000_0000n } },
     vcpuCount: 2,
     openDisk: async (d) => {
       opened.push(d.path);
