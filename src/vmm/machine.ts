@@ -180,8 +180,13 @@ export class Machine extends EventEmitter implements QmpTarget {
         ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
       });
       const machine = new Machine(valid, boot, model, ram, kvm, options);
-      machine.buildVm();
-      await machine.spawnThreads();
+      try {
+        machine.buildVm();
+        await machine.spawnThreads();
+      } catch (err) {
+        machine.disposePartial();
+        throw err;
+      }
       return machine;
     } catch (err) {
       ram?.close();
@@ -401,6 +406,14 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.threads = Array.from({ length: this.cpuCount }, (_, i) => spawn(i));
     await Promise.all(this.threads.map((t) => t.ready));
     this.attachVcpus();
+  }
+
+  /** Undo a half-built machine (create failed): threads, vCPU and VM descriptors. */
+  private disposePartial(): void {
+    this.ended = true;
+    for (const t of this.threads) void t.worker.terminate();
+    for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
+    try { this.vm?.close(); } catch { /* gone */ }
   }
 
   private attachVcpus(): void {
