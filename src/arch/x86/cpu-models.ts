@@ -21,8 +21,11 @@ export interface CpuModel {
   features: readonly string[];
 }
 
+// The psABI baseline (cmov, cx8, fpu, fxsr, mmx, sse, sse2, syscall, lm) plus the base
+// features every 64-bit x86 CPU and QEMU's generic qemu64 model have. No vme: qemu64 and
+// some hypervisors leave it out, and 64-bit kernels never use it.
 const X86_64_V1 = [
-  'fpu', 'vme', 'de', 'pse', 'tsc', 'msr', 'pae', 'mce', 'cx8', 'apic', 'sep', 'mtrr', 'pge', 'mca', 'cmov', 'pat',
+  'fpu', 'de', 'pse', 'tsc', 'msr', 'pae', 'mce', 'cx8', 'apic', 'sep', 'mtrr', 'pge', 'mca', 'cmov', 'pat',
   'pse36', 'clflush', 'mmx', 'fxsr', 'sse', 'sse2', 'syscall', 'nx', 'lm',
 ];
 const X86_64_V2 = [...X86_64_V1, 'cx16', 'lahf_lm', 'popcnt', 'pni', 'sse4_1', 'sse4_2', 'ssse3'];
@@ -32,7 +35,7 @@ const X86_64_V4 = [...X86_64_V3, 'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 
 // Skylake client parts without TSX (disabled by microcode on most of them), with the
 // speculation-control bits later microcode added.
 const SKYLAKE_CLIENT = [
-  ...X86_64_V1, 'rdtscp', 'pni', 'pclmulqdq', 'ssse3', 'fma', 'cx16', 'pcid', 'sse4_1', 'sse4_2', 'movbe', 'popcnt',
+  ...X86_64_V1, 'vme', 'rdtscp', 'pni', 'pclmulqdq', 'ssse3', 'fma', 'cx16', 'pcid', 'sse4_1', 'sse4_2', 'movbe', 'popcnt',
   'tsc_deadline_timer', 'aes', 'xsave', 'avx', 'f16c', 'rdrand', 'lahf_lm', 'abm', '3dnowprefetch', 'fsgsbase',
   'tsc_adjust', 'bmi1', 'avx2', 'smep', 'bmi2', 'erms', 'invpcid', 'rdseed', 'adx', 'smap', 'clflushopt',
   'xsaveopt', 'xsavec', 'xgetbv1', 'xsaves', 'arat', 'spec_ctrl', 'spec_ctrl_ssbd', 'x2apic',
@@ -42,7 +45,7 @@ const CASCADELAKE_SERVER = [
   'avx512_vnni', 'arch_capabilities',
 ];
 const EPYC = [
-  ...X86_64_V1, 'mmxext', 'fxsr_opt', 'pdpe1gb', 'rdtscp', 'pni', 'pclmulqdq', 'ssse3', 'fma', 'cx16', 'sse4_1',
+  ...X86_64_V1, 'vme', 'mmxext', 'fxsr_opt', 'pdpe1gb', 'rdtscp', 'pni', 'pclmulqdq', 'ssse3', 'fma', 'cx16', 'sse4_1',
   'sse4_2', 'movbe', 'popcnt', 'aes', 'xsave', 'avx', 'f16c', 'rdrand', 'lahf_lm', 'abm', 'sse4a', 'misalignsse',
   '3dnowprefetch', 'osvw', 'topoext', 'fsgsbase', 'bmi1', 'avx2', 'smep', 'bmi2', 'rdseed', 'adx', 'smap',
   'clflushopt', 'sha_ni', 'xsaveopt', 'xsavec', 'xgetbv1', 'arat', 'x2apic',
