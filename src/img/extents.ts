@@ -1,5 +1,6 @@
 // Walking an image's allocation map: the shared core of map, compare, convert, rebase and commit.
 import type { BlockDriver, BlockStatus } from '../block/driver.js';
+import { HostHoles } from './host-holes.js';
 
 /** Allocation status extended with qemu's "present" (allocated somewhere in the chain). */
 export interface Extent extends BlockStatus {
@@ -40,12 +41,33 @@ function isPresent(status: BlockStatus): boolean {
 }
 
 /** Yields the allocation extents of [start, end) in order, each no longer than maxLength. */
-export async function* extents(driver: BlockDriver, start = 0n, end = driver.size(), maxLength = 1n << 30n): AsyncGenerator<Extent> {
+export async function* extents(driver: BlockDriver, start = 0n, end = driver.size(), maxLength = 1n << 30n,
+  options: { hostHoles?: boolean } = {}): AsyncGenerator<Extent> {
+  const holes = new Map<string, HostHoles>();
+  try {
+    yield* walk(driver, start, end, maxLength, options.hostHoles ? holes : undefined);
+  } finally {
+    for (const h of holes.values()) h.close();
+  }
+}
+
+async function* walk(driver: BlockDriver, start: bigint, end: bigint, maxLength: bigint, holes: Map<string, HostHoles> | undefined): AsyncGenerator<Extent> {
   let offset = start;
   while (offset < end) {
     const want = end - offset < maxLength ? end - offset : maxLength;
     const status = await driver.blockStatus(offset, want);
     let length = status.length > want ? want : status.length;
+    if (holes && driver.format !== 'raw' && status.data && !status.compressed && status.hostOffset !== undefined && length > 0n) {
+      // Like qemu, look through to the host file: data clusters over a hole read as zeroes.
+      const file = layer(driver, status.depth)?.filename;
+      if (file !== undefined) {
+        let h = holes.get(file);
+        if (!h) holes.set(file, (h = new HostHoles(file)));
+        const probe = h.probe(status.hostOffset, length);
+        length = probe.length;
+        if (probe.hole) status.zero = true;
+      }
+    }
     if (length <= 0n) length = want; // a driver that cannot tell: treat the rest as one extent
     if (driver.format === 'raw') {
       // A raw image is its own host file: every byte is "allocated" and maps 1:1, holes included.

@@ -61,7 +61,7 @@ export async function map(argv: string[], io: ImgIO): Promise<number> {
     const size = driver.size();
     const end = maxLength === undefined || start + maxLength > size ? size : start + maxLength;
     const entries: MapEntry[] = [];
-    for await (const e of extents(driver, start < size ? start : size, end)) {
+    for await (const e of extents(driver, start < size ? start : size, end, 1n << 30n, { hostHoles: true })) {
       const entry = toEntry(e);
       const last = entries[entries.length - 1];
       if (last && mergeable(last, entry)) last.length += entry.length;

@@ -74,8 +74,8 @@ export async function measure(argv: string[], io: ImgIO): Promise<number> {
       let used = 0n;
       const granule = outFormat === 'qcow2' ? clusterSize : 512n;
       let countedTo = 0n; // clusters already counted, so neighbouring extents don't count one twice
-      for await (const e of extents(d)) {
-        if (e.zero && !e.data) continue;
+      for await (const e of extents(d, 0n, d.size(), 1n << 30n, { hostHoles: true })) {
+        if (e.zero) continue; // zero clusters and data over host holes need no data clusters
         if (!e.present && !e.data) continue;
         const from = e.start / granule * granule > countedTo ? (e.start / granule) * granule : countedTo;
         const to = roundUp(e.start + e.length, granule);

@@ -129,15 +129,15 @@ describe('images qemu-img makes read the same through tsvirt img', { skip }, () 
         assert.equal(ours.stdout, s.qemu(...args), args.join(' '));
       }
     });
-    // Known gaps: qemu reports sub-cluster allocation of extended L2 images, and marks preallocated
-    // clusters whose host range is a hole as "zero"; the block layer's status carries neither yet.
-    const gap = name === 'ext.qcow2' || name === 'prealloc.qcow2' ? 'block status lacks subcluster/host-hole detail' : false;
+    // Known gap: qemu reports sub-cluster allocation of extended L2 images (present/offset per
+    // subcluster); the block layer's status does not carry it yet.
+    const gap = name === 'ext.qcow2' ? 'block status lacks subcluster allocation detail' : false;
     test(`${name}: map --output json equals qemu-img's`, { todo: gap }, () => {
       const ours = s.tsvirt('map', '--output', 'json', name);
       assert.equal(ours.status, 0, ours.stderr);
       assert.equal(ours.stdout, s.qemu('map', '--output', 'json', name));
     });
-    test(`${name}: compare with qemu's raw conversion says identical; measure agrees`, { todo: name === 'prealloc.qcow2' ? 'host-hole detection' : false }, () => {
+    test(`${name}: compare with qemu's raw conversion says identical; measure agrees`, () => {
       s.qemu('convert', '-O', 'raw', name, `${name}.raw`);
       const r = s.tsvirt('compare', name, `${name}.raw`);
       assert.equal(r.status, 0, r.stdout + r.stderr);
