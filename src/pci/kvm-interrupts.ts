@@ -9,11 +9,16 @@ export interface KvmIrqTarget {
   irqLine(irq: number, level: boolean): void;
 }
 
-export function kvmInterruptSink(vm: KvmIrqTarget): InterruptSink {
+/**
+ * `vm` may be a getter: the machine builds a new VM on reset, and interrupts must go to the
+ * current one.
+ */
+export function kvmInterruptSink(vm: KvmIrqTarget | (() => KvmIrqTarget)): InterruptSink {
+  const current = typeof vm === 'function' ? vm : () => vm;
   return {
     signalMsi: (address, data) => {
-      vm.signalMsi({ addressLo: Number(address & 0xffffffffn), addressHi: Number(address >> 32n), data });
+      current().signalMsi({ addressLo: Number(address & 0xffffffffn), addressHi: Number(address >> 32n), data });
     },
-    setIntx: (gsi, level) => vm.irqLine(gsi, level),
+    setIntx: (gsi, level) => current().irqLine(gsi, level),
   };
 }

@@ -18,8 +18,16 @@ export interface FdWatcher {
 export class KvmNotifyRegistrar implements NotifyRegistrar {
   private readonly active = new Map<string, IoEventFd>();
 
-  /** `vm` is the VmFd, `poller` the VMM's FdPoller. */
-  constructor(private readonly vm: IoeventfdTarget, private readonly poller: FdWatcher) {}
+  private readonly currentVm: () => IoeventfdTarget;
+
+  /**
+   * `vm` is the VmFd or a getter for the current one (the machine builds a new VM on reset;
+   * call the host bridge's reset() before the old VM goes so its ioeventfds are deassigned),
+   * `poller` the VMM's FdPoller.
+   */
+  constructor(vm: IoeventfdTarget | (() => IoeventfdTarget), private readonly poller: FdWatcher) {
+    this.currentVm = typeof vm === 'function' ? vm : () => vm;
+  }
 
   private static key(d: NotifyDoorbell): string {
     return `${d.address}:${d.datamatch}`;
@@ -29,7 +37,7 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
     const fd = eventfd(0, EFD_NONBLOCK);
     const io: IoEventFd = { fd, address: doorbell.address, length: doorbell.length, datamatch: BigInt(doorbell.datamatch) };
     try {
-      this.vm.registerIoeventfd(io);
+      this.currentVm().registerIoeventfd(io);
     } catch (error) {
       close(fd);
       throw error;
@@ -48,7 +56,11 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
     if (!io) return;
     this.active.delete(key);
     this.poller.remove(io.fd);
-    this.vm.unregisterIoeventfd(io);
+    try {
+      this.currentVm().unregisterIoeventfd(io);
+    } catch {
+      // The VM it was registered with is already gone; closing the fd is all that is left.
+    }
     close(io.fd);
   }
 
@@ -58,7 +70,7 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
       this.active.delete(key);
       this.poller.remove(io.fd);
       try {
-        this.vm.unregisterIoeventfd(io);
+        this.currentVm().unregisterIoeventfd(io);
       } catch {}
       close(io.fd);
     }

@@ -19,7 +19,7 @@ test('doorbells become ioeventfds with datamatch; a signalled eventfd runs the q
   };
   const poller = new FdPoller();
   t.after(() => poller.close());
-  const registrar = new KvmNotifyRegistrar(vm, poller);
+  const registrar = new KvmNotifyRegistrar(() => vm, poller);
   const m = makeMachine();
   const { slot } = plugVirtio(m, new VirtioRng(), undefined, registrar);
   m.bridge.assignBars();
