@@ -251,7 +251,9 @@ test('save state refuses while requests run; parked requests survive save and lo
   disk.failNext = new Error('EIO');
   const r = request(d, q, 1, 8n, { out: pattern(512, 77) });
   q.kick();
-  while (blk.parkedRequests === 0) await new Promise((res) => setTimeout(res, 1));
+  const parkDeadline = Date.now() + 2000;
+  while (blk.parkedRequests === 0 && Date.now() < parkDeadline) await new Promise((res) => setTimeout(res, 1));
+  assert.equal(blk.parkedRequests, 1);
   const state = JSON.parse(JSON.stringify(transport.saveState()));
   const m2 = makeMachine();
   m2.memory.write(0n, m.memory.slice(0n, Number(m.memory.size)));

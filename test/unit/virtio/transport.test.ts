@@ -253,7 +253,9 @@ test('the PCI_CFG capability gives config-space access to BAR 4', async () => {
   const d = new VirtioDriver(m, slot);
   d.probePci();
   let cap = cfgRead(m, slot, 0x34, 1);
-  while (cap && !(cfgRead(m, slot, cap, 1) === 9 && cfgRead(m, slot, cap + 3, 1) === 5)) cap = cfgRead(m, slot, cap + 1, 1);
+  for (let guard = 0; guard < 48 && cap && !(cfgRead(m, slot, cap, 1) === 9 && cfgRead(m, slot, cap + 3, 1) === 5); guard++) {
+    cap = cfgRead(m, slot, cap + 1, 1);
+  }
   assert.ok(cap, 'PCI_CFG capability present');
   const { cfgWrite } = await import('./support/driver.js');
   cfgWrite(m, slot, cap + 4, 1, 4);
