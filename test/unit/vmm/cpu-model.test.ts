@@ -10,7 +10,11 @@ test('--cpu: named models with QEMU-style feature edits', () => {
   assert.equal(m.features.includes('popcnt'), false);
   assert.equal(m.features.includes('vme'), false);
   assert.equal(m.features.includes('aes'), true);
-  assert.equal(m.features.length, CPU_MODELS['x86-64-v2']!.features.length - 1);
+  const expected = new Set(CPU_MODELS['x86-64-v2']!.features);
+  expected.delete('popcnt');
+  expected.delete('vme');
+  expected.add('aes');
+  assert.deepEqual(new Set(m.features), expected);
 });
 
 test('--cpu: unknown models, unknown features and bad edits are one-line errors', () => {
