@@ -177,7 +177,7 @@ export class VirtioBlk implements VirtioDevice {
     const context = this.context;
     if (!context || index >= this.queueSizes.length) return;
     drainQueue(context, index, (chain) => {
-      void this.process(context, index, chain);
+      this.run(context, index, chain);
       return true;
     });
   }
@@ -186,7 +186,14 @@ export class VirtioBlk implements VirtioDevice {
   resume(): void {
     const parked = this.parked;
     this.parked = [];
-    for (const p of parked) void this.process(p.context, p.queue, p.chain);
+    for (const p of parked) this.run(p.context, p.queue, p.chain);
+  }
+
+  /** Start a request; anything unexpected fails the device instead of escaping as a rejection. */
+  private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): void {
+    this.process(context, queue, chain).catch((error: unknown) => {
+      context.fail(error instanceof Error ? error : new Error(String(error)));
+    });
   }
 
   private fail(queue: number, chain: DescriptorChain, message: string): number {

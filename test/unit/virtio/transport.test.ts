@@ -273,3 +273,15 @@ test('the PCI_CFG capability gives config-space access to BAR 4', async () => {
   cfgWrite(m, slot, cap + 16, 4, 0);
   assert.equal(d.status, 3);
 });
+
+test('without MSI-X a protocol error raises INTx with the ISR config bit', async () => {
+  const { m, slot } = rngMachine();
+  const d = await VirtioDriver.start(m, slot);
+  const q = d.queues[0]!;
+  m.memory.writeU16(q.avail + 2n, 200); // avail index jumps past the queue size
+  q.kick();
+  assert.equal(d.status & 0x40, 0x40);
+  assert.equal(m.sink.lines.get(cfgRead(m, slot, 0x3c, 1)), true);
+  assert.equal(d.readIsr(), 2, 'config change bit');
+  assert.ok(m.logs.some((l) => l.includes('available index moved 200 entries past the 64')));
+});
