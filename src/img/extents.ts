@@ -13,7 +13,13 @@ export interface Extent extends BlockStatus {
  * (`allocated`); otherwise data, or a zero extent that has host storage, or that the driver
  * attributes to a layer other than "fell off the chain", counts as present.
  */
-interface ClusterLookup { clusterSize: number; lookup(gc: number): Promise<{ kind: string }>; backing?: BlockDriver }
+interface ClusterLookup {
+  clusterSize: number;
+  extendedL2?: boolean;
+  subclusterSize?: number;
+  lookup(gc: number): Promise<{ kind: string; offset: number; allocMask: number; zeroMask: number }>;
+  backing?: BlockDriver;
+}
 
 /** The driver `depth` levels down the backing chain, if the drivers expose their backing. */
 function layer(driver: BlockDriver, depth: number): BlockDriver | undefined {
@@ -24,13 +30,30 @@ function layer(driver: BlockDriver, depth: number): BlockDriver | undefined {
 
 /**
  * The block layer's status does not tell a qcow2 zero cluster (allocated, reads as zero) from
- * an unallocated one; qemu calls the first "present". Ask the layer's cluster map directly.
+ * an unallocated one, nor report subclusters of extended L2 images; qemu calls the first
+ * "present" and gives unallocated subclusters of a host cluster an offset. Ask the layer's
+ * cluster map directly. Returns the refined extent (possibly shorter).
  */
-async function isZeroCluster(driver: BlockDriver, status: BlockStatus, offset: bigint): Promise<boolean> {
+async function refineZero(driver: BlockDriver, status: BlockStatus, offset: bigint, length: bigint): Promise<{ present: boolean; length: bigint; hostOffset?: bigint }> {
   const d = layer(driver, status.depth) as Partial<ClusterLookup> | undefined;
-  if (!d || typeof d.lookup !== 'function' || typeof d.clusterSize !== 'number') return false;
-  const entry = await d.lookup(Number(offset / BigInt(d.clusterSize)));
-  return entry.kind === 'zero';
+  if (!d || typeof d.lookup !== 'function' || typeof d.clusterSize !== 'number') return { present: false, length };
+  const cs = BigInt(d.clusterSize);
+  const gc = offset / cs;
+  const entry = await d.lookup(Number(gc));
+  const inCluster = offset - gc * cs;
+  if (!d.extendedL2 || !d.subclusterSize) {
+    const hostOffset = entry.kind === 'zero' && entry.offset ? BigInt(entry.offset) + inCluster : undefined;
+    return { present: entry.kind === 'zero', length, hostOffset };
+  }
+  const sub = BigInt(d.subclusterSize);
+  const first = Number(inCluster / sub);
+  const bit = (mask: number, i: number): number => (mask >>> i) & 1;
+  const zero = bit(entry.zeroMask, first);
+  let last = first + 1;
+  while (last < 32 && bit(entry.zeroMask, last) === zero && bit(entry.allocMask, last) === 0) last++;
+  const runEnd = gc * cs + BigInt(last) * sub;
+  const hostOffset = entry.offset ? BigInt(entry.offset) + inCluster : undefined;
+  return { present: zero === 1, length: runEnd - offset < length ? runEnd - offset : length, hostOffset };
 }
 
 function isPresent(status: BlockStatus): boolean {
@@ -74,8 +97,14 @@ async function* walk(driver: BlockDriver, start: bigint, end: bigint, maxLength:
       yield { ...status, length, start: offset, present: true, hostOffset: offset };
     } else {
       let present = isPresent(status);
-      if (!present && status.zero && !status.data) present = await isZeroCluster(driver, status, offset);
-      yield { ...status, length, start: offset, present };
+      let hostOffset = status.hostOffset;
+      if (!present && status.zero && !status.data) {
+        const refined = await refineZero(driver, status, offset, length);
+        present = refined.present;
+        length = refined.length;
+        hostOffset ??= refined.hostOffset;
+      }
+      yield { ...status, length, start: offset, present, hostOffset };
     }
     offset += length;
   }

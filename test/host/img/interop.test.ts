@@ -129,10 +129,7 @@ describe('images qemu-img makes read the same through tsvirt img', { skip }, () 
         assert.equal(ours.stdout, s.qemu(...args), args.join(' '));
       }
     });
-    // Known gap: qemu reports sub-cluster allocation of extended L2 images (present/offset per
-    // subcluster); the block layer's status does not carry it yet.
-    const gap = name === 'ext.qcow2' ? 'block status lacks subcluster allocation detail' : false;
-    test(`${name}: map --output json equals qemu-img's`, { todo: gap }, () => {
+    test(`${name}: map --output json equals qemu-img's`, () => {
       const ours = s.tsvirt('map', '--output', 'json', name);
       assert.equal(ours.status, 0, ours.stderr);
       assert.equal(ours.stdout, s.qemu('map', '--output', 'json', name));
