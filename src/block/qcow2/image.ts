@@ -465,11 +465,22 @@ export class Qcow2Image implements BlockDriver {
     if (this.readOnly) throw new BlockError(this.filename, `${what} refused: image is open read-only`);
   }
 
-  /** A write to this cluster may go straight to the file, with no metadata change. */
-  private directlyWritable(gc: number, e: L2Entry): boolean {
+  /** Bit mask of the subclusters that bytes [from, from+length) of a cluster touch. */
+  private subclusterMask(from: number, length: number): number {
+    const s0 = Math.floor(from / this.subclusterSize);
+    const s1 = Math.floor((from + length - 1) / this.subclusterSize);
+    const upTo = s1 === 31 ? 0xffffffff : (2 ** (s1 + 1)) - 1;
+    return (upTo - ((2 ** s0) - 1)) >>> 0;
+  }
+
+  /** A write to these bytes of this cluster may go straight to the file, with no metadata change. */
+  private directlyWritable(gc: number, e: L2Entry, from: number, length: number): boolean {
     if (e.kind !== 'normal' || !e.copied) return false;
     if (!this.l1Entry(Math.floor(gc / this.l2Entries)).copied) return false;
-    return !this.extendedL2 || (e.allocMask === ALL_SUBCLUSTERS && e.zeroMask === 0);
+    if (!this.extendedL2) return true;
+    // Every subcluster the write touches must already be allocated.
+    const touched = this.subclusterMask(from, length);
+    return ((e.allocMask & touched) >>> 0) === touched;
   }
 
   async writev(offset: bigint, buffers: Uint8Array[]): Promise<void> {
@@ -531,7 +542,7 @@ export class Qcow2Image implements BlockDriver {
       const inCluster = guest - gc * cs;
       const chunk = Math.min(length - pos, cs - inCluster);
       const e = await this.lookup(gc);
-      if (this.directlyWritable(gc, e)) {
+      if (this.directlyWritable(gc, e, inCluster, chunk)) {
         const host = e.offset + inCluster;
         if (run && run.host + run.length === host && run.from + run.length === pos) run.length += chunk;
         else {
@@ -573,13 +584,18 @@ export class Qcow2Image implements BlockDriver {
     while (i < pieces.length) {
       const p = pieces[i];
       const e = await this.lookup(p.gc);
-      if (this.directlyWritable(p.gc, e)) {
+      if (this.directlyWritable(p.gc, e, p.inCluster, p.length)) {
         await this.file.writev(e.offset + p.inCluster, p.src);
         i++;
         continue;
       }
       const l2 = await this.writableL2(p.gc);
       const cur = decodeL2(l2.table.buf, l2.index, this.clusterBits, this.extendedL2);
+      if (this.extendedL2 && cur.kind !== 'compressed' && (cur.offset === 0 || cur.copied)) {
+        await this.subclusterWrite(l2, cur, p);
+        i++;
+        continue;
+      }
       if ((cur.kind === 'normal' || (cur.kind === 'zero' && cur.offset !== 0)) && cur.copied) {
         // Our own cluster, but partly zero/unallocated subclusters or a preallocated zero
         // cluster: write the whole cluster in place, then mark it plainly allocated.
@@ -614,6 +630,52 @@ export class Qcow2Image implements BlockDriver {
       for (const old of olds) await this.release(old);
       i += n;
     }
+  }
+
+  /**
+   * Extended L2: write only the subclusters the request touches. Subclusters already
+   * allocated get exactly the request's bytes; others are written whole (the rest of each
+   * copied from what it reads as now) and then marked allocated. A cluster is allocated
+   * if the entry has none yet; its untouched subclusters keep their status. Caller holds the lock.
+   */
+  private async subclusterWrite(l2: { offset: number; table: CachedTable; index: number }, cur: L2Entry, p: { gc: number; inCluster: number; length: number; src: Uint8Array[] }): Promise<void> {
+    const sub = this.subclusterSize;
+    const data = gather(p.src, p.length);
+    const host = cur.offset !== 0 ? cur.offset : await this.refcounts.allocate(1);
+    const allocated = cur.offset !== 0 ? cur.allocMask : 0;
+    const writes: Array<{ at: number; bytes: Uint8Array }> = [];
+    const end = p.inCluster + p.length;
+    for (let s = Math.floor(p.inCluster / sub); s * sub < end; s++) {
+      const from = Math.max(p.inCluster, s * sub);
+      const to = Math.min(end, (s + 1) * sub);
+      const piece = data.subarray(from - p.inCluster, to - p.inCluster);
+      if (allocated & (2 ** s)) {
+        writes.push({ at: host + from, bytes: piece });
+      } else if (to - from === sub) {
+        writes.push({ at: host + from, bytes: piece });
+      } else {
+        const whole = new Uint8Array(sub);
+        await this.readInto(p.gc * this.clusterSize + s * sub, sub, [whole]);
+        whole.set(piece, from - s * sub);
+        writes.push({ at: host + s * sub, bytes: whole });
+      }
+    }
+    // Adjacent pieces go out as one vectored write.
+    for (let k = 0; k < writes.length; ) {
+      const group = [writes[k].bytes];
+      let next = writes[k].at + writes[k].bytes.length;
+      let j = k + 1;
+      while (j < writes.length && writes[j].at === next) {
+        group.push(writes[j].bytes);
+        next += writes[j].bytes.length;
+        j++;
+      }
+      await this.file.writev(writes[k].at, group);
+      k = j;
+    }
+    const touched = this.subclusterMask(p.inCluster, p.length);
+    const [hi, lo] = makeEntry(host, true);
+    await this.setL2Entries(l2, l2.index, [{ hi, lo, allocMask: (allocated | touched) >>> 0, zeroMask: (cur.zeroMask & ~touched) >>> 0 }]);
   }
 
   /**

@@ -364,3 +364,44 @@ test('bad requests and options get one-line errors naming the file', async () =>
     t.cleanup();
   }
 });
+
+test('extended L2: a small write allocates only the subclusters it touches', async () => {
+  const t = tempDir();
+  try {
+    const base = t.path('base.raw');
+    const baseData = randomBytes(rng(31), 1 << 20);
+    await createRaw(base, { size: 1n << 20n });
+    writeFileSync(base, baseData);
+    const f = t.path('sub.qcow2');
+    await createQcow2(f, { backingFile: 'base.raw', backingFormat: 'raw', extendedL2: true, clusterSize: 65536 });
+    const img = await openImage(f);
+    const patchData = randomBytes(rng(32), 100);
+    await img.writev(5000n, [patchData]);
+    const expected = baseData.slice();
+    expected.set(patchData, 5000);
+    // Subclusters are 2 KiB: bytes 5000..5099 live in subcluster 2 (4096..6143).
+    const before = await img.blockStatus(0n, 65536n);
+    assert.equal(before.depth, 1);
+    assert.equal(before.length, 4096n);
+    const own = await img.blockStatus(4096n, 61440n);
+    assert.equal(own.depth, 0);
+    assert.equal(own.length, 2048n);
+    const after = await img.blockStatus(6144n, 59392n);
+    assert.equal(after.depth, 1);
+    // A second write into another subcluster of the same cluster, and one spanning both.
+    const more = randomBytes(rng(33), 3000);
+    await img.writev(30000n, [more]);
+    expected.set(more, 30000);
+    await img.writeZeroes(40960n, 4096n);
+    expected.fill(0, 40960, 45056);
+    const back = new Uint8Array(1 << 20);
+    await img.readv(0n, [back]);
+    assert.equal(firstDifference(back, expected), -1);
+    await img.close();
+    await assertClean(f);
+    const r = await checkQcow2(f);
+    assert.equal(r.allocatedClusters, 1);
+  } finally {
+    t.cleanup();
+  }
+});
