@@ -19,3 +19,4 @@ export { guestInitrdWith } from './lab/guest-image.js';
 export { labExec, LabError, type LabExecOptions, type LabExecResult } from './lab/exec.js';
 export { decidePlacement, type Placement } from './lab/placement.js';
 export { CpioWriter, cpioArchive } from './lab/cpio.js';
+export { runImg, ImgError, BufferIO as ImgBufferIO, type ImgIO } from './img/index.js';
