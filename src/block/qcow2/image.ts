@@ -182,10 +182,18 @@ export class Qcow2Image implements BlockDriver {
       if (off === 0) continue;
       if (off % this.clusterSize !== 0) throw new BlockError(this.filename, `L1 entry ${i} points at unaligned offset 0x${off.toString(16)}`);
       if (off + this.clusterSize > fileEnd) throw new BlockError(this.filename, `L1 entry ${i} points past the end of the file (0x${off.toString(16)})`);
-      if (off === 0 || off === Number(this.header.l1TableOffset) || off === this.refcounts.tableOffset) {
-        throw new BlockError(this.filename, `L1 entry ${i} points at the header or a metadata table (0x${off.toString(16)})`);
+      if (this.overlapsFixedMetadata(off, this.clusterSize)) {
+        throw new BlockError(this.filename, `L1 entry ${i} points into the header, L1 table or refcount table (0x${off.toString(16)})`);
       }
     }
+  }
+
+  /** Whether [offset, offset+length) touches the header, the L1 table or the refcount table. */
+  overlapsFixedMetadata(offset: number, length: number): boolean {
+    const hit = (start: number, len: number): boolean => len > 0 && offset < start + len && start < offset + length;
+    return hit(0, this.clusterSize)
+      || hit(Number(this.header.l1TableOffset), this.header.l1Size * 8)
+      || hit(this.refcounts.tableOffset, this.refcounts.tableClusters * this.clusterSize);
   }
 
   /** Opening read-write: rebuild refcounts of a dirty image, drop autoclear features we do not maintain. */
@@ -303,6 +311,9 @@ export class Qcow2Image implements BlockDriver {
       // subclusters it has not written yet. Anything further out is a bad pointer.
       if (e.offset === 0 || e.offset > Math.ceil(fileEnd / this.clusterSize) * this.clusterSize) {
         throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points past the end of the file (0x${e.offset.toString(16)})`);
+      }
+      if (this.overlapsFixedMetadata(e.offset, this.clusterSize)) {
+        throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points into the header, L1 table or refcount table (0x${e.offset.toString(16)})`);
       }
     } else if (e.kind === 'compressed') {
       if (e.compressedOffset === 0 || e.compressedOffset >= fileEnd) {

@@ -54,8 +54,13 @@ export class Refcounts {
     const view = new DataView(raw.buffer);
     const table: number[] = [];
     for (let i = 0; i < raw.length / 8; i++) {
-      const entry = view.getBigUint64(i * 8) & REFTABLE_OFFSET_MASK;
-      table.push(Number(entry));
+      const entry = Number(view.getBigUint64(i * 8) & REFTABLE_OFFSET_MASK);
+      if (entry !== 0) {
+        if (entry % clusterSize !== 0) throw new BlockError(file.filename, `refcount block ${i} offset 0x${entry.toString(16)} is not cluster-aligned`);
+        if (entry + clusterSize > Math.ceil(fileEnd / clusterSize) * clusterSize) throw new BlockError(file.filename, `refcount block ${i} at 0x${entry.toString(16)} lies past the end of the file`);
+        if (entry < tableOffset + tableClusters * clusterSize && tableOffset < entry + clusterSize) throw new BlockError(file.filename, `refcount block ${i} overlaps the refcount table`);
+      }
+      table.push(entry);
     }
     return new Refcounts(file, clusterBits, refcountOrder, table, tableOffset, tableClusters, fileEnd);
   }

@@ -61,6 +61,10 @@ test('hostile headers and tables are refused with a one-line error naming the fi
       ['external data file', (b) => b.writeBigUInt64BE(1n << 2n, 72), /external data file/],
       ['too many snapshots', (b) => b.writeUInt32BE(1 << 20, 60), /1048576 snapshots/],
       ['L1 entry past EOF', (b) => b.writeBigUInt64BE((1n << 63n) | (1n << 40n), Number(b.readBigUInt64BE(40))), /L1 entry 0 points past the end of the file/],
+      ['refcount block unaligned', (b) => b.writeBigUInt64BE(b.readBigUInt64BE(Number(b.readBigUInt64BE(48))) + 512n, Number(b.readBigUInt64BE(48))), /refcount block 0 offset .* is not cluster-aligned/],
+      ['refcount block past EOF', (b) => b.writeBigUInt64BE(1n << 40n, Number(b.readBigUInt64BE(48))), /refcount block 0 at .* lies past the end of the file/],
+      ['refcount block on the table', (b) => b.writeBigUInt64BE(b.readBigUInt64BE(48), Number(b.readBigUInt64BE(48))), /refcount block 0 overlaps the refcount table/],
+      ['L1 entry on the refcount table', (b) => b.writeBigUInt64BE((1n << 63n) | b.readBigUInt64BE(48), Number(b.readBigUInt64BE(40))), /L1 entry 0 points into the header, L1 table or refcount table/],
       ['L1 entry on header', (b) => b.writeBigUInt64BE(1n << 63n | 0n, Number(b.readBigUInt64BE(40))) , /./],
     ];
     for (const [name, edit, pattern] of cases) {
@@ -113,6 +117,15 @@ test('hostile headers and tables are refused with a one-line error naming the fi
     const img = await openImage(l2bad, { readOnly: true });
     await expectOneLineError(img.readv(0n, [new Uint8Array(512)]), /guest cluster 0 points past the end of the file/, l2bad);
     await img.close();
+    // An L2 entry aimed at the L1 table: a write there would destroy metadata.
+    patch(l2bad, (b) => {
+      const l1 = Number(b.readBigUInt64BE(40));
+      const l2 = Number(b.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+      b.writeBigUInt64BE((1n << 63n) | BigInt(l1), l2);
+    });
+    const rw = await openImage(l2bad);
+    await expectOneLineError(rw.writev(0n, [new Uint8Array(512)]), /points into the header, L1 table or refcount table/, l2bad);
+    await rw.close();
 
     // A compressed cluster whose bytes are garbage.
     const zbad = t.path('zbad.qcow2');
