@@ -51,21 +51,22 @@ function progressBar(io: ImgIO, total: bigint, enabled: boolean): Progress {
   if (!enabled) return { add: () => undefined, stop: () => undefined };
   const bar = new cliProgress.SingleBar({
     stream: process.stderr,
-    format: '    ({percentage}/100%) [{bar}]',
+    format: '    ({pct}/100%) [{bar}]', // qemu-img prints the percentage with two decimals
     hideCursor: false,
     noTTYOutput: !io.errIsTTY,
     notTTYSchedule: 1000,
   }, cliProgress.Presets.shades_classic);
   const scale = Number(total) || 1;
   let done = 0n;
-  bar.start(100, 0);
+  bar.start(100, 0, { pct: '0.00' });
   return {
     add: (n) => {
       done += n;
-      bar.update(Math.floor((Number(done) / scale) * 10000) / 100);
+      const pct = Math.floor((Number(done) / scale) * 10000) / 100;
+      bar.update(pct, { pct: pct.toFixed(2) });
     },
     stop: () => {
-      bar.update(100);
+      bar.update(100, { pct: '100.00' });
       bar.stop();
     },
   };

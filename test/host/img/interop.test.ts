@@ -93,6 +93,25 @@ describe('convert output passes qemu-img check and reads back identical', { skip
     assert.equal(s.qemuImg('compare', 'src.raw', 'full.raw').status, 0);
   });
 
+  test('-p draws a progress bar on stderr that ends at 100%; stdout stays clean', () => {
+    const r = s.tsvirt('convert', '-p', '-O', 'qcow2', 'src.raw', 'progress.qcow2');
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /\(100\.00\/100%\)/);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'progress.qcow2').status, 0);
+  });
+
+  test('-B makes an image on a backing file; with -o cluster_size the layout option is honoured', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'backing.qcow2', '24M');
+    const r = s.tsvirt('convert', '-O', 'qcow2', '-B', 'backing.qcow2', '-F', 'qcow2', '-o', 'cluster_size=4k', 'src.raw', 'onbacking.qcow2');
+    assert.equal(r.status, 0, r.stderr);
+    const info = JSON.parse(s.qemu('info', '--output', 'json', 'onbacking.qcow2')) as Record<string, unknown>;
+    assert.equal(info['backing-filename'], 'backing.qcow2');
+    assert.equal(info['cluster-size'], 4096);
+    assert.equal(s.qemuImg('check', 'onbacking.qcow2').status, 0);
+    assert.equal(s.qemuImg('compare', 'src.raw', 'onbacking.qcow2').status, 0);
+  });
+
   test('concatenating two sources', () => {
     assert.equal(s.tsvirt('convert', '-O', 'raw', 'src.raw', 'src.raw', 'twice.raw').status, 0);
     const src = readFileSync(s.path('src.raw'));
