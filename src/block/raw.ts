@@ -4,10 +4,7 @@ import { BlockError } from './errors.js';
 import { HostFile } from './host-file.js';
 import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
 import { open as openFile } from 'node:fs/promises';
-import koffi from 'koffi';
 
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
 
 export class RawDriver implements BlockDriver {
   readonly format = 'raw';
@@ -99,15 +96,8 @@ export class RawDriver implements BlockDriver {
   async blockStatus(offset: bigint, length: bigint): Promise<BlockStatus> {
     this.check(offset, length, 'block status');
     const end = offset + length;
-    const next = (whence: number): bigint => {
-      try {
-        return BigInt(seekFd(this.file.fd, offset, whence));
-      } catch {
-        return -1n;
-      }
-    };
-    const hole = next(SEEK_HOLE);
-    const data = next(SEEK_DATA);
+    const hole = this.file.seek(offset, 'hole');
+    const data = this.file.seek(offset, 'data');
     if (hole < 0n && data < 0n) return { length, data: true, zero: false, depth: 0, hostOffset: offset };
     if (data === offset || (data < 0n && hole > offset) || (hole > offset && data <= offset)) {
       const stop = hole < 0n || hole > end ? end : hole;
@@ -120,19 +110,6 @@ export class RawDriver implements BlockDriver {
   close(): Promise<void> {
     return this.file.close();
   }
-}
-
-let lseek: ((fd: number, offset: bigint, whence: number) => bigint) | undefined;
-function seekFd(fd: number, offset: bigint, whence: number): bigint {
-  if (!lseek) {
-    // Node has no lseek; SEEK_DATA/SEEK_HOLE are how a sparse file tells its holes.
-    const lib = koffi.load('libc.so.6');
-    const fn = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
-    lseek = (f, o, w) => BigInt(fn(f, o, w) as number | bigint);
-  }
-  const r = lseek(fd, offset, whence);
-  if (r < 0n) throw new Error('lseek failed');
-  return r;
 }
 
 /** Create (or truncate to) a raw image of `size` bytes; preallocation 'falloc'/'full' reserves or writes it. */
