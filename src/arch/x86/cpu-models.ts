@@ -126,7 +126,11 @@ export interface CpuidForOptions {
   /** This vCPU's APIC ID (defaults to vcpuIndex). */
   apicId?: number;
   cpuCount: number;
-  /** SMT threads per core (default 1); all vCPUs form one socket. */
+  /**
+   * SMT threads per core (default 1); all vCPUs form one socket. An AMD-vendor guest sees the
+   * threads only when topoext is offered (leaf 0x8000001E), as on real AMD parts; without it
+   * Linux counts every vCPU as a core.
+   */
   threadsPerCore?: number;
   /** Offer the TSC-deadline timer (needs KVM's in-kernel irqchip; default true). */
   tscDeadlineTimer?: boolean;
