@@ -503,7 +503,10 @@ export class Qcow2Image implements BlockDriver {
 
   /**
    * Run `fn` under the metadata lock with no in-place write in flight and none starting:
-   * for operations (snapshots) after which a cluster that was ours alone becomes shared.
+   * for operations after which a cluster that was ours alone becomes shared (snapshots) or
+   * free (discard, zeroing with unmap, shrinking, compressed overwrite). Without this, a
+   * write already on its way to a freed cluster could land after the cluster was handed
+   * out again, say as an L2 table.
    */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     return this.lock.run(async () => {
@@ -707,7 +710,7 @@ export class Qcow2Image implements BlockDriver {
     const packed = compressCluster(data);
     if (!packed) return this.writeFrom(Number(offset), Number(end - offset), [data.subarray(0, Number(end - offset))]);
     const gc = Number(offset) / this.clusterSize;
-    await this.lock.run(async () => {
+    await this.exclusive(async () => {
       const l2 = await this.writableL2(gc);
       const old = decodeL2(l2.table.buf, l2.index, this.clusterBits, this.extendedL2);
       const host = await this.placeCompressed(packed.length);
@@ -757,7 +760,7 @@ export class Qcow2Image implements BlockDriver {
     const { first, count } = this.split(Number(offset), Number(length));
     if (count === 0) return;
     const hasBacking = this.header.backingFile !== undefined;
-    await this.lock.run(() => this.rewriteClusters(first, count, () => {
+    await this.exclusive(() => this.rewriteClusters(first, count, () => {
       // With a backing file a discarded cluster must not show the backing data (v3: zero flag).
       if (hasBacking && this.header.version === 3) return this.extendedL2 ? { hi: 0, lo: 0, zeroMask: ALL_SUBCLUSTERS, allocMask: 0 } : { hi: 0, lo: 1 };
       return { hi: 0, lo: 0 };
@@ -777,7 +780,7 @@ export class Qcow2Image implements BlockDriver {
       if (this.header.version === 2 && this.header.backingFile !== undefined) {
         await zeroBuffer(first * this.clusterSize, Math.min(count * this.clusterSize, Number(this.header.size) - first * this.clusterSize));
       } else {
-        await this.lock.run(() => this.rewriteClusters(first, count, (old) => {
+        await this.exclusive(() => this.rewriteClusters(first, count, (old) => {
           if (this.header.version === 2) return { hi: 0, lo: 0 };
           if (!opts.mayUnmap && old.copied && (old.kind === 'normal' || (old.kind === 'zero' && old.offset !== 0))) {
             // Keep the allocation (the caller asked not to unmap): a preallocated zero cluster.
@@ -870,7 +873,7 @@ export class Qcow2Image implements BlockDriver {
   async resize(newSize: bigint): Promise<void> {
     this.writable('resize');
     if (newSize < 0n) throw new BlockError(this.filename, `invalid size ${newSize}`);
-    await this.lock.run(async () => {
+    await this.exclusive(async () => {
       const cs = BigInt(this.clusterSize);
       const clusters = (newSize + cs - 1n) / cs;
       const l1Needed = Number((clusters + BigInt(this.l2Entries) - 1n) / BigInt(this.l2Entries));
