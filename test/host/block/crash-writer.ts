@@ -11,6 +11,7 @@ for (const op of crashOps(Number(seedText), Number(img.size()))) {
   process.stdout.write(`start ${i}\n`);
   if (op.kind === 'write') await img.writev(BigInt(op.offset), [op.data]);
   else if (op.kind === 'zero') await img.writeZeroes(BigInt(op.offset), BigInt(op.length), { mayUnmap: op.unmap });
+  else if (op.kind === 'discard') await img.discard(BigInt(op.offset), BigInt(op.length));
   else {
     await createSnapshot(img, `s${seedText}-${i}`);
     const all = await listSnapshots(img);

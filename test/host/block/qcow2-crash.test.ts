@@ -78,11 +78,17 @@ test('kill -9 at random points leaves an image that opens, checks clean (leaks o
         let i = 0;
         for (const op of crashOps(seed, size)) {
           if (i > lastStarted + 1) break;
+          // A discard (no backing file) zeroes the whole clusters inside its range.
+          const discarded = op.kind === 'discard'
+            ? [Math.ceil(op.offset / clusterSize) * clusterSize, Math.min(size, Math.floor((op.offset + op.length) / clusterSize) * clusterSize)]
+            : [0, 0];
           if (i <= lastFlushed) {
             if (op.kind === 'write') model.set(op.data, op.offset);
             else if (op.kind === 'zero') model.fill(0, op.offset, op.offset + op.length);
+            else if (op.kind === 'discard' && discarded[1] > discarded[0]) model.fill(0, discarded[0], discarded[1]);
           } else if (op.kind === 'write') uncertain.fill(1, op.offset, op.offset + op.data.length);
           else if (op.kind === 'zero') uncertain.fill(1, op.offset, op.offset + op.length);
+          else if (op.kind === 'discard' && discarded[1] > discarded[0]) uncertain.fill(1, discarded[0], discarded[1]);
           i++;
         }
         const img = await openImage(f);
