@@ -24,6 +24,7 @@ import {
 import { Refcounts } from './refcounts.js';
 import { decodeL2, makeCompressedEntry, makeEntry, readU64Parts, writeU64Parts, offsetOf, COPIED_HI, type L2Entry } from './entries.js';
 import { compressCluster, decompressCluster } from './compression.js';
+import { L2Cache, type CachedTable } from './l2-cache.js';
 
 const ALL_SUBCLUSTERS = 0xffffffff;
 const DEFAULT_L2_CACHE = 1 << 20;
@@ -79,12 +80,6 @@ function gather(src: Uint8Array[], length: number): Uint8Array {
   return out;
 }
 
-interface CachedTable {
-  buf: Uint8Array;
-  /** Writes of this table still on their way to disk: the table must not be evicted meanwhile. */
-  pending: number;
-}
-
 export class Qcow2Image implements BlockDriver {
   readonly format = 'qcow2';
   readonly clusterSize: number;
@@ -95,9 +90,7 @@ export class Qcow2Image implements BlockDriver {
   readonly subclusterSize: number;
   l1: Uint8Array;
   readonly lock = new Mutex();
-  private l2Cache = new Map<number, CachedTable>();
-  private l2Loading = new Map<number, Promise<CachedTable>>();
-  private readonly l2CacheTables: number;
+  private readonly l2Cache: L2Cache;
   private lastDecompressed?: { offset: number; data: Uint8Array };
   private closed = false;
   /** Writes between their mapping lookup and the end of their in-place data writes. */
@@ -121,7 +114,7 @@ export class Qcow2Image implements BlockDriver {
     this.l2Entries = this.clusterSize / this.entryBytes;
     this.subclusterSize = this.extendedL2 ? this.clusterSize / 32 : this.clusterSize;
     this.l1 = l1;
-    this.l2CacheTables = Math.max(4, Math.floor((options.l2CacheBytes ?? DEFAULT_L2_CACHE) / this.clusterSize));
+    this.l2Cache = new L2Cache(file, this.clusterSize, Math.max(4, Math.floor((options.l2CacheBytes ?? DEFAULT_L2_CACHE) / this.clusterSize)));
   }
 
   get filename(): string {
@@ -259,37 +252,8 @@ export class Qcow2Image implements BlockDriver {
     await this.file.write(Number(this.header.l1TableOffset) + index * 8, this.l1.slice(index * 8, index * 8 + 8));
   }
 
-  async loadL2(offset: number): Promise<CachedTable> {
-    const cached = this.l2Cache.get(offset);
-    if (cached) {
-      this.l2Cache.delete(offset);
-      this.l2Cache.set(offset, cached);
-      return cached;
-    }
-    const loading = this.l2Loading.get(offset);
-    if (loading) return loading;
-    const p = (async () => {
-      const buf = new Uint8Array(this.clusterSize);
-      await this.file.read(offset, buf);
-      const t: CachedTable = { buf, pending: 0 };
-      this.l2Cache.set(offset, t);
-      this.evictL2();
-      return t;
-    })();
-    this.l2Loading.set(offset, p);
-    try {
-      return await p;
-    } finally {
-      this.l2Loading.delete(offset);
-    }
-  }
-
-  private evictL2(): void {
-    if (this.l2Cache.size <= this.l2CacheTables) return;
-    for (const [off, t] of this.l2Cache) {
-      if (this.l2Cache.size <= this.l2CacheTables) break;
-      if (t.pending === 0) this.l2Cache.delete(off);
-    }
+  loadL2(offset: number): Promise<CachedTable> {
+    return this.l2Cache.get(offset);
   }
 
   /** The L2 entry mapping guest cluster `gc` (unallocated when its L2 table does not exist). */
@@ -341,8 +305,7 @@ export class Qcow2Image implements BlockDriver {
     if (offset !== 0) buf.set((await this.loadL2(offset)).buf);
     await this.file.write(fresh, buf);
     const table: CachedTable = { buf, pending: 0 };
-    this.l2Cache.set(fresh, table);
-    this.evictL2();
+    this.l2Cache.put(fresh, table);
     await this.setL1Entry(l1i, fresh, true);
     if (offset !== 0) {
       await this.refcounts.free(offset);
