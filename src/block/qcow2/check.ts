@@ -8,7 +8,7 @@ import { HostFile } from '../host-file.js';
 import { HEADER_FIELD, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, parseHeader, type Qcow2Header } from './header.js';
 import { decodeL2, offsetOf, readU64Parts, writeU64Parts, COPIED_HI } from './entries.js';
 import { Refcounts, REFTABLE_OFFSET_MASK } from './refcounts.js';
-import { readSnapshotTable } from './snapshots.js';
+import { readSnapshotTableExtent } from './snapshots.js';
 import type { Qcow2Image } from './image.js';
 
 export interface CheckResult {
@@ -99,16 +99,9 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
   ];
   if (h.nbSnapshots > 0) {
     try {
-      const snaps = await readSnapshotTable(file, file.filename, h.snapshotsOffset, h.nbSnapshots, h.clusterBits, BigInt(fileLength));
-      let tableEnd = Number(h.snapshotsOffset);
-      for (const s of snaps) {
-        const idLen = new TextEncoder().encode(s.id).length;
-        const nameLen = new TextEncoder().encode(s.name).length;
-        const extra = s.icount !== undefined || s.extraTail.length > 0 ? 24 + s.extraTail.length : s.diskSize !== undefined ? 16 : 8;
-        tableEnd += Math.ceil((40 + extra + idLen + nameLen) / 8) * 8;
-        l1s.push({ offset: Number(s.l1TableOffset), size: s.l1Size, active: false, name: `snapshot '${s.name}' L1 table` });
-      }
-      ref(Number(h.snapshotsOffset), tableEnd - Number(h.snapshotsOffset), 'snapshot table');
+      const { snapshots: snaps, bytes } = await readSnapshotTableExtent(file, file.filename, h.snapshotsOffset, h.nbSnapshots, h.clusterBits, BigInt(fileLength));
+      for (const s of snaps) l1s.push({ offset: Number(s.l1TableOffset), size: s.l1Size, active: false, name: `snapshot '${s.name}' L1 table` });
+      ref(Number(h.snapshotsOffset), bytes, 'snapshot table');
     } catch (err) {
       w.checkErrors++;
       note(w, `ERROR reading the snapshot table: ${(err as Error).message}`);

@@ -58,7 +58,8 @@ export async function createQcow2(filename: string, options: CreateQcow2Options)
     await backing.close();
   }
   if (size === undefined) bad('no size given and no backing file to take it from');
-  const virtualSize = size as bigint;
+  // Disks are made of 512-byte sectors: round up as qemu-img does.
+  const virtualSize = (((size as bigint) + 511n) / 512n) * 512n;
   if (virtualSize < 0n || virtualSize > MAX_VIRTUAL_SIZE) bad(`invalid size ${virtualSize}`);
 
   const clusterBits = Math.log2(clusterSize);

@@ -836,6 +836,7 @@ export class Qcow2Image implements BlockDriver {
   async resize(newSize: bigint): Promise<void> {
     this.writable('resize');
     if (newSize < 0n) throw new BlockError(this.filename, `invalid size ${newSize}`);
+    if (newSize % 512n !== 0n) throw new BlockError(this.filename, `new size ${newSize} is not a multiple of 512`);
     await this.exclusive(async () => {
       const cs = BigInt(this.clusterSize);
       const clusters = (newSize + cs - 1n) / cs;

@@ -29,7 +29,12 @@ export interface Qcow2Snapshot {
 }
 
 export async function readSnapshotTable(file: HostFile, filename: string, offset: bigint, count: number, clusterBits: number, fileLength: bigint): Promise<Qcow2Snapshot[]> {
-  if (count === 0) return [];
+  return (await readSnapshotTableExtent(file, filename, offset, count, clusterBits, fileLength)).snapshots;
+}
+
+/** The snapshot table and the number of bytes it occupies on disk (as written, whoever wrote it). */
+export async function readSnapshotTableExtent(file: HostFile, filename: string, offset: bigint, count: number, clusterBits: number, fileLength: bigint): Promise<{ snapshots: Qcow2Snapshot[]; bytes: number }> {
+  if (count === 0) return { snapshots: [], bytes: 0 };
   if (count > MAX_SNAPSHOTS) throw new BlockError(filename, `${count} snapshots is more than the ${MAX_SNAPSHOTS} supported`);
   const out: Qcow2Snapshot[] = [];
   let pos = Number(offset);
@@ -74,7 +79,7 @@ export async function readSnapshotTable(file: HostFile, filename: string, offset
     pos += 40 + varLen;
     pos = Math.ceil(pos / 8) * 8;
   }
-  return out;
+  return { snapshots: out, bytes: pos - Number(offset) };
 }
 
 export function serializeSnapshotTable(snapshots: Qcow2Snapshot[]): Uint8Array {
@@ -180,7 +185,7 @@ async function replaceSnapshotTable(image: Qcow2Image, snapshots: Qcow2Snapshot[
   const h = image.header;
   const cs = image.clusterSize;
   const oldOffset = Number(h.snapshotsOffset);
-  const oldBytes = serializeSnapshotTable(await loadSnapshots(image)).length;
+  const oldBytes = (await readSnapshotTableExtent(image.file, image.filename, h.snapshotsOffset, h.nbSnapshots, h.clusterBits, await image.file.length())).bytes;
   const table = serializeSnapshotTable(snapshots);
   let offset = 0;
   if (table.length > 0) {

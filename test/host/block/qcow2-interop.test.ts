@@ -321,3 +321,38 @@ test('unknown header extensions survive a header rewrite', { skip }, async () =>
     t.cleanup();
   }
 });
+
+test('resizing (growing the L1 table, shrinking) keeps the image valid for QEMU', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const f = t.path('grow.qcow2');
+    await createQcow2(f, { size: 1n << 20n, clusterSize: 512 });
+    const img = await openImage(f);
+    const a = randomBytes(rng(1), 300000);
+    await img.writev(500000n, [a]);
+    await img.resize(64n << 20n);
+    const b = randomBytes(rng(2), 70000);
+    await img.writev(60n << 20n, [b]);
+    await img.close();
+    assertQemuClean(f);
+    const info = JSON.parse(qemuImg('info', '--output=json', f)) as { 'virtual-size': number };
+    assert.equal(info['virtual-size'], 64 << 20);
+    const expected = new Uint8Array(64 << 20);
+    expected.set(a, 500000);
+    expected.set(b, 60 << 20);
+    assert.equal(firstDifference(qemuContents(f, t.path('o.raw')), expected), -1);
+    const shrink = await openImage(f);
+    await assert.rejects(shrink.resize(700000n), /grow\.qcow2: new size 700000 is not a multiple of 512/);
+    await shrink.resize(700416n);
+    await shrink.close();
+    assertQemuClean(f);
+    assert.equal(firstDifference(qemuContents(f, t.path('o.raw')), expected.subarray(0, 700416)), -1);
+    // QEMU resizes too; we follow.
+    qemuImg('resize', f, '5M');
+    const grown = await readAll(f);
+    assert.equal(grown.length, 5 << 20);
+    assert.equal(firstDifference(grown.subarray(0, 700416), expected.subarray(0, 700416)), -1);
+  } finally {
+    t.cleanup();
+  }
+});
