@@ -119,6 +119,14 @@ describe('convert output passes qemu-img check and reads back identical', { skip
   });
 });
 
+/** The creation options each fixture was made with, so copies keep its layout. */
+function optionsOf(name: string): string[] {
+  if (name === 'ext.qcow2') return ['-o', 'extended_l2=on,cluster_size=128k'];
+  if (name === 'old.qcow2') return ['-o', 'compat=0.10,cluster_size=4k'];
+  if (name === 'prealloc.qcow2') return ['-o', 'preallocation=metadata'];
+  return [];
+}
+
 describe('images qemu-img makes read the same through tsvirt img', { skip }, () => {
   let s: Scratch;
   before(() => {
@@ -161,6 +169,29 @@ describe('images qemu-img makes read the same through tsvirt img', { skip }, () 
       for (const fmt of ['qcow2', 'raw']) {
         assert.equal(s.tsvirt('measure', '--output', 'json', '-O', fmt, name).stdout, s.qemu('measure', '--output', 'json', '-O', fmt, name), `measure -O ${fmt}`);
       }
+    });
+  }
+
+  // Writing over every kind of qemu-made image: the image must stay consistent for qemu-img.
+  for (const name of ['compressed.qcow2', 'ext.qcow2', 'old.qcow2', 'prealloc.qcow2', 'top.qcow2']) {
+    test(`${name}: convert -n over it, then a snapshot and a resize: qemu-img check stays clean`, () => {
+      const copy = `w-${name}`;
+      s.qemu('convert', '-O', 'qcow2', '-o', name === 'old.qcow2' ? 'compat=0.10' : 'compat=1.1', 'plain.raw', 'pattern.qcow2');
+      if (name === 'top.qcow2') {
+        s.qemu('create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', copy);
+        s.io(copy, 'write -P 6 600k 128k');
+      } else {
+        s.qemu('convert', '-O', 'qcow2', ...(name === 'compressed.qcow2' ? ['-c'] : []), ...optionsOf(name), name, copy);
+      }
+      const w = s.tsvirt('convert', '-n', '-f', 'qcow2', '-O', 'qcow2', 'pattern.qcow2', copy);
+      assert.equal(w.status, 0, w.stderr);
+      assert.equal(s.qemuImg('check', copy).status, 0, `after convert -n: ${s.qemuImg('check', copy).stdout}`);
+      assert.equal(s.qemuImg('compare', 'plain.raw', copy).status, 0);
+      assert.equal(s.tsvirt('snapshot', '-c', 'after', copy).status, 0);
+      assert.equal(s.tsvirt('resize', copy, '+1M').status, 0);
+      const check = s.qemuImg('check', copy);
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      assert.match(s.qemu('snapshot', '-l', copy), /after/);
     });
   }
 
