@@ -591,13 +591,32 @@ export class Qcow2Image implements BlockDriver {
         n++;
       }
       const olds: L2Entry[] = [];
-      const datas: Uint8Array[] = [];
-      for (let k = 0; k < n; k++) {
-        olds.push(decodeL2(l2.table.buf, l2.index + k, this.clusterBits, this.extendedL2));
-        datas.push(await this.mergedCluster(pieces[i + k]));
-      }
+      for (let k = 0; k < n; k++) olds.push(decodeL2(l2.table.buf, l2.index + k, this.clusterBits, this.extendedL2));
+      const fileLength = Number(await this.file.length());
       const host = await this.refcounts.allocate(n);
-      await this.file.writev(host, datas);
+      // Space past the end of the file reads as zeroes: a cluster placed there whose old
+      // contents were zeroes needs only the request's bytes, not a whole zero-filled cluster.
+      const fresh = host >= fileLength;
+      const writes: Array<{ at: number; bytes: Uint8Array[] }> = [];
+      for (let k = 0; k < n; k++) {
+        const piece = pieces[i + k];
+        const at = host + k * this.clusterSize;
+        const wasZero = olds[k].kind === 'zero' || (olds[k].kind === 'unallocated' && !this.backing);
+        if (fresh && wasZero) writes.push({ at: at + piece.inCluster, bytes: piece.src });
+        else writes.push({ at, bytes: [await this.mergedCluster(piece)] });
+      }
+      for (let k = 0; k < writes.length; ) {
+        const group = [...writes[k].bytes];
+        let end = writes[k].at + writes[k].bytes.reduce((a, b) => a + b.length, 0);
+        let j = k + 1;
+        while (j < writes.length && writes[j].at === end) {
+          group.push(...writes[j].bytes);
+          end += writes[j].bytes.reduce((a, b) => a + b.length, 0);
+          j++;
+        }
+        await this.file.writev(writes[k].at, group);
+        k = j;
+      }
       const entries = [];
       for (let k = 0; k < n; k++) {
         const [hi, lo] = makeEntry(host + k * this.clusterSize, true);
