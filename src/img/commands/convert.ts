@@ -93,6 +93,9 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
   const target = operands[operands.length - 1]!;
   const sources = operands.slice(0, -1);
   checkFormatName(target, outFormat);
+  // Accepted by qemu-img but not implemented here: refuse rather than silently ignore.
+  if (opts.has('l')) throw new ImgError('-l (converting from an internal snapshot) is not supported; apply the snapshot to a copy first');
+  if (opts.has('bitmaps')) throw new ImgError('--bitmaps is not supported: persistent dirty bitmaps are not implemented');
   const noCreate = opts.has('n');
   const compress = opts.has('c');
   const quiet = opts.has('q');
