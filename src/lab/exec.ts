@@ -6,19 +6,23 @@
 // lines (kept in a log file under the lab cache); ttyS1 and ttyS2 carry only the command's
 // stdout and stderr. An optional results disk brings files back (a tar written by the lab).
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { writeCpioFile } from './cpio.js';
-import { RESULTS_DISK_SERIAL, ROOT_DISK_SERIAL } from './host-image.js';
+import { HOST_INIT, RESULTS_DISK_SERIAL, ROOT_DISK_SERIAL } from './host-image.js';
 import { labBuilt, labFiles, LabImageMissingError, projectRoot } from './paths.js';
 import { addProjectTree, LAB_PROJECT_DIR } from './project-tree.js';
 
 export const QEMU = 'qemu-system-x86_64';
 /** The CPU model: qemu64 plus AMD SVM (for kvm_amd) and the SSE levels Node.js needs. */
 export const LAB_CPU = 'qemu64,+svm,+ssse3,+sse4.1,+sse4.2,+popcnt';
+
+const DEFAULT_TIMEOUT_SECONDS = 600;
+/** Time the lab gets after an in-lab timeout to stop the command, copy back and power off. */
+const TIMEOUT_GRACE_SECONDS = 30;
 
 export interface LabExecOptions {
   /** vCPUs of the lab host (default 2). */
@@ -85,6 +89,7 @@ function commandScript(command: string[], opts: LabExecOptions): string {
     `LAB_DIR=${LAB_PROJECT_DIR}`,
     `LAB_TITLE=${shellQuote(title.length > 200 ? `${title.slice(0, 200)}...` : title)}`,
     `LAB_INTERACTIVE=${opts.interactive ? 1 : 0}`,
+    `LAB_TIMEOUT=${Math.ceil(opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS)}`,
     `LAB_COPY_BACK=${shellQuote((opts.copyBack ?? []).map(shellQuote).join(' '))}`,
     ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
     `set -- ${command.map(shellQuote).join(' ')}`,
@@ -106,7 +111,7 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
   if (command.length === 0) throw new LabError('lab exec: no command given');
   const cpus = opts.cpus ?? 2;
   const memoryMiB = opts.memoryMiB ?? 3072;
-  const timeoutSeconds = opts.timeoutSeconds ?? 600;
+  const timeoutSeconds = opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS;
   const bootTimeoutSeconds = Math.min(opts.bootTimeoutSeconds ?? 180, timeoutSeconds);
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > 16) throw new LabError(`lab exec: --cpus ${cpus} must be an integer from 1 to 16`);
   if (!Number.isInteger(memoryMiB) || memoryMiB < 512) throw new LabError(`lab exec: memory ${memoryMiB} MiB is too small (at least 512 MiB)`);
@@ -133,6 +138,9 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
     writeCpioFile(projectArchive, (cpio) => {
       addProjectTree(cpio, root);
       cpio.file('lab/command.sh', commandScript(command, opts), 0o644);
+      // The init goes with every run too (the later archive wins), so a lab image built by
+      // an older version of this code still runs the current init.
+      cpio.file('init', HOST_INIT, 0o755);
       cpio.file('bin/tsvirt', `#!/bin/sh\nexec /usr/bin/node ${LAB_PROJECT_DIR}/dist/src/cli/main.js "$@"\n`, 0o755);
     });
     appendFile(initrd, projectArchive);
@@ -156,9 +164,14 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
       args.push('-drive', `if=none,id=results,file=${results},format=raw`,
         '-device', `virtio-blk-pci,drive=results,serial=${RESULTS_DISK_SERIAL}`);
     }
-    const result = await runQemu(args, opts, timeoutSeconds, bootTimeoutSeconds);
+    // Results come back even when the command timed out: partial reports help most then.
+    const outcome = await runQemu(args, opts, timeoutSeconds, bootTimeoutSeconds).then(
+      (result) => ({ result, failure: null }),
+      (failure: unknown) => ({ result: null, failure }),
+    );
     if (wantResults) extractResults(results, root);
-    return result;
+    if (outcome.failure !== null) throw outcome.failure;
+    return outcome.result!;
   } finally {
     rmSync(runDir, { recursive: true, force: true });
   }
@@ -213,7 +226,7 @@ function ended(socket: Socket | null, limitMs: number): Promise<void> {
 async function runQemu(
   baseArgs: string[], opts: LabExecOptions, timeoutSeconds: number, bootTimeoutSeconds: number,
 ): Promise<LabExecResult> {
-  const logPath = labFiles.kernelLog();
+  const logPath = newLogPath();
   const stdout = opts.stdout ?? process.stdout;
   const stderr = opts.stderr ?? process.stderr;
   const sockDir = mkdtempSync(join(tmpdir(), 'tsvirt-lab-'));
@@ -239,6 +252,7 @@ async function runQemu(
       let exitCode: number | null = null;
       let labFailure: string | null = null;
       let killedBecause: string | null = null;
+      let timedOutInLab = false;
 
       const onConsole = (chunk: Buffer): void => {
         writeSync(log, chunk);
@@ -248,9 +262,10 @@ async function runQemu(
         for (const line of lines) {
           consoleText += line + '\n';
           if (consoleText.length > 1 << 20) consoleText = consoleText.slice(-(1 << 19));
-          const m = /tsvirt-lab: (running: |exit (\d+)$|error: (.*))/.exec(line.trim());
+          const m = /tsvirt-lab: (running: |exit (\d+)$|error: (.*)|timeout$)/.exec(line.trim());
           if (!m) continue;
           if (m[1] === 'running: ') bootSeconds = (Date.now() - started) / 1000;
+          else if (m[1] === 'timeout') timedOutInLab = true;
           else if (m[2] !== undefined) exitCode = Number(m[2]);
           else if (m[3] !== undefined) labFailure = m[3];
         }
@@ -266,7 +281,10 @@ async function runQemu(
         if (killedBecause === null) killedBecause = why;
         child.kill('SIGKILL');
       };
-      const overall = setTimeout(() => kill(`the command did not finish within ${timeoutSeconds} s (--timeout)`), timeoutSeconds * 1000);
+      const timeoutMessage = `the command did not finish within ${timeoutSeconds} s (--timeout)`;
+      // The lab stops the command itself at the limit (so results can be copied back); this
+      // is the backstop should the lab not manage to.
+      const overall = setTimeout(() => kill(timeoutMessage), (timeoutSeconds + TIMEOUT_GRACE_SECONDS) * 1000);
       const boot = setTimeout(() => {
         if (bootSeconds < 0) kill(`the lab did not boot within ${bootTimeoutSeconds} s`);
       }, bootTimeoutSeconds * 1000);
@@ -287,6 +305,7 @@ async function runQemu(
           if (spawnError) return reject(new LabError(`lab: cannot start ${QEMU}: ${(spawnError as Error).message}`));
           if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail));
           if (labFailure) return reject(new LabError(`lab: ${labFailure} ${where}`, tail));
+          if (timedOutInLab) return reject(new LabError(`lab: ${timeoutMessage} ${where}`, tail));
           if (exitCode === null) {
             const q = qemuMessages.trim().split('\n').filter((l) => l.trim() !== '').pop();
             const why = q ? `QEMU said: ${q}` : `QEMU exited (${signal ?? code}) before the command finished`;
@@ -300,6 +319,17 @@ async function runQemu(
     for (const c of channels) c.server.close();
     rmSync(sockDir, { recursive: true, force: true });
   }
+}
+
+const LOGS_KEPT = 20;
+
+function newLogPath(): string {
+  const dir = labFiles.logDir();
+  mkdirSync(dir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const old = readdirSync(dir).filter((n) => n.endsWith('.log')).sort();
+  for (const name of old.slice(0, Math.max(0, old.length - LOGS_KEPT + 1))) rmSync(join(dir, name), { force: true });
+  return join(dir, `lab-${stamp}-${process.pid}.log`);
 }
 
 /** Memory sizes as the CLI takes them: 3072 (MiB), 3072M, 3G, 3.5G. */

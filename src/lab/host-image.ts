@@ -41,7 +41,7 @@ export const RESULTS_DISK_SERIAL = 'tsvirt-lab-results';
 // log the host keeps); the command's stdout/stderr get ttyS1/ttyS2 to themselves, so the
 // two never mix. /lab/command.sh (added per run by labExec) sets the command and options.
 // Every wait is bounded; any failure prints one "tsvirt-lab: error:" line and powers off.
-const HOST_INIT = `#!/bin/sh
+export const HOST_INIT = `#!/bin/sh
 export PATH=/bin:/usr/bin
 say() { echo "tsvirt-lab: $*"; }
 fail() { say "error: $*"; poweroff -f; sleep 10; }
@@ -75,13 +75,22 @@ cd "$LAB_DIR"
 say "running: $LAB_TITLE"
 if [ "$LAB_INTERACTIVE" = 1 ]; then
   stty -F /dev/ttyS1 sane 2>/dev/null
-  setsid -c sh -c 'exec "$@"' lab "$@" <>/dev/ttyS1 >&0 2>&0
+  setsid -c sh -c 'exec "$@"' lab "$@" <>/dev/ttyS1 >&0 2>&0 &
 else
   stty -F /dev/ttyS1 raw -echo 2>/dev/null
   stty -F /dev/ttyS2 raw -echo 2>/dev/null
-  "$@" </dev/null >/dev/ttyS1 2>/dev/ttyS2
+  "$@" </dev/null >/dev/ttyS1 2>/dev/ttyS2 &
 fi
+pid=$!
+# The run's time limit, enforced here so that what the command wrote can still be copied
+# back: the rest of LAB_TIMEOUT (counted from the lab's power-on), then TERM, then KILL.
+left=$((LAB_TIMEOUT - $(cut -d. -f1 /proc/uptime)))
+[ $left -lt 1 ] && left=1
+( sleep $left; say "timeout"; kill -TERM $pid; sleep 5; kill -KILL $pid ) 2>/dev/null &
+watchdog=$!
+wait $pid
 rc=$?
+kill $watchdog 2>/dev/null
 if [ -n "$LAB_COPY_BACK" ] && out=$(disk_with_serial ${RESULTS_DISK_SERIAL}); then
   keep=""
   for p in $LAB_COPY_BACK; do [ -e "$p" ] && keep="$keep $p"; done

@@ -64,5 +64,10 @@ export function fetchKernel(dir: string, log: (line: string) => void): KernelTre
   rmSync(tree, { recursive: true, force: true });
   renameSync(partial, tree);
   if (!existsSync(vmlinuz)) throw new Error(`kernel package ${deb} holds no ${vmlinuz}`);
+  // A newer kernel replaces the old one: drop the previous versions' packages and trees.
+  for (const name of readdirSync(debs)) if (name !== deb) rmSync(join(debs, name), { force: true });
+  for (const name of readdirSync(dir)) {
+    if (name !== 'debs' && name !== release) rmSync(join(dir, name), { recursive: true, force: true });
+  }
   return { release, vmlinuz, modulesDir };
 }

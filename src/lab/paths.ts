@@ -34,7 +34,8 @@ export const labFiles = {
   hostInitrd: (): string => join(labCacheDir(), 'host-initrd.cpio'),
   hostDisk: (): string => join(labCacheDir(), 'host-root.ext4'),
   buildInfo: (): string => join(labCacheDir(), 'build-info.json'),
-  kernelLog: (): string => join(labCacheDir(), 'lab-kernel.log'),
+  /** One lab kernel log per run (runs may overlap); the newest few are kept. */
+  logDir: (): string => join(labCacheDir(), 'logs'),
   runDir: (): string => join(labCacheDir(), 'run'),
 };
 
