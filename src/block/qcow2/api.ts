@@ -30,7 +30,7 @@ export function deleteQcow2Snapshot(filename: string, idOrName: string): Promise
 }
 
 /** Change the backing file named in the header (no data is copied: `rebase -u`). */
-export function setQcow2Backing(filename: string, backingFile: string | undefined, backingFormat?: string): Promise<void> {
+export async function setQcow2Backing(filename: string, backingFile: string | undefined, backingFormat?: string): Promise<void> {
   if (!backingFile && backingFormat) throw new BlockError(filename, 'a backing format needs a backing file');
   return withImage(filename, false, async (image) => {
     image.header.backingFile = backingFile;

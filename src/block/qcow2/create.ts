@@ -58,6 +58,7 @@ export async function createQcow2(filename: string, options: CreateQcow2Options)
     await backing.close();
   }
   if (size === undefined) bad('no size given and no backing file to take it from');
+  if ((size as bigint) < 0n) bad(`invalid size ${size}`);
   // Disks are made of 512-byte sectors: round up as qemu-img does.
   const virtualSize = (((size as bigint) + 511n) / 512n) * 512n;
   if (virtualSize < 0n || virtualSize > MAX_VIRTUAL_SIZE) bad(`invalid size ${virtualSize}`);

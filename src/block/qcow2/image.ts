@@ -979,7 +979,7 @@ async function openBacking(filename: string, header: Qcow2Header, options: Qcow2
   if (chain.includes(real)) {
     throw new BlockError(filename, `backing chain loops: ${[...chain, real].join(' -> ')}`);
   }
-  if (chain.length > 256) throw new BlockError(filename, 'backing chain is deeper than 256 images');
+  if (chain.length > 256) throw new BlockError(filename, `backing chain of ${chain[0]} is deeper than 256 images`);
   const format = header.backingFormat ?? (await probeFormat(path));
   const common = { readOnly: true, cache: options.cache as CacheMode | undefined, l2CacheBytes: options.l2CacheBytes };
   if (format === 'raw') return RawDriver.open(path, common);
