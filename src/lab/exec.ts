@@ -73,6 +73,13 @@ function qemuAvailable(): boolean {
   return r.status === 0;
 }
 
+function colourWanted(opts: LabExecOptions): boolean {
+  if (process.env.NO_COLOR !== undefined) return false;
+  if (opts.interactive) return true;
+  const out = (opts.stdout ?? process.stdout) as Writable & { isTTY?: boolean };
+  return out.isTTY === true;
+}
+
 function commandScript(command: string[], opts: LabExecOptions): string {
   const env: Record<string, string> = {
     HOME: '/root',
@@ -80,7 +87,8 @@ function commandScript(command: string[], opts: LabExecOptions): string {
     TERM: process.env.TERM ?? 'dumb',
     TSVIRT_IN_LAB: '1',
     TSVIRT_PLACEMENT: 'direct',
-    ...(process.env.NO_COLOR !== undefined ? { NO_COLOR: process.env.NO_COLOR } : {}),
+    // Inside, stdout and stderr are serial terminals; colour only if ours is a terminal too.
+    ...(colourWanted(opts) ? {} : { NO_COLOR: '1' }),
     ...(process.env.FORCE_COLOR !== undefined ? { FORCE_COLOR: process.env.FORCE_COLOR } : {}),
     ...opts.env,
   };
