@@ -44,7 +44,7 @@ export async function buildLab(log: (line: string) => void = (l) => process.stde
 
   begin('kernel: Debian cloud kernel package');
   const kernel = fetchKernel(join(dir, 'kernel'), detail);
-  const vmlinuzTmp = `${labFiles.kernel()}.partial`;
+  const vmlinuzTmp = `${labFiles.kernel()}.${process.pid}.partial`;
   copyFileSync(kernel.vmlinuz, vmlinuzTmp);
   renameSync(vmlinuzTmp, labFiles.kernel());
   detail(`kernel ${kernel.release}, ${(statSync(labFiles.kernel()).size / 1e6).toFixed(1)} MB`);
@@ -72,8 +72,8 @@ export async function buildLab(log: (line: string) => void = (l) => process.stde
     builtAt: new Date().toISOString(),
     seconds: (Date.now() - started) / 1000,
   };
-  writeFileSync(`${labFiles.buildInfo()}.partial`, JSON.stringify(info, null, 2) + '\n');
-  renameSync(`${labFiles.buildInfo()}.partial`, labFiles.buildInfo());
+  writeFileSync(`${labFiles.buildInfo()}.${process.pid}.partial`, JSON.stringify(info, null, 2) + '\n');
+  renameSync(`${labFiles.buildInfo()}.${process.pid}.partial`, labFiles.buildInfo());
   done();
   log(`lab built in ${info.seconds.toFixed(1)} s under ${dir}`);
   return info;

@@ -58,8 +58,8 @@ export function buildGuestInitrd(path: string, modulesDir: string, modules: Modu
     cpio.file('init', GUEST_INIT, 0o755);
   });
   const gz = gzipSync(archive, { level: 9 });
-  writeFileSync(`${path}.partial`, gz);
-  renameSync(`${path}.partial`, path);
+  writeFileSync(`${path}.${process.pid}.partial`, gz);
+  renameSync(`${path}.${process.pid}.partial`, path);
   return gz.length;
 }
 

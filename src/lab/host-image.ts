@@ -119,7 +119,7 @@ export interface HostImage {
 export function buildHostImage(
   dir: string, modulesDir: string, modules: ModuleFile[], layout: LabLayout, log: (line: string) => void,
 ): HostImage {
-  const stage = join(dir, 'stage-usr');
+  const stage = join(dir, `stage-usr-${process.pid}`);
   const stager = new SysrootStager(stage);
   log('staging node, qemu-system-x86_64, their libraries and firmware');
   stager.addExecutable('node', '/usr/bin/node');
@@ -135,15 +135,15 @@ export function buildHostImage(
     rmSync(disk, { force: true });
     execFileSync('mkfs.ext4', [
       '-q', '-F', '-L', 'tsvirt-lab-usr', '-O', '^has_journal', '-m', '0', '-E', 'root_owner=0:0',
-      '-d', join(stage, 'usr'), `${disk}.partial`, `${sizeMiB}M`,
+      '-d', join(stage, 'usr'), `${disk}.${process.pid}.partial`, `${sizeMiB}M`,
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
-    renameSync(`${disk}.partial`, disk);
+    renameSync(`${disk}.${process.pid}.partial`, disk);
   }
 
   const initrd = join(dir, 'host-initrd.cpio');
   log(`writing the lab initramfs (${layout === 'disk' ? 'small' : 'with /usr inside'})`);
   // Uncompressed: decompressing under TCG costs more than copying the extra bytes.
-  writeCpioFile(`${initrd}.partial`, (cpio) => {
+  writeCpioFile(`${initrd}.${process.pid}.partial`, (cpio) => {
     for (const d of ['dev', 'proc', 'sys', 'tmp', 'run', 'root', 'etc', 'lab', 'usr', 'lib/modules-lab']) cpio.directory(d);
     cpio.charDevice('dev/console', 5, 1);
     // Merged /usr, as on Debian 12: the loader and libraries are found through these.
@@ -156,8 +156,8 @@ export function buildHostImage(
     if (layout === 'disk') cpio.file('lab/usr-on-disk', '');
     else cpio.copyFromHost(join(stage, 'usr'), 'usr');
   });
-  renameSync(`${initrd}.partial`, initrd);
-  if (layout === 'disk') rmSync(stage, { recursive: true, force: true });
+  renameSync(`${initrd}.${process.pid}.partial`, initrd);
+  rmSync(stage, { recursive: true, force: true });
   log(`lab initramfs ${(statSync(initrd).size / 1e6).toFixed(1)} MB${disk ? `, /usr disk ${(statSync(disk).size / 1e6).toFixed(1)} MB` : ''}`);
   return { initrd, disk, stageBytes };
 }

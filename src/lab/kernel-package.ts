@@ -58,7 +58,7 @@ export function fetchKernel(dir: string, log: (line: string) => void): KernelTre
     if (!deb) throw new Error(`apt-get download ${pkg} left no .deb in ${debs}`);
   }
   log(`unpacking ${deb}`);
-  const partial = `${tree}.partial`;
+  const partial = `${tree}.${process.pid}.partial`;
   rmSync(partial, { recursive: true, force: true });
   run('dpkg-deb', ['-x', join(debs, deb), partial]);
   rmSync(tree, { recursive: true, force: true });
@@ -67,7 +67,7 @@ export function fetchKernel(dir: string, log: (line: string) => void): KernelTre
   // A newer kernel replaces the old one: drop the previous versions' packages and trees.
   for (const name of readdirSync(debs)) if (name !== deb) rmSync(join(debs, name), { force: true });
   for (const name of readdirSync(dir)) {
-    if (name !== 'debs' && name !== release) rmSync(join(dir, name), { recursive: true, force: true });
+    if (name !== 'debs' && name !== release && !name.endsWith('.partial')) rmSync(join(dir, name), { recursive: true, force: true });
   }
   return { release, vmlinuz, modulesDir };
 }
