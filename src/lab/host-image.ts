@@ -78,8 +78,12 @@ fi
 cd "$LAB_DIR"
 say "running: $LAB_TITLE"
 if [ "$LAB_INTERACTIVE" = 1 ]; then
-  stty -F /dev/ttyS1 sane 2>/dev/null
-  setsid -c sh -c 'exec "$@"' lab "$@" <>/dev/ttyS1 >&0 2>&0 &
+  # QEMU's stdio backend already turns \n into \r\n on the user's terminal: no onlcr here.
+  # The command runs as a child of a session-leading shell that drains the terminal (stty
+  # sets attributes with TCSADRAIN) before it exits: a session leader's exit hangs the
+  # terminal up, which would discard output still queued.
+  stty -F /dev/ttyS1 sane -onlcr 2>/dev/null
+  setsid -c sh -c '"$@"; rc=$?; stty -onlcr 2>/dev/null; exit $rc' lab "$@" <>/dev/ttyS1 >&0 2>&0 &
 else
   stty -F /dev/ttyS1 raw -echo 2>/dev/null
   stty -F /dev/ttyS2 raw -echo 2>/dev/null

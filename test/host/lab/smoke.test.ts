@@ -76,6 +76,21 @@ test('tsvirt lab exec returns the command status and streams stdout and stderr l
   assert.ok(run.exitedAt - run.firstStdoutAt >= 3000, `stdout came ${run.exitedAt - run.firstStdoutAt} ms before exit`);
 });
 
+test('--tty gives the command the terminal, with all its output and its status', async () => {
+  // `script` (util-linux) provides the terminal, as a user's shell would.
+  const cmd = `${process.execPath} ${cli} lab exec --tty -- sh -c 'tty; echo in-$((1+1)); exit 4'`;
+  const run = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => { out += c.toString(); });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`lab exec --tty ran over 120 s: ${out}`)); }, 120_000);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, out }); });
+  });
+  assert.equal(run.code, 4, run.out);
+  assert.equal(run.out, '/dev/ttyS1\r\nin-2\r\n');
+});
+
 test('the command runs in the project directory with tsvirt on PATH', async () => {
   const out = collect();
   const result = await labExec(['sh', '-c', 'pwd; tsvirt --version; test -f package.json && echo has-package-json'], { stdout: out.stream, stderr: out.stream });
