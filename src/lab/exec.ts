@@ -240,7 +240,7 @@ async function runQemu(
   const sockDir = mkdtempSync(join(tmpdir(), 'tsvirt-lab-'));
   const channels: Channel[] = [];
   try {
-    for (const name of ['con', 'out', 'err']) channels.push(await listen(join(sockDir, name), 30_000));
+    for (const name of ['con', 'out', 'err']) channels.push(await listen(join(sockDir, name), bootTimeoutSeconds * 1000));
     const [con, out, err] = channels as [Channel, Channel, Channel];
     const args = [
       ...baseArgs,

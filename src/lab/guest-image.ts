@@ -3,7 +3,7 @@
 // guestInitrdWith(), which appends a second, uncompressed cpio archive: the kernel unpacks
 // concatenated archives in order, so the base image never needs rebuilding.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { addBusybox } from './busybox.js';
@@ -84,7 +84,11 @@ export async function guestInitrdWith(script: string, files: Record<string, Uint
     .slice(0, 24);
   const dir = join(labCacheDir(), 'overlays');
   const out = join(dir, `guest-${key}.img`);
-  if (existsSync(out)) return out;
+  if (existsSync(out)) {
+    const now = new Date();
+    utimesSync(out, now, now); // recently used: pruning keeps it
+    return out;
+  }
   mkdirSync(dir, { recursive: true });
   // The kernel looks for the next archive at a 4-byte boundary after the gzip stream.
   const baseBytes = readFileSync(base);
@@ -92,5 +96,17 @@ export async function guestInitrdWith(script: string, files: Record<string, Uint
   const tmp = `${out}.${process.pid}.partial`;
   writeFileSync(tmp, Buffer.concat([baseBytes, pad, overlay]));
   renameSync(tmp, out);
+  pruneOverlays(dir);
   return out;
+}
+
+const OVERLAYS_KEPT = 64;
+
+/** Keeps the overlay cache bounded: the least recently written files go first. */
+function pruneOverlays(dir: string): void {
+  const files = readdirSync(dir)
+    .filter((n) => n.startsWith('guest-') && n.endsWith('.img'))
+    .map((n) => ({ path: join(dir, n), mtime: statSync(join(dir, n)).mtimeMs }))
+    .sort((a, b) => a.mtime - b.mtime);
+  for (const f of files.slice(0, Math.max(0, files.length - OVERLAYS_KEPT))) rmSync(f.path, { force: true });
 }
