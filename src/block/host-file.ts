@@ -224,6 +224,17 @@ export class HostFile {
     await this.handle.datasync();
   }
 
+  /**
+   * Make every write so far durable before any later one: the ordering point between
+   * dependent metadata writes. Needed only where writes can be reordered on their way to
+   * the disk (page cache, device cache); O_DSYNC writes are durable on return already, and
+   * 'unsafe' promises nothing.
+   */
+  async barrier(): Promise<void> {
+    if (this.readOnly || (this.cache !== 'writeback' && this.cache !== 'none')) return;
+    await this.handle.datasync();
+  }
+
   async truncate(length: bigint): Promise<void> {
     if (this.isBlockDevice) {
       if (length > (await this.length())) throw new BlockError(this.filename, 'a block device cannot grow');

@@ -283,7 +283,7 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
       }
       await file.flush();
     } else if (high.length > 0) {
-      for (const c of high) await stored.set(c, BigInt(w.refs[c]));
+      for (const c of high) await stored.set(c, BigInt(c < w.refs.length ? w.refs[c] : 0));
       result.leaksFixed += high.length;
       await file.flush();
     }
@@ -300,8 +300,8 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
     result.messages = w.messages;
     result.checkErrors = w.checkErrors;
   }
-  for (const c of low) note(w, `ERROR cluster ${c} refcount=${await stored.get(c)} reference=${w.refs[c]}`);
-  for (const c of high) note(w, `Leaked cluster ${c} refcount=${await stored.get(c)} reference=${w.refs[c]}`);
+  for (const c of low) note(w, `ERROR cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
+  for (const c of high) note(w, `Leaked cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
   if (flagErrors > 0) note(w, `ERROR ${flagErrors} table entries have a wrong COPIED flag`);
   result.corruptions = w.corruptions + low.length + flagErrors;
   result.leaks = high.length;

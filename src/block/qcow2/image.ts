@@ -306,11 +306,10 @@ export class Qcow2Image implements BlockDriver {
     await this.file.write(fresh, buf);
     const table: CachedTable = { buf, pending: 0 };
     this.l2Cache.put(fresh, table);
+    // The table's contents must be on disk before the L1 entry that points at it.
+    await this.file.barrier();
     await this.setL1Entry(l1i, fresh, true);
-    if (offset !== 0) {
-      await this.refcounts.free(offset);
-      if ((await this.refcounts.get(offset / this.clusterSize)) === 0n) this.l2Cache.delete(offset);
-    }
+    if (offset !== 0) this.pendingReleases.push({ offset, length: this.clusterSize });
     return { offset: fresh, table, index: gc % this.l2Entries };
   }
 
@@ -330,10 +329,36 @@ export class Qcow2Image implements BlockDriver {
     }
   }
 
-  /** Drop the reference an old mapping held, once nothing points at it any more. */
+  /**
+   * Drop the reference an old mapping held, once nothing points at it any more. The
+   * decrement is deferred until the table changes that unlinked it are durable (a barrier
+   * in settleMetadata), so that a power loss can leak the cluster but never leave a
+   * reference to a cluster whose refcount already dropped.
+   */
+  private pendingReleases: Array<{ offset: number; length: number }> = [];
+
   private async release(e: L2Entry): Promise<void> {
-    if (e.kind === 'compressed') await this.refcounts.addRange(e.compressedOffset, e.compressedLength, -1n);
-    else if (e.offset !== 0) await this.refcounts.free(e.offset);
+    if (e.kind === 'compressed') this.pendingReleases.push({ offset: e.compressedOffset, length: e.compressedLength });
+    else if (e.offset !== 0) this.pendingReleases.push({ offset: e.offset, length: this.clusterSize });
+    if (this.pendingReleases.length >= 4096) await this.applyReleases();
+  }
+
+  private async applyReleases(): Promise<void> {
+    if (this.pendingReleases.length === 0) return;
+    const list = this.pendingReleases;
+    this.pendingReleases = [];
+    await this.file.barrier();
+    for (const r of list) await this.refcounts.addRange(r.offset, r.length, -1n);
+  }
+
+  /**
+   * Bring the refcounts exactly in line with the tables: apply deferred releases and
+   * return reserved clusters. Caller holds the lock (or has the image to itself).
+   */
+  async settleMetadata(): Promise<void> {
+    if (this.readOnly) return;
+    await this.applyReleases();
+    await this.refcounts.releaseReserve();
   }
 
   // ---- reading -----------------------------------------------------------------------
@@ -948,13 +973,14 @@ export class Qcow2Image implements BlockDriver {
   }
 
   async flush(): Promise<void> {
+    if (!this.readOnly && !this.closed) await this.lock.run(() => this.applyReleases());
     await this.file.flush();
     if (this.backing && !this.backing.readOnly) await this.backing.flush();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.lock.run(async () => undefined);
+    await this.lock.run(() => this.settleMetadata());
     if (!this.readOnly) await this.file.flush();
     this.closed = true;
     await this.file.close();

@@ -165,9 +165,12 @@ export async function updateTreeRefcounts(file: HostFile, refcounts: Refcounts, 
  * crash in the middle, the next read-write open rebuilds refcounts and flags.
  */
 async function dirtyWhile<T>(image: Qcow2Image, fn: () => Promise<T>): Promise<T> {
+  // Start from exact refcounts: deferred releases applied, reserved clusters returned.
+  await image.settleMetadata();
   const v3 = image.header.version === 3;
   if (v3) await image.setIncompatibleFeatures(image.header.incompatibleFeatures | INCOMPAT_DIRTY);
   const result = await fn();
+  await image.settleMetadata();
   if (v3) {
     await image.file.flush();
     await image.setIncompatibleFeatures(image.header.incompatibleFeatures & ~INCOMPAT_DIRTY);
@@ -225,7 +228,7 @@ export async function createSnapshot(image: Qcow2Image, name: string, options: {
     if (snapshots.length >= MAX_SNAPSHOTS) throw new BlockError(image.filename, 'too many snapshots');
     const cs = image.clusterSize;
     const h = image.header;
-    await image.flush();
+    await image.file.flush();
     // The snapshot's own copy of the L1 table.
     const l1Copy = image.l1.slice(0, h.l1Size * 8);
     let l1Offset = 0;

@@ -5,7 +5,7 @@ import { readFileSync, rmSync } from 'node:fs';
 export const haveQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
 
 export function qemuImg(...args: string[]): string {
-  return execFileSync('qemu-img', args, { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  return execFileSync('qemu-img', args, { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 << 20 });
 }
 
 export function qemuIo(file: string, ...commands: string[]): string {
@@ -29,7 +29,7 @@ export interface QemuCheck {
 }
 
 export function qemuCheck(file: string): QemuCheck {
-  const r = spawnSync('qemu-img', ['check', '--output=json', file], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync('qemu-img', ['check', '--output=json', file], { encoding: 'utf8', timeout: 120_000, maxBuffer: 256 << 20 });
   if (!r.stdout) throw new Error(`qemu-img check ${file}: ${r.stderr}`);
   return JSON.parse(r.stdout) as QemuCheck;
 }
