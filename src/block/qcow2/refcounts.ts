@@ -224,14 +224,18 @@ export class Refcounts {
    */
   private reserveStart = 0;
   private reserveEnd = 0;
+  private reserveSize = 0;
 
   /** Allocate `count` contiguous clusters (refcount 1); returns the host offset of the first. */
   async allocate(count: number): Promise<number> {
     if (count <= 0) throw new RangeError('cluster count must be positive');
     if (this.reserveEnd - this.reserveStart < count) {
       await this.releaseReserve();
-      // About 1 MiB at a time (1..256 clusters): few barriers, few leaks after a crash.
-      const want = Math.max(count, Math.min(256, Math.max(1, Math.floor((1 << 20) / this.clusterSize))));
+      // Start with about 1 MiB and double while allocations keep coming, up to 32 MiB
+      // (at most 4096 clusters): few barriers for streaming writes, bounded leaks after a crash.
+      const cap = Math.max(1, Math.min(4096, Math.floor((32 << 20) / this.clusterSize)));
+      this.reserveSize = this.reserveSize === 0 ? Math.max(1, Math.min(256, Math.floor((1 << 20) / this.clusterSize))) : Math.min(cap, this.reserveSize * 2);
+      const want = Math.max(count, this.reserveSize);
       const [start, got] = await this.allocateRun(count, want);
       await this.file.barrier();
       this.reserveStart = start;
