@@ -617,11 +617,10 @@ export class Qcow2Image implements BlockDriver {
       }
       const olds: L2Entry[] = [];
       for (let k = 0; k < n; k++) olds.push(decodeL2(l2.table.buf, l2.index + k, this.clusterBits, this.extendedL2));
-      const fileLength = Number(await this.file.length());
       const host = await this.refcounts.allocate(n);
-      // Space past the end of the file reads as zeroes: a cluster placed there whose old
-      // contents were zeroes needs only the request's bytes, not a whole zero-filled cluster.
-      const fresh = host >= fileLength;
+      // Space that was past the end of the file reads as zeroes: a cluster placed there whose
+      // old contents were zeroes needs only the request's bytes, not a whole zero-filled cluster.
+      const fresh = this.refcounts.isUnwritten(host);
       const writes: Array<{ at: number; bytes: Uint8Array[] }> = [];
       for (let k = 0; k < n; k++) {
         const piece = pieces[i + k];

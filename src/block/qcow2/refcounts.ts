@@ -225,6 +225,13 @@ export class Refcounts {
   private reserveStart = 0;
   private reserveEnd = 0;
   private reserveSize = 0;
+  /** Reserved clusters at or past this offset were past the end of the file: they read as zeroes. */
+  private zeroFrom = Infinity;
+
+  /** Whether a cluster just handed out has never been written (reads as zeroes). */
+  isUnwritten(offset: number): boolean {
+    return offset >= this.zeroFrom;
+  }
 
   /** Allocate `count` contiguous clusters (refcount 1); returns the host offset of the first. */
   async allocate(count: number): Promise<number> {
@@ -237,6 +244,12 @@ export class Refcounts {
       this.reserveSize = this.reserveSize === 0 ? Math.max(1, Math.min(256, Math.floor((1 << 20) / this.clusterSize))) : Math.min(cap, this.reserveSize * 2);
       const want = Math.max(count, this.reserveSize);
       const [start, got] = await this.allocateRun(count, want);
+      // The file grows to cover the reservation before the barrier, so a table entry that
+      // reaches the disk always points inside the file, whatever happened to the data.
+      const length = Number(await this.file.length());
+      const end = (start + got) * this.clusterSize;
+      if (end > length && !this.file.isBlockDevice) await this.file.truncate(BigInt(end));
+      this.zeroFrom = Math.max(length, start * this.clusterSize);
       await this.file.barrier();
       this.reserveStart = start;
       this.reserveEnd = start + got;
@@ -254,6 +267,7 @@ export class Refcounts {
       if (this.reserveStart < this.freeHint) this.freeHint = this.reserveStart;
     }
     this.reserveStart = this.reserveEnd = 0;
+    this.zeroFrom = Infinity;
   }
 
   /**
