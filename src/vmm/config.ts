@@ -4,12 +4,13 @@
 import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parseSize } from './size.js';
+import { parseVirtioConfig, virtioConfigSchemaProperties, type VirtioMachineConfig } from './virtio-devices.js';
 
 /** Where the serial console (COM1) goes. */
 export type ConsoleSpec = 'stdio' | 'none' | `file:${string}` | `socket:${string}`;
 
 /** A machine as the user describes it (every field optional but `kernel` for a Linux boot). */
-export interface MachineConfig {
+export interface MachineConfig extends VirtioMachineConfig {
   /** Linux kernel: bzImage or ELF vmlinux. */
   kernel?: string;
   initrd?: string;
@@ -64,6 +65,7 @@ export const machineConfigSchema = {
     noReboot: { type: 'boolean' },
     name: { type: 'string', minLength: 1, pattern: '^[^\\x00-\\x1f]+$' },
     qmp: { type: 'array', items: { type: 'string', minLength: 1 } },
+    ...virtioConfigSchemaProperties,
   },
 } as const;
 
@@ -118,6 +120,8 @@ export function validateConfig(value: unknown, source = 'config'): MachineConfig
       throw new ConfigError(`${source}: memory: ${(err as Error).message}`);
     }
   }
+  // The disk/channel/rng option strings: each mistake named by its entry.
+  parseVirtioConfig(config, source);
   return config;
 }
 

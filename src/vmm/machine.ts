@@ -36,6 +36,7 @@ import { ConsoleStream } from './console.js';
 import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
+import { MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
   CTL_THREAD_ID, CTL_WORDS, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
@@ -123,6 +124,8 @@ export class Machine extends EventEmitter implements QmpTarget {
   /** Serialises lifecycle operations (pause, reset, stop) so they never interleave. */
   private lifecycle: Promise<unknown> = Promise.resolve();
   private inputTimer: NodeJS.Timeout | null = null;
+  /** PCI host bridge and virtio devices, when the config asks for any (virtio-devices.ts). */
+  private virtio: MachineVirtio | null = null;
 
   private constructor(
     readonly config: MachineConfig,
@@ -181,6 +184,12 @@ export class Machine extends EventEmitter implements QmpTarget {
       });
       const machine = new Machine(valid, boot, model, ram, kvm, options);
       try {
+        if (wantsVirtio(valid)) {
+          machine.virtio = await MachineVirtio.attach({
+            memory: ram.memory, pioBus: machine.pio, mmioBus: machine.mmio, vm: () => machine.vm,
+            vcpuCount: cpus, pauseVm: () => void machine.pause(),
+          }, parseVirtioConfig(valid));
+        }
         machine.buildVm();
         await machine.spawnThreads();
       } catch (err) {
@@ -242,6 +251,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       this.setRunState('running');
       this.releaseVcpus();
       this.emit('resume');
+      this.virtio?.resumeAfterIoError();
     });
   }
 
@@ -281,11 +291,11 @@ export class Machine extends EventEmitter implements QmpTarget {
   }
 
   blockDevices(): QmpBlockInfo[] {
-    return [];
+    return this.virtio?.blockDevices() ?? [];
   }
 
   pciDevices(): QmpPciDevice[] {
-    return [];
+    return this.virtio?.pciDevices() ?? [];
   }
 
   /** The port I/O bus: where later device managers (PCI host bridge) attach ranges. */
@@ -328,7 +338,11 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (this.boot.raw) {
       mem.write(BigInt(this.boot.raw.address), this.boot.raw.code);
     } else {
-      const acpi = buildAcpiTables(mem, { cpus: this.cpuCount, pci: false, memorySize: this.memorySize });
+      const acpi = buildAcpiTables(mem, {
+        cpus: this.cpuCount, memorySize: this.memorySize,
+        // With virtio devices: the default PCI host (PCI0, MCFG) plus its interrupt routing.
+        ...(this.virtio ? { extraDsdt: this.virtio.dsdtParts() } : { pci: false as const }),
+      });
       try {
         entry = loadLinux(mem, {
           kernel: this.boot.kernel!,
@@ -419,6 +433,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     for (const t of this.threads) void t.worker.terminate();
     for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
     try { this.vm?.close(); } catch { /* gone */ }
+    void this.virtio?.close().catch(() => undefined);
   }
 
   private attachVcpus(): void {
@@ -582,6 +597,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.pm.reset();
     this.gpe.reset();
     this.resetControl.reset();
+    // Before the old VM goes: the PCI reset takes the queue doorbells off it.
+    this.virtio?.reset();
     this.buildVm();
     this.attachVcpus();
     // The old vCPU and VM descriptors go once the threads took the new ones.
@@ -602,6 +619,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       try {
         await this.parkVcpus();
       } catch { /* a stuck vCPU must not keep the machine alive: terminate below */ }
+      // Disks flushed and closed while guest RAM is still mapped (requests in flight use it).
+      await this.virtio?.close().catch((err: Error) => this.emit('error-report', `closing virtio devices: ${err.message}`));
       if (this.state !== 'internal-error' && this.state !== 'guest-panicked') this.setRunState('shutdown');
       this.emit('shutdown', shutdown);
       this.finish(result);
@@ -623,6 +642,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       void t.worker.terminate();
     }
     for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
+    // Usually closed by end() already; a panic ends here directly (doorbells go synchronously).
+    void this.virtio?.close().catch(() => undefined);
     try { this.vm.close(); } catch { /* gone */ }
     this.ram.close();
     this.kvm.close();

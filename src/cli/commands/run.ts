@@ -17,6 +17,9 @@ interface RunFlags {
   reboot?: boolean;
   name?: string;
   qmp?: string[];
+  disk?: string[];
+  channel?: string[];
+  rng?: string | boolean;
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -39,6 +42,16 @@ async function flagsToConfig(flags: RunFlags): Promise<MachineConfig> {
   if (flags.reboot === false) out.noReboot = true;
   if (flags.name !== undefined) out.name = flags.name;
   if (flags.qmp !== undefined) out.qmp = flags.qmp;
+  if (flags.disk !== undefined || flags.channel !== undefined || flags.rng !== undefined) {
+    // Parsed here too so that a bad flag is reported under its own name (--disk: ...).
+    const { parseChannelOption, parseDiskOption, parseRngOption } = await import('../../virtio/config.js');
+    flags.disk?.forEach(parseDiskOption);
+    flags.channel?.forEach(parseChannelOption);
+    if (typeof flags.rng === 'string') parseRngOption(flags.rng);
+    if (flags.disk !== undefined) out.disks = flags.disk;
+    if (flags.channel !== undefined) out.channels = flags.channel;
+    if (flags.rng !== undefined) out.rng = flags.rng;
+  }
   return out as MachineConfig;
 }
 
@@ -116,6 +129,9 @@ export function register(program: Command): void {
     .option('--no-reboot', 'end the VM when the guest reboots')
     .option('--name <name>', 'VM name')
     .option('--qmp <spec>', 'QMP server, e.g. unix:PATH,server=on,wait=off (repeatable)', collect)
+    .option('--disk <spec>', 'virtio-blk disk: path[,format=raw|qcow2][,readonly][,cache=none|writeback|writethrough][,serial=S][,logical_block_size=N][,physical_block_size=N] (repeatable)', collect)
+    .option('--channel <spec>', 'virtio-serial port on a unix socket: name=NAME,path=SOCKET (repeatable)', collect)
+    .option('--rng [spec]', 'virtio-rng device, optionally rate=BYTES/MS')
     .action(async (flags: RunFlags) => {
       process.exitCode = await run(flags);
     });

@@ -1,0 +1,198 @@
+// The machine's PCI host bridge and virtio devices (disks, virtio-serial channels, virtio-rng):
+// the glue between the machine's config strings, the block layer that opens the images and
+// src/virtio's attachVirtioDevices. The Machine owns one of these only when the config asks
+// for a device, so machines without virtio keep their legacy-only layout.
+import { openImage, type BlockDriver } from '../block/driver.js';
+import { FdPoller } from '../kvm/fd-poller.js';
+import type { VmFd } from '../kvm/vm.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { Bus } from '../devices/bus.js';
+import type { DsdtPart } from '../arch/x86/acpi/dsdt.js';
+import { pciRoutingDsdtPart } from '../pci/acpi.js';
+import { kvmInterruptSink } from '../pci/kvm-interrupts.js';
+import type { LogLine } from '../pci/interrupt.js';
+import {
+  attachVirtioDevices, type AttachedVirtio, type VirtioConfig,
+} from '../virtio/attach.js';
+import {
+  ConfigError as VirtioOptionError, parseChannelOption, parseDiskOption, parseRngOption, type DiskConfig,
+} from '../virtio/config.js';
+import { KvmNotifyRegistrar } from '../virtio/kvm-notify.js';
+import type { QmpBlockInfo, QmpPciDevice } from '../qmp/target.js';
+
+/** The machine config's virtio fields: the same option strings as `tsvirt run`'s flags. */
+export interface VirtioMachineConfig {
+  /** `--disk` strings: `path[,format=raw|qcow2][,readonly][,cache=..][,serial=..][,logical_block_size=..]...` */
+  disks?: string[];
+  /** `--channel` strings: `name=NAME,path=SOCKET` (a unix socket server per port). */
+  channels?: string[];
+  /** `--rng`: true or an option string (`rate=BYTES/MS`) for a virtio-rng; absent/false for none. */
+  rng?: boolean | string;
+}
+
+/** JSON schema properties for the fields above (merged into the machine schema). */
+export const virtioConfigSchemaProperties = {
+  disks: { type: 'array', items: { type: 'string', minLength: 1 } },
+  channels: { type: 'array', items: { type: 'string', minLength: 1 } },
+  // anyOf rather than a type list: the schema compiler runs in strict mode.
+  rng: { anyOf: [{ type: 'boolean' }, { type: 'string' }] },
+} as const;
+
+/** A one-line error in a virtio option; `name` matches the machine config's ConfigError. */
+export class VirtioConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Parse the config's option strings. Errors read `SOURCE: disks[1]: format=vmdk is not raw or
+ * qcow2`, naming the entry; `source` is a file name or "config".
+ */
+export function parseVirtioConfig(config: VirtioMachineConfig, source = 'config'): VirtioConfig {
+  const parse = <T>(field: string, text: string, parser: (t: string) => T): T => {
+    try {
+      return parser(text);
+    } catch (err) {
+      if (!(err instanceof VirtioOptionError)) throw err;
+      throw new VirtioConfigError(`${source}: ${field}: ${err.message.replace(/^--[a-z]+: /, '')}`);
+    }
+  };
+  const disks = (config.disks ?? []).map((d, i) => parse(`disks[${i}]`, d, parseDiskOption));
+  const channels = (config.channels ?? []).map((c, i) => parse(`channels[${i}]`, c, parseChannelOption));
+  const names = new Set<string>();
+  channels.forEach((c, i) => {
+    if (names.has(c.name)) throw new VirtioConfigError(`${source}: channels[${i}]: name=${c.name} is used by an earlier channel`);
+    names.add(c.name);
+  });
+  const out: VirtioConfig = { disks, channels };
+  if (config.rng !== undefined && config.rng !== false) {
+    out.rng = parse('rng', config.rng === true ? '' : config.rng, parseRngOption);
+  }
+  return out;
+}
+
+/** Whether the config asks for any virtio device (and so for the PCI host bridge). */
+export function wantsVirtio(config: VirtioMachineConfig): boolean {
+  return (config.disks?.length ?? 0) > 0 || (config.channels?.length ?? 0) > 0
+    || (config.rng !== undefined && config.rng !== false);
+}
+
+export interface VirtioMachineHooks {
+  memory: GuestMemory;
+  pioBus: Bus;
+  mmioBus: Bus;
+  /** The current VM (the machine builds a new one on reset). */
+  vm(): VmFd;
+  vcpuCount: number;
+  /** werror=stop: pause the VM; the machine calls resumeAfterIoError() once resumed. */
+  pauseVm(reason: string): void;
+  log?: LogLine;
+}
+
+interface OpenDisk {
+  config: DiskConfig;
+  driver: BlockDriver;
+}
+
+/** The machine's PCI bus with its virtio devices. */
+export class MachineVirtio {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly attached: AttachedVirtio,
+    private readonly disks: OpenDisk[],
+    private readonly registrar: KvmNotifyRegistrar,
+    private readonly poller: FdPoller,
+  ) {}
+
+  /** Open the disks and sockets and plug every device into a new host bridge. */
+  static async attach(hooks: VirtioMachineHooks, config: VirtioConfig): Promise<MachineVirtio> {
+    const poller = new FdPoller();
+    const registrar = new KvmNotifyRegistrar(hooks.vm, poller);
+    const disks: OpenDisk[] = [];
+    try {
+      const attached = await attachVirtioDevices({
+        memory: hooks.memory,
+        pioBus: hooks.pioBus,
+        mmioBus: hooks.mmioBus,
+        interrupts: kvmInterruptSink(hooks.vm),
+        ioeventfds: registrar,
+        vcpuCount: hooks.vcpuCount,
+        openDisk: async (d) => {
+          const driver = await openImage(d.path, {
+            readOnly: d.readOnly, ...(d.format ? { format: d.format } : {}), ...(d.cache ? { cache: d.cache } : {}),
+          });
+          disks.push({ config: d, driver });
+          return driver;
+        },
+        pauseVm: hooks.pauseVm,
+        ...(hooks.log ? { log: hooks.log } : {}),
+      }, config);
+      return new MachineVirtio(attached, disks, registrar, poller);
+    } catch (err) {
+      // attachVirtioDevices closed what it opened; only the poller is left.
+      await poller.close();
+      throw err;
+    }
+  }
+
+  /** DSDT additions for the ACPI tables: the PCI interrupt routing (_PRT). */
+  dsdtParts(): DsdtPart[] {
+    return [pciRoutingDsdtPart()];
+  }
+
+  /** Machine reset: devices back to power-on state, doorbells off the old VM. Call before it closes. */
+  reset(): void {
+    this.attached.bridge.reset();
+  }
+
+  /** After a werror=stop pause is resumed: retry the parked requests. */
+  resumeAfterIoError(): void {
+    this.attached.resumeAfterIoError();
+  }
+
+  /** Close images and sockets, drop the ioeventfds (before the VM closes) and stop the poller. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.registrar.closeAll();
+      try {
+        await this.attached.close();
+      } finally {
+        await this.poller.close();
+      }
+    })();
+    return this.closing;
+  }
+
+  /** QMP query-pci: the host bridge and every plugged function. */
+  pciDevices(): QmpPciDevice[] {
+    return this.attached.bridge.list().map((d) => ({
+      bus: d.bus, slot: d.slot, function: d.function,
+      vendorId: d.vendorId, deviceId: d.deviceId, classCode: d.classCode,
+      subsystemVendorId: d.subsystemVendorId, subsystemId: d.subsystemId,
+      qdevId: d.qdevId,
+      ...(d.irq !== undefined ? { irq: d.irq } : {}),
+      bars: d.bars.map((b) => ({
+        bar: b.bar, type: b.type, address: Number(b.address), size: Number(b.size),
+        prefetch: b.prefetch, memType64: b.memType64,
+      })),
+    }));
+  }
+
+  /** QMP query-block: one entry per disk, named like its virtio-blk device. */
+  blockDevices(): QmpBlockInfo[] {
+    return this.disks.map(({ config, driver }, i) => ({
+      device: `virtio-blk${i}`,
+      qdev: `virtio-blk${i}`,
+      removable: false,
+      locked: false,
+      readOnly: driver.readOnly,
+      filename: driver.filename,
+      format: driver.format,
+      virtualSize: Number(driver.size()),
+      cache: { writeback: config.cache !== 'writethrough', direct: config.cache === 'none', noFlush: false },
+    }));
+  }
+}
