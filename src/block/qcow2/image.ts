@@ -979,7 +979,11 @@ export class Qcow2Image implements BlockDriver {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.lock.run(() => this.settleMetadata());
+    await this.lock.run(async () => {
+      if (this.readOnly) return;
+      await this.applyReleases();
+      await this.refcounts.releaseReserve(true);
+    });
     if (!this.readOnly) await this.file.flush();
     this.closed = true;
     await this.file.close();

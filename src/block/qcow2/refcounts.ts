@@ -259,12 +259,21 @@ export class Refcounts {
     return start * this.clusterSize;
   }
 
-  /** Give the unused reserved clusters back (refcount 0). */
-  async releaseReserve(): Promise<void> {
+  /**
+   * Give the unused reserved clusters back (refcount 0). With `trim`, a file that ends
+   * inside the released space (it was grown for the reservation) is cut back to where
+   * the used clusters end.
+   */
+  async releaseReserve(trim = false): Promise<void> {
     const n = this.reserveEnd - this.reserveStart;
     if (n > 0) {
       await this.setRun(this.reserveStart, n, 0n);
       if (this.reserveStart < this.freeHint) this.freeHint = this.reserveStart;
+      const length = Number(await this.file.length());
+      const start = this.reserveStart * this.clusterSize;
+      if (trim && !this.file.isBlockDevice && length > start && length <= this.reserveEnd * this.clusterSize) {
+        await this.file.truncate(BigInt(start));
+      }
     }
     this.reserveStart = this.reserveEnd = 0;
     this.zeroFrom = Infinity;
