@@ -158,8 +158,25 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
   return w;
 }
 
+/**
+ * The refcounts as stored. Refcount table entries that cannot be right (unaligned, past the
+ * end of the file, on top of the table) are taken as absent: their clusters then count as
+ * refcount 0, which the comparison reports, and a full repair rebuilds.
+ */
 async function storedRefcounts(file: HostFile, h: Qcow2Header, fileLength: number): Promise<Refcounts> {
-  return Refcounts.load(file, h.clusterBits, h.refcountOrder, Number(h.refcountTableOffset), h.refcountTableClusters, fileLength);
+  const cs = 1 << h.clusterBits;
+  const raw = new Uint8Array(h.refcountTableClusters * cs);
+  await file.read(h.refcountTableOffset, raw);
+  const view = new DataView(raw.buffer);
+  const tableStart = Number(h.refcountTableOffset);
+  const tableEnd = tableStart + raw.length;
+  const table: number[] = [];
+  for (let i = 0; i < raw.length / 8; i++) {
+    const off = Number(view.getBigUint64(i * 8) & REFTABLE_OFFSET_MASK);
+    const bad = off % cs !== 0 || off + cs > Math.ceil(fileLength / cs) * cs || (off < tableEnd && tableStart < off + cs);
+    table.push(off !== 0 && bad ? 0 : off);
+  }
+  return new Refcounts(file, h.clusterBits, h.refcountOrder, table, tableStart, h.refcountTableClusters, fileLength);
 }
 
 /** Write a complete new refcount structure describing `refs`, after the end of the file. */
