@@ -14,11 +14,15 @@ function attach(file: string): string | undefined {
 test('raw driver on a block device: size from the device, I/O through to the backing file, O_DIRECT', async (t) => {
   const dir = tempDir();
   const backing = dir.path('dev.img');
-  writeFileSync(backing, '');
-  truncateSync(backing, 8 << 20);
-  const dev = attach(backing);
+  let dev: string | undefined;
+  try {
+    writeFileSync(backing, '');
+    truncateSync(backing, 8 << 20);
+    dev = attach(backing);
+  } finally {
+    if (!dev) dir.cleanup();
+  }
   if (!dev) {
-    dir.cleanup();
     t.skip('cannot attach a loop device here');
     return;
   }
