@@ -102,7 +102,7 @@ async function exitCost(port: number, count: number): Promise<number> {
 
 /** Inside the lab: boot each VMM once and print the results as one JSON line. */
 async function probe(): Promise<void> {
-  const exits = { vcpuThreadUs: await exitCost(0x3ff, 50_000), mainThreadUs: await exitCost(0x70, 50_000) };
+  const exits = { vcpuThreadUs: await exitCost(0x3ff, 5_000), mainThreadUs: await exitCost(0x70, 5_000) };
   const { guestKernelPath } = await import('../../src/lab/paths.js');
   const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
   const kernel = guestKernelPath();
