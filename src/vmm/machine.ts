@@ -340,8 +340,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     } else {
       const acpi = buildAcpiTables(mem, {
         cpus: this.cpuCount, memorySize: this.memorySize,
-        // With virtio devices: the default PCI host (PCI0, MCFG) plus its interrupt routing.
-        ...(this.virtio ? { extraDsdt: this.virtio.dsdtParts() } : { pci: false as const }),
+        // With virtio devices: a PCI host (PCI0, MCFG) plus its interrupt routing.
+        ...(this.virtio ? this.virtio.acpiOptions(this.memorySize) : { pci: false as const }),
       });
       try {
         entry = loadLinux(mem, {

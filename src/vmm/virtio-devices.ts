@@ -7,7 +7,8 @@ import { FdPoller } from '../kvm/fd-poller.js';
 import type { VmFd } from '../kvm/vm.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus } from '../devices/bus.js';
-import type { DsdtPart } from '../arch/x86/acpi/dsdt.js';
+import { defaultPciHostConfig, type DsdtPart, type PciHostConfig } from '../arch/x86/acpi/dsdt.js';
+import { PCI_MMIO32_SIZE, PCI_MMIO32_START, PCIE_ECAM_START, pciMmio64Window } from '../arch/x86/layout.js';
 import { pciRoutingDsdtPart } from '../pci/acpi.js';
 import { kvmInterruptSink } from '../pci/kvm-interrupts.js';
 import type { LogLine } from '../pci/interrupt.js';
@@ -91,6 +92,13 @@ export interface VirtioMachineHooks {
   log?: LogLine;
 }
 
+/**
+ * Only bus 0 exists, and the ECAM window, MCFG and PCI0's bus range say so. With the full
+ * 0..255 range Linux probes every device slot of all 256 buses through port 0xCF8/0xCFC
+ * at boot (pcibios_fixup_peer_bridges): some 16 000 exits, which took minutes in the lab.
+ */
+const ECAM_BUS0 = { base: PCIE_ECAM_START, size: 1n << 20n };
+
 interface OpenDisk {
   config: DiskConfig;
   driver: BlockDriver;
@@ -118,6 +126,7 @@ export class MachineVirtio {
         pioBus: hooks.pioBus,
         mmioBus: hooks.mmioBus,
         interrupts: kvmInterruptSink(hooks.vm),
+        layout: { ecam: ECAM_BUS0, mmio32: { base: PCI_MMIO32_START, size: PCI_MMIO32_SIZE } },
         ioeventfds: registrar,
         vcpuCount: hooks.vcpuCount,
         openDisk: async (d) => {
@@ -138,9 +147,12 @@ export class MachineVirtio {
     }
   }
 
-  /** DSDT additions for the ACPI tables: the PCI interrupt routing (_PRT). */
-  dsdtParts(): DsdtPart[] {
-    return [pciRoutingDsdtPart()];
+  /** The ACPI tables' PCI part: PCI0 and MCFG for bus 0 only, plus the interrupt routing (_PRT). */
+  acpiOptions(memorySize: bigint): { pci: PciHostConfig; extraDsdt: DsdtPart[] } {
+    return {
+      pci: { ...defaultPciHostConfig(pciMmio64Window(memorySize)), ecamSize: ECAM_BUS0.size, busStart: 0, busEnd: 0 },
+      extraDsdt: [pciRoutingDsdtPart()],
+    };
   }
 
   /** Machine reset: devices back to power-on state, doorbells off the old VM. Call before it closes. */

@@ -1,0 +1,207 @@
+// virtio devices in a real Linux guest (the lab's Debian cloud kernel on tsvirt). Boots are
+// expensive in the lab, so there are two: the first checks everything it can (PCI enumeration,
+// disk serials and topology, a read-only disk, an ext2 filesystem made, written and synced on
+// a qcow2 disk, virtio-serial both ways, virtio-rng), the second re-reads the filesystem.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Machine, type MachineExit } from '../../../src/vmm/machine.js';
+import type { MachineConfig } from '../../../src/vmm/config.js';
+import { guestKernelPath } from '../../../src/lab/paths.js';
+import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
+import { createQcow2 } from '../../../src/block/qcow2/create.js';
+import { openImage } from '../../../src/block/driver.js';
+import { BufferIO, runImg } from '../../../src/img/index.js';
+
+const BOOT_TIMEOUT_MS = 300_000;
+const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
+const CHANNEL = 'org.tsvirt.test';
+const RO_MARKER = 'tsvirt-readonly-disk';
+
+const dir = mkdtempSync(join(tmpdir(), 'tsvirt-guest-virtio-'));
+const dataDisk = join(dir, 'data.qcow2');
+const roDisk = join(dir, 'ro.img');
+const channelSocket = join(dir, 'channel.sock');
+
+// Finds the disks by serial (probe order is not guaranteed), sets DATA and RO.
+const FIND_DISKS = `
+for b in /sys/block/vd*; do
+  n=\${b##*/}; s=$(cat $b/serial 2>/dev/null)
+  case "$s" in DATA0) DATA=$n;; RO0) RO=$n;; esac
+done
+echo "fact data=\${DATA:-none} ro=\${RO:-none}"
+`;
+
+const FIRST_BOOT = `${FIND_DISKS}
+echo "fact pci=$(for d in /sys/bus/pci/devices/*; do printf '%s:%s ' $(cat $d/vendor) $(cat $d/device); done)"
+q=/sys/block/$RO/queue
+echo "fact ro_topology=$(cat $q/logical_block_size) $(cat $q/physical_block_size) $(cat $q/minimum_io_size) $(cat $q/optimal_io_size) $(cat /sys/block/$RO/alignment_offset)"
+echo "fact data_topology=$(cat /sys/block/$DATA/queue/logical_block_size) $(cat /sys/block/$DATA/queue/physical_block_size)"
+echo "fact ro_flag=$(cat /sys/block/$RO/ro)"
+echo "fact ro_marker=$(dd if=/dev/$RO bs=${RO_MARKER.length} count=1 2>/dev/null)"
+if dd if=/dev/zero of=/dev/$RO bs=4096 count=1 conv=fsync 2>/dev/null; then echo "fact ro_write=accepted"; else echo "fact ro_write=refused"; fi
+
+echo "fact rng_current=$(cat /sys/class/misc/hw_random/rng_current)"
+mke2fs -q /dev/$DATA >/dev/null 2>&1 || mke2fs /dev/$DATA
+mkdir -p /mnt && mount /dev/$DATA /mnt && echo "fact mounted=yes"
+dd if=/dev/hwrng of=/mnt/random.bin bs=4096 count=64 conv=fsync 2>/dev/null
+echo "written by the first boot" > /mnt/hello.txt
+sync
+echo "fact random_size=$(wc -c < /mnt/random.bin)"
+echo "fact random_md5=$(md5sum /mnt/random.bin | cut -d' ' -f1)"
+umount /mnt && echo "fact umount=ok"
+
+PORT=none
+for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name 2>/dev/null)" = ${CHANNEL} ] && PORT=/dev/\${p##*/}; done
+echo "fact port=$PORT"
+exec 3<>$PORT
+echo "fact port_open=yes"
+line=$(timeout 60 head -n1 <&3)
+echo "guest-got:$line" >&3
+echo "fact port_line=$line"
+exec 3>&-
+`;
+
+const SECOND_BOOT = `${FIND_DISKS}
+mkdir -p /mnt && mount -o ro /dev/$DATA /mnt && echo "fact mounted=yes"
+echo "fact random_size=$(wc -c < /mnt/random.bin)"
+echo "fact random_md5=$(md5sum /mnt/random.bin | cut -d' ' -f1)"
+echo "fact hello=$(cat /mnt/hello.txt)"
+umount /mnt && echo "fact umount=ok"
+`;
+
+interface Boot {
+  exit: MachineExit;
+  output: string;
+  facts: Map<string, string>;
+}
+
+function factsOf(output: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of output.matchAll(/^fact (\w+)=(.*?)\r?$/gm)) if (!out.has(m[1]!)) out.set(m[1]!, m[2]!.trim());
+  return out;
+}
+
+/** Boot with `script`; `onOutput` sees the console output as it grows. */
+async function boot(config: MachineConfig, script: string, onOutput?: (output: string) => void): Promise<Boot> {
+  const initrd = await guestInitrdWith(script);
+  const machine = await Machine.create({ kernel: guestKernelPath(), initrd, append: APPEND, memory: '256M', cpus: 2, ...config });
+  let output = '';
+  machine.console.on('data', (d: Buffer) => {
+    output += d.toString('latin1');
+    onOutput?.(output);
+  });
+  const timer = setTimeout(() => void machine.stop(), BOOT_TIMEOUT_MS);
+  try {
+    await machine.start();
+    const exit = await machine.waitForExit();
+    return { exit, output, facts: factsOf(output) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The image checker's verdict: tsvirt img check, and qemu-img check where it is installed. */
+async function checkImage(path: string): Promise<void> {
+  const io = new BufferIO();
+  const rc = await runImg(['check', path], io);
+  assert.equal(rc, 0, `tsvirt img check ${path}: ${io.stdout}${io.stderr}`);
+  assert.match(io.stdout, /No errors were found on the image/);
+  let qemuImg = false;
+  try {
+    execFileSync('qemu-img', ['--version'], { stdio: 'ignore' });
+    qemuImg = true;
+  } catch { /* not in this environment */ }
+  if (qemuImg) execFileSync('qemu-img', ['check', path], { stdio: 'pipe', timeout: 60_000 });
+}
+
+const sha256 = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+let firstMd5 = '';
+
+test('first boot: disks, topology, read-only disk, ext2 on qcow2, virtio-serial both ways, virtio-rng', { timeout: BOOT_TIMEOUT_MS + 30_000 }, async () => {
+  await createQcow2(dataDisk, { size: 64n << 20n });
+  const ro = Buffer.alloc(8 << 20);
+  ro.write(RO_MARKER, 0, 'latin1');
+  writeFileSync(roDisk, ro);
+  const roHash = sha256(roDisk);
+  // What the guest should see: physical_block_size=4096 from the option; the minimum and
+  // optimal I/O sizes and the alignment from the host file (Linux raises the minimum to the
+  // physical block size, and leaves the optimum 0 when the device reports none).
+  const hostImage = await openImage(roDisk, { format: 'raw', readOnly: true });
+  const topo = hostImage.topology();
+  await hostImage.close();
+  const minIo = Math.max(4096, Math.floor(topo.minimumIoSize / 512) * 512);
+  const optIo = Math.floor(topo.optimalIoSize / 512) * 512;
+  const alignment = Math.floor(topo.alignmentOffset / 512) * 512;
+
+  let socket: Socket | undefined;
+  let fromGuest = '';
+  let sent = false;
+  const r = await boot({
+    disks: [`${dataDisk},format=qcow2,serial=DATA0`, `${roDisk},format=raw,readonly,serial=RO0,physical_block_size=4096`],
+    channels: [`name=${CHANNEL},path=${channelSocket}`],
+    rng: true,
+  }, FIRST_BOOT, (output) => {
+    // The guest has the port open: answer it (data sent before that could be dropped).
+    if (!sent && output.includes('fact port_open=yes')) {
+      sent = true;
+      socket = connect(channelSocket);
+      socket.on('data', (d: Buffer) => { fromGuest += d.toString('latin1'); });
+      socket.on('error', () => undefined);
+      socket.write('hello-from-host\n');
+    }
+  });
+  socket?.destroy();
+  const f = r.facts;
+  assert.ok(r.output.includes(GUEST_USERSPACE_LINE), `no userspace line in:\n${r.output.slice(-3000)}`);
+  assert.ok(r.output.includes('tsvirt-guest: exit 0'), r.output.slice(-3000));
+  assert.deepEqual(r.exit, { code: 0, reason: 'guest-shutdown' });
+
+  // Two virtio-blk, a virtio-console, a virtio-rng (modern device ids) and the host bridge.
+  const pci = f.get('pci')!.split(/\s+/).sort();
+  assert.deepEqual(pci, ['0x1af4:0x1042', '0x1af4:0x1042', '0x1af4:0x1043', '0x1af4:0x1044', '0x1b36:0x0008']);
+  assert.notEqual(f.get('data'), undefined);
+  assert.doesNotMatch(f.get('data')!, /none/, 'both disks found by serial');
+
+  assert.equal(f.get('ro_topology'), `512 4096 ${minIo} ${optIo} ${alignment}`);
+  assert.equal(f.get('data_topology'), '512 512');
+  assert.equal(f.get('ro_flag'), '1');
+  assert.equal(f.get('ro_marker'), RO_MARKER);
+  assert.equal(f.get('ro_write'), 'refused');
+  assert.equal(sha256(roDisk), roHash, 'the read-only image is unchanged');
+
+  assert.match(f.get('rng_current')!, /^virtio_rng/);
+  assert.equal(f.get('mounted'), 'yes');
+  assert.equal(f.get('random_size'), String(64 * 4096));
+  assert.match(f.get('random_md5')!, /^[0-9a-f]{32}$/);
+  assert.notEqual(f.get('random_md5'), createHash('md5').update(Buffer.alloc(64 * 4096)).digest('hex'), 'random data, not zeroes');
+  assert.equal(f.get('umount'), 'ok');
+  firstMd5 = f.get('random_md5')!;
+
+  assert.match(f.get('port')!, /^\/dev\/vport\d+p\d+$/);
+  assert.equal(f.get('port_line'), 'hello-from-host');
+  assert.equal(fromGuest, 'guest-got:hello-from-host\n');
+
+  await checkImage(dataDisk);
+});
+
+test('second boot: the files written by the first boot read back', { timeout: BOOT_TIMEOUT_MS + 30_000 }, async (t) => {
+  if (!firstMd5) {
+    t.skip('the first boot did not write the filesystem');
+    return;
+  }
+  const r = await boot({ disks: [`${dataDisk},format=qcow2,serial=DATA0`] }, SECOND_BOOT);
+  assert.ok(r.output.includes('tsvirt-guest: exit 0'), r.output.slice(-3000));
+  assert.equal(r.facts.get('mounted'), 'yes');
+  assert.equal(r.facts.get('random_size'), String(64 * 4096));
+  assert.equal(r.facts.get('random_md5'), firstMd5);
+  assert.equal(r.facts.get('hello'), 'written by the first boot');
+  assert.equal(r.facts.get('umount'), 'ok');
+  await checkImage(dataDisk);
+});
