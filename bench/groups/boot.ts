@@ -62,14 +62,12 @@ function measure(command: string, args: string[]): Promise<Sample> {
       out += d.toString('latin1');
       if (!done && out.includes(USERSPACE_LINE)) {
         const bootMs = performance.now() - start;
-        // Let the guest settle for a moment so both VMMs are sampled in the same phase.
-        setTimeout(() => {
-          try {
-            finish(null, { bootMs, vmmRssKiB: rssBesidesGuestRam(child.pid!, MEMORY_MIB * 1024) });
-          } catch (err) {
-            finish(err as Error);
-          }
-        }, 500);
+        // Sampled at once, at the same point of the boot for every VMM (the guest then sleeps).
+        try {
+          finish(null, { bootMs, vmmRssKiB: rssBesidesGuestRam(child.pid!, MEMORY_MIB * 1024) });
+        } catch (err) {
+          finish(err as Error);
+        }
       }
     };
     child.stdout.on('data', onData);
@@ -106,7 +104,7 @@ async function probe(): Promise<void> {
   const { guestKernelPath } = await import('../../src/lab/paths.js');
   const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
   const kernel = guestKernelPath();
-  const initrd = await guestInitrdWith('true\n');
+  const initrd = await guestInitrdWith('sleep 5\n');
   const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
   const qemuCommon = ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1', '-nodefaults', '-no-user-config',
     '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND];
