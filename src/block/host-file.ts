@@ -61,6 +61,17 @@ function totalLength(buffers: Uint8Array[]): number {
   return n;
 }
 
+/** Create `filename` empty (truncating an existing file), as the image creators start from. */
+export async function createEmptyFile(filename: string): Promise<void> {
+  let handle: FileHandle;
+  try {
+    handle = await open(filename, 'w');
+  } catch (err) {
+    throw new BlockError(filename, `cannot create: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  await handle.close();
+}
+
 export interface HostFileOptions {
   readOnly?: boolean;
   cache?: CacheMode;

@@ -1,9 +1,8 @@
 // The raw format: the image is the disk, byte for byte. Holes in a sparse file are
 // reported by blockStatus as zero, unallocated extents.
 import { BlockError } from './errors.js';
-import { HostFile } from './host-file.js';
+import { createEmptyFile, HostFile } from './host-file.js';
 import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
-import { open as openFile } from 'node:fs/promises';
 
 
 export class RawDriver implements BlockDriver {
@@ -115,13 +114,7 @@ export class RawDriver implements BlockDriver {
 /** Create (or truncate to) a raw image of `size` bytes; preallocation 'falloc'/'full' reserves or writes it. */
 export async function createRaw(filename: string, options: { size: bigint; preallocation?: 'off' | 'falloc' | 'full' }): Promise<void> {
   if (options.size < 0n) throw new BlockError(filename, `invalid size ${options.size}`);
-  let handle;
-  try {
-    handle = await openFile(filename, 'w');
-  } catch (err) {
-    throw new BlockError(filename, `cannot create: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-  await handle.close();
+  await createEmptyFile(filename);
   const file = await HostFile.open(filename);
   try {
     await file.truncate(options.size);

@@ -2,6 +2,7 @@
 // and the register values the VMM hands to KVM_SET_REGS / KVM_SET_SREGS. Only data here;
 // applying it is the VMM's job.
 import { GuestMemory } from '../../memory/guest-memory.js';
+import type { KvmRegs } from '../../kvm/types.js';
 import {
   BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PD_COUNT, PD_START, PDPT_START, PML4_START,
 } from './layout.js';
@@ -29,13 +30,7 @@ export interface DescriptorTable {
 }
 
 /** The general-purpose registers the boot CPU starts with (struct kvm_regs). */
-export interface BootRegs {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
-  rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint;
-  r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
-}
+export type BootRegs = KvmRegs;
 
 /** The special registers the boot CPU starts with (the parts of struct kvm_sregs that matter). */
 export interface BootSregs {

@@ -1,8 +1,7 @@
 // Creating qcow2 images: header, refcount table, refcount blocks and an empty L1 table,
 // laid out at the start of the file; preallocation then goes through the normal driver.
-import { open as openFile } from 'node:fs/promises';
 import { BlockError } from '../errors.js';
-import { HostFile } from '../host-file.js';
+import { createEmptyFile, HostFile } from '../host-file.js';
 import { openImage } from '../driver.js';
 import {
   COMPAT_LAZY_REFCOUNTS, INCOMPAT_EXTL2, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, V2_HEADER_LENGTH,
@@ -117,13 +116,7 @@ export async function createQcow2(filename: string, options: CreateQcow2Options)
   };
   const headerBytes = serializeHeader(filename, header);
 
-  let handle;
-  try {
-    handle = await openFile(filename, 'w');
-  } catch (err) {
-    throw new BlockError(filename, `cannot create: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-  await handle.close();
+  await createEmptyFile(filename);
   const file = await HostFile.open(filename);
   try {
     const table = new Uint8Array(tableClusters * clusterSize);
