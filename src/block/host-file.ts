@@ -55,6 +55,42 @@ export function alignedBuffer(length: number): Buffer {
   return out;
 }
 
+// Where V8 put each backing store, learned once per ArrayBuffer: lets a request whose
+// buffers already sit on DIRECT_ALIGN boundaries skip the bounce buffer (and its copy).
+const baseAddresses = new WeakMap<ArrayBufferLike, bigint>();
+function addressOf(b: Uint8Array): bigint {
+  let base = baseAddresses.get(b.buffer);
+  if (base === undefined) {
+    base = (koffi.address(getLibc().memchr(b, b[0]!, 1)) as bigint) - BigInt(b.byteOffset);
+    baseAddresses.set(b.buffer, base);
+  }
+  return base + BigInt(b.byteOffset);
+}
+
+/** True when O_DIRECT can use these buffers as they are: every one aligned in address and length. */
+function directReady(buffers: Uint8Array[]): boolean {
+  for (const b of buffers) {
+    // Small views may live on V8's moving heap; only whole aligned blocks qualify anyway.
+    if (b.length === 0 || b.length % DIRECT_ALIGN !== 0) return false;
+    if (addressOf(b) % BigInt(DIRECT_ALIGN) !== 0n) return false;
+  }
+  return true;
+}
+
+// Bounce buffers are reused: allocating an aligned one costs a native call and a fill.
+const BOUNCE_POOL_MAX = 64;
+const bouncePool = new Map<number, Buffer[]>();
+function takeBounce(length: number): Buffer {
+  const free = bouncePool.get(length);
+  return free?.pop() ?? alignedBuffer(length);
+}
+function giveBounce(b: Buffer): void {
+  if (b.length > 1 << 20) return;
+  let free = bouncePool.get(b.length);
+  if (!free) bouncePool.set(b.length, (free = []));
+  if (free.length < BOUNCE_POOL_MAX) free.push(b);
+}
+
 function totalLength(buffers: Uint8Array[]): number {
   let n = 0;
   for (const b of buffers) n += b.length;
@@ -169,65 +205,151 @@ export class HostFile {
     return this.writev(offset, [buffer]);
   }
 
-  // O_DIRECT needs offset, length and memory address aligned: go through an aligned
-  // bounce buffer covering the request rounded out to the alignment. A write that does
-  // not cover whole aligned blocks first reads the blocks it touches (read-modify-write);
-  // writes are serialised so two such read-modify-writes never interleave.
+  // O_DIRECT needs offset, length and memory address aligned. Requests whose buffers are
+  // aligned already go straight to the file; others go through an aligned bounce buffer
+  // covering the request rounded out to the alignment. A write that does not cover whole
+  // aligned blocks first reads the blocks it touches (read-modify-write): those run one at
+  // a time, after every write already in flight, and writes issued while one is pending
+  // queue behind it, so a read-modify-write never interleaves with another write. Whole-block
+  // writes otherwise run concurrently.
   private directQueue: Promise<void> = Promise.resolve();
+  private rmwPending = 0;
+  private readonly directInFlight = new Set<Promise<void>>();
 
   private async directRead(offset: number, buffers: Uint8Array[]): Promise<void> {
     const length = totalLength(buffers);
+    if (offset % DIRECT_ALIGN === 0 && directReady(buffers)) {
+      let pos = offset;
+      let bufs = buffers;
+      while (bufs.length > 0) {
+        const { bytesRead } = bufs.length === 1
+          ? await this.handle.read(bufs[0]!, 0, bufs[0]!.length, pos)
+          : await this.handle.readv(bufs, pos);
+        if (bytesRead === 0) {
+          for (const b of bufs) b.fill(0);
+          return;
+        }
+        pos += bytesRead;
+        bufs = advance(bufs, bytesRead);
+      }
+      return;
+    }
     const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
     const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
-    const bounce = alignedBuffer(end - start);
-    let pos = 0;
-    while (pos < bounce.length) {
-      const { bytesRead } = await this.handle.read(bounce, pos, bounce.length - pos, start + pos);
-      if (bytesRead === 0) break;
-      pos += bytesRead;
-    }
-    let from = offset - start;
-    for (const b of buffers) {
-      b.set(bounce.subarray(from, from + b.length));
-      from += b.length;
+    const bounce = takeBounce(end - start);
+    try {
+      let pos = 0;
+      while (pos < bounce.length) {
+        const { bytesRead } = await this.handle.read(bounce, pos, bounce.length - pos, start + pos);
+        if (bytesRead === 0) break;
+        pos += bytesRead;
+      }
+      bounce.fill(0, pos);
+      let from = offset - start;
+      for (const b of buffers) {
+        b.set(bounce.subarray(from, from + b.length));
+        from += b.length;
+      }
+    } finally {
+      giveBounce(bounce);
     }
   }
 
   private directWrite(offset: number, buffers: Uint8Array[]): Promise<void> {
+    const length = totalLength(buffers);
+    if (offset % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0) {
+      const run = (): Promise<void> => this.wholeBlockWrite(offset, buffers);
+      if (this.rmwPending > 0) {
+        const next = this.directQueue.then(run, run);
+        this.directQueue = next.catch(() => undefined);
+        return next;
+      }
+      const p = run();
+      const tracked = p.catch(() => undefined).then(() => {
+        this.directInFlight.delete(tracked);
+      });
+      this.directInFlight.add(tracked);
+      return p;
+    }
+    const before = [...this.directInFlight];
+    this.rmwPending++;
     const run = async (): Promise<void> => {
-      const length = totalLength(buffers);
-      const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
-      const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
-      const bounce = alignedBuffer(end - start);
-      if (start !== offset || end !== offset + length) {
-        const fileEnd = Number(await this.length());
-        const readable = Math.max(0, Math.min(end, Math.ceil(fileEnd / DIRECT_ALIGN) * DIRECT_ALIGN) - start);
-        let pos = 0;
-        while (pos < readable) {
-          const { bytesRead } = await this.handle.read(bounce, pos, readable - pos, start + pos);
-          if (bytesRead === 0) break;
-          pos += bytesRead;
-        }
+      try {
+        await Promise.all(before);
+        await this.readModifyWrite(offset, length, buffers);
+      } finally {
+        this.rmwPending--;
+      }
+    };
+    const next = this.directQueue.then(run, run);
+    this.directQueue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async wholeBlockWrite(offset: number, buffers: Uint8Array[]): Promise<void> {
+    let pos = offset;
+    if (directReady(buffers)) {
+      let bufs = buffers;
+      while (bufs.length > 0) {
+        const { bytesWritten } = bufs.length === 1
+          ? await this.handle.write(bufs[0]!, 0, bufs[0]!.length, pos)
+          : await this.handle.writev(bufs, pos);
+        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
+        pos += bytesWritten;
+        bufs = advance(bufs, bytesWritten);
+      }
+      return;
+    }
+    const bounce = takeBounce(totalLength(buffers));
+    try {
+      let at = 0;
+      for (const b of buffers) {
+        bounce.set(b, at);
+        at += b.length;
+      }
+      let done = 0;
+      while (done < bounce.length) {
+        const { bytesWritten } = await this.handle.write(bounce, done, bounce.length - done, offset + done);
+        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${offset + done}`);
+        done += bytesWritten;
+      }
+    } finally {
+      giveBounce(bounce);
+    }
+  }
+
+  private async readModifyWrite(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
+    const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const bounce = takeBounce(end - start);
+    try {
+      bounce.fill(0);
+      const fileEnd = Number(await this.length());
+      const readable = Math.max(0, Math.min(end, Math.ceil(fileEnd / DIRECT_ALIGN) * DIRECT_ALIGN) - start);
+      let pos = 0;
+      while (pos < readable) {
+        const { bytesRead } = await this.handle.read(bounce, pos, readable - pos, start + pos);
+        if (bytesRead === 0) break;
+        pos += bytesRead;
       }
       let at = offset - start;
       for (const b of buffers) {
         bounce.set(b, at);
         at += b.length;
       }
-      const fileEnd = Number(await this.length());
-      let pos = 0;
+      pos = 0;
       while (pos < bounce.length) {
         const { bytesWritten } = await this.handle.write(bounce, pos, bounce.length - pos, start + pos);
+        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${start + pos}`);
         pos += bytesWritten;
       }
       // Rounding up to the alignment may have grown the file past the request's end.
       if (end > fileEnd && offset + length < end && !this.isBlockDevice) {
         await this.handle.truncate(Math.max(fileEnd, offset + length));
       }
-    };
-    const next = this.directQueue.then(run, run);
-    this.directQueue = next.catch(() => undefined);
-    return next;
+    } finally {
+      giveBounce(bounce);
+    }
   }
 
   async flush(): Promise<void> {
@@ -282,6 +404,7 @@ export class HostFile {
 
   async close(): Promise<void> {
     await this.directQueue;
+    await Promise.all(this.directInFlight);
     await this.handle.close();
   }
 }

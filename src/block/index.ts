@@ -16,7 +16,7 @@
 // qcow2/{header, entries, l2-cache, refcounts (+ allocator), compression, image (the driver),
 // snapshots, check, create, info, api}.
 export * from './driver.js';
-export { HostFile, type HostFileOptions } from './host-file.js';
+export { HostFile, alignedBuffer, type HostFileOptions } from './host-file.js';
 export { RawDriver, createRaw } from './raw.js';
 export { Qcow2Image, openQcow2, type Qcow2OpenOptions } from './qcow2/image.js';
 export { createQcow2, type CreateQcow2Options, type Preallocation } from './qcow2/create.js';

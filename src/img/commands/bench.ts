@@ -1,6 +1,7 @@
 // `tsvirt img bench`: a fixed number of same-sized requests at a fixed queue depth, walking the
 // image with a step, like qemu-img bench; prints the same two lines.
 import type { CacheMode } from '../../block/driver.js';
+import { alignedBuffer } from '../../block/host-file.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
@@ -54,12 +55,9 @@ export async function bench(argv: string[], io: ImgIO): Promise<number> {
       io.out(`Sending ${count} ${write ? 'write' : 'read'} requests, ${bufSize} bytes each, ${depth} in parallel `
         + `(starting at offset ${offsetValue}, step size ${stepValue})\n`);
     }
-    // One buffer per queue slot; aligned so cache=none (O_DIRECT) works.
-    const buffers = Array.from({ length: Math.min(depth, count) }, () => {
-      const raw = Buffer.alloc(bufSize + 4096, pattern);
-      const shift = (4096 - (raw.byteOffset % 4096)) % 4096;
-      return raw.subarray(shift, shift + bufSize);
-    });
+    // One buffer per queue slot, aligned in memory (like qemu-img's) so cache=none (O_DIRECT)
+    // can use it with no bounce buffer.
+    const buffers = Array.from({ length: Math.min(depth, count) }, () => alignedBuffer(bufSize).fill(pattern));
     let nextOffset = offsetValue;
     let issued = 0;
     let sinceFlush = 0;
