@@ -21,6 +21,16 @@ export class L2Cache {
     private readonly capacity: number,
   ) {}
 
+  /** The table at `offset` if it is cached (marked recently used), with no await: the hot path of every request. */
+  peek(offset: number): CachedTable | undefined {
+    const cached = this.tables.get(offset);
+    if (cached) {
+      this.tables.delete(offset);
+      this.tables.set(offset, cached);
+    }
+    return cached;
+  }
+
   /** The table at `offset`, from the cache or the file. Concurrent loads of one table share one read. */
   async get(offset: number): Promise<CachedTable> {
     const cached = this.tables.get(offset);
