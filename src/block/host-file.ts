@@ -8,7 +8,7 @@
 // the libuv thread pool, so many requests can be in flight at once. (Measured against koffi's
 // async preadv on the same pool: 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS
 // through FileHandle and 48k through koffi, whose per-call marshalling costs more.)
-import { constants } from 'node:fs';
+import { constants, read as fsRead, write as fsWrite } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
 import { BlockError } from './errors.js';
@@ -205,6 +205,43 @@ export class HostFile {
     return this.writev(offset, [buffer]);
   }
 
+  // Single-buffer positioned I/O on the raw descriptor through fs's callback API: the same
+  // pread/pwrite on the thread pool as FileHandle.read/write, without FileHandle's promise
+  // bookkeeping, which profiling showed as a large share of a 4 KiB request's CPU time.
+  // close() waits until none of these is in flight.
+  private rawInFlight = 0;
+  private rawIdle: (() => void) | undefined;
+
+  private rawDone(): void {
+    if (--this.rawInFlight === 0 && this.rawIdle) {
+      const idle = this.rawIdle;
+      this.rawIdle = undefined;
+      idle();
+    }
+  }
+
+  private pread(buffer: Uint8Array, position: number): Promise<number> {
+    this.rawInFlight++;
+    return new Promise((resolve, reject) => {
+      fsRead(this.handle.fd, buffer, 0, buffer.length, position, (err, n) => {
+        this.rawDone();
+        if (err) reject(err);
+        else resolve(n);
+      });
+    });
+  }
+
+  private pwrite(buffer: Uint8Array, position: number): Promise<number> {
+    this.rawInFlight++;
+    return new Promise((resolve, reject) => {
+      fsWrite(this.handle.fd, buffer, 0, buffer.length, position, (err, n) => {
+        this.rawDone();
+        if (err) reject(err);
+        else resolve(n);
+      });
+    });
+  }
+
   // O_DIRECT needs offset, length and memory address aligned. Requests whose buffers are
   // aligned already go straight to the file; others go through an aligned bounce buffer
   // covering the request rounded out to the alignment. A write that does not cover whole
@@ -222,9 +259,9 @@ export class HostFile {
       let pos = offset;
       let bufs = buffers;
       while (bufs.length > 0) {
-        const { bytesRead } = bufs.length === 1
-          ? await this.handle.read(bufs[0]!, 0, bufs[0]!.length, pos)
-          : await this.handle.readv(bufs, pos);
+        const bytesRead = bufs.length === 1
+          ? await this.pread(bufs[0]!, pos)
+          : (await this.handle.readv(bufs, pos)).bytesRead;
         if (bytesRead === 0) {
           for (const b of bufs) b.fill(0);
           return;
@@ -291,9 +328,9 @@ export class HostFile {
     if (directReady(buffers)) {
       let bufs = buffers;
       while (bufs.length > 0) {
-        const { bytesWritten } = bufs.length === 1
-          ? await this.handle.write(bufs[0]!, 0, bufs[0]!.length, pos)
-          : await this.handle.writev(bufs, pos);
+        const bytesWritten = bufs.length === 1
+          ? await this.pwrite(bufs[0]!, pos)
+          : (await this.handle.writev(bufs, pos)).bytesWritten;
         if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
         pos += bytesWritten;
         bufs = advance(bufs, bytesWritten);
@@ -405,6 +442,7 @@ export class HostFile {
   async close(): Promise<void> {
     await this.directQueue;
     await Promise.all(this.directInFlight);
+    while (this.rawInFlight > 0) await new Promise<void>((r) => (this.rawIdle = r));
     await this.handle.close();
   }
 }
