@@ -1,6 +1,6 @@
 // Compressed clusters: deflate (raw, no zlib header) or zstd, as the header's compression
 // type says. Decompression must yield exactly one cluster; anything else is corruption.
-import { deflateRawSync, inflateRawSync, constants as zlibConstants } from 'node:zlib';
+import { deflateRaw, inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import { decompress as zstdDecompress } from 'fzstd';
 import { BlockError } from '../errors.js';
 
@@ -25,10 +25,17 @@ export function decompressCluster(filename: string, type: number, input: Uint8Ar
   return out.subarray(0, clusterSize);
 }
 
-/** Deflate a cluster; undefined when compression would not save space. */
-export function compressCluster(data: Uint8Array): Uint8Array | undefined {
-  const out = deflateRawSync(data, { level: 6 });
-  return out.length < data.length - 512 ? out : undefined;
+/**
+ * Deflate a cluster; undefined when compression would not save space. Runs on the thread
+ * pool, so several clusters compress at once while the main thread goes on.
+ */
+export function compressCluster(data: Uint8Array): Promise<Uint8Array | undefined> {
+  return new Promise((resolve, reject) => {
+    deflateRaw(data, { level: 6 }, (err, out) => {
+      if (err) reject(err);
+      else resolve(out.length < data.length - 512 ? out : undefined);
+    });
+  });
 }
 
 /** Length of the zstd frame at the start of `buf`, from its frame and block headers. */

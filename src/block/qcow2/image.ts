@@ -728,7 +728,7 @@ export class Qcow2Image implements BlockDriver {
       // Only deflate compression is written; zstd images get plain clusters.
       return this.writeFrom(Number(offset), Number(end - offset), [data.subarray(0, Number(end - offset))]);
     }
-    const packed = compressCluster(data);
+    const packed = await compressCluster(data);
     if (!packed) return this.writeFrom(Number(offset), Number(end - offset), [data.subarray(0, Number(end - offset))]);
     const gc = Number(offset) / this.clusterSize;
     await this.exclusive(async () => {
