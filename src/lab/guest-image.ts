@@ -34,6 +34,14 @@ mkdir -p /tmp /run && mount -t tmpfs tmpfs /tmp
 while read -r m; do
   insmod "/lib/modules/$m.ko" || echo "tsvirt-guest: insmod $m failed"
 done < /lib/modules/load-order
+# With console=hvc0 the console is a virtio-serial port: the kernel found no console when it
+# started init (virtio_console is a module), so our output went nowhere until now. hvc0
+# appears once the driver has taken the host's port messages; then it carries us.
+case " $(cat /proc/cmdline) " in *" console=hvc0 "*)
+  i=0
+  while [ ! -c /dev/hvc0 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  [ -c /dev/hvc0 ] && exec </dev/hvc0 >/dev/hvc0 2>&1
+esac
 echo "${GUEST_USERSPACE_LINE}"
 if [ -f /test.sh ]; then
   sh /test.sh

@@ -36,7 +36,7 @@ import { ConsoleStream } from './console.js';
 import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
-import { MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
+import { consoleStreamPort, MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
   CTL_THREAD_ID, CTL_WORDS, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
@@ -188,6 +188,7 @@ export class Machine extends EventEmitter implements QmpTarget {
           machine.virtio = await MachineVirtio.attach({
             memory: ram.memory, pioBus: machine.pio, mmioBus: machine.mmio, vm: () => machine.vm,
             vcpuCount: cpus, pauseVm: () => void machine.pause(),
+            ...(valid.consoleDevice === 'virtio' ? { console: consoleStreamPort(machine.console) } : {}),
           }, parseVirtioConfig(valid));
         }
         machine.buildVm();

@@ -19,6 +19,8 @@ import {
   ConfigError as VirtioOptionError, parseChannelOption, parseDiskOption, parseRngOption, type DiskConfig,
 } from '../virtio/config.js';
 import { KvmNotifyRegistrar } from '../virtio/kvm-notify.js';
+import type { PortBackend, PortEndpoint } from '../virtio/console.js';
+import type { ConsoleStream } from './console.js';
 import type { QmpBlockInfo, QmpPciDevice } from '../qmp/target.js';
 
 /** The machine config's virtio fields: the same option strings as `tsvirt run`'s flags. */
@@ -29,6 +31,15 @@ export interface VirtioMachineConfig {
   channels?: string[];
   /** `--rng`: true or an option string (`rate=BYTES/MS`) for a virtio-rng; absent/false for none. */
   rng?: boolean | string;
+  /**
+   * Which device carries the guest console (the `console` field's stdio/file/socket):
+   * "serial" (default) is COM1; "virtio" is port 0 of a virtio-serial device, the guest's
+   * hvc0 (boot it with console=hvc0). The UART stays in the machine either way, and its
+   * output still reaches the console stream; input goes to the chosen device only.
+   * Known limit: boot with `console=ttyS0 console=hvc0`; with console=hvc0 alone the guest
+   * (whose console driver is a module) stalls before printing anything, not yet understood.
+   */
+  consoleDevice?: 'serial' | 'virtio';
 }
 
 /** JSON schema properties for the fields above (merged into the machine schema). */
@@ -37,6 +48,7 @@ export const virtioConfigSchemaProperties = {
   channels: { type: 'array', items: { type: 'string', minLength: 1 } },
   // anyOf rather than a type list: the schema compiler runs in strict mode.
   rng: { anyOf: [{ type: 'boolean' }, { type: 'string' }] },
+  consoleDevice: { type: 'string', enum: ['serial', 'virtio'] },
 } as const;
 
 /** A one-line error in a virtio option; `name` matches the machine config's ConfigError. */
@@ -77,7 +89,7 @@ export function parseVirtioConfig(config: VirtioMachineConfig, source = 'config'
 /** Whether the config asks for any virtio device (and so for the PCI host bridge). */
 export function wantsVirtio(config: VirtioMachineConfig): boolean {
   return (config.disks?.length ?? 0) > 0 || (config.channels?.length ?? 0) > 0
-    || (config.rng !== undefined && config.rng !== false);
+    || (config.rng !== undefined && config.rng !== false) || config.consoleDevice === 'virtio';
 }
 
 export interface VirtioMachineHooks {
@@ -90,6 +102,39 @@ export interface VirtioMachineHooks {
   /** werror=stop: pause the VM; the machine calls resumeAfterIoError() once resumed. */
   pauseVm(reason: string): void;
   log?: LogLine;
+  /** The guest console as virtio-console port 0 (see consoleDevice); consoleStreamPort() makes one. */
+  console?: PortBackend;
+}
+
+/**
+ * The machine's console stream as a virtio-console port: guest output is delivered to the
+ * stream's readers, and input written to the stream goes to the guest. The stream has a single
+ * input waiter, so once started this port (not the UART) takes the console input.
+ */
+export function consoleStreamPort(stream: ConsoleStream): PortBackend {
+  let port: PortEndpoint | undefined;
+  let paused = false;
+  const feed = (): void => {
+    // The port queues what the guest has no buffer for yet; pauseInput() stops the flow.
+    if (!paused && port) stream.takeInput((bytes) => { port!.fromHost(bytes.slice()); return bytes.length; });
+  };
+  return {
+    async start(p: PortEndpoint): Promise<void> {
+      port = p;
+      stream.onInput(feed);
+      p.hostConnected(true);
+      feed();
+    },
+    write(data: Uint8Array): boolean {
+      stream.deliverOutput(data.slice());
+      return true;
+    },
+    pauseInput(): void { paused = true; },
+    resumeInput(): void { paused = false; feed(); },
+    async close(): Promise<void> {
+      port = undefined;
+    },
+  };
 }
 
 /**
@@ -138,6 +183,7 @@ export class MachineVirtio {
         },
         pauseVm: hooks.pauseVm,
         ...(hooks.log ? { log: hooks.log } : {}),
+        ...(hooks.console ? { console: hooks.console } : {}),
       }, config);
       return new MachineVirtio(attached, disks, registrar, poller);
     } catch (err) {

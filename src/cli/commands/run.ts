@@ -19,6 +19,7 @@ interface RunFlags {
   qmp?: string[];
   disk?: string[];
   channel?: string[];
+  consoleDevice?: string;
   rng?: string | boolean;
 }
 
@@ -39,6 +40,12 @@ async function flagsToConfig(flags: RunFlags): Promise<MachineConfig> {
   if (flags.memoryBackend !== undefined) out.memoryBackend = flags.memoryBackend;
   if (flags.cpu !== undefined) out.cpu = flags.cpu;
   if (flags.console !== undefined) out.console = flags.console;
+  if (flags.consoleDevice !== undefined) {
+    if (flags.consoleDevice !== 'serial' && flags.consoleDevice !== 'virtio') {
+      throw new ConfigError(`--console-device: "${flags.consoleDevice}" is not serial or virtio`);
+    }
+    out.consoleDevice = flags.consoleDevice;
+  }
   if (flags.reboot === false) out.noReboot = true;
   if (flags.name !== undefined) out.name = flags.name;
   if (flags.qmp !== undefined) out.qmp = flags.qmp;
@@ -71,7 +78,7 @@ async function run(flags: RunFlags): Promise<number> {
     } catch (err) {
       throw new Error(`no --kernel given, and ${(err as Error).message}`);
     }
-    config.append ??= 'console=ttyS0 reboot=k panic=-1';
+    config.append ??= `console=ttyS0${config.consoleDevice === 'virtio' ? ' console=hvc0' : ''} reboot=k panic=-1`;
   }
 
   const machine = await Machine.create(config);
@@ -126,6 +133,7 @@ export function register(program: Command): void {
     .option('--memory-backend <backend>', 'memfd (default) or hugetlbfs:PATH')
     .option('--cpu <model>', 'CPU model: host or a named model')
     .option('--console <spec>', 'stdio (default), none, file:PATH or socket:PATH')
+    .option('--console-device <dev>', 'what carries the console: serial (COM1, default) or virtio (virtio-serial port 0, hvc0)')
     .option('--no-reboot', 'end the VM when the guest reboots')
     .option('--name <name>', 'VM name')
     .option('--qmp <spec>', 'QMP server, e.g. unix:PATH,server=on,wait=off (repeatable)', collect)

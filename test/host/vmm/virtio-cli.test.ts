@@ -38,6 +38,7 @@ test('bad --disk, --channel and --rng values: one line naming the flag and the v
   await fails(['--kernel', kernel, '--disk', 'format=raw'], /^tsvirt: --disk: no image path in 'format=raw'$/);
   await fails(['--kernel', kernel, '--channel', 'name=x'], /^tsvirt: --channel: path=\.\.\. is missing in 'name=x'$/);
   await fails(['--kernel', kernel, '--rng', 'rate=0/10'], /^tsvirt: --rng: rate=0\/10 is not BYTES\/PERIOD_MS with both positive$/);
+  await fails(['--kernel', kernel, '--console-device', 'tty'], /^tsvirt: --console-device: "tty" is not serial or virtio$/);
   // A good option with an image that is not there: the block layer names the file.
   const missing = join(dir, 'nowhere.qcow2');
   await fails(['--kernel', kernel, '--disk', `${missing},format=qcow2`], new RegExp(`^tsvirt: .*${missing.replace(/\./g, '\\.')}`));
@@ -54,4 +55,6 @@ test('config file: disks/channels/rng are checked by the schema and the option p
   await fails(['--config', file], new RegExp(`^tsvirt: ${name}: channels\\[0\\]: name=bad name must be 1-127 of \\[A-Za-z0-9._-\\]$`));
   writeFileSync(file, JSON.stringify({ kernel, rng: 3 }));
   await fails(['--config', file], new RegExp(`^tsvirt: ${name}: rng: must be valid$`));
+  writeFileSync(file, JSON.stringify({ kernel, consoleDevice: 'hvc0' }));
+  await fails(['--config', file], new RegExp(`^tsvirt: ${name}: consoleDevice: must be equal to one of the allowed values$`));
 });

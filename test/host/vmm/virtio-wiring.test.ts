@@ -132,3 +132,19 @@ test('bad virtio options and images fail Machine.create with one line naming the
   await rejects({ disks: [`${missing},format=qcow2`] }, new RegExp(missing.replace(/[.]/g, '\\.')));
   await rejects({ disks: [`${raw},addr=3`], rng: 'addr=3' }, /slot 3 is already used by virtio-blk0/);
 });
+
+test('consoleDevice "virtio" alone gives the machine a PCI bus with a virtio-serial device; bad values name the field', { timeout: 60_000 }, async () => {
+  const machine = await Machine.create({ memory: '32M', consoleDevice: 'virtio' }, { rawBoot: { code: helloGuest('C'), address: GUEST_ADDRESS } });
+  try {
+    await machine.start();
+    const devices = machine.pciDevices();
+    assert.deepEqual(devices.map((d) => d.qdevId), ['pcie-host-bridge', 'virtio-serial0']);
+    assert.deepEqual([devices[1]!.vendorId, devices[1]!.deviceId], [0x1af4, 0x1043]);
+  } finally {
+    await machine.stop();
+  }
+  const serial = await Machine.create({ memory: '32M', consoleDevice: 'serial' }, { rawBoot: { code: helloGuest('S'), address: GUEST_ADDRESS } });
+  assert.deepEqual(serial.pciDevices(), [], 'the serial console needs no PCI bus');
+  await serial.stop();
+  await assert.rejects(Machine.create({ memory: '32M', consoleDevice: 'hvc' as 'virtio' }), /^ConfigError: config: consoleDevice: must be equal to one of the allowed values$/);
+});
