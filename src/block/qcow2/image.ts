@@ -203,7 +203,18 @@ export class Qcow2Image implements BlockDriver {
       h.autoclearFeatures = 0n;
       await this.file.flush();
     }
+    if (h.version === 3 && this.lazyRefcounts) {
+      // Lazy refcounts: the image stays marked dirty while it is open, so refcount updates
+      // need no ordering barriers against the tables (a crash gets them rebuilt on the next
+      // read-write open); close() clears the mark once everything is flushed.
+      await this.setIncompatibleFeatures(h.incompatibleFeatures | INCOMPAT_DIRTY);
+      this.lazyDirty = true;
+      this.refcounts.orderingBarriers = false;
+    }
   }
+
+  /** Open read-write with lazy refcounts: marked dirty on disk until close. */
+  private lazyDirty = false;
 
   async setIncompatibleFeatures(bits: bigint): Promise<void> {
     const buf = new Uint8Array(8);
@@ -362,7 +373,7 @@ export class Qcow2Image implements BlockDriver {
     if (this.pendingReleases.length === 0) return;
     const list = this.pendingReleases;
     this.pendingReleases = [];
-    await this.file.barrier();
+    if (!this.lazyDirty) await this.file.barrier();
     for (const r of list) await this.refcounts.addRange(r.offset, r.length, -1n);
   }
 
@@ -1000,6 +1011,10 @@ export class Qcow2Image implements BlockDriver {
       await this.refcounts.releaseReserve(true);
     });
     if (!this.readOnly) await this.file.flush();
+    if (this.lazyDirty) {
+      await this.setIncompatibleFeatures(this.header.incompatibleFeatures & ~INCOMPAT_DIRTY);
+      this.lazyDirty = false;
+    }
     this.closed = true;
     await this.file.close();
     if (this.backing) await this.backing.close();

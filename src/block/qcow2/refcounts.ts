@@ -224,6 +224,11 @@ export class Refcounts {
    */
   private reserveStart = 0;
   private reserveEnd = 0;
+  /**
+   * False on a lazy-refcount image marked dirty while open: a crash makes the next open
+   * rebuild every refcount, so raising one need not be durable before the entry that uses it.
+   */
+  orderingBarriers = true;
   private reserveSize = 0;
   /** Reserved clusters at or past this offset were past the end of the file: they read as zeroes. */
   private zeroFrom = Infinity;
@@ -250,7 +255,7 @@ export class Refcounts {
       const end = (start + got) * this.clusterSize;
       if (end > length && !this.file.isBlockDevice) await this.file.truncate(BigInt(end));
       this.zeroFrom = Math.max(length, start * this.clusterSize);
-      await this.file.barrier();
+      if (this.orderingBarriers) await this.file.barrier();
       this.reserveStart = start;
       this.reserveEnd = start + got;
     }

@@ -167,7 +167,8 @@ export async function updateTreeRefcounts(file: HostFile, refcounts: Refcounts, 
 async function dirtyWhile<T>(image: Qcow2Image, fn: () => Promise<T>): Promise<T> {
   // Start from exact refcounts: deferred releases applied, reserved clusters returned.
   await image.settleMetadata();
-  const v3 = image.header.version === 3;
+  // An image open with lazy refcounts is dirty already and must stay so until close.
+  const v3 = image.header.version === 3 && (image.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n;
   if (v3) await image.setIncompatibleFeatures(image.header.incompatibleFeatures | INCOMPAT_DIRTY);
   const result = await fn();
   await image.settleMetadata();
