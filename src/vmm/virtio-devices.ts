@@ -36,8 +36,9 @@ export interface VirtioMachineConfig {
    * "serial" (default) is COM1; "virtio" is port 0 of a virtio-serial device, the guest's
    * hvc0 (boot it with console=hvc0). The UART stays in the machine either way, and its
    * output still reaches the console stream; input goes to the chosen device only.
-   * Known limit: boot with `console=ttyS0 console=hvc0`; with console=hvc0 alone the guest
-   * (whose console driver is a module) stalls before printing anything, not yet understood.
+   * Known limit: boot with `console=ttyS0 console=hvc0`. With console=hvc0 alone the lab's
+   * guest prints nothing and does not finish booting; earlyprintk shows its log stopping
+   * around PCI/ACPI setup. The cause is not found yet.
    */
   consoleDevice?: 'serial' | 'virtio';
 }
