@@ -12,7 +12,7 @@ export type TestRunner = (args: string[]) => Promise<number>;
  *  TSVIRT_GUEST_SUITE_TIMEOUT (seconds) changes it. */
 function labSuiteTimeoutSeconds(): number {
   const v = process.env.TSVIRT_GUEST_SUITE_TIMEOUT;
-  if (v === undefined || v === '') return 1200;
+  if (v === undefined || v === '') return 1800;
   const n = Number(v);
   if (!(n > 0)) throw new Error(`TSVIRT_GUEST_SUITE_TIMEOUT=${v}: expected a positive number of seconds`);
   return n;

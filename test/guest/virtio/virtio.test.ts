@@ -88,22 +88,47 @@ function factsOf(output: string): Map<string, string> {
   return out;
 }
 
-/** Boot with `script`; `onOutput` sees the console output as it grows. */
-async function boot(config: MachineConfig, script: string, onOutput?: (output: string) => void): Promise<Boot> {
+/** How long a boot may take to reach userspace before it counts as hung. */
+const USERSPACE_TIMEOUT_MS = 90_000;
+const BOOT_ATTEMPTS = 3;
+const TEST_TIMEOUT_MS = BOOT_TIMEOUT_MS + BOOT_ATTEMPTS * USERSPACE_TIMEOUT_MS;
+
+/**
+ * Boot with `script`; `onOutput` sees the console output as it grows. Known open bug: with
+ * PCI devices present, an occasional boot stops making progress while Linux enumerates the
+ * PCI bus (no vCPU exits at all afterwards). Such a boot never reached userspace, so nothing
+ * of the test ran: it is stopped and booted again, at most BOOT_ATTEMPTS times, and each
+ * retry is logged so the bug stays visible.
+ */
+async function boot(config: MachineConfig, script: string, onOutput?: OutputWatcher, append = APPEND): Promise<Boot> {
+  for (let attempt = 1; ; attempt++) {
+    const r = await bootOnce(config, script, onOutput, append);
+    if (r.output.includes(GUEST_USERSPACE_LINE) || attempt >= BOOT_ATTEMPTS) return r;
+    process.stdout.write(`# boot attempt ${attempt} hung before userspace (open bug: PCI enumeration stall); booting again\n`);
+  }
+}
+
+type OutputWatcher = (output: string, machine: Machine) => void;
+
+async function bootOnce(config: MachineConfig, script: string, onOutput: OutputWatcher | undefined, append: string): Promise<Boot> {
   const initrd = await guestInitrdWith(script);
-  const machine = await Machine.create({ kernel: guestKernelPath(), initrd, append: APPEND, memory: '256M', cpus: 2, ...config });
+  const machine = await Machine.create({ kernel: guestKernelPath(), initrd, append, memory: '256M', cpus: 2, ...config });
   let output = '';
   machine.console.on('data', (d: Buffer) => {
     output += d.toString('latin1');
-    onOutput?.(output);
+    onOutput?.(output, machine);
   });
   const timer = setTimeout(() => void machine.stop(), BOOT_TIMEOUT_MS);
+  const hung = setTimeout(() => {
+    if (!output.includes(GUEST_USERSPACE_LINE)) void machine.stop();
+  }, USERSPACE_TIMEOUT_MS);
   try {
     await machine.start();
     const exit = await machine.waitForExit();
     return { exit, output, facts: factsOf(output) };
   } finally {
     clearTimeout(timer);
+    clearTimeout(hung);
   }
 }
 
@@ -125,7 +150,7 @@ const sha256 = (path: string): string => createHash('sha256').update(readFileSyn
 
 let firstMd5 = '';
 
-test('first boot: disks, topology, read-only disk, ext2 on qcow2, virtio-serial both ways, virtio-rng', { timeout: BOOT_TIMEOUT_MS + 30_000 }, async () => {
+test('first boot: disks, topology, read-only disk, ext2 on qcow2, virtio-serial both ways, virtio-rng', { timeout: TEST_TIMEOUT_MS }, async () => {
   await createQcow2(dataDisk, { size: 64n << 20n });
   const ro = Buffer.alloc(8 << 20);
   ro.write(RO_MARKER, 0, 'latin1');
@@ -192,7 +217,7 @@ test('first boot: disks, topology, read-only disk, ext2 on qcow2, virtio-serial 
   await checkImage(dataDisk);
 });
 
-test('second boot: the files written by the first boot read back', { timeout: BOOT_TIMEOUT_MS + 30_000 }, async (t) => {
+test('second boot: the files written by the first boot read back', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   if (!firstMd5) {
     t.skip('the first boot did not write the filesystem');
     return;
@@ -220,29 +245,15 @@ line=$(timeout 60 head -n1)
 echo "fact console_line=$line"
 `;
 
-test('virtio console: kernel messages and script output reach the host through hvc0, input reaches the guest', { timeout: BOOT_TIMEOUT_MS + 30_000 }, async () => {
+test('virtio console: kernel messages and script output reach the host through hvc0, input reaches the guest', { timeout: TEST_TIMEOUT_MS }, async () => {
   let sent = false;
-  const initrd = await guestInitrdWith(CONSOLE_BOOT);
-  const machine = await Machine.create({
-    kernel: guestKernelPath(), initrd, append: 'console=ttyS0 console=hvc0 reboot=k panic=-1 quiet', memory: '256M', cpus: 2,
-    consoleDevice: 'virtio',
-  });
-  let output = '';
-  machine.console.on('data', (d: Buffer) => {
-    output += d.toString('latin1');
+  const r = await boot({ consoleDevice: 'virtio' }, CONSOLE_BOOT, (output, machine) => {
     if (!sent && output.includes('fact console_ready=yes')) {
       sent = true;
       machine.console.write('hello-console\n');
     }
-  });
-  const timer = setTimeout(() => void machine.stop(), 120_000);
-  let exit: MachineExit;
-  try {
-    await machine.start();
-    exit = await machine.waitForExit();
-  } finally {
-    clearTimeout(timer);
-  }
+  }, 'console=ttyS0 console=hvc0 reboot=k panic=-1 quiet');
+  const { output, exit } = r;
   const f = factsOf(output);
   const kmsg = output.match(/^\[ *\d+\.\d+\] tsvirt-kmsg: from the kernel log\r?$/gm) ?? [];
   assert.equal(kmsg.length, 2, `the kernel message once from ttyS0 and once from hvc0 in:\n${output.slice(-3000)}`);
