@@ -2,34 +2,14 @@
 // before any guest runs (so these need no Linux-capable KVM).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { failsWithOneLine as fails, runCli as run } from './support/run-cli.js';
 
-const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tsvirt-run-cli-'));
 const corrupt = join(dir, 'vmlinuz');
 writeFileSync(corrupt, Buffer.alloc(4096, 0x5a));
-
-function run(args: string[]): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`tsvirt run ${args.join(' ')} hung`)); }, 20_000);
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code: code ?? 1, stderr }); });
-  });
-}
-
-async function fails(args: string[], pattern: RegExp): Promise<void> {
-  const r = await run(args);
-  assert.equal(r.code, 1, `exit status for ${args.join(' ')}`);
-  const lines = r.stderr.trimEnd().split('\n');
-  assert.equal(lines.length, 1, `one line, got: ${r.stderr}`);
-  assert.match(lines[0]!, pattern);
-}
 
 test('bad flags: each a one-line error naming the value', { timeout: 120_000 }, async () => {
   await fails(['--kernel', corrupt, '--cpus', 'two'], /^tsvirt: --cpus: "two" is not a whole number$/);
