@@ -62,7 +62,14 @@ for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name 2>/dev/null)" = ${CHANNE
 echo "fact port=$PORT"
 exec 3<>$PORT
 echo "fact port_open=yes"
-line=$(timeout 60 head -n1 <&3)
+# Until the host side connects, a read of the port returns end-of-file at once (Linux's
+# virtio_console reports no host as EOF), so poll until the host's line arrives.
+line=
+for i in $(seq 100); do
+  line=$(timeout 60 head -n1 <&3)
+  [ -n "$line" ] && break
+  sleep 0.2
+done
 echo "guest-got:$line" >&3
 echo "fact port_line=$line"
 exec 3>&-
