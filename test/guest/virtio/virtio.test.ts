@@ -96,8 +96,8 @@ function factsOf(output: string): Map<string, string> {
 }
 
 /** How long a boot may take to reach userspace before it counts as hung. */
-const USERSPACE_TIMEOUT_MS = 90_000;
-const BOOT_ATTEMPTS = 3;
+const USERSPACE_TIMEOUT_MS = 60_000;
+const BOOT_ATTEMPTS = 5;
 const TEST_TIMEOUT_MS = BOOT_TIMEOUT_MS + BOOT_ATTEMPTS * USERSPACE_TIMEOUT_MS;
 
 /**
