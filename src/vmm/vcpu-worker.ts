@@ -92,7 +92,11 @@ function forward(): void {
   const seq = (Atomics.load(ctl, CTL_EXIT_SEQ) + 1) | 0;
   Atomics.store(ctl, CTL_EXIT_SEQ, seq);
   Atomics.notify(ctl, CTL_EXIT_SEQ);
-  while (Atomics.load(ctl, CTL_DONE_SEQ) !== seq) Atomics.wait(ctl, CTL_DONE_SEQ, Atomics.load(ctl, CTL_DONE_SEQ));
+  // Wait on the very value that was checked: loading it afresh for Atomics.wait would lose a
+  // completion that lands between the check and the wait, and sleep on it for ever.
+  for (let done = Atomics.load(ctl, CTL_DONE_SEQ); done !== seq; done = Atomics.load(ctl, CTL_DONE_SEQ)) {
+    Atomics.wait(ctl, CTL_DONE_SEQ, done);
+  }
   Atomics.add(ctl, CTL_FORWARDED_EXITS, 1);
 }
 
