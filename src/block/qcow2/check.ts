@@ -42,7 +42,9 @@ interface Walk {
   fragmented: number;
   compressed: number;
   /** Active entries whose COPIED flag is wrong: [file offset of the entry, hi word, lo word, should be copied]. */
-  badFlags: Array<{ at: number; copied: boolean }>;
+  badFlags: Array<{ at: number; copied: boolean; l1Index?: number }>;
+  /** Messages to print after the refcount comparison's (qemu-img's order). */
+  pendingNotes: string[];
   /** Clusters of the refcount table and blocks (a rebuild replaces them). */
   refcountStructures: Array<[number, number]>;
 }
@@ -58,7 +60,7 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
   // One cluster of slack past the end of the file: a cluster allocated but not yet
   // (fully) written sits there, and is referenced legitimately.
   const nClusters = Math.ceil(fileLength / cs) + 1;
-  const w: Walk = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, badFlags: [], refcountStructures: [] };
+  const w: Walk = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, badFlags: [], pendingNotes: [], refcountStructures: [] };
   const extended = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const entryBytes = extended ? 16 : 8;
 
@@ -122,7 +124,7 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
         continue;
       }
       if (!ref(l2off, cs, `L2 table (${l1info.name} entry ${i})`)) continue;
-      if (l1info.active) w.badFlags.push({ at: l1info.offset + i * 8, copied: (hi & COPIED_HI) !== 0 });
+      if (l1info.active) w.badFlags.push({ at: l1info.offset + i * 8, copied: (hi & COPIED_HI) !== 0, l1Index: i });
       const table = new Uint8Array(cs);
       await file.read(l2off, table);
       // Fragmentation is judged within each L2 table; compressed clusters always count
@@ -271,14 +273,7 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
   };
 
   let { low, high, highest } = await compare();
-  // COPIED flags must match "refcount is 1" (judged on the real counts).
-  let flagErrors = 0;
-  for (const f of w.badFlags) {
-    const [hi, lo] = readU64Parts(await readAt(file, f.at, 8), 0);
-    const off = offsetOf(hi, lo);
-    const should = w.refs[off / cs] === 1;
-    if (should !== f.copied) flagErrors++;
-  }
+  let flagErrors = await wrongCopiedFlags(file, w, stored, cs);
 
   if (repair && !file.readOnly) {
     if (repair === 'all' && (low.length > 0 || w.corruptions > 0 || flagErrors > 0)) {
@@ -287,11 +282,12 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
         result.corruptionsFixed += low.length;
         result.leaksFixed += high.length;
       }
+      // The flags follow the refcounts as they now stand (rebuilt or not), as qemu-img does.
+      const repaired = await storedRefcounts(file, h, Number(await file.length()));
       for (const f of w.badFlags) {
         const raw = await readAt(file, f.at, 8);
         const [hi, lo] = readU64Parts(raw, 0);
-        const off = offsetOf(hi, lo);
-        const should = w.refs[off / cs] === 1;
+        const should = (await repaired.get(offsetOf(hi, lo) / cs)) === 1n;
         if (should !== ((hi & COPIED_HI) !== 0)) {
           writeU64Parts(raw, 0, should ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0, lo);
           await file.write(f.at, raw);
@@ -309,22 +305,44 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
     w = await walk(file, h, fileLength);
     stored = await storedRefcounts(file, h, fileLength);
     ({ low, high, highest } = await compare());
-    flagErrors = 0;
-    for (const f of w.badFlags) {
-      const [hi, lo] = readU64Parts(await readAt(file, f.at, 8), 0);
-      if ((w.refs[offsetOf(hi, lo) / cs] === 1) !== ((hi & COPIED_HI) !== 0)) flagErrors++;
-    }
+    flagErrors = await wrongCopiedFlags(file, w, stored, cs);
     result.messages = w.messages;
     result.checkErrors = w.checkErrors;
   }
   for (const c of low) note(w, `ERROR cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
   for (const c of high) note(w, `Leaked cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
-  if (flagErrors > 0) note(w, `ERROR ${flagErrors} table entries have a wrong COPIED flag`);
+  for (const m of w.pendingNotes) note(w, m);
   result.corruptions = w.corruptions + low.length + flagErrors;
   result.leaks = high.length;
   result.imageEndOffset = BigInt((highest + 1) * cs);
   result.messages = w.messages;
   return result;
+}
+
+/**
+ * Active table entries whose COPIED flag disagrees with "the stored refcount is 1", each one
+ * a corruption, counted and reported like qemu-img (which judges the flag by the stored
+ * refcount: a used cluster with refcount 0 is then two errors, the count and the flag).
+ * The messages go out after the refcount comparison's.
+ */
+async function wrongCopiedFlags(file: HostFile, w: Walk, stored: Refcounts, cs: number): Promise<number> {
+  let errors = 0;
+  for (const f of w.badFlags) {
+    const [hi, lo] = readU64Parts(await readAt(file, f.at, 8), 0);
+    let refcount: bigint;
+    try {
+      refcount = await stored.get(offsetOf(hi, lo) / cs);
+    } catch {
+      continue; // an unreadable refcount block was reported by the comparison already
+    }
+    if ((refcount === 1n) === ((hi & COPIED_HI) !== 0)) continue;
+    errors++;
+    const entry = ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
+    w.pendingNotes.push(f.l1Index === undefined
+      ? `ERROR OFLAG_COPIED data cluster: l2_entry=${entry} refcount=${refcount}`
+      : `ERROR OFLAG_COPIED L2 cluster: l1_index=${f.l1Index} l1_entry=${entry} refcount=${refcount}`);
+  }
+  return errors;
 }
 
 async function readAt(file: HostFile, at: number, n: number): Promise<Uint8Array> {

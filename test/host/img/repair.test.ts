@@ -2,7 +2,7 @@
 // what `-r leaks` / `-r all` repair leaves an image qemu-img check calls clean.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openSync, readSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
+import { openSync, readSync, writeSync, closeSync, statSync, truncateSync, copyFileSync } from 'node:fs';
 import { Scratch, haveQemuImg } from './harness.js';
 
 const skip = haveQemuImg() ? false : 'qemu-img is not installed';
@@ -83,6 +83,13 @@ describe('check finds injected damage and repairs it like qemu-img', { skip }, (
     assert.equal(s.qemuImg('check', name).status, 0);
   });
 
+  /** The counts of `check --output json` (what qemu-img and we must agree on). */
+  function counts(stdout: string): Record<string, number | undefined> {
+    const j = JSON.parse(stdout) as Record<string, number | undefined>;
+    const keys = ['corruptions', 'leaks', 'check-errors', 'corruptions-fixed', 'leaks-fixed', 'allocated-clusters', 'total-clusters'];
+    return Object.fromEntries(keys.map((k) => [k, j[k]]));
+  }
+
   test('a wrong (too low) refcount of a data cluster: exit 2; -r all repairs, data intact', () => {
     const name = fixture('low.qcow2');
     s.qemu('convert', '-O', 'raw', name, 'low.raw');
@@ -91,23 +98,42 @@ describe('check finds injected damage and repairs it like qemu-img', { skip }, (
     const found = s.tsvirt('check', name);
     assert.equal(found.status, 2);
     assert.match(found.stdout, /errors were found on the image/);
+    // qemu-img counts two errors here: the refcount, and the COPIED flag of an entry whose
+    // stored refcount is not 1. The same counts and the same error lines, line for line.
+    const theirs = s.qemuImg('check', '--output', 'json', name);
+    const ours = s.tsvirt('check', '--output', 'json', name);
+    assert.equal(counts(theirs.stdout).corruptions, 2, 'fixture: qemu-img sees two corruptions');
+    assert.deepEqual(counts(ours.stdout), counts(theirs.stdout));
+    assert.deepEqual(ours.stderr.split('\n').filter((l) => l.startsWith('ERROR')), theirs.stderr.split('\n').filter((l) => l.startsWith('ERROR')));
+    copyFileSync(s.path(name), s.path('low-theirs.qcow2'));
     // qemu-img refuses a leaks-only repair here (the refcounts need a rebuild); so do we.
-    assert.equal(s.tsvirt('check', '-r', 'leaks', name).status, s.qemuImg('check', '-r', 'leaks', name).status);
-    const fixed = s.tsvirt('check', '-r', 'all', name);
-    assert.equal(fixed.status, 0, fixed.stdout + fixed.stderr);
+    assert.equal(s.tsvirt('check', '-r', 'leaks', name).status, s.qemuImg('check', '-r', 'leaks', 'low-theirs.qcow2').status);
+    const theirsFixed = s.qemuImg('check', '-r', 'all', '--output', 'json', 'low-theirs.qcow2');
+    const oursFixed = s.tsvirt('check', '-r', 'all', '--output', 'json', name);
+    assert.equal(theirsFixed.status, 0, 'fixture: qemu-img repairs it');
+    assert.equal(oursFixed.status, theirsFixed.status, oursFixed.stderr);
+    assert.deepEqual(counts(oursFixed.stdout), counts(theirsFixed.stdout));
     assert.equal(s.qemuImg('check', name).status, 0);
     assert.equal(s.qemuImg('compare', name, 'low.raw').status, 0);
   });
 
-  test('a refcount of 2 on a cluster used once is reported and repaired', () => {
+  test('a refcount of 2 on a cluster used once: a leak and a wrong COPIED flag, repaired like qemu-img', () => {
     const name = fixture('high.qcow2');
     setRefcount(s.path(name), firstDataCluster(s, name), 2);
-    // qemu-img also flags the L2 entry's COPIED bit (exit 2); the block layer's check sees the
-    // leak only (exit 3). Either way the image is reported, and -r all repairs it.
-    assert.notEqual(s.qemuImg('check', name).status, 0);
-    assert.ok([2, 3].includes(s.tsvirt('check', name).status));
-    assert.equal(s.tsvirt('check', '-r', 'all', name).status, 0);
-    assert.equal(s.qemuImg('check', name).status, 0);
+    const theirs = s.qemuImg('check', '--output', 'json', name);
+    const ours = s.tsvirt('check', '--output', 'json', name);
+    assert.equal(theirs.status, 2, 'fixture: qemu-img reports the flag as a corruption');
+    assert.equal(ours.status, theirs.status);
+    assert.deepEqual(counts(ours.stdout), counts(theirs.stdout));
+    for (const mode of ['leaks', 'all']) {
+      copyFileSync(s.path(name), s.path(`high-${mode}-theirs.qcow2`));
+      copyFileSync(s.path(name), s.path(`high-${mode}-ours.qcow2`));
+      const theirsFixed = s.qemuImg('check', '-r', mode, '--output', 'json', `high-${mode}-theirs.qcow2`);
+      const oursFixed = s.tsvirt('check', '-r', mode, '--output', 'json', `high-${mode}-ours.qcow2`);
+      assert.equal(oursFixed.status, theirsFixed.status, mode);
+      assert.deepEqual(counts(oursFixed.stdout), counts(theirsFixed.stdout), mode);
+      assert.equal(s.qemuImg('check', `high-${mode}-ours.qcow2`).status, 0, mode);
+    }
   });
 
   test('check of a raw image: exit 63 like qemu-img', () => {
