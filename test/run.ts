@@ -73,26 +73,14 @@ async function main(): Promise<number> {
   if (want('unit')) add(await suite('unit', testFiles(join(root, 'dist/test/unit')), direct));
   if (want('host')) {
     const hostFiles = testFiles(join(root, 'dist/test/host'));
-    let host = await suite('host', hostFiles, direct);
-    if (host.failed > 0) {
-      // The host suite boots the nested lab, which has shown the same intermittent stall.
-      process.stdout.write(`\n# host suite: ${host.failed} failed; running it once more (open bug: intermittent stall)\n`);
-      host = await suite('host', hostFiles, direct);
-    }
+    const host = await suite('host', hostFiles, direct);
     add(host);
   }
   if (want('guest')) {
     const { guestTestRunner } = await import('./guest-runner.js');
     const files = testFiles(join(root, 'dist/test/guest'));
     const runner = await guestTestRunner(root);
-    let guest = await suite('guest', files, runner);
-    if (guest.failed > 0) {
-      // Open bug: a guest boot occasionally stalls (no vCPU exits at all) before userspace.
-      // The suite runs once more so that the stall does not hide every other result; the
-      // first run's failures stay in the log above.
-      process.stdout.write(`\n# guest suite: ${guest.failed} failed; running it once more (open bug: intermittent boot stall)\n`);
-      guest = await suite('guest', files, runner);
-    }
+    const guest = await suite('guest', files, runner);
     add(guest);
   }
   process.stdout.write(`\ntests: ${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped\n`);
