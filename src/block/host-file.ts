@@ -91,6 +91,28 @@ function giveBounce(b: Buffer): void {
   if (free.length < BOUNCE_POOL_MAX) free.push(b);
 }
 
+/**
+ * Adjacent views of one memory block merged into one view. A request split into per-cluster
+ * pieces of one caller buffer then reaches the kernel as one buffer: pwritev with 32 iovecs
+ * of 64 KiB measured several times slower than one pwrite of the same 2 MiB.
+ */
+function coalesce(buffers: Uint8Array[]): Uint8Array[] {
+  if (buffers.length < 2) return buffers;
+  const out: Uint8Array[] = [];
+  let cur = buffers[0]!;
+  for (let i = 1; i < buffers.length; i++) {
+    const b = buffers[i]!;
+    if (b.buffer === cur.buffer && cur.byteOffset + cur.length === b.byteOffset) {
+      cur = new Uint8Array(cur.buffer, cur.byteOffset, cur.length + b.length);
+    } else {
+      out.push(cur);
+      cur = b;
+    }
+  }
+  out.push(cur);
+  return out;
+}
+
 function totalLength(buffers: Uint8Array[]): number {
   let n = 0;
   for (const b of buffers) n += b.length;
@@ -169,6 +191,7 @@ export class HostFile {
   /** Read exactly the buffers' total length at offset; bytes beyond the end of file read as zeroes. */
   async readv(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
     if (buffers.length === 0) return;
+    buffers = coalesce(buffers);
     if (this.direct) return this.directRead(Number(offset), buffers);
     let pos = Number(offset);
     let bufs = buffers.filter((b) => b.length > 0);
@@ -186,6 +209,7 @@ export class HostFile {
   async writev(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
     if (this.readOnly) throw new BlockError(this.filename, 'is open read-only');
     if (buffers.length === 0) return;
+    buffers = coalesce(buffers);
     if (this.direct) return this.directWrite(Number(offset), buffers);
     let pos = Number(offset);
     let bufs = buffers.filter((b) => b.length > 0);

@@ -276,13 +276,19 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
   let flagErrors = await wrongCopiedFlags(file, w, stored, cs);
 
   if (repair && !file.readOnly) {
-    if (repair === 'all' && (low.length > 0 || w.corruptions > 0 || flagErrors > 0)) {
+    if (repair === 'all' && (low.length > 0 || w.corruptions > 0)) {
       if (low.length > 0 || high.length > 0) {
         await rebuildRefcounts(file, h, w);
         result.corruptionsFixed += low.length;
         result.leaksFixed += high.length;
       }
-      // The flags follow the refcounts as they now stand (rebuilt or not), as qemu-img does.
+    } else if (high.length > 0) {
+      for (const c of high) await stored.set(c, BigInt(c < w.refs.length ? w.refs[c] : 0));
+      result.leaksFixed += high.length;
+    }
+    if (repair === 'all') {
+      // The flags follow the refcounts as they now stand (rebuilt, leaks fixed, or as they
+      // were), as qemu-img does: a leak fixed from 2 to 1 makes a shared entry exclusive.
       const repaired = await storedRefcounts(file, h, Number(await file.length()));
       for (const f of w.badFlags) {
         const raw = await readAt(file, f.at, 8);
@@ -294,12 +300,8 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
           result.corruptionsFixed++;
         }
       }
-      await file.flush();
-    } else if (high.length > 0) {
-      for (const c of high) await stored.set(c, BigInt(c < w.refs.length ? w.refs[c] : 0));
-      result.leaksFixed += high.length;
-      await file.flush();
     }
+    await file.flush();
     // Re-run on the repaired image: the result reports what is left.
     fileLength = Number(await file.length());
     w = await walk(file, h, fileLength);

@@ -211,6 +211,9 @@ export class Qcow2Image implements BlockDriver {
       this.lazyDirty = true;
       this.refcounts.orderingBarriers = false;
     }
+    // Only a page cache (writeback) or a device cache (none) reorders writes: there, new
+    // table entries are written back in batches after one barrier (see writeBackTables).
+    this.refcounts.deferredOrdering = this.refcounts.orderingBarriers && (this.file.cache === 'writeback' || this.file.cache === 'none');
   }
 
   /** Open read-write with lazy refcounts: marked dirty on disk until close. */
@@ -347,12 +350,51 @@ export class Qcow2Image implements BlockDriver {
       writeU64Parts(l2.table.buf, (index + i) * size, e.hi, e.lo);
       if (this.extendedL2) writeU64Parts(l2.table.buf, (index + i) * size + 8, e.zeroMask ?? 0, e.allocMask ?? 0);
     }
+    if (this.refcounts.deferredOrdering) {
+      const t = l2.table;
+      const from = index * size;
+      const to = (index + entries.length) * size;
+      t.dirtyFrom = t.dirtyTo ? Math.min(t.dirtyFrom ?? from, from) : from;
+      t.dirtyTo = Math.max(t.dirtyTo ?? 0, to);
+      this.dirtyTables.set(l2.offset, t);
+      if (this.dirtyTables.size > this.l2Cache.capacity / 2) await this.writeBackTables();
+      return;
+    }
     l2.table.pending++;
     try {
       await this.file.write(l2.offset + index * size, l2.table.buf.slice(index * size, (index + entries.length) * size));
     } finally {
       l2.table.pending--;
     }
+  }
+
+  /**
+   * L2 tables whose entries changed in memory only. With a page cache between us and the
+   * disk, every new entry would otherwise need a barrier (fdatasync) before it is written, to
+   * make the refcount and data it points at durable first. Instead, changed entries wait here
+   * and go out together after one barrier: at flush, close, snapshot operations, before
+   * released clusters are freed, and when too many tables are pinned in the cache. A crash
+   * before that loses only writes nobody flushed, and leaves their clusters leaked.
+   */
+  private readonly dirtyTables = new Map<number, CachedTable>();
+
+  /** Write back the entries changed in memory, after a barrier. Caller holds the lock. */
+  private async writeBackTables(): Promise<void> {
+    if (this.dirtyTables.size === 0) return;
+    await this.file.barrier();
+    const tables = [...this.dirtyTables];
+    this.dirtyTables.clear();
+    await Promise.all(tables.map(async ([offset, t]) => {
+      const from = t.dirtyFrom ?? 0;
+      const to = t.dirtyTo ?? 0;
+      t.dirtyFrom = t.dirtyTo = 0;
+      t.pending++;
+      try {
+        await this.file.write(offset + from, t.buf.slice(from, to));
+      } finally {
+        t.pending--;
+      }
+    }));
   }
 
   /**
@@ -370,6 +412,8 @@ export class Qcow2Image implements BlockDriver {
   }
 
   private async applyReleases(): Promise<void> {
+    // The entries that unlinked the released clusters must be on disk before they are freed.
+    await this.writeBackTables();
     if (this.pendingReleases.length === 0) return;
     const list = this.pendingReleases;
     this.pendingReleases = [];

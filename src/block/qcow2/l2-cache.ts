@@ -1,14 +1,17 @@
 // The L2 table cache: recently used L2 tables, whole, keyed by host offset; its size in
-// tables comes from the l2CacheBytes open option. Changes are written through by the
-// caller, so the cache never holds anything the file lacks - except while such a write is
-// on its way, when the table is pinned (`pending`) so that it cannot be evicted and then
-// reloaded stale from disk.
+// tables comes from the l2CacheBytes open option. The cache may hold what the file lacks:
+// while a write of the table is on its way (`pending`), or while entries changed in memory
+// wait to be written back (`dirtyTo` > 0, see the image's writeBackTables). Such tables are
+// pinned: evicting one would lose the change or reload it stale from disk.
 import type { HostFile } from '../host-file.js';
 
 export interface CachedTable {
   buf: Uint8Array;
   /** Writes of this table still on their way to disk. */
   pending: number;
+  /** Byte range [dirtyFrom, dirtyTo) changed in memory only (dirtyTo 0: none). */
+  dirtyFrom?: number;
+  dirtyTo?: number;
 }
 
 export class L2Cache {
@@ -18,7 +21,8 @@ export class L2Cache {
   constructor(
     private readonly file: HostFile,
     private readonly clusterSize: number,
-    private readonly capacity: number,
+    /** Tables kept; more only while pinned. */
+    readonly capacity: number,
   ) {}
 
   /** The table at `offset` if it is cached (marked recently used), with no await: the hot path of every request. */
@@ -63,7 +67,7 @@ export class L2Cache {
     if (this.tables.size <= this.capacity) return;
     for (const [off, t] of this.tables) {
       if (this.tables.size <= this.capacity) break;
-      if (t.pending === 0) this.tables.delete(off);
+      if (t.pending === 0 && !t.dirtyTo) this.tables.delete(off);
     }
   }
 
@@ -72,6 +76,7 @@ export class L2Cache {
   }
 
   clear(): void {
+    for (const t of this.tables.values()) if (t.dirtyTo) throw new Error('L2 cache cleared while a table waits to be written back');
     this.tables.clear();
   }
 }

@@ -92,6 +92,12 @@ export class Refcounts {
       return BigInt((block[Math.floor(index / perByte)] >> shift) & ((1 << bits) - 1));
     }
     const bytes = bits / 8;
+    if (bytes <= 4) {
+      // Plain number arithmetic up to 32 bits: exact, and much cheaper than BigInt steps.
+      let n = 0;
+      for (let i = 0; i < bytes; i++) n = n * 256 + block[index * bytes + i];
+      return BigInt(n);
+    }
     let v = 0n;
     for (let i = 0; i < bytes; i++) v = (v << 8n) | BigInt(block[index * bytes + i]);
     return v;
@@ -135,6 +141,17 @@ export class Refcounts {
       if (bytesPerEntry > 1) byte = (firstEntry + 1) * bytesPerEntry - 1;
     }
     return out;
+  }
+
+  /**
+   * The refcount of `cluster` when it is known without reading (its block cached or absent),
+   * else undefined: lets the allocator's scans over thousands of clusters skip an await each.
+   */
+  private peek(cluster: number): bigint | undefined {
+    const b = Math.floor(cluster / this.perBlock);
+    if (b >= this.table.length || this.table[b] === 0) return 0n;
+    const block = this.blocks.get(this.table[b]!);
+    return block && Refcounts.getEntry(block, cluster % this.perBlock, this.refcountOrder);
   }
 
   async get(cluster: number): Promise<bigint> {
@@ -205,7 +222,7 @@ export class Refcounts {
         c = blockEnd - 1;
         continue;
       }
-      if ((await this.get(c)) === 0n) {
+      if ((this.peek(c) ?? (await this.get(c))) === 0n) {
         if (run === 0) start = c;
         run++;
         if (run >= count) return start;
@@ -229,6 +246,11 @@ export class Refcounts {
    * rebuild every refcount, so raising one need not be durable before the entry that uses it.
    */
   orderingBarriers = true;
+  /**
+   * Set by an image that writes new table entries back later, after a barrier of its own
+   * (writeBackTables): a reservation then needs no barrier of its own.
+   */
+  deferredOrdering = false;
   private reserveSize = 0;
   /** Reserved clusters at or past this offset were past the end of the file: they read as zeroes. */
   private zeroFrom = Infinity;
@@ -255,7 +277,7 @@ export class Refcounts {
       const end = (start + got) * this.clusterSize;
       if (end > length && !this.file.isBlockDevice) await this.file.truncate(BigInt(end));
       this.zeroFrom = Math.max(length, start * this.clusterSize);
-      if (this.orderingBarriers) await this.file.barrier();
+      if (this.orderingBarriers && !this.deferredOrdering) await this.file.barrier();
       this.reserveStart = start;
       this.reserveEnd = start + got;
     }
@@ -294,7 +316,7 @@ export class Refcounts {
       let got = count;
       while (got < want) {
         const b = Math.floor((start + got) / this.perBlock);
-        if (b < this.table.length && this.table[b] !== 0 && (await this.get(start + got)) !== 0n) break;
+        if (b < this.table.length && this.table[b] !== 0 && (this.peek(start + got) ?? (await this.get(start + got))) !== 0n) break;
         got++;
       }
       // Make sure refcount blocks exist for the whole run; creating one may take a cluster
@@ -304,7 +326,7 @@ export class Refcounts {
       }
       let stillFree = true;
       for (let c = start; c < start + got; c++) {
-        if ((await this.get(c)) !== 0n) {
+        if ((this.peek(c) ?? (await this.get(c))) !== 0n) {
           stillFree = false;
           break;
         }
