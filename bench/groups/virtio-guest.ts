@@ -1,11 +1,18 @@
-// virtio-blk from inside a Linux guest: sequential write and read MiB/s with dd on a raw and a
-// qcow2 disk, tsvirt against QEMU's virtio-blk-pci with the same kernel, images, cache mode
-// (writeback) and guest script, in the same lab run (a Linux guest needs the lab's fast KVM).
+// virtio-blk from inside a Linux guest, tsvirt against QEMU's virtio-blk-pci with the same
+// kernel, images, cache mode (writeback) and guest script, in the same lab run (a Linux guest
+// needs the lab's fast KVM):
+//   - sequential write and read MiB/s with dd (1 MiB blocks) on a raw and a qcow2 disk;
+//   - 4 KiB random read and write IOPS with Debian's fio (libaio, O_DIRECT, queue depth 32)
+//     on the same disks, after dd has written them (so qcow2 reads hit allocated clusters).
+// fio and its libraries come on a read-only ext2 tools disk (src/lab/tools-disk.ts) that
+// both VMMs attach; it is built once from Debian packages and cached under the lab cache.
 //
 // Run on the host, the group starts the lab once and runs this same file inside it as a
 // probe, which prints one JSON line with the measurements.
+// TSVIRT_BENCH_PROFILE=1 instead runs only tsvirt, under the V8 profiler, and prints where
+// the VMM's main thread spent its time (the request path's hot spots).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,42 +21,83 @@ import type { BenchGroup, BenchRow } from '../main.js';
 
 const MEMORY_MIB = 256;
 const TRANSFER_MIB = 64;
+const FIO_SECONDS = 8;
+const FIO_DEPTH = 32;
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
-const RUN_TIMEOUT_MS = 300_000;
+const RUN_TIMEOUT_MS = 600_000;
+/** Where the probe finds the tools disk in the lab: shipped inside the project's dist/. */
+const LAB_TOOLS_DIR = 'lab-tools';
+const TOOLS_IMAGE = 'fio-tools.ext2';
 
-// Each disk by serial: write TRANSFER_MIB with a final fsync, drop the page cache, read it
-// back. /proc/uptime has 10 ms resolution, plenty for transfers that take a second or more.
+// Each data disk by serial: write TRANSFER_MIB with a final fsync, drop the page cache, read
+// it back; then fio random reads and writes over the same range. /proc/uptime has 10 ms
+// resolution, plenty for transfers that take a second or more.
 const GUEST_SCRIPT = `
 now() { cut -d' ' -f1 /proc/uptime; }
+T=
+for b in /sys/block/vd*; do [ "$(cat $b/serial)" = TOOLS ] && T=/dev/\${b##*/}; done
+mkdir -p /tools
+[ -n "$T" ] && mount -t ext2 -o ro $T /tools || echo "bench-error: tools disk not mounted"
 for b in /sys/block/vd*; do
   n=\${b##*/}; s=$(cat $b/serial)
+  [ "$s" = TOOLS ] && continue
   a=$(now); dd if=/dev/zero of=/dev/$n bs=1M count=${TRANSFER_MIB} conv=fsync 2>/dev/null; z=$(now)
   echo "bench \${s}_write $a $z"
   sync; echo 3 > /proc/sys/vm/drop_caches
   a=$(now); dd if=/dev/$n of=/dev/null bs=1M count=${TRANSFER_MIB} 2>/dev/null; z=$(now)
   echo "bench \${s}_read $a $z"
+  for rw in randread randwrite; do
+    r=$(/tools/fio.sh --name=$rw --filename=/dev/$n --rw=$rw --bs=4k --ioengine=libaio --iodepth=${FIO_DEPTH} --direct=1 \\
+      --size=${TRANSFER_MIB}M --runtime=${FIO_SECONDS} --ramp_time=1 --time_based --thread --output-format=terse 2>&1 | tail -n1)
+    echo "fio \${s}_$rw $r"
+  done
 done
 `;
 
 type Rates = Record<string, number>;
 
-/** Run a VMM until the guest script is done; MiB/s for each `bench` line. */
-function runGuest(command: string, args: string[]): Promise<Rates> {
+// fio's terse output (version 3): read IOPS is field 8 and write IOPS field 49 (1-based).
+const TERSE_READ_IOPS = 7;
+const TERSE_WRITE_IOPS = 48;
+
+/** MiB/s for each `bench` line and IOPS for each `fio` line of the guest's output. */
+export function parseGuestOutput(out: string): Rates {
+  const rates: Rates = {};
+  for (const m of out.matchAll(/^bench (\w+) ([\d.]+) ([\d.]+)\r?$/gm)) {
+    rates[m[1]!] = TRANSFER_MIB / Math.max(0.01, Number(m[3]) - Number(m[2]));
+  }
+  for (const m of out.matchAll(/^fio (\w+) (3;[^\r\n]*)\r?$/gm)) {
+    const fields = m[2]!.split(';');
+    const iops = Number(fields[m[1]!.endsWith('randread') ? TERSE_READ_IOPS : TERSE_WRITE_IOPS]);
+    if (Number.isFinite(iops)) rates[m[1]!] = iops;
+  }
+  return rates;
+}
+
+/** Run a VMM until the guest script is done; the figures it printed. */
+function runGuest(command: string, args: string[]): Promise<{ rates: Rates; output: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let done = false;
+    let exited = false;
     const finish = (err: Error | null): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      child.kill('SIGKILL');
-      if (err) { reject(err); return; }
-      const rates: Rates = {};
-      for (const m of out.matchAll(/^bench (\w+) ([\d.]+) ([\d.]+)\r?$/gm)) {
-        rates[m[1]!] = TRANSFER_MIB / Math.max(0.01, Number(m[3]) - Number(m[2]));
+      if (err) {
+        child.kill('SIGKILL');
+        reject(err);
+        return;
       }
-      resolve(rates);
+      // Let the VMM shut down by itself (the profiler writes its file at exit), within bounds.
+      const kill = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const settle = (): void => {
+        clearTimeout(kill);
+        resolve({ rates: parseGuestOutput(out), output: out });
+      };
+      if (exited) settle();
+      else child.once('exit', settle);
     };
     const timer = setTimeout(() => finish(new Error(`${command}: guest script did not finish within ${RUN_TIMEOUT_MS} ms:\n${out.slice(-1500)}`)), RUN_TIMEOUT_MS);
     const onData = (d: Buffer): void => {
@@ -59,7 +107,10 @@ function runGuest(command: string, args: string[]): Promise<Rates> {
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
     child.on('error', (err) => finish(err));
-    child.on('exit', (code) => finish(/tsvirt-guest: exit/.test(out) ? null : new Error(`${command} exited (${code}) early:\n${out.slice(-1500)}`)));
+    child.on('exit', (code) => {
+      exited = true;
+      finish(/tsvirt-guest: exit/.test(out) ? null : new Error(`${command} exited (${code}) early:\n${out.slice(-1500)}`));
+    });
   });
 }
 
@@ -69,10 +120,26 @@ async function images(dir: string, tag: string): Promise<{ raw: string; qcow2: s
   const raw = join(dir, `${tag}.raw`);
   const qcow2 = join(dir, `${tag}.qcow2`);
   writeFileSync(raw, '');
-  const { truncateSync } = await import('node:fs');
   truncateSync(raw, (TRANSFER_MIB + 16) * 1024 * 1024);
   await createQcow2(qcow2, { size: BigInt(TRANSFER_MIB + 16) << 20n });
   return { raw, qcow2 };
+}
+
+interface ProfileNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
+
+/** The functions with the most self time in a V8 .cpuprofile, one line each. */
+function summariseProfile(path: string, top = 45): string {
+  const p = JSON.parse(readFileSync(path, 'utf8')) as { nodes: ProfileNode[]; samples: number[] };
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  for (const id of p.samples) {
+    const f = byId.get(id)!.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/dist\//, '')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + 1);
+  }
+  const total = p.samples.length;
+  return [...self].sort((a, b) => b[1] - a[1]).slice(0, top)
+    .map(([k, n]) => `${((100 * n) / total).toFixed(1).padStart(5)}% ${k}`).join('\n');
 }
 
 /** Inside the lab: run the guest script under each VMM and print the rates as one JSON line. */
@@ -81,46 +148,92 @@ async function probe(): Promise<void> {
   const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
   const kernel = guestKernelPath();
   const initrd = await guestInitrdWith(GUEST_SCRIPT);
+  const tools = fileURLToPath(new URL(`../../${LAB_TOOLS_DIR}/${TOOLS_IMAGE}`, import.meta.url));
+  const profile = process.env.TSVIRT_BENCH_PROFILE === '1';
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
     const ours = await images(dir, 'tsvirt');
-    const tsvirt = await runGuest(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+    const profDir = join(dir, 'prof');
+    const tsvirt = await runGuest(process.execPath, [...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
+      cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
-      '--disk', `${ours.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${ours.qcow2},format=qcow2,cache=writeback,serial=QCOW2`]);
+      '--disk', `${ours.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${ours.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
+      '--disk', `${tools},format=raw,readonly,serial=TOOLS`]);
+    if (profile) {
+      process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|fio)/.test(l)).join('\n')}\n`);
+      process.stdout.write(`VIRTIO-PROFILE ${JSON.stringify(tsvirt.rates)}\n`);
+      for (const f of readdirSync(profDir)) {
+        process.stdout.write(`--- ${f}\n${summariseProfile(join(profDir, f))}\n`);
+      }
+      return;
+    }
     const theirs = await images(dir, 'qemu');
     const qemu = await runGuest('qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1',
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND,
       '-drive', `file=${theirs.raw},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0,serial=RAW',
-      '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2']);
-    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt, qemu })}\n`);
+      '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
+      '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS']);
+    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt: tsvirt.rates, qemu: qemu.rates })}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+/**
+ * The lab sees the project's dist/ (and runtime packages, and the guest image), nothing else.
+ * This makes a stand-in project root whose dist/ links every entry of the real one plus the
+ * tools disk, so only this benchmark's lab run carries the disk.
+ */
+function rootWithTools(projectRoot: string, toolsImage: string): string {
+  const root = mkdtempSync(join(tmpdir(), 'tsvirt-bench-root-'));
+  symlinkSync(join(projectRoot, 'package.json'), join(root, 'package.json'));
+  symlinkSync(join(projectRoot, 'node_modules'), join(root, 'node_modules'));
+  mkdirSync(join(root, 'dist', LAB_TOOLS_DIR), { recursive: true });
+  for (const name of readdirSync(join(projectRoot, 'dist'))) {
+    if (name !== LAB_TOOLS_DIR) symlinkSync(join(projectRoot, 'dist', name), join(root, 'dist', name));
+  }
+  symlinkSync(toolsImage, join(root, 'dist', LAB_TOOLS_DIR, TOOLS_IMAGE));
+  return root;
+}
+
+const ROWS: Array<{ key: string; name: string; unit: string }> = [];
+for (const disk of ['RAW', 'QCOW2']) {
+  for (const op of ['write', 'read']) ROWS.push({ key: `${disk}_${op}`, name: `${disk.toLowerCase()} sequential ${op} (dd 1 MiB)`, unit: 'MiB/s' });
+  for (const op of ['randread', 'randwrite']) {
+    ROWS.push({ key: `${disk}_${op}`, name: `${disk.toLowerCase()} 4 KiB ${op} (fio libaio, depth ${FIO_DEPTH})`, unit: 'IOPS' });
+  }
+}
+
 export const group: BenchGroup = {
-  title: `virtio-blk in a Linux guest: dd ${TRANSFER_MIB} MiB sequential, cache=writeback (in the lab)`,
+  title: `virtio-blk in a Linux guest vs QEMU virtio-blk-pci: dd ${TRANSFER_MIB} MiB sequential, fio 4 KiB random; cache=writeback (in the lab)`,
   async run(): Promise<BenchRow[]> {
     const { labExec } = await import('../../src/lab/exec.js');
-    let text = '';
-    const sink = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString(); cb(); } });
+    const { buildFioToolsDisk } = await import('../../src/lab/tools-disk.js');
     const { toLabPath } = await import('../../src/lab/project-tree.js');
     const { projectRoot } = await import('../../src/lab/paths.js');
-    const result = await labExec(['node', toLabPath(projectRoot(), fileURLToPath(import.meta.url)), '--probe'],
-      { stdout: sink, stderr: sink, timeoutSeconds: 900 });
-    const m = /^VIRTIO-BENCH (.*)$/m.exec(text);
-    if (result.exitCode !== 0 || !m) throw new Error(`virtio probe failed in the lab (exit ${result.exitCode}): ${text.slice(-800)}`);
-    const r = JSON.parse(m[1]!) as { tsvirt: Rates; qemu: Rates };
-    const rows: BenchRow[] = [];
-    for (const disk of ['RAW', 'QCOW2']) {
-      for (const op of ['write', 'read']) {
-        const key = `${disk}_${op}`;
-        if (r.tsvirt[key] === undefined) throw new Error(`virtio probe: no ${key} figure from tsvirt: ${m[1]}`);
-        rows.push({ name: `${disk.toLowerCase()} sequential ${op} vs QEMU virtio-blk-pci`, ours: r.tsvirt[key], reference: r.qemu[key] ?? null, unit: 'MiB/s', higherIsBetter: true });
+    const tools = buildFioToolsDisk();
+    const root = rootWithTools(projectRoot(), tools.image);
+    let text = '';
+    const sink = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString(); cb(); } });
+    const profile = process.env.TSVIRT_BENCH_PROFILE === '1';
+    try {
+      const result = await labExec(['node', toLabPath(root, join(root, 'dist', 'bench', 'groups', 'virtio-guest.js')), '--probe'],
+        { stdout: sink, stderr: sink, timeoutSeconds: 1200, root, ...(profile ? { env: { TSVIRT_BENCH_PROFILE: '1' } } : {}) });
+      if (profile) {
+        process.stdout.write(text);
+        return [];
       }
+      const m = /^VIRTIO-BENCH (.*)$/m.exec(text);
+      if (result.exitCode !== 0 || !m) throw new Error(`virtio probe failed in the lab (exit ${result.exitCode}): ${text.slice(-800)}`);
+      const r = JSON.parse(m[1]!) as { tsvirt: Rates; qemu: Rates };
+      return ROWS.map(({ key, name, unit }) => {
+        if (r.tsvirt[key] === undefined) throw new Error(`virtio probe: no ${key} figure from tsvirt: ${m[1]}`);
+        return { name: `${name} vs QEMU virtio-blk-pci`, ours: r.tsvirt[key], reference: r.qemu[key] ?? null, unit, higherIsBetter: true };
+      });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
-    return rows;
   },
 };
 

@@ -60,6 +60,8 @@ const SEGMENT = 16;
 const ID_BYTES = 20;
 const MAX_DISCARD_SECTORS = 0x3fffff;
 const CONFIG_SIZE = 60;
+/** How often the rings are looked at while the driver is asked not to notify (see armPollTimer). */
+const POLL_FALLBACK_MS = 1;
 
 export type IoErrorPolicy = 'report' | 'stop';
 
@@ -98,6 +100,11 @@ export class VirtioBlk implements VirtioDevice {
   private context: VirtioDeviceContext | undefined;
   private parked: Parked[] = [];
   private inFlightCount = 0;
+  /** Requests taken from each queue and still running on the backend. */
+  private queueBusy: number[];
+  private pollWanted: boolean[];
+  private pollImmediate: NodeJS.Immediate | undefined;
+  private pollTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly backend: BlockBackend, private readonly options: VirtioBlkOptions = {}) {
     this.name = options.name ?? 'virtio-blk0';
@@ -105,6 +112,8 @@ export class VirtioBlk implements VirtioDevice {
     const queueSize = options.queueSize ?? 256;
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 64) throw new Error(`${this.name}: num_queues ${numQueues} is not in 1..64`);
     this.queueSizes = new Array<number>(numQueues).fill(queueSize);
+    this.queueBusy = new Array<number>(numQueues).fill(0);
+    this.pollWanted = new Array<boolean>(numQueues).fill(false);
     this.readOnly = backend.readOnly || options.readOnly === true;
     const serial = new TextEncoder().encode(options.serial ?? '');
     if (serial.length > ID_BYTES) throw new Error(`${this.name}: serial '${options.serial}' is longer than ${ID_BYTES} bytes`);
@@ -171,15 +180,73 @@ export class VirtioBlk implements VirtioDevice {
   reset(): void {
     this.context = undefined;
     this.parked = [];
+    this.queueBusy.fill(0);
+    this.pollWanted.fill(false);
+    if (this.pollImmediate) clearImmediate(this.pollImmediate);
+    if (this.pollTimer) clearTimeout(this.pollTimer);
+    this.pollImmediate = undefined;
+    this.pollTimer = undefined;
   }
 
   queueNotify(index: number): void {
+    if (index >= this.queueSizes.length) return;
+    this.serviceQueue(index);
+  }
+
+  /**
+   * Take every request available on the queue. While some are in flight the driver is asked
+   * not to notify: each completion makes the device look at the ring again (pollSoon), so
+   * the guest's later requests cost no doorbell exit and no wake-up of the notify thread.
+   * When the last one completes, notifications are enabled again and the ring re-checked
+   * for a buffer that raced with the change.
+   */
+  private serviceQueue(index: number): void {
     const context = this.context;
-    if (!context || index >= this.queueSizes.length) return;
-    drainQueue(context, index, (chain) => {
-      this.run(context, index, chain);
-      return true;
+    if (!context) return;
+    const q = context.queues[index];
+    try {
+      for (let round = 0; round < 2; round++) {
+        drainQueue(context, index, (chain) => {
+          this.run(context, index, chain);
+          return true;
+        });
+        if (!context.live || !q?.ready) return;
+        if (this.queueBusy[index]! > 0) {
+          q.setNotification(false);
+          this.armPollTimer();
+          return;
+        }
+        q.setNotification(true);
+        if (q.pendingCount() === 0) return;
+      }
+    } catch (error) {
+      context.fail(error as Error);
+    }
+  }
+
+  /** After a completion: look at the queue again at the end of this event-loop turn. */
+  private pollSoon(index: number): void {
+    this.pollWanted[index] = true;
+    this.pollImmediate ??= setImmediate(() => {
+      this.pollImmediate = undefined;
+      for (let i = 0; i < this.pollWanted.length; i++) {
+        if (!this.pollWanted[i]) continue;
+        this.pollWanted[i] = false;
+        this.serviceQueue(i);
+      }
     });
+  }
+
+  // A request that takes long (a flush, a stalled host disk) must not hold back the ones the
+  // guest adds meanwhile without notifying: while notifications are off, the rings are also
+  // looked at every POLL_FALLBACK_MS.
+  private armPollTimer(): void {
+    if (this.pollTimer) return;
+    this.pollTimer = setTimeout(() => {
+      this.pollTimer = undefined;
+      for (let i = 0; i < this.queueBusy.length; i++) if (this.queueBusy[i]! > 0) this.serviceQueue(i);
+    }, POLL_FALLBACK_MS);
+    this.pollTimer.unref();
   }
 
   /** Retry the requests parked by the 'stop' error policy (call when the VM resumes). */
@@ -191,7 +258,14 @@ export class VirtioBlk implements VirtioDevice {
 
   /** Start a request; anything unexpected fails the device instead of escaping as a rejection. */
   private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): void {
-    this.process(context, queue, chain).catch((error: unknown) => {
+    this.queueBusy[queue]!++;
+    this.process(context, queue, chain).then(() => {
+      if (this.context !== context) return;
+      // Parked requests ('stop' policy) count as done here: the VM is paused, and resume()
+      // runs them again.
+      this.queueBusy[queue]!--;
+      this.pollSoon(queue);
+    }, (error: unknown) => {
       context.fail(error instanceof Error ? error : new Error(String(error)));
     });
   }
@@ -202,13 +276,14 @@ export class VirtioBlk implements VirtioDevice {
     return VIRTIO_BLK_S_IOERR;
   }
 
-  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): Promise<void> {
+  /** Run a request to completion; true when the 'stop' policy parked it instead. */
+  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): Promise<boolean> {
     const memory = context.memory;
     if (chain.writableBytes < 1) {
       // Nowhere to put a status: hand the buffers back untouched so the driver is not stuck.
       this.fail(queue, chain, 'has no writable status byte');
       complete(context, queue, chain.head, 0);
-      return;
+      return false;
     }
     let status = VIRTIO_BLK_S_OK;
     let written = 0;
@@ -229,7 +304,7 @@ export class VirtioBlk implements VirtioDevice {
           this.fail(queue, chain, `host I/O error, pausing: ${err.message}`);
           this.parked.push({ context, queue, chain });
           this.options.onIoError?.(this.name, err);
-          return;
+          return true;
         }
         status = this.fail(queue, chain, `host I/O error: ${err.message}`);
         written = 0;
@@ -237,14 +312,15 @@ export class VirtioBlk implements VirtioDevice {
         this.inFlightCount--;
       }
     }
-    if (!context.live) return;
+    if (!context.live) return false;
     try {
       scatter(memory, chain.writable, Uint8Array.of(status), chain.writableBytes - 1);
     } catch (error) {
       context.fail(error as Error);
-      return;
+      return false;
     }
     complete(context, queue, chain.head, written + 1);
+    return false;
   }
 
   /** Run one request; returns its status and how many data bytes went to the driver. */

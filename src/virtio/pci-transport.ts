@@ -245,6 +245,9 @@ export class VirtioPciDevice implements PciDevice {
 
   /** Virtio device reset (the driver wrote 0 to device_status). */
   private resetVirtio(): void {
+    if (this.interruptFlush) clearImmediate(this.interruptFlush);
+    this.interruptFlush = undefined;
+    this.interruptPending = [];
     if (this.context) this.context.live = false;
     this.context = undefined;
     this.device.reset();
@@ -303,15 +306,15 @@ export class VirtioPciDevice implements PciDevice {
       live: true,
       signalUsed: (queueIndex: number): void => {
         if (!context.live) return;
-        const q = this.queues[queueIndex]!;
-        let wanted: boolean;
-        try {
-          wanted = q.needsInterrupt();
-        } catch (error) {
-          this.fail(error as Error);
-          return;
-        }
-        if (wanted) this.raise(q.msixVector, 1);
+        // Completions that land in the same event-loop turn (the block layer's thread pool
+        // reports every finished request in one poll phase) share one interrupt decision:
+        // one used_event check and at most one MSI per queue per turn, not one per request.
+        this.interruptPending[queueIndex] = true;
+        if (this.interruptFlush) return;
+        this.interruptFlush = setImmediate(() => {
+          this.interruptFlush = undefined;
+          if (this.context === context && context.live) this.flushInterrupts();
+        });
       },
       configChanged: (): void => {
         this.configGeneration = (this.configGeneration + 1) & 0xff;
@@ -321,6 +324,27 @@ export class VirtioPciDevice implements PciDevice {
     };
     this.context = context;
     this.device.activate(context);
+  }
+
+  private interruptPending: boolean[] = [];
+  private interruptFlush: NodeJS.Immediate | undefined;
+
+  /** Interrupt the driver for each queue with new used entries, if it wants one. */
+  private flushInterrupts(): void {
+    const pending = this.interruptPending;
+    for (let i = 0; i < pending.length; i++) {
+      if (!pending[i]) continue;
+      pending[i] = false;
+      const q = this.queues[i]!;
+      let wanted: boolean;
+      try {
+        wanted = q.needsInterrupt();
+      } catch (error) {
+        this.fail(error as Error);
+        return;
+      }
+      if (wanted) this.raise(q.msixVector, 1);
+    }
   }
 
   /** A doorbell rang for queue `index` (MMIO write or ioeventfd). */
@@ -474,6 +498,13 @@ export class VirtioPciDevice implements PciDevice {
   // ---- migration ----
 
   saveState(): VirtioPciState {
+    // An interrupt still waiting for the end of this turn is sent now: the saved state must
+    // not depend on a timer that will not exist on the other side.
+    if (this.interruptFlush) {
+      clearImmediate(this.interruptFlush);
+      this.interruptFlush = undefined;
+      if (this.context?.live) this.flushInterrupts();
+    }
     return {
       version: 1, status: this.status, deviceFeatureSelect: this.deviceFeatureSelect,
       driverFeatureSelect: this.driverFeatureSelect, driverFeatures: hex(this.driverFeatures),

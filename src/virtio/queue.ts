@@ -36,6 +36,38 @@ export interface Descriptor {
   address: bigint;
   length: number;
   writable: boolean;
+  /**
+   * The buffer's bytes (a view aliasing guest memory), resolved once while the chain is
+   * walked so the device's copies and I/O vectors need no second address lookup.
+   */
+  bytes?: Uint8Array;
+}
+
+const EMPTY = new Uint8Array(0);
+
+// A full memory barrier. The guest reads and writes the rings from other CPUs; the device's
+// store of used.idx (or avail_event) must be visible before it loads used_event (or
+// avail.idx), or both sides can decide the other needs no notification. x86 reorders exactly
+// that (a store then a load); an atomic read-modify-write is a locked instruction, which
+// orders every earlier store before every later load.
+const fenceCell = new Int32Array(new SharedArrayBuffer(4));
+export function fence(): void {
+  Atomics.add(fenceCell, 0, 1);
+}
+
+/** DataViews over a queue's three areas, cached while its layout stays the same. */
+interface RingViews {
+  size: number;
+  descTable: bigint;
+  availRing: bigint;
+  usedRing: bigint;
+  desc: DataView;
+  avail: DataView;
+  used: DataView;
+}
+
+function viewOf(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 export interface DescriptorChain {
@@ -75,6 +107,9 @@ export class Virtqueue {
 
   private nextAvail = 0;
   private nextUsed = 0;
+  private views: RingViews | undefined;
+  /** The device asked the driver not to notify (it polls the ring itself for now). */
+  private notifySuppressed = false;
   /** The used index at the last interrupt we sent (EVENT_IDX bookkeeping); null = unknown. */
   private signalledUsed: number | null = null;
 
@@ -96,6 +131,50 @@ export class Virtqueue {
     this.nextAvail = 0;
     this.nextUsed = 0;
     this.signalledUsed = null;
+    this.views = undefined;
+    this.notifySuppressed = false;
+  }
+
+  /**
+   * Ask the driver to notify on its next buffer (true), or not to notify at all (false)
+   * while the device will look at the ring anyway (it has requests in flight whose
+   * completions make it poll). With EVENT_IDX, avail_event is set one behind what the device
+   * took, which vring_need_event never fires for; without it, the used ring's NO_NOTIFY flag.
+   * Enabling is followed by a barrier: re-check pendingCount() afterwards, since a buffer
+   * added before the driver saw the change came without a notification.
+   */
+  setNotification(enabled: boolean): void {
+    const used = this.rings().used;
+    this.notifySuppressed = !enabled;
+    if (this.eventIdx) used.setUint16(4 + 8 * this.size, enabled ? this.nextAvail : (this.nextAvail - 1) & 0xffff, true);
+    else used.setUint16(0, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY, true);
+    if (enabled) fence();
+  }
+
+  /** Whether the driver was asked not to notify (see setNotification). */
+  get notificationsSuppressed(): boolean {
+    return this.notifySuppressed;
+  }
+
+  /**
+   * The rings as DataViews: one bounds check when the layout is set instead of one per
+   * field access (and no BigInt arithmetic per access). Throws GuestMemoryError when an
+   * area is outside guest memory (validate() refuses such a layout first).
+   */
+  private rings(): RingViews {
+    const v = this.views;
+    if (v && v.size === this.size && v.descTable === this.descTable && v.availRing === this.availRing && v.usedRing === this.usedRing) {
+      return v;
+    }
+    const size = this.size;
+    const views: RingViews = {
+      size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing,
+      desc: viewOf(this.memory.slice(this.descTable, 16 * size)),
+      avail: viewOf(this.memory.slice(this.availRing, 6 + 2 * size)),
+      used: viewOf(this.memory.slice(this.usedRing, 6 + 8 * size)),
+    };
+    this.views = views;
+    return views;
   }
 
   /**
@@ -121,7 +200,7 @@ export class Virtqueue {
   }
 
   private availIdx(): number {
-    return this.memory.readU16(this.availRing + 2n);
+    return this.rings().avail.getUint16(2, true);
   }
 
   /** Chains the driver has made available that we have not taken yet. */
@@ -138,21 +217,28 @@ export class Virtqueue {
   /** Take the next available chain, or null when the ring is empty. */
   pop(): DescriptorChain | null {
     if (this.pendingCount() === 0) return null;
-    const slotAddress = this.availRing + 4n + 2n * BigInt(this.nextAvail % this.size);
-    const head = this.memory.readU16(slotAddress);
+    const rings = this.rings();
+    const slot = this.nextAvail % this.size;
+    const head = rings.avail.getUint16(4 + 2 * slot, true);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     if (this.eventIdx) {
-      // avail_event: ask to be notified when the driver adds anything past what we took.
-      this.memory.writeU16(this.usedRing + 4n + 8n * BigInt(this.size), this.nextAvail);
+      // avail_event: ask to be notified when the driver adds anything past what we took
+      // (or, while notifications are suppressed, keep it one behind).
+      rings.used.setUint16(4 + 8 * this.size, this.notifySuppressed ? (this.nextAvail - 1) & 0xffff : this.nextAvail, true);
+      if (!this.notifySuppressed) fence();
     }
-    if (head >= this.size) throw new VirtqueueError(this.name, slotAddress, `head index ${head} is beyond queue size ${this.size}`);
+    if (head >= this.size) {
+      throw new VirtqueueError(this.name, this.availRing + 4n + 2n * BigInt(slot), `head index ${head} is beyond queue size ${this.size}`);
+    }
     return this.walk(head);
   }
 
   /** Put the last popped chain back (the device cannot handle it yet, e.g. no room downstream). */
   undoPop(): void {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
-    if (this.eventIdx) this.memory.writeU16(this.usedRing + 4n + 8n * BigInt(this.size), this.nextAvail);
+    if (this.eventIdx) {
+      this.rings().used.setUint16(4 + 8 * this.size, this.notifySuppressed ? (this.nextAvail - 1) & 0xffff : this.nextAvail, true);
+    }
   }
 
   /** Walk the chain starting at descriptor `head` (used to restore requests saved in flight). */
@@ -160,62 +246,74 @@ export class Virtqueue {
     if (head >= this.size) throw new VirtqueueError(this.name, this.descTable, `head index ${head} is beyond queue size ${this.size}`);
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
     let table = this.descTable;
+    let view = this.rings().desc;
     let tableSize = this.size;
     let index = head;
     let budget = this.size; // descriptors this table may still contribute: a loop runs out of it
     let inIndirect = false;
     for (;;) {
-      const at = table + 16n * BigInt(index);
-      if (budget-- <= 0) throw new VirtqueueError(this.name, at, 'descriptor chain loops or is longer than its table');
-      const address = this.memory.readU64(at);
-      const length = this.memory.readU32(at + 8n);
-      const flags = this.memory.readU16(at + 12n);
-      const next = this.memory.readU16(at + 14n);
+      const at = 16 * index;
+      const where = (): bigint => table + BigInt(at);
+      if (budget-- <= 0) throw new VirtqueueError(this.name, where(), 'descriptor chain loops or is longer than its table');
+      const address = view.getBigUint64(at, true);
+      const length = view.getUint32(at + 8, true);
+      const flags = view.getUint16(at + 12, true);
+      const next = view.getUint16(at + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirect) throw new VirtqueueError(this.name, at, 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
-        if (inIndirect) throw new VirtqueueError(this.name, at, 'indirect descriptor inside an indirect table');
-        if (flags & VIRTQ_DESC_F_NEXT) throw new VirtqueueError(this.name, at, 'indirect descriptor with NEXT set');
+        if (!this.indirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
+        if (inIndirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor inside an indirect table');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new VirtqueueError(this.name, where(), 'indirect descriptor with NEXT set');
         if (length === 0 || length % 16 !== 0 || length / 16 > MAX_INDIRECT_DESCRIPTORS) {
-          throw new VirtqueueError(this.name, at, `indirect table length ${length} is not a multiple of 16 in 16..${16 * MAX_INDIRECT_DESCRIPTORS}`);
+          throw new VirtqueueError(this.name, where(), `indirect table length ${length} is not a multiple of 16 in 16..${16 * MAX_INDIRECT_DESCRIPTORS}`);
         }
-        if (!this.memory.contains(address, length)) {
-          throw new VirtqueueError(this.name, address, `indirect table (${length} bytes) is outside guest memory`);
-        }
+        const bytes = this.bytesAt(address, length);
+        if (!bytes) throw new VirtqueueError(this.name, address, `indirect table (${length} bytes) is outside guest memory`);
         inIndirect = true;
         table = address;
+        view = viewOf(bytes);
         tableSize = length / 16;
         budget = tableSize;
         index = 0;
         continue;
       }
-      if (length > 0 && !this.memory.contains(address, length)) {
-        throw new VirtqueueError(this.name, address, `buffer of ${length} bytes is outside guest memory`);
-      }
+      const bytes = length > 0 ? this.bytesAt(address, length) : EMPTY;
+      if (!bytes) throw new VirtqueueError(this.name, address, `buffer of ${length} bytes is outside guest memory`);
       const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
       if (writable) {
-        chain.writable.push({ address, length, writable });
+        chain.writable.push({ address, length, writable, bytes });
         chain.writableBytes += length;
       } else {
-        if (chain.writable.length > 0) throw new VirtqueueError(this.name, at, 'device-readable descriptor after a writable one');
-        chain.readable.push({ address, length, writable });
+        if (chain.writable.length > 0) throw new VirtqueueError(this.name, where(), 'device-readable descriptor after a writable one');
+        chain.readable.push({ address, length, writable, bytes });
         chain.readableBytes += length;
       }
       if (chain.readableBytes + chain.writableBytes > 0xffffffff) {
-        throw new VirtqueueError(this.name, at, 'chain buffers add up to more than 4 GiB');
+        throw new VirtqueueError(this.name, where(), 'chain buffers add up to more than 4 GiB');
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
-      if (next >= tableSize) throw new VirtqueueError(this.name, at, `next index ${next} is beyond table size ${tableSize}`);
+      if (next >= tableSize) throw new VirtqueueError(this.name, where(), `next index ${next} is beyond table size ${tableSize}`);
       index = next;
+    }
+  }
+
+  /** The view of [address, address+length), or undefined when it is not inside guest memory. */
+  private bytesAt(address: bigint, length: number): Uint8Array | undefined {
+    try {
+      return this.memory.slice(address, length);
+    } catch (error) {
+      if (error instanceof Error && error.name === 'GuestMemoryError') return undefined;
+      throw error;
     }
   }
 
   /** Return a chain to the driver with `written` bytes written into its writable buffers. */
   pushUsed(head: number, written: number): void {
-    const slot = this.usedRing + 4n + 8n * BigInt(this.nextUsed % this.size);
-    this.memory.writeU32(slot, head);
-    this.memory.writeU32(slot + 4n, written >>> 0);
+    const used = this.rings().used;
+    const slot = 4 + 8 * (this.nextUsed % this.size);
+    used.setUint32(slot, head, true);
+    used.setUint32(slot + 4, written >>> 0, true);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
-    this.memory.writeU16(this.usedRing + 2n, this.nextUsed);
+    used.setUint16(2, this.nextUsed, true);
   }
 
   /**
@@ -223,8 +321,11 @@ export class Virtqueue {
    * Call after pushUsed(); it records the interrupt as sent when it answers true.
    */
   needsInterrupt(): boolean {
+    const avail = this.rings().avail;
+    // used.idx is stored; the guest's used_event must be read after that store is visible.
+    fence();
     if (this.eventIdx) {
-      const usedEvent = this.memory.readU16(this.availRing + 4n + 2n * BigInt(this.size));
+      const usedEvent = avail.getUint16(4 + 2 * this.size, true);
       const old = this.signalledUsed;
       const now = this.nextUsed;
       this.signalledUsed = now;
@@ -232,7 +333,7 @@ export class Virtqueue {
       // vring_need_event: fire if used_event lies in (old, now].
       return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
     }
-    return (this.memory.readU16(this.availRing) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    return (avail.getUint16(0, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   saveState(): QueueState {
@@ -253,6 +354,8 @@ export class Virtqueue {
     this.nextUsed = state.nextUsed;
     this.signalledUsed = state.signalledUsed;
     this.msixVector = state.msixVector;
+    this.views = undefined;
+    this.notifySuppressed = false;
     if (this.ready) this.validate();
   }
 }
@@ -267,7 +370,7 @@ export function gather(memory: GuestMemory, buffers: readonly Descriptor[], into
       continue;
     }
     const n = Math.min(d.length - skip, into.length - done);
-    into.set(memory.slice(d.address + BigInt(skip), n), done);
+    into.set(d.bytes ? d.bytes.subarray(skip, skip + n) : memory.slice(d.address + BigInt(skip), n), done);
     done += n;
     skip = 0;
   }
@@ -284,7 +387,8 @@ export function scatter(memory: GuestMemory, buffers: readonly Descriptor[], dat
       continue;
     }
     const n = Math.min(d.length - skip, data.length - done);
-    memory.write(d.address + BigInt(skip), data.subarray(done, done + n));
+    if (d.bytes) d.bytes.set(data.subarray(done, done + n), skip);
+    else memory.write(d.address + BigInt(skip), data.subarray(done, done + n));
     done += n;
     skip = 0;
   }
@@ -306,7 +410,7 @@ export function sliceBuffers(memory: GuestMemory, buffers: readonly Descriptor[]
       continue;
     }
     const n = Math.min(d.length - skip, left);
-    if (n > 0) out.push(memory.slice(d.address + BigInt(skip), n));
+    if (n > 0) out.push(d.bytes ? (skip === 0 && n === d.length ? d.bytes : d.bytes.subarray(skip, skip + n)) : memory.slice(d.address + BigInt(skip), n));
     left -= n;
     skip = 0;
   }

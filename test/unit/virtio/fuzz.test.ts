@@ -10,17 +10,7 @@ import type { VirtioDevice } from '../../../src/virtio/device.js';
 import { VirtioRng } from '../../../src/virtio/rng.js';
 import { type Machine, makeMachine, plugVirtio, settle, VirtioDriver } from './support/driver.js';
 import { MemoryDisk } from './support/memory-disk.js';
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng as mulberry32 } from '../../support/prng.js';
 
 const RAM = 1 << 20;
 const GUARD = 4096;

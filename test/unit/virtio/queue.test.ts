@@ -44,7 +44,11 @@ test('walks a direct chain: readable then writable buffers with byte totals', ()
   offer(mem, 8, 0, 0, 1);
   const chain = q.pop()!;
   assert.equal(chain.head, 0);
-  assert.deepEqual(chain.readable, [{ address: 0x8000n, length: 16, writable: false }]);
+  assert.deepEqual(chain.readable.map(({ address, length, writable }) => ({ address, length, writable })), [{ address: 0x8000n, length: 16, writable: false }]);
+  // Each buffer comes with its bytes, a view aliasing guest memory.
+  mem.writeU8(0x8000n, 0xab);
+  assert.equal(chain.readable[0]!.bytes![0], 0xab);
+  assert.equal(chain.writable[0]!.bytes!.length, 512);
   assert.equal(chain.writable.length, 2);
   assert.equal(chain.readableBytes, 16);
   assert.equal(chain.writableBytes, 513);
@@ -185,6 +189,12 @@ class SparseMemory extends RegionGuestMemory {
   override contains(address: bigint, length: number): boolean {
     return address >= 0n && address + BigInt(length) <= 1n << 40n;
   }
+
+  // Above the real megabyte there are no bytes to alias: an empty view stands in.
+  override slice(address: bigint, length: number): Uint8Array {
+    if (address >= 1n << 20n && this.contains(address, length)) return new Uint8Array(0);
+    return super.slice(address, length);
+  }
 }
 
 test('hostile: buffer lengths summing past 32 bits', () => {
@@ -248,4 +258,23 @@ test('gather/scatter/sliceBuffers cross descriptor boundaries', () => {
   assert.deepEqual([...out], [0, 1, 2, 3, 4, 5, 6, 0]);
   assert.deepEqual(sliceBuffers(mem, bufs, 2, 4).map((v) => [...v]), [[2], [3, 4, 5]]);
   assert.throws(() => mem.slice(0x10000n, 1), GuestMemoryError);
+});
+
+test('notification suppression: avail_event one behind with EVENT_IDX, the NO_NOTIFY flag without', () => {
+  const { q, mem } = setup(8);
+  q.eventIdx = true;
+  desc(mem, DESC, 0, { addr: 0x8000n, len: 4 });
+  offer(mem, 8, 0, 0, 1);
+  q.setNotification(false);
+  assert.ok(q.pop());
+  const availEvent = (): number => mem.readU16(USED + 4n + 8n * 8n);
+  assert.equal(availEvent(), 0, 'one behind the 1 taken');
+  assert.equal(q.notificationsSuppressed, true);
+  q.setNotification(true);
+  assert.equal(availEvent(), 1, 'notify on the next buffer');
+  q.eventIdx = false;
+  q.setNotification(false);
+  assert.equal(mem.readU16(USED), 1, 'VIRTQ_USED_F_NO_NOTIFY');
+  q.setNotification(true);
+  assert.equal(mem.readU16(USED), 0);
 });

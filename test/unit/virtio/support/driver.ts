@@ -172,7 +172,12 @@ export class DriverQueue {
     let spins = 0;
     for (;;) {
       got.push(...this.takeUsed());
-      if (got.length >= count) return got;
+      if (got.length >= count) {
+        // The device decides on interrupts once per event-loop turn, after the used entries
+        // are written: let that turn end, so callers can check the interrupts too.
+        await new Promise((r) => setImmediate(r));
+        return got;
+      }
       if (Date.now() > deadline) throw new Error(`queue ${this.index}: ${got.length}/${count} used entries after ${timeoutMs} ms`);
       // Spin on the event loop first (completions usually land within a few turns), then sleep.
       await new Promise((r) => (spins++ < 100 ? setImmediate(r) : setTimeout(r, 1)));
