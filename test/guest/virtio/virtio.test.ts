@@ -239,10 +239,10 @@ test('second boot: the files written by the first boot read back', { timeout: TE
   await checkImage(dataDisk);
 });
 
-// The guest console on virtio-serial port 0 (hvc0). The kernel also keeps ttyS0 (a boot with
-// console=hvc0 alone stalls before any output: see consoleDevice in src/vmm), so a kernel
-// message written after hvc0 is up arrives twice (once per console), while the script's
-// output, whose stdout is /dev/hvc0, arrives once; input goes to the virtio port only.
+// The guest console on virtio-serial port 0 (hvc0). The kernel also keeps ttyS0 here (hvc0
+// alone is console-only.test.ts), so a kernel message written after hvc0 is up arrives
+// twice (once per console), while the script's output, whose stdout is /dev/hvc0, arrives
+// once; input goes to the virtio port only.
 const CONSOLE_BOOT = `
 echo "fact console_tty=$(cat /sys/class/tty/console/active)"
 echo "fact stdout=$(readlink /proc/$$/fd/1)"
