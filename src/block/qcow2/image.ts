@@ -80,6 +80,34 @@ function gather(src: Uint8Array[], length: number): Uint8Array {
   return out;
 }
 
+/** One cluster's share of a request: where it starts in the request, the cluster, the part of it, its mapping. */
+interface ClusterPiece { pos: number; gc: number; inCluster: number; length: number; entry: L2Entry }
+
+/**
+ * Gathers the pieces of a request that are contiguous both in the file and in the request
+ * into runs, each handed to `issue` as one I/O (host offset, offset in the request, length).
+ */
+class HostRuns {
+  private run: { host: number; from: number; length: number } | undefined;
+  constructor(private readonly issue: (host: number, from: number, length: number) => void) {}
+
+  add(host: number, from: number, length: number): void {
+    const r = this.run;
+    if (r && r.host + r.length === host && r.from + r.length === from) r.length += length;
+    else {
+      this.flush();
+      this.run = { host, from, length };
+    }
+  }
+
+  flush(): void {
+    const r = this.run;
+    if (!r) return;
+    this.run = undefined;
+    this.issue(r.host, r.from, r.length);
+  }
+}
+
 export class Qcow2Image implements BlockDriver {
   readonly format = 'qcow2';
   readonly clusterSize: number;
@@ -462,47 +490,45 @@ export class Qcow2Image implements BlockDriver {
     if (inside < length) for (const d of sliceVectors(dst, inside, length - inside)) d.fill(0);
   }
 
-  /** Read guest bytes [offset, offset+length) into buffers; may run past the virtual size up to the cluster end. */
-  private async readInto(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
+  /**
+   * Call `visit` for each cluster that guest bytes [offset, offset+length) touch, in order,
+   * with its L2 entry (looked up without an await when its table is cached).
+   */
+  private async forEachCluster(offset: number, length: number, visit: (piece: ClusterPiece) => void): Promise<void> {
     const cs = this.clusterSize;
-    const jobs: Promise<void>[] = [];
-    let run: { host: number; from: number; length: number } | undefined;
-    const flushRun = (): void => {
-      if (!run) return;
-      const r = run;
-      jobs.push(this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)));
-      run = undefined;
-    };
     let pos = 0;
     while (pos < length) {
       const guest = offset + pos;
       const gc = Math.floor(guest / cs);
       const inCluster = guest - gc * cs;
       const chunk = Math.min(length - pos, cs - inCluster);
-      const e = this.lookupCached(gc) ?? await this.lookup(gc);
+      visit({ pos, gc, inCluster, length: chunk, entry: this.lookupCached(gc) ?? await this.lookup(gc) });
+      pos += chunk;
+    }
+  }
+
+  /** Read guest bytes [offset, offset+length) into buffers; may run past the virtual size up to the cluster end. */
+  private async readInto(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    const runs = new HostRuns((host, from, n) => jobs.push(this.file.readv(host, sliceVectors(buffers, from, n))));
+    await this.forEachCluster(offset, length, ({ pos, gc, inCluster, length: chunk, entry: e }) => {
       for (const seg of this.segments(e, inCluster, chunk)) {
         const at = pos + (seg.from - inCluster);
         if (seg.source === 'data') {
-          const host = e.offset + seg.from;
-          if (run && run.host + run.length === host && run.from + run.length === at) run.length += seg.length;
-          else {
-            flushRun();
-            run = { host, from: at, length: seg.length };
-          }
+          runs.add(e.offset + seg.from, at, seg.length);
           continue;
         }
-        flushRun();
+        runs.flush();
         const dst = sliceVectors(buffers, at, seg.length);
         if (seg.source === 'zero') for (const d of dst) d.fill(0);
-        else if (seg.source === 'backing') jobs.push(this.readBacking(gc * cs + seg.from, seg.length, dst));
+        else if (seg.source === 'backing') jobs.push(this.readBacking(gc * this.clusterSize + seg.from, seg.length, dst));
         else {
           const from = seg.from;
           jobs.push(this.readCompressed(e).then((data) => copyInto(dst, data.subarray(from, from + seg.length))));
         }
       }
-      pos += chunk;
-    }
-    flushRun();
+    });
+    runs.flush();
     await Promise.all(jobs);
   }
 
@@ -598,36 +624,18 @@ export class Qcow2Image implements BlockDriver {
 
   /** Write what can go straight to clusters we own; return the pieces that need allocation. */
   private async writeInPlace(offset: number, length: number, buffers: Uint8Array[]): Promise<Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>> {
-    const cs = this.clusterSize;
     const jobs: Promise<void>[] = [];
     const slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }> = [];
-    let run: { host: number; from: number; length: number } | undefined;
-    const flushRun = (): void => {
-      if (!run) return;
-      jobs.push(this.file.writev(run.host, sliceVectors(buffers, run.from, run.length)));
-      run = undefined;
-    };
-    let pos = 0;
-    while (pos < length) {
-      const guest = offset + pos;
-      const gc = Math.floor(guest / cs);
-      const inCluster = guest - gc * cs;
-      const chunk = Math.min(length - pos, cs - inCluster);
-      const e = this.lookupCached(gc) ?? await this.lookup(gc);
+    const runs = new HostRuns((host, from, n) => jobs.push(this.file.writev(host, sliceVectors(buffers, from, n))));
+    await this.forEachCluster(offset, length, ({ pos, gc, inCluster, length: chunk, entry: e }) => {
       if (this.directlyWritable(gc, e, inCluster, chunk)) {
-        const host = e.offset + inCluster;
-        if (run && run.host + run.length === host && run.from + run.length === pos) run.length += chunk;
-        else {
-          flushRun();
-          run = { host, from: pos, length: chunk };
-        }
+        runs.add(e.offset + inCluster, pos, chunk);
       } else {
-        flushRun();
+        runs.flush();
         slow.push({ gc, inCluster, length: chunk, src: sliceVectors(buffers, pos, chunk) });
       }
-      pos += chunk;
-    }
-    flushRun();
+    });
+    runs.flush();
     await Promise.all(jobs);
     return slow;
   }

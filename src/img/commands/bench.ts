@@ -6,6 +6,7 @@ import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { withImage } from '../open.js';
+import { rerunWithIoThreads } from '../io-threads.js';
 import { parseSize } from '../size.js';
 
 const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
@@ -17,6 +18,8 @@ function positiveInt(text: string, what: string, max = 2 ** 31 - 1): number {
 }
 
 export async function bench(argv: string[], io: ImgIO): Promise<number> {
+  const rerun = rerunWithIoThreads(['bench', ...argv]);
+  if (rerun) return rerun;
   const { options, operands } = getopt(argv, {
     short: 'hc:d:f:ni:o:qs:S:t:wU',
     long: { help: { arg: false, alias: 'h' }, pattern: { arg: true }, 'flush-interval': { arg: true }, 'no-drain': { arg: false }, 'force-share': { arg: false, alias: 'U' }, 'image-opts': { arg: false }, object: { arg: true } },

@@ -1,49 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { openImage, createQcow2, checkQcow2, qcow2Info } from '../../../src/block/index.js';
 import { tempDir, rng } from '../../unit/block/helpers.js';
 import { crashOps } from './crash-ops.js';
+import { runAndKill } from './kill-writer.js';
 import { haveQemuImg, qemuCheck } from './qemu.js';
-
-const writer = fileURLToPath(new URL('./crash-writer.js', import.meta.url));
-
-/** Run the writer until it has flushed `flushes` times (plus a little), SIGKILL it; report progress. */
-function runAndKill(file: string, seed: number, flushes: number, extraMs: number): Promise<{ lastFlushed: number; lastStarted: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [writer, file, String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let lastFlushed = -1;
-    let lastStarted = -1;
-    let seen = 0;
-    let stderr = '';
-    let buffered = '';
-    let killing = false;
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => {
-      buffered += d.toString();
-      const lines = buffered.split('\n');
-      buffered = lines.pop() ?? '';
-      for (const line of lines) {
-        const [what, n] = line.split(' ');
-        if (what === 'start') lastStarted = Number(n);
-        if (what === 'flushed') {
-          lastFlushed = Number(n);
-          if (++seen >= flushes && !killing) {
-            killing = true;
-            setTimeout(() => child.kill('SIGKILL'), extraMs);
-          }
-        }
-      }
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (signal !== 'SIGKILL') reject(new Error(`writer exited by itself (code ${code}): ${stderr}`));
-      else resolve({ lastFlushed, lastStarted });
-    });
-  });
-}
 
 test('kill -9 at random points leaves an image that opens, checks clean (leaks only) and keeps flushed data', { skip: haveQemuImg ? false : 'qemu-img is not installed', timeout: 300_000 }, async (ctx) => {
   const t = { ...tempDir(), diagnostic: (m: string) => ctx.diagnostic(m) };

@@ -4,47 +4,13 @@
 // read-write open fixes it, and everything flushed before the kill reads back.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { openImage, createQcow2, checkQcow2, qcow2Info } from '../../../src/block/index.js';
 import { tempDir, randomBytes, rng, firstDifference } from '../../unit/block/helpers.js';
 import { crashOps } from './crash-ops.js';
+import { runAndKill } from './kill-writer.js';
 import { haveQemuImg, qemuCheck, qemuContents, qemuImg } from './qemu.js';
 
-const writer = fileURLToPath(new URL('./crash-writer.js', import.meta.url));
 const skip = haveQemuImg ? false : 'qemu-img is not installed';
-
-/** Run the crash writer until it has flushed `flushes` times, then SIGKILL it. */
-function runAndKill(file: string, seed: number, flushes: number): Promise<{ lastFlushed: number; lastStarted: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [writer, file, String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let lastFlushed = -1;
-    let lastStarted = -1;
-    let seen = 0;
-    let stderr = '';
-    let buffered = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => {
-      buffered += d.toString();
-      const lines = buffered.split('\n');
-      buffered = lines.pop() ?? '';
-      for (const line of lines) {
-        const [what, n] = line.split(' ');
-        if (what === 'start') lastStarted = Number(n);
-        if (what === 'flushed') {
-          lastFlushed = Number(n);
-          if (++seen === flushes) setTimeout(() => child.kill('SIGKILL'), 3);
-        }
-      }
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (signal !== 'SIGKILL') reject(new Error(`writer exited by itself (code ${code}): ${stderr}`));
-      else resolve({ lastFlushed, lastStarted });
-    });
-  });
-}
 
 test('lazy refcounts: kill -9 of a writer leaves a dirty image that QEMU or we repair, with flushed data intact', { skip, timeout: 180_000 }, async () => {
   const t = tempDir();
