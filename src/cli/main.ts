@@ -1,21 +1,33 @@
 #!/usr/bin/env node
 // The tsvirt command line: each subcommand lives in its own module under ./commands
-// and registers itself on the program; this file only assembles them.
-import { Command, CommanderError } from 'commander';
-import { commands } from './commands/index.js';
+// and registers itself on the program; this file only assembles them. Modules load on use:
+// the start-up of `tsvirt run` is part of the guest's boot time.
+import { bootTrace } from '../vmm/boot-trace.js';
+
+bootTrace(`cli: started (node bootstrap done at ${performance.nodeTiming.bootstrapComplete.toFixed(1)})`);
 
 export async function main(argv: string[]): Promise<number> {
-  const program = new Command('tsvirt')
-    .description('A KVM virtualization stack in TypeScript')
-    .version('0.1.0')
-    .exitOverride()
-    .configureOutput({ outputError: (text, write) => write(text.trimEnd() + '\n') });
-  for (const register of commands) register(program);
+  let commander: typeof import('commander') | undefined;
   try {
+    // `tsvirt run` first tries its own quick parser, so booting a guest does not wait for
+    // commander and every other subcommand's module to load (see commands/run.ts).
+    if (argv[0] === 'run') {
+      const { runFast } = await import('./commands/run.js');
+      const code = await runFast(argv.slice(1));
+      if (code !== undefined) return code;
+    }
+    commander = await import('commander');
+    const { commands } = await import('./commands/index.js');
+    const program = new commander.Command('tsvirt')
+      .description('A KVM virtualization stack in TypeScript')
+      .version('0.1.0')
+      .exitOverride()
+      .configureOutput({ outputError: (text, write) => write(text.trimEnd() + '\n') });
+    for (const register of commands) register(program);
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode;
+    if (commander && err instanceof commander.CommanderError) return err.exitCode;
     if (err instanceof Error) {
       process.stderr.write(`tsvirt: ${err.message}\n`);
       if (process.env.TSVIRT_DEBUG) process.stderr.write(`${err.stack}\n`);

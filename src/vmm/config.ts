@@ -2,8 +2,11 @@
 // config file (`tsvirt run --config vm.json`) and the command line, validated by one JSON
 // schema so that all three reject the same mistakes with the same one-line messages.
 import { readFileSync } from 'node:fs';
-import { Ajv, type ErrorObject } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
 import { parseSize } from './size.js';
+import { MAX_VCPUS } from './vcpu-threads.js';
+import { surelyValid } from './schema-precheck.js';
 import { parseVirtioConfig, virtioConfigSchemaProperties, type VirtioMachineConfig } from './virtio-devices.js';
 
 /** Where the serial console (COM1) goes. */
@@ -38,8 +41,9 @@ export interface MachineConfig extends VirtioMachineConfig {
   qmp?: string[];
 }
 
-/** Most vCPUs a guest can have: APIC ids 0..254 fit xAPIC/x2APIC without interrupt remapping. */
-export const MAX_VCPUS = 255;
+// Defined beside the thread starter, which needs it before this module (and its schema
+// compiler) is loaded.
+export { MAX_VCPUS };
 export const DEFAULT_MEMORY = '512M';
 
 export const machineConfigSchema = {
@@ -76,8 +80,20 @@ export class ConfigError extends Error {
   }
 }
 
-const ajv = new Ajv({ allErrors: true, strict: true });
-const validateSchema = ajv.compile(machineConfigSchema);
+let compiled: ValidateFunction | null = null;
+
+/**
+ * The schema compiled by ajv, made on first use. Loading ajv and compiling the schema costs
+ * more than a second under nested virtualization, so a config the pre-check shows valid
+ * never pays for it (schema-precheck.ts). ajv is CommonJS, so it loads synchronously here.
+ */
+function schemaValidator(): ValidateFunction {
+  if (!compiled) {
+    const { Ajv } = createRequire(import.meta.url)('ajv') as { Ajv: typeof AjvClass };
+    compiled = new Ajv({ allErrors: true, strict: true }).compile(machineConfigSchema);
+  }
+  return compiled;
+}
 
 /** One line for the first schema error: `unknown key "foo"`, `cpus: must be <= 255`. */
 function describe(error: ErrorObject): string {
@@ -104,7 +120,8 @@ function describe(error: ErrorObject): string {
  * express); `source` prefixes messages (a file name, "config"). Returns the same object typed.
  */
 export function validateConfig(value: unknown, source = 'config'): MachineConfig {
-  if (!validateSchema(value)) {
+  const validateSchema = surelyValid(machineConfigSchema, value) ? null : schemaValidator();
+  if (validateSchema && !validateSchema(value)) {
     // With allErrors, an anyOf failure also lists each branch's complaint; the anyOf error
     // itself says what the value should have been, so it (and unknown keys) win.
     const errors = validateSchema.errors ?? [];

@@ -10,7 +10,6 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { Worker } from 'node:worker_threads';
 import {
   Kvm, KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT, VcpuFd, type VmFd,
 } from '../kvm/index.js';
@@ -30,16 +29,18 @@ import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH } from '../devices/acpi-pm.j
 import { ResetControl } from '../devices/reset-control.js';
 import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
 import { waitAsync } from './atomics.js';
+import { bootTrace, bootTraceEnabled } from './boot-trace.js';
 import { ByteRing } from './byte-ring.js';
 import { ConfigError, MAX_VCPUS, memoryBytes, validateConfig, type MachineConfig } from './config.js';
 import { ConsoleStream } from './console.js';
 import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
+import { takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
 import { consoleStreamPort, MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
-  CTL_THREAD_ID, CTL_WORDS, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
+  CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport,
 } from './vcpu-channel.js';
 
 /** Something to boot instead of Linux: raw real-mode code (tests, tiny guests). */
@@ -74,13 +75,9 @@ export class MachineError extends Error {
   }
 }
 
-interface VcpuThread {
-  index: number;
-  worker: Worker;
-  control: Int32Array;
+interface VcpuThread extends StartedVcpuThread {
   thread: bigint;
   threadId: number;
-  ready: Promise<void>;
 }
 
 interface Boot {
@@ -94,6 +91,8 @@ const PARK_TIMEOUT_MS = 5000;
 
 /** TSVIRT_EXIT_STATS=1 counts main-thread exits by port/address and prints them at the end. */
 const exitCounts: Map<string, number> | null = process.env.TSVIRT_EXIT_STATS ? new Map() : null;
+/** With TSVIRT_BOOT_TRACE: main-thread exit sources already traced (the first of each shows guest progress). */
+const firstExits: Set<string> | null = bootTraceEnabled ? new Set() : null;
 
 export class Machine extends EventEmitter implements QmpTarget {
   readonly uuid = randomUUID();
@@ -133,7 +132,6 @@ export class Machine extends EventEmitter implements QmpTarget {
     private readonly cpuModel: ResolvedCpuModel,
     ram: GuestRam,
     kvm: Kvm,
-    private readonly options: MachineOptions,
   ) {
     super();
     this.cpuCount = config.cpus ?? 1;
@@ -166,23 +164,31 @@ export class Machine extends EventEmitter implements QmpTarget {
    */
   static async create(config: MachineConfig, options: MachineOptions = {}): Promise<Machine> {
     const valid = validateConfig(config);
-    const boot = readBoot(valid, options);
     const cpus = valid.cpus ?? 1;
-    const size = memoryBytes(valid);
     const kvm = Kvm.open();
+    let started: StartedVcpuThread[] = [];
     let ram: GuestRam | undefined;
     try {
       const maxVcpus = kvm.checkExtension('MAX_VCPUS') || kvm.checkExtension('NR_VCPUS') || 4;
       if (cpus > Math.min(maxVcpus, MAX_VCPUS)) {
         throw new MachineError(`${cpus} vCPUs requested, this host's KVM allows at most ${Math.min(maxVcpus, MAX_VCPUS)}`);
       }
+      // Before the rest, so that the threads' isolates boot while the kernel is read and the
+      // VM is built.
+      started = takeVcpuThreads(cpus, options.workerUrl);
+      const boot = readBoot(valid, options);
+      const size = memoryBytes(valid);
+      bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
+      bootTrace('create: CPU model resolved');
       const backend = valid.memoryBackend ?? 'memfd';
       ram = GuestRam.allocate({
         size, thp: valid.thp ?? true, ksm: valid.ksm ?? true,
         ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
       });
-      const machine = new Machine(valid, boot, model, ram, kvm, options);
+      bootTrace('create: guest RAM allocated');
+      const machine = new Machine(valid, boot, model, ram, kvm);
+      machine.threads = started.map((t) => Object.assign(t, { thread: 0n, threadId: 0 }));
       try {
         if (wantsVirtio(valid)) {
           machine.virtio = await MachineVirtio.attach({
@@ -192,13 +198,16 @@ export class Machine extends EventEmitter implements QmpTarget {
           }, parseVirtioConfig(valid));
         }
         machine.buildVm();
-        await machine.spawnThreads();
+        bootTrace('create: VM built (irqchip, RAM slots, ACPI, kernel, vCPUs)');
+        await machine.adoptThreads();
+        bootTrace('create: vCPU threads ready');
       } catch (err) {
         machine.disposePartial();
         throw err;
       }
       return machine;
     } catch (err) {
+      for (const t of started) void t.worker.terminate();
       ram?.close();
       kvm.close();
       throw err;
@@ -329,6 +338,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     vm.createIrqchip();
     vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
     this.ram.registerWith(vm);
+    bootTrace('buildVm: VM, irqchip, PIT and RAM slots');
     this.uart = new Uart16550(this.uartState, {
       transmit: (byte) => { this.ring.push(byte); },
       trigger: (level) => this.vm.irqLine(COM1_IRQ, level),
@@ -344,6 +354,7 @@ export class Machine extends EventEmitter implements QmpTarget {
         // With virtio devices: a PCI host (PCI0, MCFG) plus its interrupt routing.
         ...(this.virtio ? this.virtio.acpiOptions(this.memorySize) : { pci: false as const }),
       });
+      bootTrace('buildVm: ACPI tables');
       try {
         entry = loadLinux(mem, {
           kernel: this.boot.kernel!,
@@ -358,6 +369,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       }
     }
 
+    bootTrace('buildVm: kernel loaded');
     this.vcpus = [];
     for (let i = 0; i < this.cpuCount; i++) {
       const vcpu = vm.createVcpu(i);
@@ -388,43 +400,24 @@ export class Machine extends EventEmitter implements QmpTarget {
     }
   }
 
-  private async spawnThreads(): Promise<void> {
+  /** Wait for the vCPU threads started in create() and give each its vCPU. */
+  private async adoptThreads(): Promise<void> {
     installKickHandler();
-    const url = this.options.workerUrl ?? new URL('./vcpu-worker.js', import.meta.url);
-    const spawn = (index: number): VcpuThread => {
-      const control = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
-      control[CTL_RUN_STATE] = PARK;
-      const data: VcpuWorkerData = {
-        index, vmFd: this.vm.fd, control: control.buffer as SharedArrayBuffer, uartState: this.uartState,
-        consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
-      };
-      // A vCPU thread allocates almost nothing: small heap limits keep each isolate's setup
-      // cheap (in the lab, 64 vCPU threads started in 66 s with a 2 MB young generation and
-      // did not start within 490 s with the default).
-      const worker = new Worker(url, {
-        workerData: data, name: `vcpu${index}`, resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 2 },
-      });
-      const thread: VcpuThread = { index, worker, control, thread: 0n, threadId: 0, ready: Promise.resolve() };
-      thread.ready = new Promise((resolve, reject) => {
-        const onError = (err: Error): void => reject(new MachineError(`vCPU ${index} thread failed to start: ${err.message}`));
-        worker.once('error', onError);
-        worker.on('message', (m: VcpuReport) => {
-          if (m.type === 'ready') {
-            thread.thread = m.thread;
-            thread.threadId = m.threadId;
-            worker.off('error', onError);
-            worker.on('error', (err) => this.fatal(`vCPU ${index} thread crashed: ${err.message}`));
-            resolve();
-          } else {
-            this.onVcpuReport(m);
-          }
-        });
-      });
-      this.serveExits(thread);
-      return thread;
-    };
-    this.threads = Array.from({ length: this.cpuCount }, (_, i) => spawn(i));
-    await Promise.all(this.threads.map((t) => t.ready));
+    for (const t of this.threads) {
+      t.onReport = (m) => this.onVcpuReport(m);
+      this.serveExits(t);
+    }
+    await Promise.all(this.threads.map(async (t) => {
+      let up: { thread: bigint; threadId: number };
+      try {
+        up = await t.ready;
+      } catch (err) {
+        throw new MachineError(`vCPU ${t.index} thread failed to start: ${(err as Error).message}`);
+      }
+      t.thread = up.thread;
+      t.threadId = up.threadId;
+      t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
+    }));
     this.attachVcpus();
   }
 
@@ -440,7 +433,10 @@ export class Machine extends EventEmitter implements QmpTarget {
   private attachVcpus(): void {
     this.threads.forEach((t, i) => {
       const vcpu = this.vcpus[i]!;
-      this.command(t, { type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize });
+      this.command(t, {
+        type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize,
+        uartState: this.uartState, consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
+      });
     });
   }
 
@@ -483,6 +479,13 @@ export class Machine extends EventEmitter implements QmpTarget {
     const vcpu = this.vcpus[index];
     if (!vcpu) return;
     const exit = vcpu.decodeExit();
+    if (firstExits && firstExits.size < 64) {
+      const key = exit.reason === 'io' ? `io 0x${exit.port.toString(16)} ${exit.direction}` : exit.reason === 'mmio' ? `mmio 0x${exit.address.toString(16)}` : exit.reason;
+      if (!firstExits.has(key)) {
+        firstExits.add(key);
+        bootTrace(`exit: first ${key}`);
+      }
+    }
     if (exitCounts) {
       const key = exit.reason === 'io' ? `io 0x${exit.port.toString(16)}` : exit.reason === 'mmio' ? `mmio 0x${exit.address.toString(16)}` : exit.reason;
       exitCounts.set(key, (exitCounts.get(key) ?? 0) + 1);
@@ -663,10 +666,15 @@ export class Machine extends EventEmitter implements QmpTarget {
   }
 
   private startOutputPump(): void {
+    let first = true;
     const pump = async (): Promise<void> => {
       while (!this.ended) {
         await this.ring.waitForData(250);
         const bytes = this.ring.drain();
+        if (bytes.length && first) {
+          first = false;
+          bootTrace('console: first guest output');
+        }
         if (bytes.length) this.console.deliverOutput(bytes);
       }
     };

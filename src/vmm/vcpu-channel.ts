@@ -33,19 +33,27 @@ export const QUIT = 2;
 export const KICK_SIGNAL = 'SIGUSR2';
 export const KICK_SIGNAL_NUMBER = 12;
 
+/**
+ * What a vCPU thread is started with. Nothing machine-specific: a thread can be started
+ * before its machine exists (so its isolate boots while the main thread loads modules and
+ * builds the VM) and gets everything else with `attach`.
+ */
 export interface VcpuWorkerData {
   index: number;
-  vmFd: number;
   control: SharedArrayBuffer;
+}
+
+/** The machine's console UART as the vCPU thread serves it: shared registers and output ring. */
+export interface VcpuUartBinding {
   uartState: SharedArrayBuffer;
   consoleRing: SharedArrayBuffer;
-  /** Port range and ISA IRQ of the UART the vCPU thread serves itself. */
+  /** Port range start and ISA IRQ of the UART the vCPU thread serves itself. */
   uartPort: number;
   uartIrq: number;
 }
 
 export type VcpuCommand =
-  | { type: 'attach'; vmFd: number; vcpuFd: number; id: number; mmapSize: number }
+  | ({ type: 'attach'; vmFd: number; vcpuFd: number; id: number; mmapSize: number } & VcpuUartBinding)
   | { type: 'detach' };
 
 /** What a vCPU thread reports to the main thread (rare events only). */

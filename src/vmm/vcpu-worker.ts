@@ -15,21 +15,19 @@ import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
   CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
 } from './vcpu-channel.js';
+import { bootTrace } from './boot-trace.js';
 
 const data = workerData as VcpuWorkerData;
+bootTrace(`vcpu${data.index}: modules loaded`);
+let firstRun = true;
+let firstUartExit = true;
 const port = parentPort!;
 const ctl = new Int32Array(data.control);
-const ring = new ByteRing(data.consoleRing);
-let vm: VmFd = new VmFd(data.vmFd, 0);
 let vcpu: VcpuFd | null = null;
-
-const uart = new Uart16550(data.uartState, {
-  transmit: (byte) => { ring.push(byte); },
-  // The vCPU thread raises the console interrupt itself: KVM_IRQ_LINE on the VM fd is valid
-  // in every thread.
-  trigger: (level) => vm.irqLine(data.uartIrq, level),
-});
-const uartEnd = data.uartPort + 8;
+// The console UART, bound by `attach` (a thread may start before its machine exists).
+let uart: Uart16550 | null = null;
+let uartPort = -1;
+let uartEnd = -1;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -46,9 +44,19 @@ function threadId(): number {
 
 function applyCommand(cmd: VcpuCommand): void {
   if (cmd.type === 'attach') {
-    vm = new VmFd(cmd.vmFd, cmd.mmapSize);
+    const vmFd = new VmFd(cmd.vmFd, cmd.mmapSize);
     // A second mapping of the same kvm_run page: the main thread keeps its own.
     vcpu = new VcpuFd(cmd.vcpuFd, cmd.id, cmd.mmapSize);
+    const ring = new ByteRing(cmd.consoleRing);
+    const irq = cmd.uartIrq;
+    uart = new Uart16550(cmd.uartState, {
+      transmit: (byte) => { ring.push(byte); },
+      // The vCPU thread raises the console interrupt itself: KVM_IRQ_LINE on the VM fd is
+      // valid in every thread.
+      trigger: (level) => vmFd.irqLine(irq, level),
+    });
+    uartPort = cmd.uartPort;
+    uartEnd = cmd.uartPort + 8;
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -78,8 +86,8 @@ function park(): boolean {
   }
 }
 
-function serveUart(exit: Extract<VcpuExit, { reason: 'io' }>): void {
-  const offset = exit.port - data.uartPort;
+function serveUart(uart: Uart16550, exit: Extract<VcpuExit, { reason: 'io' }>): void {
+  const offset = exit.port - uartPort;
   for (let i = 0; i < exit.count; i++) {
     const bytes = exit.data.subarray(i * exit.size, (i + 1) * exit.size);
     if (exit.direction === 'in') uart.read(offset, bytes);
@@ -113,6 +121,10 @@ function loop(): void {
       continue;
     }
     let exit: VcpuExit;
+    if (firstRun) {
+      firstRun = false;
+      bootTrace(`vcpu${data.index}: first KVM_RUN`);
+    }
     try {
       exit = vcpu.runOnce();
     } catch (err) {
@@ -125,8 +137,12 @@ function loop(): void {
     }
     switch (exit.reason) {
       case 'io':
-        if (exit.port >= data.uartPort && exit.port < uartEnd) {
-          serveUart(exit);
+        if (uart && exit.port >= uartPort && exit.port < uartEnd) {
+          if (firstUartExit) {
+            firstUartExit = false;
+            bootTrace(`vcpu${data.index}: first UART exit`);
+          }
+          serveUart(uart, exit);
           Atomics.add(ctl, CTL_LOCAL_EXITS, 1);
         } else {
           forward();
