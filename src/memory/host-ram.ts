@@ -50,6 +50,16 @@ export interface HostRamOptions {
   prealloc?: boolean;
 }
 
+/**
+ * The size asked for is more than the host's RAM plus swap. Callers that word their own
+ * message (the VMM's guest RAM) read the figures from it.
+ */
+export class HostMemoryLimitError extends Error {
+  constructor(message: string, readonly requested: number, readonly limit: number) {
+    super(message);
+  }
+}
+
 /** Bytes of RAM plus swap the host has, from /proc/meminfo. */
 export function hostMemoryLimit(): number {
   const info = readFileSync('/proc/meminfo', 'utf8');
@@ -100,7 +110,7 @@ export class HostRam {
     }
     const limit = hostMemoryLimit();
     if (size > limit) {
-      throw new Error(`guest RAM '${name}': ${describe(size)} exceeds this host's memory plus swap (${describe(limit)})`);
+      throw new HostMemoryLimitError(`guest RAM '${name}': ${describe(size)} exceeds this host's memory plus swap (${describe(limit)})`, size, limit);
     }
     if (hugePage) {
       const free = freeHugePages(hugePage);

@@ -9,7 +9,7 @@
 import type { VmFd } from '../kvm/index.js';
 import { fallocate, madvise, MADV_DONTNEED } from '../kvm/libc.js';
 import { guestMemoryRegions } from '../arch/x86/layout.js';
-import { HostRam, hostMemoryLimit as hostLimitBytes, type HostRegion } from '../memory/host-ram.js';
+import { HostMemoryLimitError, HostRam, type HostRegion } from '../memory/host-ram.js';
 import type { RegionGuestMemory } from '../memory/region-memory.js';
 import { formatSize } from './size.js';
 
@@ -31,11 +31,6 @@ export class GuestRamError extends Error {
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 
-/** Host RAM plus swap, in bytes. */
-export function hostMemoryLimit(): bigint {
-  return BigInt(hostLimitBytes());
-}
-
 export class GuestRam {
   readonly memory: RegionGuestMemory;
   readonly regions: readonly HostRegion[];
@@ -54,15 +49,10 @@ export class GuestRam {
 
   /**
    * Allocate `size` bytes of guest RAM. Fails, before anything runs, when the host cannot
-   * possibly provide that much (more than its RAM plus swap, or too few huge pages).
+   * possibly provide that much (more than its RAM plus swap, or too few huge pages: HostRam
+   * checks both).
    */
   static allocate(opts: GuestRamOptions): GuestRam {
-    const limit = hostMemoryLimit();
-    if (opts.size > limit) {
-      throw new GuestRamError(
-        `guest memory ${formatSize(opts.size)} is more than this host can give (${formatSize(limit - (limit % (1024n * 1024n)))} of RAM and swap)`,
-      );
-    }
     try {
       const host = HostRam.allocate({
         size: Number(opts.size),
@@ -73,6 +63,12 @@ export class GuestRam {
       });
       return new GuestRam(host, opts.size);
     } catch (err) {
+      if (err instanceof HostMemoryLimitError) {
+        const limit = BigInt(err.limit);
+        throw new GuestRamError(
+          `guest memory ${formatSize(opts.size)} is more than this host can give (${formatSize(limit - (limit % (1024n * 1024n)))} of RAM and swap)`,
+        );
+      }
       const where = opts.hugetlbfsPath ? ` (hugetlbfs ${opts.hugetlbfsPath})` : '';
       throw new GuestRamError(`guest memory ${formatSize(opts.size)}${where}: ${(err as Error).message}`);
     }

@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, MachineError } from '../../../src/vmm/machine.js';
-import { GuestRamError, hostMemoryLimit } from '../../../src/vmm/guest-ram.js';
+import { GuestRamError } from '../../../src/vmm/guest-ram.js';
+import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
 import { GUEST_ADDRESS, helloGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 
 const TIMEOUT = 20_000;
@@ -125,7 +126,7 @@ test('a corrupt or missing kernel file is a clear error naming it, before anythi
 });
 
 test('a memory size the host cannot give fails before the guest starts', { timeout: 30_000 }, async () => {
-  const tooMuch = hostMemoryLimit() * 2n;
+  const tooMuch = BigInt(hostMemoryLimit()) * 2n;
   const gib = tooMuch / (1024n ** 3n) + 1n;
   await assert.rejects(
     Machine.create({ memory: `${gib}G` }, { rawBoot: { code: helloGuest('x'), address: GUEST_ADDRESS } }),
