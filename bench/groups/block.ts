@@ -12,6 +12,8 @@ const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const DIR = join(ROOT, '.cache/bench-block');
 const SIZE = 512 * 1024 * 1024;
 const COUNT = 40000;
+/** Alternating runs per row; each side's best counts. */
+const RUNS = 3;
 
 function qemuBenchSeconds(args: string[]): number | null {
   const r = spawnSync('qemu-img', ['bench', ...args], { encoding: 'utf8', timeout: 600_000 });
@@ -65,20 +67,37 @@ export const group: BenchGroup = {
     mkdirSync(DIR, { recursive: true });
     const file = join(DIR, 'bench.qcow2');
     try {
-      const ourSeq = await sequentialFill(file);
-      rmSync(file, { force: true });
-      spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(SIZE)]);
-      const qSeq = qemuBenchSeconds(['-w', '-t', 'writeback', '-c', String(SIZE / (2 << 20)), '-s', '2M', '-S', '2M', '-d', '1', '-f', 'qcow2', file]);
-      // Both scattered runs use the image fully allocated by the sequential pass above.
+      // The machine is shared and noisy: each row alternates our run and qemu-img's RUNS
+      // times and keeps each side's best (qemu's failures count as no figure).
+      const best = (xs: Array<number | null>): number | null => (xs.some((x) => x === null) ? null : Math.max(...(xs as number[])));
+      const ourSeq: number[] = [];
+      const qSeq: Array<number | null> = [];
+      for (let i = 0; i < RUNS; i++) {
+        rmSync(file, { force: true });
+        ourSeq.push(await sequentialFill(file));
+        rmSync(file, { force: true });
+        spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(SIZE)]);
+        const q = qemuBenchSeconds(['-w', '-t', 'writeback', '-c', String(SIZE / (2 << 20)), '-s', '2M', '-S', '2M', '-d', '1', '-f', 'qcow2', file]);
+        qSeq.push(q === null ? null : SIZE / 1048576 / q);
+      }
+      // Both scattered runs use the image fully allocated by the last sequential pass.
       const walk = ['-c', String(COUNT), '-d', '32', '-s', '4k', '-S', String(STEP), '-f', 'qcow2', file];
-      const ourRead = await scatteredIo(file, false);
-      const qRead = qemuBenchSeconds(['-t', 'writeback', ...walk]);
-      const ourWrite = await scatteredIo(file, true);
-      const qWrite = qemuBenchSeconds(['-w', '-t', 'writeback', ...walk]);
+      const scattered = async (write: boolean): Promise<[number, number | null]> => {
+        const mine: number[] = [];
+        const ref: Array<number | null> = [];
+        for (let i = 0; i < RUNS; i++) {
+          mine.push(await scatteredIo(file, write));
+          const q = qemuBenchSeconds([...(write ? ['-w'] : []), '-t', 'writeback', ...walk]);
+          ref.push(q === null ? null : COUNT / q);
+        }
+        return [Math.max(...mine), best(ref)];
+      };
+      const [ourRead, qRead] = await scattered(false);
+      const [ourWrite, qWrite] = await scattered(true);
       return [
-        { name: 'sequential 2 MiB writes, allocating', ours: ourSeq, reference: qSeq === null ? null : SIZE / 1048576 / qSeq, unit: 'MiB/s', higherIsBetter: true },
-        { name: '4 KiB scattered reads, depth 32', ours: ourRead, reference: qRead === null ? null : COUNT / qRead, unit: 'IOPS', higherIsBetter: true },
-        { name: '4 KiB scattered writes, depth 32', ours: ourWrite, reference: qWrite === null ? null : COUNT / qWrite, unit: 'IOPS', higherIsBetter: true },
+        { name: 'sequential 2 MiB writes, allocating', ours: Math.max(...ourSeq), reference: best(qSeq), unit: 'MiB/s', higherIsBetter: true },
+        { name: '4 KiB scattered reads, depth 32', ours: ourRead, reference: qRead, unit: 'IOPS', higherIsBetter: true },
+        { name: '4 KiB scattered writes, depth 32', ours: ourWrite, reference: qWrite, unit: 'IOPS', higherIsBetter: true },
       ];
     } finally {
       rmSync(DIR, { recursive: true, force: true });

@@ -13,6 +13,8 @@ const DIR = join(ROOT, '.cache/bench');
 const SOURCE = join(DIR, 'img-2g-half.raw');
 const SIZE = 2 ** 31;
 const STRIPE = 2 ** 21; // each 2 MiB: 1 MiB data, then a 1 MiB hole
+/** Alternating runs per row; each side's best counts. */
+const RUNS = 3;
 
 /** Builds the source once: every other MiB holds semi-compressible data, the rest are holes. */
 function buildSource(): void {
@@ -62,8 +64,9 @@ async function run(): Promise<BenchRow[]> {
   buildSource();
   const rows: BenchRow[] = [];
   const out = (name: string): string => join(DIR, name);
-  // The machine is shared and noisy: cheap rows keep the better of two alternating runs.
-  const convertRow = (name: string, args: (dst: string) => string[], dstExt: string, runs = 2): void => {
+  // The machine is shared and noisy (other work can take both cores for seconds): every row
+  // alternates our run and qemu-img's RUNS times and keeps each side's best.
+  const convertRow = (name: string, args: (dst: string) => string[], dstExt: string, runs = RUNS): void => {
     let mine = Infinity;
     let ref = Infinity;
     for (let i = 0; i < runs; i++) {
@@ -79,7 +82,8 @@ async function run(): Promise<BenchRow[]> {
   const qcow2 = out('theirs.qcow2'); // qemu-img's own output is the common qcow2 source
   convertRow('convert qcow2->raw', (dst) => ['convert', '-f', 'qcow2', '-O', 'raw', qcow2, dst], 'raw');
   rmSync(out('theirs.raw'), { force: true });
-  convertRow('convert -c raw->qcow2 (compressed)', (dst) => ['convert', '-c', '-f', 'raw', '-O', 'qcow2', SOURCE, dst], 'c.qcow2', 1);
+  // Compressing 1 GiB takes seconds on each side: noise matters less, two runs do.
+  convertRow('convert -c raw->qcow2 (compressed)', (dst) => ['convert', '-c', '-f', 'raw', '-O', 'qcow2', SOURCE, dst], 'c.qcow2', 2);
   rmSync(out('theirs.c.qcow2'), { force: true });
 
   // Scattered 4 KiB requests: a step of 7919 pages (prime) walks the whole image in a
@@ -89,20 +93,26 @@ async function run(): Promise<BenchRow[]> {
     for (const depth of [1, 32]) {
       const count = depth === 1 ? '20000' : '50000';
       const args = (file: string): string[] => ['bench', '-f', 'qcow2', '-c', count, '-d', String(depth), '-s', '4k', '-S', step, '-t', 'none', ...(write ? ['-w'] : []), file];
-      const mineFile = out('bench-ours.qcow2');
-      const refFile = out('bench-theirs.qcow2');
+      // Reads leave the image as it was: both sides read qemu-img's output directly. Writes
+      // allocate, so each run starts from a fresh copy of it.
+      const mineFile = write ? out('bench-ours.qcow2') : qcow2;
+      const refFile = write ? out('bench-theirs.qcow2') : qcow2;
       let mine = Infinity;
       let ref = Infinity;
-      for (let i = 0; i < 2; i++) {
-        copyFileSync(qcow2, mineFile);
-        copyFileSync(qcow2, refFile);
+      for (let i = 0; i < RUNS; i++) {
+        if (write) {
+          copyFileSync(qcow2, mineFile);
+          copyFileSync(qcow2, refFile);
+        }
         mine = Math.min(mine, benchSeconds(...ours(args(mineFile))));
         ref = Math.min(ref, benchSeconds(...theirs(args(refFile))));
       }
       const ops = Number(count);
       rows.push({ name: `bench 4k ${write ? 'write' : 'read'} qd${depth} (cache=none)`, ours: ops / mine, reference: ops / ref, unit: 'IOPS', higherIsBetter: true });
-      rmSync(mineFile, { force: true });
-      rmSync(refFile, { force: true });
+      if (write) {
+        rmSync(mineFile, { force: true });
+        rmSync(refFile, { force: true });
+      }
     }
   }
   rmSync(qcow2, { force: true });

@@ -65,14 +65,20 @@ export function alignedBuffer(length: number): Buffer {
 
 // Where V8 put each backing store, learned once per ArrayBuffer: lets a request whose
 // buffers already sit on DIRECT_ALIGN boundaries skip the bounce buffer (and its copy).
-const baseAddresses = new WeakMap<ArrayBufferLike, bigint>();
-function addressOf(b: Uint8Array): bigint {
-  let base = baseAddresses.get(b.buffer);
-  if (base === undefined) {
-    base = (koffi.address(getLibc().memchr(b, b[0]!, 1)) as bigint) - BigInt(b.byteOffset);
-    baseAddresses.set(b.buffer, base);
+// The base's offset within an alignment block is kept as a number, so that the per-request
+// alignment check needs no BigInt arithmetic.
+const baseAddresses = new WeakMap<ArrayBufferLike, { base: bigint; misalign: number }>();
+function baseOf(b: Uint8Array): { base: bigint; misalign: number } {
+  let known = baseAddresses.get(b.buffer);
+  if (known === undefined) {
+    const base = (koffi.address(getLibc().memchr(b, b[0]!, 1)) as bigint) - BigInt(b.byteOffset);
+    known = { base, misalign: Number(base % BigInt(DIRECT_ALIGN)) };
+    baseAddresses.set(b.buffer, known);
   }
-  return base + BigInt(b.byteOffset);
+  return known;
+}
+function addressOf(b: Uint8Array): bigint {
+  return baseOf(b).base + BigInt(b.byteOffset);
 }
 
 /** True when O_DIRECT can use these buffers as they are: every one aligned in address and length. */
@@ -80,7 +86,7 @@ function directReady(buffers: Uint8Array[]): boolean {
   for (const b of buffers) {
     // Small views may live on V8's moving heap; only whole aligned blocks qualify anyway.
     if (b.length === 0 || b.length % DIRECT_ALIGN !== 0) return false;
-    if (addressOf(b) % BigInt(DIRECT_ALIGN) !== 0n) return false;
+    if ((baseOf(b).misalign + b.byteOffset) % DIRECT_ALIGN !== 0) return false;
   }
   return true;
 }

@@ -356,7 +356,7 @@ export class Qcow2Image implements BlockDriver {
   private async writableL2(gc: number): Promise<{ offset: number; table: CachedTable; index: number }> {
     const l1i = Math.floor(gc / this.l2Entries);
     const { offset, copied } = this.l1Entry(l1i);
-    if (offset !== 0 && copied) return { offset, table: await this.loadL2(offset), index: gc % this.l2Entries };
+    if (offset !== 0 && copied) return { offset, table: this.l2Cache.peek(offset) ?? await this.loadL2(offset), index: gc % this.l2Entries };
     const fresh = await this.refcounts.allocate(1);
     const buf = new Uint8Array(this.clusterSize);
     if (offset !== 0) buf.set((await this.loadL2(offset)).buf);
@@ -436,6 +436,7 @@ export class Qcow2Image implements BlockDriver {
   private async release(e: L2Entry): Promise<void> {
     if (e.kind === 'compressed') this.pendingReleases.push({ offset: e.compressedOffset, length: e.compressedLength });
     else if (e.offset !== 0) this.pendingReleases.push({ offset: e.offset, length: this.clusterSize });
+    else return;
     if (this.pendingReleases.length >= 4096) await this.applyReleases();
   }
 
@@ -469,9 +470,26 @@ export class Qcow2Image implements BlockDriver {
   }
 
   async readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
-    const length = buffers.reduce((n, b) => n + b.length, 0);
+    const length = buffers.length === 1 ? buffers[0].length : buffers.reduce((n, b) => n + b.length, 0);
     this.checkRange(offset, BigInt(length), 'read');
-    await this.readInto(Number(offset), length, buffers);
+    const start = Number(offset);
+    // The common small request inside one cluster whose table is cached: one read of the
+    // file (or a fill), without the general walk and its bookkeeping.
+    const e = this.singleClusterEntry(start, length);
+    if (e?.kind === 'normal') return this.file.readv(e.offset + (start % this.clusterSize), buffers);
+    if (e && (e.kind === 'zero' || (e.kind === 'unallocated' && !this.backing))) {
+      for (const b of buffers) b.fill(0);
+      return;
+    }
+    await this.readInto(start, length, buffers);
+  }
+
+  /** The cached L2 entry of the one cluster [offset, offset+length) lies in (standard L2 entries only), else undefined. */
+  private singleClusterEntry(offset: number, length: number): L2Entry | undefined {
+    if (this.extendedL2) return undefined;
+    const gc = Math.floor(offset / this.clusterSize);
+    if (offset - gc * this.clusterSize + length > this.clusterSize) return undefined;
+    return this.lookupCached(gc);
   }
 
   private async readCompressed(e: L2Entry): Promise<Uint8Array> {
@@ -608,18 +626,34 @@ export class Qcow2Image implements BlockDriver {
 
   private async writeFrom(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
     while (this.paused) await this.paused;
+    const e = this.singleClusterEntry(offset, length);
+    const gc = Math.floor(offset / this.clusterSize);
+    if (e && this.directlyWritable(gc, e, offset - gc * this.clusterSize, length)) {
+      // One cluster we own: straight to the file, without the general walk.
+      this.inPlaceWriters++;
+      try {
+        return await this.file.writev(e.offset + (offset - gc * this.clusterSize), buffers);
+      } finally {
+        this.writerDone();
+      }
+    }
     this.inPlaceWriters++;
     let slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>;
     try {
       slow = await this.writeInPlace(offset, length, buffers);
     } finally {
-      if (--this.inPlaceWriters === 0 && this.drained) {
-        const d = this.drained;
-        this.drained = undefined;
-        d();
-      }
+      this.writerDone();
     }
     if (slow.length > 0) await this.lock.run(() => this.allocatingWrite(slow));
+  }
+
+  /** An in-place write finished: wake an exclusive operation waiting for the last one. */
+  private writerDone(): void {
+    if (--this.inPlaceWriters === 0 && this.drained) {
+      const d = this.drained;
+      this.drained = undefined;
+      d();
+    }
   }
 
   /** Write what can go straight to clusters we own; return the pieces that need allocation. */
@@ -663,7 +697,7 @@ export class Qcow2Image implements BlockDriver {
     let i = 0;
     while (i < pieces.length) {
       const p = pieces[i];
-      const e = await this.lookup(p.gc);
+      const e = this.lookupCached(p.gc) ?? await this.lookup(p.gc);
       if (this.directlyWritable(p.gc, e, p.inCluster, p.length)) {
         await this.file.writev(e.offset + p.inCluster, p.src);
         i++;
