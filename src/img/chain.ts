@@ -12,16 +12,20 @@ export function resolveBacking(imageFilename: string, backing: string): string {
   return join(dirname(imageFilename), backing);
 }
 
-/** [image, its backing, its backing's backing, ...] as openable paths. */
-export async function chainFilenames(filename: string, limit = 64): Promise<string[]> {
-  const chain = [filename];
-  let format: string | undefined;
+/** One image of a backing chain: its openable path, its format if named, and the name its parent gave it. */
+export interface ChainLayer { filename: string; format?: string; nameInParent?: string }
+
+/** [image, its backing, its backing's backing, ...] with how each was named. */
+export async function chainLayers(filename: string, format?: string, limit = 64): Promise<ChainLayer[]> {
+  const chain: ChainLayer[] = [{ filename, format }];
   while (chain.length < limit) {
-    let next: string | undefined;
+    const last = chain[chain.length - 1]!;
+    let next: ChainLayer | undefined;
     try {
-      const info = await imageInfo(chain[chain.length - 1]!, format);
-      next = info.fullBackingFilename;
-      format = info.backingFormat;
+      const info = await imageInfo(last.filename, last.format);
+      if (info.fullBackingFilename !== undefined) {
+        next = { filename: info.fullBackingFilename, format: info.backingFormat, nameInParent: info.backingFilename };
+      }
     } catch {
       break;
     }
@@ -29,4 +33,9 @@ export async function chainFilenames(filename: string, limit = 64): Promise<stri
     chain.push(next);
   }
   return chain;
+}
+
+/** [image, its backing, its backing's backing, ...] as openable paths. */
+export async function chainFilenames(filename: string, limit = 64): Promise<string[]> {
+  return (await chainLayers(filename, undefined, limit)).map((l) => l.filename);
 }

@@ -20,7 +20,7 @@ export type Subcommand = (argv: string[], io: ImgIO) => Promise<number>;
 export const SUBCOMMANDS: Record<string, { run: Subcommand; usage: string }> = {
   bench: { run: bench, usage: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [-n] [-o offset] [--pattern=N] [-q] [-s size] [-S step] [-t cache] [-w] filename' },
   check: { run: check, usage: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] filename' },
-  commit: { run: commit, usage: 'commit [-q] [-f fmt] [-b base] [-d] filename' },
+  commit: { run: commit, usage: 'commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename' },
   compare: { run: compare, usage: 'compare [-f fmt] [-F fmt] [-q] [-s] filename1 filename2' },
   convert: { run: convert, usage: 'convert [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num] [--target-is-zero] filename [filename2 [...]] output_filename' },
   create: { run: create, usage: 'create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]' },

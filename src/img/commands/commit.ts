@@ -1,5 +1,9 @@
-// `tsvirt img commit`: write what an image holds into its backing file, then (unless -d)
-// empty the image so it reads through to the updated backing file.
+// `tsvirt img commit`: write what an image and the images between it and a base in its
+// backing chain hold into that base (by default the immediate backing file), then, unless
+// -d or -b, empty the image so it reads through to the updated backing file. As with
+// qemu-img, -b implies -d: the images above the base are left as they are (after the commit
+// the ones between the top and the base no longer read as they did).
+import { realpath } from 'node:fs/promises';
 import type { BlockDriver } from '../../block/driver.js';
 import { createQcow2 } from '../../block/qcow2/create.js';
 import { listQcow2Snapshots } from '../../block/qcow2/api.js';
@@ -8,11 +12,24 @@ import type { Qcow2Image } from '../../block/qcow2/image.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
-import { resolveBacking } from '../chain.js';
+import { chainLayers, type ChainLayer } from '../chain.js';
 import { extents } from '../extents.js';
-import { checkFormatName, openForImg } from '../open.js';
+import { cacheMode, checkFormatName, openForImg } from '../open.js';
+import { progressBar } from '../progress.js';
+import { parseSize } from '../size.js';
 
 const CHUNK = 1n << 20n;
+
+/** The chain position (1 = the immediate backing file) that -b names, or undefined. */
+async function findBase(chain: ChainLayer[], wanted: string): Promise<number | undefined> {
+  const real = await realpath(wanted).catch(() => undefined);
+  for (let i = 1; i < chain.length; i++) {
+    const layer = chain[i]!;
+    if (wanted === layer.nameInParent || wanted === layer.filename) return i;
+    if (real !== undefined && real === (await realpath(layer.filename).catch(() => undefined))) return i;
+  }
+  return undefined;
+}
 
 export async function commit(argv: string[], io: ImgIO): Promise<number> {
   const { options, operands } = getopt(argv, {
@@ -23,41 +40,49 @@ export async function commit(argv: string[], io: ImgIO): Promise<number> {
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = operands[0]!;
   checkFormatName(filename, opts.get('f'));
-  // Opened without its chain: what matters is what this image itself holds.
-  const top = await openForImg(filename, { format: opts.get('f'), backing: false });
+  const rate = opts.get('r');
+  if (rate !== undefined && parseSize(rate) === undefined) {
+    throw new ImgError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
+  }
+  const cache = cacheMode(opts.get('t'), 'writeback');
+  const quiet = opts.has('q');
+  const wanted = opts.get('b');
+  // Opened with its whole chain: the extents say which layer holds each byte.
+  const top = await openForImg(filename, { format: opts.get('f'), readOnly: true, cache });
   let base: BlockDriver | undefined;
   let header: Qcow2Image['header'] | undefined;
   try {
     header = (top as Partial<Qcow2Image>).header;
     if (!header?.backingFile) throw new ImgError('Image does not have a backing file');
-    const basePath = resolveBacking(filename, header.backingFile);
-    const wanted = opts.get('b');
-    if (wanted !== undefined && wanted !== header.backingFile && wanted !== basePath) {
-      throw new ImgError(`Did not find '${wanted}' in the backing chain of '${filename}' (only the immediate backing file can be committed into)`);
-    }
-    base = await openForImg(basePath, { format: header.backingFormat });
+    const chain = await chainLayers(filename, top.format);
+    const depth = wanted === undefined ? 1 : await findBase(chain, wanted);
+    if (depth === undefined || depth >= chain.length) throw new ImgError(`Did not find '${wanted}' in the backing chain of '${filename}'`);
+    const target = chain[depth]!;
+    base = await openForImg(target.filename, { format: target.format, cache });
     if (base.size() < top.size()) await base.resize(top.size());
-    const zeroCluster = async (offset: bigint): Promise<boolean> => {
-      const q = top as Partial<Qcow2Image>;
-      if (typeof q.lookup !== 'function' || q.clusterSize === undefined) return false;
-      return (await q.lookup(Number(offset / BigInt(q.clusterSize)))).kind === 'zero';
-    };
+    const progress = progressBar(io, top.size(), opts.has('p') && !quiet);
+    // Whatever a layer above the base holds (data, or clusters that read as zeroes) goes
+    // down; what the top reads from the base or below is there already.
     for await (const e of extents(top, 0n, top.size(), CHUNK)) {
-      if (e.data) {
-        const buf = Buffer.allocUnsafe(Number(e.length));
-        await top.readv(e.start, [buf]);
-        await base.writev(e.start, [buf]);
-      } else if (e.zero && (await zeroCluster(e.start))) {
-        await base.writeZeroes(e.start, e.length);
+      if (e.depth < depth) {
+        if (e.data) {
+          const buf = Buffer.allocUnsafe(Number(e.length));
+          await top.readv(e.start, [buf]);
+          await base.writev(e.start, [buf]);
+        } else if (e.present) {
+          await base.writeZeroes(e.start, e.length);
+        }
       }
+      progress.add(e.length);
     }
     await base.flush();
+    progress.stop();
   } finally {
     await base?.close().catch(() => undefined);
     await top.close().catch(() => undefined);
   }
-  if (!opts.has('q')) io.out('Image committed.\n');
-  if (!opts.has('d') && header) {
+  if (!quiet) io.out('Image committed.\n');
+  if (!opts.has('d') && wanted === undefined && header) {
     // Emptying = a fresh image with the same options and backing file. Internal snapshots
     // would be lost that way, so an image that has some is kept as it is (as with -d).
     if ((await listQcow2Snapshots(filename)).length > 0) {

@@ -1,7 +1,6 @@
 // `tsvirt img convert`: copy one or more images (concatenated) into a new raw or qcow2 image,
 // keeping it sparse: extents the source reports as zero/unallocated are not read, and runs of
 // zero bytes at least -S long inside read data are not written.
-import cliProgress from 'cli-progress';
 import type { BlockDriver } from '../../block/driver.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
@@ -12,6 +11,7 @@ import { forEachChunk, isZero } from '../extents.js';
 import { cacheMode, checkFormatName, openForImg } from '../open.js';
 import { parseSize } from '../size.js';
 import { compressedWriter } from '../compress.js';
+import { progressBar } from '../progress.js';
 
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
 
@@ -43,33 +43,6 @@ class Concatenation {
     }
     return out;
   }
-}
-
-interface Progress { add(n: bigint): void; stop(): void }
-
-function progressBar(io: ImgIO, total: bigint, enabled: boolean): Progress {
-  if (!enabled) return { add: () => undefined, stop: () => undefined };
-  const bar = new cliProgress.SingleBar({
-    stream: process.stderr,
-    format: '    ({pct}/100%) [{bar}]', // qemu-img prints the percentage with two decimals
-    hideCursor: false,
-    noTTYOutput: !io.errIsTTY,
-    notTTYSchedule: 1000,
-  }, cliProgress.Presets.shades_classic);
-  const scale = Number(total) || 1;
-  let done = 0n;
-  bar.start(100, 0, { pct: '0.00' });
-  return {
-    add: (n) => {
-      done += n;
-      const pct = Math.floor((Number(done) / scale) * 10000) / 100;
-      bar.update(pct, { pct: pct.toFixed(2) });
-    },
-    stop: () => {
-      bar.update(100, { pct: '100.00' });
-      bar.stop();
-    },
-  };
 }
 
 export async function convert(argv: string[], io: ImgIO): Promise<number> {

@@ -237,6 +237,53 @@ describe('tsvirt writes to qemu-made images leave them clean', { skip }, () => {
     }
   });
 
+  /** base <- mid <- top, each layer with data (and mid with a zeroed range) over the one below. */
+  function chain3(prefix: string): { base: string; mid: string; top: string; raw: string } {
+    const base = `${prefix}-base.qcow2`;
+    const mid = `${prefix}-mid.qcow2`;
+    const top = `${prefix}-top.qcow2`;
+    s.qemu('create', '-q', '-f', 'qcow2', base, '8M');
+    s.io(base, 'write -P 1 0 3M', 'write -P 4 6M 64k');
+    s.qemu('create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', mid);
+    s.io(mid, 'write -P 2 1M 1M', 'write -z 2560k 64k');
+    s.qemu('create', '-q', '-f', 'qcow2', '-b', mid, '-F', 'qcow2', top);
+    s.io(top, 'write -P 3 1536k 128k', 'write -P 5 7M 100k');
+    s.qemu('convert', '-O', 'raw', top, `${prefix}.raw`);
+    return { base, mid, top, raw: `${prefix}.raw` };
+  }
+
+  test('commit -b into a deeper base: top and middle go down, the top is kept (-b implies -d), same as qemu-img', () => {
+    const ours = chain3('cb-ours');
+    const theirs = chain3('cb-theirs');
+    const topMapBefore = s.qemu('map', '--output', 'json', ours.top);
+    const r = s.tsvirt('commit', '-b', ours.base, ours.top);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'Image committed.\n');
+    assert.equal(s.qemuImg('commit', '-q', '-b', theirs.base, theirs.top).status, 0);
+    assert.equal(s.qemuImg('check', ours.base).status, 0);
+    assert.equal(s.qemuImg('compare', ours.base, ours.raw).status, 0, 'the base now reads as the top did');
+    assert.equal(s.qemuImg('compare', ours.base, theirs.base).status, 0, 'the same base as qemu-img commit makes');
+    assert.equal(s.qemu('map', '--output', 'json', ours.top), topMapBefore, 'the top is left as it was');
+    // -b may also name the base by the path the middle image records, or by another path to it.
+    const again = chain3('cb-path');
+    assert.equal(s.tsvirt('commit', '-q', '-b', s.path(again.base), again.top).status, 0);
+    assert.equal(s.qemuImg('compare', again.base, again.raw).status, 0);
+  });
+
+  test('commit -p prints progress to 100%; -d, -t and -r are accepted; bad -b and -r fail like qemu-img', () => {
+    const { mid, top, raw } = chain3('cp');
+    const r = s.tsvirt('commit', '-p', '-d', '-t', 'writeback', '-r', '1G', top);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /\(100\.00\/100%\)/);
+    assert.equal(s.qemuImg('compare', mid, raw).status, 0, 'committed into the immediate backing file');
+    for (const args of [['commit', '-b', 'nothere.qcow2', top], ['commit', '-b', top, top], ['commit', '-r', 'fast', top]]) {
+      const ours = s.tsvirt(...args);
+      assert.equal(ours.status, s.qemuImg(...args).status, args.join(' '));
+      assert.notEqual(ours.status, 0);
+      assert.equal(ours.stderr.trimEnd().split('\n').length, 1, ours.stderr);
+    }
+  });
+
   test('resize --shrink and + sizes keep qemu images clean', () => {
     s.qemu('create', '-q', '-f', 'qcow2', 'rs.qcow2', '8M');
     s.io('rs.qcow2', 'write -P 1 0 1M');
