@@ -4,6 +4,17 @@
 // registers, so it keeps running while the guest is paused or the VMM is busy, like the
 // battery-backed chip. Firmware-style CMOS bytes (memory sizes, CPU count) are filled by the
 // machine through `setMemorySize`/`setCmos`.
+//
+// Interrupts (IRQ 8): the chip sets a flag in register C at each update (UF, once a second),
+// at an alarm match (AF, checked at each update) and at each period of the rate in register A
+// (PF), whether or not the interrupt is enabled; register B's UIE/AIE/PIE decide which flags
+// raise IRQF and the line. Linux's rtc-cmos driver relies on this: the alarm (rtcwake,
+// /sys/class/rtc/rtc0/wakealarm) and the update interrupt a `read` of /dev/rtc0 waits for
+// come from AIE. Flags are worked out from the clock when register C is read, so an idle
+// chip costs nothing; a host timer runs only while an interrupt is enabled, to raise the
+// line on time.
+
+import type { IrqTrigger } from './irq.js';
 
 export const RTC_SECONDS = 0x00;
 export const RTC_SECONDS_ALARM = 0x01;
@@ -22,11 +33,25 @@ export const RTC_REG_D = 0x0d;
 export const RTC_CENTURY = 0x32;
 
 export const REG_A_UIP = 0x80;
+/** Register A: divider bits (010 = 32.768 kHz time base running) and the periodic rate select. */
+export const REG_A_DIVIDER_MASK = 0x70;
+export const REG_A_DIVIDER_NORMAL = 0x20;
+export const REG_A_RATE_MASK = 0x0f;
 export const REG_B_SET = 0x80;
+export const REG_B_PIE = 0x40;
+export const REG_B_AIE = 0x20;
+export const REG_B_UIE = 0x10;
 export const REG_B_DM_BINARY = 0x04;
 export const REG_B_24H = 0x02;
 export const REG_D_VRT = 0x80;
+/** Register C: IRQF (an enabled flag is set) and the periodic, alarm and update-ended flags. */
+export const REG_C_IRQF = 0x80;
+export const REG_C_PF = 0x40;
+export const REG_C_AF = 0x20;
+export const REG_C_UF = 0x10;
 const HOUR_PM = 0x80;
+/** An alarm register with both top bits set matches every value ("don't care"). */
+const ALARM_DONT_CARE = 0xc0;
 
 // CMOS memory-size bytes, as PC firmware and Linux's early code read them.
 export const CMOS_BASE_MEM_LO = 0x15; // KiB below 1 MiB (640)
@@ -46,6 +71,36 @@ const UPDATE_CYCLE_MS = 0.244;
 export type WallClock = () => number;
 const hostClock: WallClock = () => performance.timeOrigin + performance.now();
 
+/** Where the chip's interrupt timers come from (tests pass a fake clock's). */
+export interface RtcTimers {
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const hostTimers: RtcTimers = {
+  setTimeout: (callback, ms) => {
+    // The RTC must not keep the process alive on its own.
+    const t = setTimeout(callback, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+export interface RtcOptions {
+  /** The IRQ 8 line. */
+  trigger?: IrqTrigger;
+  timers?: RtcTimers;
+}
+
+/** Milliseconds between periodic interrupts for rate select `rs` (0: none), 32.768 kHz time base. */
+export function periodicIntervalMs(rs: number): number {
+  if (rs === 0) return 0;
+  // Rates 1 and 2 repeat 8 and 9 (256 and 128 Hz); 3..15 are 8192 Hz down to 2 Hz.
+  const hz = rs <= 2 ? 32768 >> (rs + 6) : 32768 >> (rs - 1);
+  return 1000 / hz;
+}
+
 const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | (v % 10);
 const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
 
@@ -56,18 +111,37 @@ export class Mc146818Rtc {
   private offsetMs = 0;
   /** While SET is held the time registers are frozen at this instant (ms since epoch). */
   private frozenAt: number | null = null;
+  private readonly trigger: IrqTrigger;
+  private readonly timers: RtcTimers;
+  /** Host and guest time up to which the flags in register C are worked out. */
+  private syncedHost = 0;
+  private syncedGuest = 0;
+  private lineHigh = false;
+  private timer: unknown = null;
 
-  constructor(private readonly now: WallClock = hostClock) {
+  constructor(private readonly now: WallClock = hostClock, options: RtcOptions = {}) {
+    this.trigger = options.trigger ?? (() => undefined);
+    this.timers = options.timers ?? hostTimers;
     this.reset();
   }
 
-  /** Power-on defaults: 24-hour BCD mode, 32.768 kHz divider, valid RAM. */
+  /** Power-on defaults: 24-hour BCD mode, 32.768 kHz divider, valid RAM, no interrupts. */
   reset(): void {
     this.cmos[RTC_REG_A] = 0x26;
     this.cmos[RTC_REG_B] = REG_B_24H;
     this.cmos[RTC_REG_C] = 0;
     this.cmos[RTC_REG_D] = REG_D_VRT;
     this.frozenAt = null;
+    this.syncedHost = this.now();
+    this.syncedGuest = this.guestNow();
+    this.stop();
+    this.setLine(false);
+  }
+
+  /** Cancel the interrupt timer (the machine is going away). */
+  stop(): void {
+    if (this.timer !== null) this.timers.clearTimeout(this.timer);
+    this.timer = null;
   }
 
   /** Write the memory-size bytes for `bytes` of guest RAM (low and high RAM summed). */
@@ -175,6 +249,102 @@ export class Mc146818Rtc {
       || reg === RTC_CENTURY;
   }
 
+  // ---- interrupts ---------------------------------------------------------------------
+
+  private running(): boolean {
+    return (this.cmos[RTC_REG_A]! & REG_A_DIVIDER_MASK) === REG_A_DIVIDER_NORMAL;
+  }
+
+  /** The update cycle runs while the time base runs and SET is not held. */
+  private updating(): boolean {
+    return this.running() && this.frozenAt === null;
+  }
+
+  private periodMs(): number {
+    return this.running() ? periodicIntervalMs(this.cmos[RTC_REG_A]! & REG_A_RATE_MASK) : 0;
+  }
+
+  private alarmField(reg: number, decode: (v: number) => number): number | null {
+    const v = this.cmos[reg]!;
+    return (v & ALARM_DONT_CARE) === ALARM_DONT_CARE ? null : decode(v);
+  }
+
+  /** The first second boundary after guest time `after` at which the alarm matches (within two days). */
+  private nextAlarm(after: number): number | null {
+    const second = this.alarmField(RTC_SECONDS_ALARM, (v) => this.decode(v));
+    const minute = this.alarmField(RTC_MINUTES_ALARM, (v) => this.decode(v));
+    const hour = this.alarmField(RTC_HOURS_ALARM, (v) => this.decodeHour(v));
+    let t = Math.floor(after / 1000) * 1000 + 1000;
+    const end = t + 2 * 86_400_000;
+    while (t < end) {
+      const d = new Date(t);
+      if (hour !== null && d.getUTCHours() !== hour) {
+        t = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours() + 1);
+      } else if (minute !== null && d.getUTCMinutes() !== minute) {
+        t = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes() + 1);
+      } else if (second !== null && d.getUTCSeconds() !== second) {
+        t += 1000;
+      } else {
+        return t;
+      }
+    }
+    return null;
+  }
+
+  /** Set the flags for everything that happened since the last sync, and IRQF and the line. */
+  private sync(): void {
+    const host = this.now();
+    const guest = this.guestNow();
+    let flags = this.cmos[RTC_REG_C]! & ~REG_C_IRQF;
+    if (this.updating() && guest > this.syncedGuest) {
+      if (Math.floor(guest / 1000) > Math.floor(this.syncedGuest / 1000)) flags |= REG_C_UF;
+      const alarm = this.nextAlarm(this.syncedGuest);
+      if (alarm !== null && alarm <= guest) flags |= REG_C_AF;
+    }
+    const period = this.periodMs();
+    if (period > 0 && Math.floor(host / period) > Math.floor(this.syncedHost / period)) flags |= REG_C_PF;
+    this.syncedHost = host;
+    this.syncedGuest = guest;
+    // PIE/AIE/UIE sit at the same bits as PF/AF/UF.
+    const irq = (flags & this.cmos[RTC_REG_B]! & (REG_C_PF | REG_C_AF | REG_C_UF)) !== 0;
+    this.cmos[RTC_REG_C] = flags | (irq || this.lineHigh ? REG_C_IRQF : 0);
+    if (irq) this.setLine(true);
+  }
+
+  private setLine(high: boolean): void {
+    if (high === this.lineHigh) return;
+    this.lineHigh = high;
+    this.trigger(high);
+  }
+
+  /** Arm the host timer for the next enabled event, or disarm it when none is enabled. */
+  private schedule(): void {
+    this.stop();
+    const enabled = this.cmos[RTC_REG_B]! & (REG_B_PIE | REG_B_AIE | REG_B_UIE);
+    if (!enabled) return;
+    const host = this.now();
+    const guest = this.guestNow();
+    let wait = Infinity;
+    const period = this.periodMs();
+    if (enabled & REG_B_PIE && period > 0) wait = Math.min(wait, (Math.floor(host / period) + 1) * period - host);
+    if (this.updating()) {
+      if (enabled & REG_B_UIE) wait = Math.min(wait, (Math.floor(guest / 1000) + 1) * 1000 - guest);
+      if (enabled & REG_B_AIE) {
+        const alarm = this.nextAlarm(guest);
+        // Beyond two days: look again in a day (the guest may have moved the clock by then).
+        wait = Math.min(wait, alarm === null ? 86_400_000 : alarm - guest);
+      }
+    }
+    if (wait === Infinity) return;
+    // A host timer cannot fire more often than every millisecond; a faster periodic rate
+    // sets PF once per firing, as a guest that reads register C late would see anyway.
+    this.timer = this.timers.setTimeout(() => {
+      this.timer = null;
+      this.sync();
+      this.schedule();
+    }, Math.max(1, Math.ceil(wait)));
+  }
+
   /** Read CMOS register `reg` (what a guest gets from port 0x71 after selecting it). */
   readRegister(reg: number): number {
     reg &= 0x7f;
@@ -186,9 +356,11 @@ export class Mc146818Rtc {
       return (this.cmos[RTC_REG_A]! & 0x7f) | (updating ? REG_A_UIP : 0);
     }
     if (reg === RTC_REG_C) {
-      // Interrupt flags clear on read; no RTC interrupt sources are raised (see design).
+      // The flags (and IRQF with the line) clear on read.
+      this.sync();
       const v = this.cmos[RTC_REG_C]!;
       this.cmos[RTC_REG_C] = 0;
+      this.setLine(false);
       return v;
     }
     return this.cmos[reg]!;
@@ -197,6 +369,16 @@ export class Mc146818Rtc {
   writeRegister(reg: number, value: number): void {
     reg &= 0x7f;
     value &= 0xff;
+    if (reg === RTC_REG_C || reg === RTC_REG_D) return; // read-only
+    // Flags up to now belong to the old settings; the timer is re-armed for the new ones.
+    this.sync();
+    this.writeRegisterNow(reg, value);
+    this.syncedGuest = this.guestNow();
+    this.sync();
+    this.schedule();
+  }
+
+  private writeRegisterNow(reg: number, value: number): void {
     if (this.isClockRegister(reg)) {
       this.setClockRegister(reg, value);
       return;
@@ -214,12 +396,10 @@ export class Mc146818Rtc {
           this.offsetMs = this.frozenAt - this.now();
           this.frozenAt = null;
         }
-        this.cmos[RTC_REG_B] = value;
+        // Setting SET also clears UIE, as on the chip.
+        this.cmos[RTC_REG_B] = set ? value & ~REG_B_UIE : value;
         return;
       }
-      case RTC_REG_C:
-      case RTC_REG_D:
-        return; // read-only
       default:
         this.cmos[reg] = value;
     }

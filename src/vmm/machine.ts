@@ -17,7 +17,7 @@ import { installKickHandler, kickThread } from '../kvm/kick.js';
 import { setupRealMode } from '../kvm/microguest.js';
 import {
   ACPI_GPE0_LENGTH, ACPI_GPE0_PORT, ACPI_PM_BASE, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_SCI_IRQ, COM1_IRQ, COM1_PORT,
-  I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
+  I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
 } from '../arch/x86/layout.js';
 import { loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
@@ -111,7 +111,7 @@ export class Machine extends EventEmitter implements QmpTarget {
   private readonly uartState = new SharedArrayBuffer(UART_STATE_BYTES);
   private readonly ring = ByteRing.create();
   private uart!: Uart16550;
-  private readonly rtc = new Mc146818Rtc();
+  private readonly rtc: Mc146818Rtc;
   private readonly i8042: I8042;
   private readonly pm: AcpiPmBlock;
   private readonly gpe = new AcpiGpeBlock(ACPI_GPE0_LENGTH);
@@ -140,6 +140,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.kvm = kvm;
     this.exited = new Promise((resolve) => { this.resolveExited = resolve; });
     this.i8042 = new I8042({ reset: () => this.guestReset('guest-reset') });
+    // The RTC's interrupt timers fire on the main thread: IRQ 8 through the current VM.
+    this.rtc = new Mc146818Rtc(undefined, { trigger: (level) => this.vm.irqLine(RTC_IRQ, level) });
     this.resetControl = new ResetControl(() => this.guestReset('guest-reset'));
     this.pm = new AcpiPmBlock({
       s5SleepType: ACPI_S5_SLEEP_TYPE,
@@ -637,6 +639,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.ended = true;
     this.exitResult = result;
     if (this.inputTimer) clearInterval(this.inputTimer);
+    this.rtc.stop();
     this.console.deliverOutput(this.ring.drain());
     for (const t of this.threads) {
       this.setDesired(t, QUIT);

@@ -114,3 +114,28 @@ test('tsvirt run boots a kernel from the command line and exits 0 when the guest
   assert.ok(output.includes('tsvirt-guest: exit 0'));
   assert.equal(facts(output).get('cpus'), '1');
 });
+
+test('RTC: the guest reads wall time, and an alarm set through /sys/class/rtc fires IRQ 8', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {
+  // rtc-cmos takes the alarm (rtcwake, wakealarm, and the update events a read of /dev/rtc0
+  // waits for) from the chip's alarm interrupt. Once it fired, the kernel clears wakealarm.
+  const script = [
+    'rtc_irqs() { awk \'/rtc0/ { print $2 }\' /proc/interrupts; }',
+    'echo "fact epoch=$(date +%s)"',
+    'echo "fact irqs_before=$(rtc_irqs)"',
+    'echo +2 > /sys/class/rtc/rtc0/wakealarm',
+    'echo "fact alarm_set=$(cat /sys/class/rtc/rtc0/wakealarm)"',
+    'sleep 4',
+    'echo "fact irqs_after=$(rtc_irqs)"',
+    'echo "fact alarm_after=$(cat /sys/class/rtc/rtc0/wakealarm)"',
+  ].join('\n');
+  const hostEpoch = Date.now() / 1000;
+  const r = await boot({ cpus: 1 }, script);
+  assert.ok(r.output.includes('tsvirt-guest: exit 0'), r.output.slice(-2000));
+  const guestEpoch = Number(r.facts.get('epoch'));
+  assert.ok(Math.abs(guestEpoch - hostEpoch) < 120, `guest clock ${guestEpoch} vs host ${hostEpoch}`);
+  assert.match(r.facts.get('alarm_set') ?? '', /^\d+$/, 'the alarm was set');
+  const before = Number(r.facts.get('irqs_before'));
+  const after = Number(r.facts.get('irqs_after'));
+  assert.ok(Number.isInteger(before) && after > before, `rtc0 interrupts: ${before} before, ${after} after the alarm`);
+  assert.equal(r.facts.get('alarm_after'), '', 'the alarm fired and was cleared');
+});

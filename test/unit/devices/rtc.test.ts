@@ -2,7 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Mc146818Rtc, RTC_SECONDS, RTC_MINUTES, RTC_HOURS, RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR, RTC_CENTURY, RTC_DAY_OF_WEEK,
-  RTC_REG_A, RTC_REG_B, RTC_REG_D, REG_A_UIP, REG_B_SET, REG_B_DM_BINARY, REG_B_24H, REG_D_VRT,
+  RTC_REG_A, RTC_REG_B, RTC_REG_C, RTC_REG_D, REG_A_UIP, REG_B_SET, REG_B_DM_BINARY, REG_B_24H, REG_D_VRT,
+  RTC_SECONDS_ALARM, RTC_MINUTES_ALARM, RTC_HOURS_ALARM, REG_A_DIVIDER_NORMAL, REG_B_AIE, REG_B_PIE, REG_B_UIE,
+  REG_C_AF, REG_C_IRQF, REG_C_PF, REG_C_UF, periodicIntervalMs,
   CMOS_BASE_MEM_LO, CMOS_EXT_MEM_LO, CMOS_MEM_ABOVE_16M_LO, CMOS_MEM_ABOVE_4G, CMOS_CPU_COUNT,
 } from '../../../src/devices/rtc.js';
 
@@ -91,4 +93,139 @@ test('CMOS memory size bytes and CPU count', () => {
   assert.equal(small.getCmos(CMOS_EXT_MEM_LO) | (small.getCmos(CMOS_EXT_MEM_LO + 1) << 8), 31 * 1024);
   rtc.setCpuCount(8);
   assert.equal(port(rtc, CMOS_CPU_COUNT), 7);
+});
+
+// ---- interrupts -------------------------------------------------------------------------
+
+/** A clock and timers the test moves by hand; `advance` fires every timer that comes due. */
+function withInterrupts(iso: string): {
+  rtc: Mc146818Rtc; levels: boolean[]; advance(ms: number): void; armed(): number;
+} {
+  let t = Date.parse(iso);
+  let timers: { due: number; callback: () => void; id: number }[] = [];
+  let nextId = 1;
+  const levels: boolean[] = [];
+  const rtc = new Mc146818Rtc(() => t, {
+    trigger: (level) => levels.push(level),
+    timers: {
+      setTimeout: (callback, ms) => {
+        const id = nextId++;
+        timers.push({ due: t + ms, callback, id });
+        return id;
+      },
+      clearTimeout: (id) => { timers = timers.filter((x) => x.id !== id); },
+    },
+  });
+  // No periodic rate, so that PF (set at the rate whether or not PIE is) stays out of the way.
+  rtc.writeRegister(RTC_REG_A, REG_A_DIVIDER_NORMAL);
+  const advance = (ms: number): void => {
+    const end = t + ms;
+    for (;;) {
+      const next = timers.filter((x) => x.due <= end).sort((a, b) => a.due - b.due)[0];
+      if (!next) break;
+      timers = timers.filter((x) => x !== next);
+      t = Math.max(t, next.due);
+      next.callback();
+    }
+    t = end;
+  };
+  return { rtc, levels, advance, armed: () => timers.length };
+}
+
+test('update-ended interrupt: UF once a second, IRQ 8 raised while UIE is set, cleared by reading C', () => {
+  const { rtc, levels, advance, armed } = withInterrupts('2026-11-25T21:07:45.200Z');
+  assert.equal(rtc.readRegister(RTC_REG_C), 0);
+  advance(1000);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_UF, 'the flag is set even with the interrupt disabled');
+  assert.deepEqual(levels, [], 'no interrupt without UIE');
+  assert.equal(armed(), 0, 'no host timer while no interrupt is enabled');
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_UIE);
+  advance(700);
+  assert.deepEqual(levels, []);
+  advance(100); // 21:07:47.000
+  assert.deepEqual(levels, [true]);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_IRQF | REG_C_UF);
+  assert.deepEqual(levels, [true, false]);
+  assert.equal(rtc.readRegister(RTC_REG_C), 0, 'read clears');
+  advance(1000);
+  assert.deepEqual(levels, [true, false, true]);
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_UIE | REG_B_SET);
+  assert.equal(rtc.readRegister(RTC_REG_B) & REG_B_UIE, 0, 'SET clears UIE');
+});
+
+test('alarm interrupt at the matching second, with don\'t-care fields', () => {
+  const { rtc, levels, advance } = withInterrupts('2026-11-25T21:07:45.500Z');
+  rtc.writeRegister(RTC_SECONDS_ALARM, 0x50);
+  rtc.writeRegister(RTC_MINUTES_ALARM, 0x07);
+  rtc.writeRegister(RTC_HOURS_ALARM, 0x21);
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_AIE);
+  advance(4000); // 21:07:49.5
+  assert.deepEqual(levels, []);
+  assert.equal(rtc.readRegister(RTC_REG_C) & REG_C_AF, 0);
+  advance(500); // 21:07:50.0
+  assert.deepEqual(levels, [true]);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_IRQF | REG_C_AF | REG_C_UF);
+  advance(60_000);
+  assert.deepEqual(levels, [true, false], 'the next match is a day away');
+  // Hours and minutes "don't care": every minute at second 10.
+  rtc.writeRegister(RTC_MINUTES_ALARM, 0xc0);
+  rtc.writeRegister(RTC_HOURS_ALARM, 0xff);
+  rtc.writeRegister(RTC_SECONDS_ALARM, 0x10);
+  advance(20_000); // 21:09:10.0
+  assert.deepEqual(levels, [true, false, true]);
+  rtc.readRegister(RTC_REG_C);
+  advance(60_000);
+  assert.deepEqual(levels, [true, false, true, false, true]);
+});
+
+test('an alarm that passed while its interrupt was off is still flagged, and raises IRQ when AIE is set', () => {
+  const { rtc, levels, advance } = withInterrupts('2026-11-25T21:07:45.500Z');
+  rtc.writeRegister(RTC_SECONDS_ALARM, 0x46);
+  rtc.writeRegister(RTC_MINUTES_ALARM, 0xc0);
+  rtc.writeRegister(RTC_HOURS_ALARM, 0xc0);
+  advance(1000);
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_AIE);
+  assert.deepEqual(levels, [true]);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_IRQF | REG_C_AF | REG_C_UF);
+});
+
+test('periodic interrupt at the rate in register A', () => {
+  assert.equal(periodicIntervalMs(0), 0);
+  assert.equal(periodicIntervalMs(1), 1000 / 256);
+  assert.equal(periodicIntervalMs(3), 1000 / 8192);
+  assert.equal(periodicIntervalMs(6), 1000 / 1024);
+  assert.equal(periodicIntervalMs(15), 500);
+  const { rtc, levels, advance } = withInterrupts('2026-11-25T21:07:45.000Z');
+  rtc.writeRegister(RTC_REG_A, REG_A_DIVIDER_NORMAL | 6); // the power-on 1024 Hz
+  advance(1);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_PF, 'PF is set at the rate without PIE too');
+  assert.deepEqual(levels, []);
+  rtc.writeRegister(RTC_REG_A, REG_A_DIVIDER_NORMAL | 15); // 2 Hz
+  advance(299); // 45.300
+  rtc.readRegister(RTC_REG_C);
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_PIE);
+  advance(199);
+  assert.deepEqual(levels, []);
+  advance(1); // 45.500
+  assert.deepEqual(levels, [true]);
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_IRQF | REG_C_PF);
+  advance(500); // 46.000: the period and the update coincide
+  assert.equal(rtc.readRegister(RTC_REG_C), REG_C_IRQF | REG_C_PF | REG_C_UF);
+  assert.deepEqual(levels, [true, false, true, false]);
+  // A stopped divider stops the periodic and update flags.
+  rtc.writeRegister(RTC_REG_A, 0x70 | 15);
+  advance(2000);
+  assert.equal(rtc.readRegister(RTC_REG_C), 0);
+});
+
+test('reset disables the interrupts, drops the line and cancels the timer', () => {
+  const { rtc, levels, advance, armed } = withInterrupts('2026-11-25T21:07:45.500Z');
+  rtc.writeRegister(RTC_REG_B, REG_B_24H | REG_B_UIE);
+  advance(600);
+  assert.deepEqual(levels, [true]);
+  rtc.reset();
+  assert.deepEqual(levels, [true, false]);
+  assert.equal(armed(), 0);
+  advance(5000);
+  assert.deepEqual(levels, [true, false]);
 });
