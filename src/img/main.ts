@@ -2,34 +2,26 @@
 // line on stderr and the exit status qemu-img would return.
 import { ImgError, oneLine } from './errors.js';
 import { processIO, type ImgIO } from './io.js';
-import { bench } from './commands/bench.js';
-import { check } from './commands/check.js';
-import { commit } from './commands/commit.js';
-import { compare } from './commands/compare.js';
-import { convert } from './commands/convert.js';
-import { create } from './commands/create.js';
-import { info } from './commands/info.js';
-import { map } from './commands/map.js';
-import { measure } from './commands/measure.js';
-import { rebase } from './commands/rebase.js';
-import { resize } from './commands/resize.js';
-import { snapshot } from './commands/snapshot.js';
 
 export type Subcommand = (argv: string[], io: ImgIO) => Promise<number>;
 
+// Each subcommand's module is loaded when it runs: a command line pays only for the one it uses.
+const lazy = <K extends string>(load: () => Promise<Record<K, Subcommand>>, name: K): Subcommand =>
+  async (argv, io) => (await load())[name](argv, io);
+
 export const SUBCOMMANDS: Record<string, { run: Subcommand; usage: string }> = {
-  bench: { run: bench, usage: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [-n] [-o offset] [--pattern=N] [-q] [-s size] [-S step] [-t cache] [-w] filename' },
-  check: { run: check, usage: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] filename' },
-  commit: { run: commit, usage: 'commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename' },
-  compare: { run: compare, usage: 'compare [-f fmt] [-F fmt] [-q] [-s] filename1 filename2' },
-  convert: { run: convert, usage: 'convert [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num] [--target-is-zero] filename [filename2 [...]] output_filename' },
-  create: { run: create, usage: 'create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]' },
-  info: { run: info, usage: 'info [-f fmt] [--output=ofmt] [--backing-chain] filename' },
-  map: { run: map, usage: 'map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] filename' },
-  measure: { run: measure, usage: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
-  snapshot: { run: snapshot, usage: 'snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-q] [-f fmt] filename' },
-  rebase: { run: rebase, usage: 'rebase [-q] [-f fmt] [-u] -b backing_file [-F backing_fmt] filename' },
-  resize: { run: resize, usage: 'resize [-f fmt] [-q] [--shrink] filename [+ | -]size' },
+  bench: { run: lazy(() => import('./commands/bench.js'), 'bench'), usage: 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [-n] [-o offset] [--pattern=N] [-q] [-s size] [-S step] [-t cache] [-w] filename' },
+  check: { run: lazy(() => import('./commands/check.js'), 'check'), usage: 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] filename' },
+  commit: { run: lazy(() => import('./commands/commit.js'), 'commit'), usage: 'commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename' },
+  compare: { run: lazy(() => import('./commands/compare.js'), 'compare'), usage: 'compare [-f fmt] [-F fmt] [-q] [-s] filename1 filename2' },
+  convert: { run: lazy(() => import('./commands/convert.js'), 'convert'), usage: 'convert [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num] [--target-is-zero] filename [filename2 [...]] output_filename' },
+  create: { run: lazy(() => import('./commands/create.js'), 'create'), usage: 'create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]' },
+  info: { run: lazy(() => import('./commands/info.js'), 'info'), usage: 'info [-f fmt] [--output=ofmt] [--backing-chain] filename' },
+  map: { run: lazy(() => import('./commands/map.js'), 'map'), usage: 'map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] filename' },
+  measure: { run: lazy(() => import('./commands/measure.js'), 'measure'), usage: 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]' },
+  snapshot: { run: lazy(() => import('./commands/snapshot.js'), 'snapshot'), usage: 'snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-q] [-f fmt] filename' },
+  rebase: { run: lazy(() => import('./commands/rebase.js'), 'rebase'), usage: 'rebase [-q] [-f fmt] [-u] -b backing_file [-F backing_fmt] filename' },
+  resize: { run: lazy(() => import('./commands/resize.js'), 'resize'), usage: 'resize [-f fmt] [-q] [--shrink] filename [+ | -]size' },
 };
 
 export function usage(): string {

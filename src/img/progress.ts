@@ -1,12 +1,12 @@
 // The `-p` progress bar of convert and commit: qemu-img's "    (NN.NN/100%)" line on stderr.
-import cliProgress from 'cli-progress';
 import type { ImgIO } from './io.js';
 
 export interface Progress { add(n: bigint): void; stop(): void }
 
-/** A bar over `total` bytes; a do-nothing one unless `enabled`. */
-export function progressBar(io: ImgIO, total: bigint, enabled: boolean): Progress {
+/** A bar over `total` bytes; a do-nothing one unless `enabled` (the bar library loads only then). */
+export async function progressBar(io: ImgIO, total: bigint, enabled: boolean): Promise<Progress> {
   if (!enabled) return { add: () => undefined, stop: () => undefined };
+  const { default: cliProgress } = await import('cli-progress');
   const bar = new cliProgress.SingleBar({
     stream: process.stderr,
     format: '    ({pct}/100%) [{bar}]', // qemu-img prints the percentage with two decimals

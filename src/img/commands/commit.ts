@@ -60,7 +60,7 @@ export async function commit(argv: string[], io: ImgIO): Promise<number> {
     const target = chain[depth]!;
     base = await openForImg(target.filename, { format: target.format, cache });
     if (base.size() < top.size()) await base.resize(top.size());
-    const progress = progressBar(io, top.size(), opts.has('p') && !quiet);
+    const progress = await progressBar(io, top.size(), opts.has('p') && !quiet);
     // Whatever a layer above the base holds (data, or clusters that read as zeroes) goes
     // down; what the top reads from the base or below is there already.
     for await (const e of extents(top, 0n, top.size(), CHUNK)) {

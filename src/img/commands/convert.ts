@@ -110,7 +110,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     const targetIsZero = opts.has('target-is-zero') || (!noCreate && backingFile === undefined
       && createOptions.preallocation !== 'full' && createOptions.preallocation !== 'falloc');
     const writer = compress ? await compressedWriter(out) : undefined;
-    const progress = progressBar(io, size, opts.has('p') && !quiet);
+    const progress = await progressBar(io, size, opts.has('p') && !quiet);
     const output = out;
     const pool: Buffer[] = [];
     await forEachChunk(size, CHUNK, parallel, async (offset, length) => {
