@@ -207,11 +207,18 @@ export class HostFile {
     if (buffers.length === 0) return;
     buffers = coalesce(buffers);
     if (this.direct) return this.directRead(Number(offset), buffers);
-    let pos = Number(offset);
-    let bufs = buffers.filter((b) => b.length > 0);
+    return this.readLoop(Number(offset), buffers.filter((b) => b.length > 0), true);
+  }
+
+  /**
+   * Read the buffers from `pos` on, as many system calls as it takes; past the end of the
+   * file they are zero-filled. `cached`: try the page cache on the spot first (never with
+   * O_DIRECT, where the read would wait for the device on the event loop).
+   */
+  private async readLoop(pos: number, bufs: Uint8Array[], cached: boolean): Promise<void> {
     while (bufs.length > 0) {
       const bytesRead = bufs.length === 1
-        ? this.cachedRead(bufs[0]!, pos) ?? await this.pread(bufs[0]!, pos)
+        ? (cached ? this.cachedRead(bufs[0]!, pos) : undefined) ?? await this.pread(bufs[0]!, pos)
         : (await this.handle.readv(bufs, pos)).bytesRead;
       if (bytesRead === 0) {
         for (const b of bufs) b.fill(0);
@@ -222,19 +229,22 @@ export class HostFile {
     }
   }
 
-  async writev(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
-    if (this.readOnly) throw new BlockError(this.filename, 'is open read-only');
-    if (buffers.length === 0) return;
-    buffers = coalesce(buffers);
-    if (this.direct) return this.directWrite(Number(offset), buffers);
-    let pos = Number(offset);
-    let bufs = buffers.filter((b) => b.length > 0);
+  /** Write the buffers at `pos`, as many system calls as it takes. */
+  private async writeLoop(pos: number, bufs: Uint8Array[]): Promise<void> {
     while (bufs.length > 0) {
       const bytesWritten = bufs.length === 1 ? await this.pwrite(bufs[0]!, pos) : (await this.handle.writev(bufs, pos)).bytesWritten;
       if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
       pos += bytesWritten;
       bufs = advance(bufs, bytesWritten);
     }
+  }
+
+  async writev(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new BlockError(this.filename, 'is open read-only');
+    if (buffers.length === 0) return;
+    buffers = coalesce(buffers);
+    if (this.direct) return this.directWrite(Number(offset), buffers);
+    return this.writeLoop(Number(offset), buffers.filter((b) => b.length > 0));
   }
 
   read(offset: bigint | number, buffer: Uint8Array): Promise<void> {
@@ -312,33 +322,12 @@ export class HostFile {
 
   private async directRead(offset: number, buffers: Uint8Array[]): Promise<void> {
     const length = totalLength(buffers);
-    if (offset % DIRECT_ALIGN === 0 && directReady(buffers)) {
-      let pos = offset;
-      let bufs = buffers;
-      while (bufs.length > 0) {
-        const bytesRead = bufs.length === 1
-          ? await this.pread(bufs[0]!, pos)
-          : (await this.handle.readv(bufs, pos)).bytesRead;
-        if (bytesRead === 0) {
-          for (const b of bufs) b.fill(0);
-          return;
-        }
-        pos += bytesRead;
-        bufs = advance(bufs, bytesRead);
-      }
-      return;
-    }
+    if (offset % DIRECT_ALIGN === 0 && directReady(buffers)) return this.readLoop(offset, buffers, false);
     const start = Math.floor(offset / DIRECT_ALIGN) * DIRECT_ALIGN;
     const end = Math.ceil((offset + length) / DIRECT_ALIGN) * DIRECT_ALIGN;
     const bounce = takeBounce(end - start);
     try {
-      let pos = 0;
-      while (pos < bounce.length) {
-        const { bytesRead } = await this.handle.read(bounce, pos, bounce.length - pos, start + pos);
-        if (bytesRead === 0) break;
-        pos += bytesRead;
-      }
-      bounce.fill(0, pos);
+      await this.readLoop(start, [bounce], false);
       let from = offset - start;
       for (const b of buffers) {
         b.set(bounce.subarray(from, from + b.length));
@@ -381,19 +370,7 @@ export class HostFile {
   }
 
   private async wholeBlockWrite(offset: number, buffers: Uint8Array[]): Promise<void> {
-    let pos = offset;
-    if (directReady(buffers)) {
-      let bufs = buffers;
-      while (bufs.length > 0) {
-        const bytesWritten = bufs.length === 1
-          ? await this.pwrite(bufs[0]!, pos)
-          : (await this.handle.writev(bufs, pos)).bytesWritten;
-        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
-        pos += bytesWritten;
-        bufs = advance(bufs, bytesWritten);
-      }
-      return;
-    }
+    if (directReady(buffers)) return this.writeLoop(offset, buffers);
     const bounce = takeBounce(totalLength(buffers));
     try {
       let at = 0;
@@ -401,12 +378,7 @@ export class HostFile {
         bounce.set(b, at);
         at += b.length;
       }
-      let done = 0;
-      while (done < bounce.length) {
-        const { bytesWritten } = await this.handle.write(bounce, done, bounce.length - done, offset + done);
-        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${offset + done}`);
-        done += bytesWritten;
-      }
+      await this.writeLoop(offset, [bounce]);
     } finally {
       giveBounce(bounce);
     }
@@ -420,23 +392,13 @@ export class HostFile {
       bounce.fill(0);
       const fileEnd = Number(await this.length());
       const readable = Math.max(0, Math.min(end, Math.ceil(fileEnd / DIRECT_ALIGN) * DIRECT_ALIGN) - start);
-      let pos = 0;
-      while (pos < readable) {
-        const { bytesRead } = await this.handle.read(bounce, pos, readable - pos, start + pos);
-        if (bytesRead === 0) break;
-        pos += bytesRead;
-      }
+      if (readable > 0) await this.readLoop(start, [bounce.subarray(0, readable)], false);
       let at = offset - start;
       for (const b of buffers) {
         bounce.set(b, at);
         at += b.length;
       }
-      pos = 0;
-      while (pos < bounce.length) {
-        const { bytesWritten } = await this.handle.write(bounce, pos, bounce.length - pos, start + pos);
-        if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${start + pos}`);
-        pos += bytesWritten;
-      }
+      await this.writeLoop(start, [bounce]);
       // Rounding up to the alignment may have grown the file past the request's end.
       if (end > fileEnd && offset + length < end && !this.isBlockDevice) {
         await this.handle.truncate(Math.max(fileEnd, offset + length));

@@ -7,9 +7,11 @@
 // changes metadata (allocation, copy-on-write, discard, zeroing, resizing, snapshots) runs
 // under one metadata lock and re-reads the mapping once it holds the lock.
 //
-// Crash safety: metadata is written through at once, in dependency order (refcount of a
-// new cluster -> its data -> the L2 entry -> the L1 entry; old clusters are released only
-// after nothing points at them), so a killed process leaves at worst leaked clusters.
+// Crash safety: metadata reaches the file in dependency order (refcount of a new cluster ->
+// its data -> the L2 entry -> the L1 entry; old clusters are released only after nothing
+// points at them), so a killed process leaves at worst leaked clusters. Where a page cache
+// could reorder writes, new L2 entries wait in memory and go out in batches behind one
+// barrier (see writeBackTables); elsewhere everything is written through at once.
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../errors.js';
