@@ -82,6 +82,22 @@ function gather(src: Uint8Array[], length: number): Uint8Array {
   return out;
 }
 
+/**
+ * Host clusters allocated for a run of guest clusters, not yet written or linked: the first
+ * guest cluster, its L2 table and entry index, the first host cluster, how many, the
+ * entries they replace, the data writes to make, and what to call once linked.
+ */
+interface FreshClusters {
+  first: number;
+  l2: { offset: number; table: CachedTable; index: number };
+  host: number;
+  n: number;
+  olds: L2Entry[];
+  writes: Array<{ at: number; bytes: Uint8Array[] }>;
+  linked: Promise<void>;
+  settle: () => void;
+}
+
 /** One cluster's share of a request: where it starts in the request, the cluster, the part of it, its mapping. */
 interface ClusterPiece { pos: number; gc: number; inCluster: number; length: number; entry: L2Entry }
 
@@ -613,18 +629,23 @@ export class Qcow2Image implements BlockDriver {
    * out again, say as an L2 table.
    */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    return this.lock.run(async () => {
+    // Writers are drained before the lock is taken: an allocating write needs the lock
+    // once more to link its clusters, after its data is written.
+    return this.exclusiveTurn.run(async () => {
       let release = (): void => undefined;
       this.paused = new Promise<void>((r) => (release = r));
       try {
         while (this.inPlaceWriters > 0) await new Promise<void>((r) => (this.drained = r));
-        return await fn();
+        return await this.lock.run(fn);
       } finally {
         this.paused = undefined;
         release();
       }
     });
   }
+
+  /** Exclusive operations take turns (each pauses the writers while it runs). */
+  private readonly exclusiveTurn = new Mutex();
 
   private async writeFrom(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
     while (this.paused) await this.paused;
@@ -639,14 +660,15 @@ export class Qcow2Image implements BlockDriver {
         this.writerDone();
       }
     }
+    // Counted until the whole write is done, allocations included: exclusive operations
+    // wait for it.
     this.inPlaceWriters++;
-    let slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>;
     try {
-      slow = await this.writeInPlace(offset, length, buffers);
+      const slow = await this.writeInPlace(offset, length, buffers);
+      if (slow.length > 0) await this.allocatingWrite(slow);
     } finally {
       this.writerDone();
     }
-    if (slow.length > 0) await this.lock.run(() => this.allocatingWrite(slow));
   }
 
   /** An in-place write finished: wake an exclusive operation waiting for the last one. */
@@ -694,75 +716,118 @@ export class Qcow2Image implements BlockDriver {
     return buf;
   }
 
-  /** Writes that need metadata changes. Runs under the lock. */
+  /**
+   * Guest clusters whose new host clusters are being written outside the lock, until their
+   * L2 entries are set: other writes to them wait, so that a cluster is allocated once.
+   */
+  private readonly allocating = new Map<number, Promise<void>>();
+
+  /**
+   * Writes that need metadata changes. Each step runs under the lock, except the data writes
+   * into newly allocated clusters: those run in parallel with other requests (the clusters
+   * are ours, unreferenced, until the step that links them), so allocating writes to
+   * different clusters overlap on the device.
+   */
   private async allocatingWrite(pieces: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>): Promise<void> {
     let i = 0;
     while (i < pieces.length) {
-      const p = pieces[i];
-      const e = this.lookupCached(p.gc) ?? await this.lookup(p.gc);
-      if (this.directlyWritable(p.gc, e, p.inCluster, p.length)) {
-        await this.file.writev(e.offset + p.inCluster, p.src);
-        i++;
+      const step = await this.lock.run(() => this.allocationStep(pieces, i));
+      if ('wait' in step) {
+        await step.wait;
         continue;
       }
-      const l2 = await this.writableL2(p.gc);
-      const cur = decodeL2(l2.table.buf, l2.index, this.clusterBits, this.extendedL2);
-      if (this.extendedL2 && cur.kind !== 'compressed' && (cur.offset === 0 || cur.copied)) {
-        await this.subclusterWrite(l2, cur, p);
-        i++;
-        continue;
-      }
-      if ((cur.kind === 'normal' || (cur.kind === 'zero' && cur.offset !== 0)) && cur.copied) {
-        // Our own cluster, but partly zero/unallocated subclusters or a preallocated zero
-        // cluster: write the whole cluster in place, then mark it plainly allocated.
-        const data = await this.mergedCluster(p);
-        await this.file.write(cur.offset, data);
-        const [hi, lo] = makeEntry(cur.offset, true);
-        await this.setL2Entries(l2, l2.index, [{ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 }]);
-        i++;
-        continue;
-      }
-      // New clusters for a run of consecutive guest clusters in this L2 table.
-      let n = 1;
-      while (i + n < pieces.length && pieces[i + n].gc === p.gc + n && l2.index + n < this.l2Entries) {
-        const ne = decodeL2(l2.table.buf, l2.index + n, this.clusterBits, this.extendedL2);
-        if ((ne.kind === 'normal' || (ne.kind === 'zero' && ne.offset !== 0)) && ne.copied) break;
-        n++;
-      }
-      const olds: L2Entry[] = [];
-      for (let k = 0; k < n; k++) olds.push(decodeL2(l2.table.buf, l2.index + k, this.clusterBits, this.extendedL2));
-      const host = await this.refcounts.allocate(n);
-      // Space that was past the end of the file reads as zeroes: a cluster placed there whose
-      // old contents were zeroes needs only the request's bytes, not a whole zero-filled cluster.
-      const fresh = this.refcounts.isUnwritten(host);
-      const writes: Array<{ at: number; bytes: Uint8Array[] }> = [];
-      for (let k = 0; k < n; k++) {
-        const piece = pieces[i + k];
-        const at = host + k * this.clusterSize;
-        const wasZero = olds[k].kind === 'zero' || (olds[k].kind === 'unallocated' && !this.backing);
-        if (fresh && wasZero) writes.push({ at: at + piece.inCluster, bytes: piece.src });
-        else writes.push({ at, bytes: [await this.mergedCluster(piece)] });
-      }
-      for (let k = 0; k < writes.length; ) {
-        const group = [...writes[k].bytes];
-        let end = writes[k].at + writes[k].bytes.reduce((a, b) => a + b.length, 0);
+      i += step.done;
+      if (step.fresh) await this.fillAndLink(step.fresh);
+    }
+  }
+
+  /**
+   * One step of an allocating write, under the lock: handles pieces[i] (and, for new
+   * clusters, a run of consecutive ones) and says how many it took. New clusters come back
+   * allocated but not yet written or linked.
+   */
+  private async allocationStep(pieces: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>, i: number): Promise<{ wait: Promise<void> } | { done: number; fresh?: FreshClusters }> {
+    const p = pieces[i];
+    const inFlight = this.allocating.get(p.gc);
+    if (inFlight) return { wait: inFlight };
+    const e = this.lookupCached(p.gc) ?? await this.lookup(p.gc);
+    if (this.directlyWritable(p.gc, e, p.inCluster, p.length)) {
+      await this.file.writev(e.offset + p.inCluster, p.src);
+      return { done: 1 };
+    }
+    const l2 = await this.writableL2(p.gc);
+    const cur = decodeL2(l2.table.buf, l2.index, this.clusterBits, this.extendedL2);
+    if (this.extendedL2 && cur.kind !== 'compressed' && (cur.offset === 0 || cur.copied)) {
+      await this.subclusterWrite(l2, cur, p);
+      return { done: 1 };
+    }
+    if ((cur.kind === 'normal' || (cur.kind === 'zero' && cur.offset !== 0)) && cur.copied) {
+      // Our own cluster, but partly zero/unallocated subclusters or a preallocated zero
+      // cluster: write the whole cluster in place, then mark it plainly allocated.
+      const data = await this.mergedCluster(p);
+      await this.file.write(cur.offset, data);
+      const [hi, lo] = makeEntry(cur.offset, true);
+      await this.setL2Entries(l2, l2.index, [{ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 }]);
+      return { done: 1 };
+    }
+    // New clusters for a run of consecutive guest clusters in this L2 table.
+    let n = 1;
+    while (i + n < pieces.length && pieces[i + n].gc === p.gc + n && l2.index + n < this.l2Entries && !this.allocating.has(p.gc + n)) {
+      const ne = decodeL2(l2.table.buf, l2.index + n, this.clusterBits, this.extendedL2);
+      if ((ne.kind === 'normal' || (ne.kind === 'zero' && ne.offset !== 0)) && ne.copied) break;
+      n++;
+    }
+    const olds: L2Entry[] = [];
+    for (let k = 0; k < n; k++) olds.push(decodeL2(l2.table.buf, l2.index + k, this.clusterBits, this.extendedL2));
+    const host = await this.refcounts.allocate(n);
+    // Space that was past the end of the file reads as zeroes: a cluster placed there whose
+    // old contents were zeroes needs only the request's bytes, not a whole zero-filled cluster.
+    const fresh = this.refcounts.isUnwritten(host);
+    const writes: Array<{ at: number; bytes: Uint8Array[] }> = [];
+    for (let k = 0; k < n; k++) {
+      const piece = pieces[i + k];
+      const at = host + k * this.clusterSize;
+      const wasZero = olds[k].kind === 'zero' || (olds[k].kind === 'unallocated' && !this.backing);
+      if (fresh && wasZero) writes.push({ at: at + piece.inCluster, bytes: piece.src });
+      else writes.push({ at, bytes: [await this.mergedCluster(piece)] });
+    }
+    let settle = (): void => undefined;
+    const linked = new Promise<void>((r) => (settle = r));
+    for (let k = 0; k < n; k++) this.allocating.set(p.gc + k, linked);
+    // Pinned in the cache until the entries are set (an evicted table would be reloaded stale).
+    l2.table.pending++;
+    return { done: n, fresh: { first: p.gc, l2, host, n, olds, writes, linked, settle } };
+  }
+
+  /** Write the data of newly allocated clusters (no lock held), then link them under the lock. */
+  private async fillAndLink(f: FreshClusters): Promise<void> {
+    try {
+      // Adjacent pieces go out as one vectored write.
+      for (let k = 0; k < f.writes.length; ) {
+        const group = [...f.writes[k].bytes];
+        let end = f.writes[k].at + f.writes[k].bytes.reduce((a, b) => a + b.length, 0);
         let j = k + 1;
-        while (j < writes.length && writes[j].at === end) {
-          group.push(...writes[j].bytes);
-          end += writes[j].bytes.reduce((a, b) => a + b.length, 0);
+        while (j < f.writes.length && f.writes[j].at === end) {
+          group.push(...f.writes[j].bytes);
+          end += f.writes[j].bytes.reduce((a, b) => a + b.length, 0);
           j++;
         }
-        await this.file.writev(writes[k].at, group);
+        await this.file.writev(f.writes[k].at, group);
         k = j;
       }
-      const entries = [];
-      for (let k = 0; k < n; k++) {
-        const [hi, lo] = makeEntry(host + k * this.clusterSize, true);
-        entries.push({ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 });
-      }
-      await this.setL2Entries(l2, l2.index, entries);
-      for (const old of olds) await this.release(old);
-      i += n;
+      await this.lock.run(async () => {
+        const entries = [];
+        for (let k = 0; k < f.n; k++) {
+          const [hi, lo] = makeEntry(f.host + k * this.clusterSize, true);
+          entries.push({ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 });
+        }
+        await this.setL2Entries(f.l2, f.l2.index, entries);
+        for (const old of f.olds) await this.release(old);
+      });
+    } finally {
+      f.l2.table.pending--;
+      for (let gc = f.first; gc < f.first + f.n; gc++) if (this.allocating.get(gc) === f.linked) this.allocating.delete(gc);
+      f.settle();
     }
   }
 

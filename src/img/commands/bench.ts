@@ -70,7 +70,9 @@ export async function bench(argv: string[], io: ImgIO): Promise<number> {
         issued++;
         const offset = nextOffset;
         nextOffset += stepValue;
-        if (nextOffset + BigInt(bufSize) > imageSize) nextOffset = offsetValue; // wrap around like qemu-img
+        // qemu-img's walk: the next offset wraps modulo the image size (a prime step thus
+        // visits offsets all over the image); a request that then runs past the end fails.
+        nextOffset = imageSize === 0n ? 0n : nextOffset % imageSize;
         if (write) await driver.writev(offset, [buffer]);
         else await driver.readv(offset, [buffer]);
         if (flushInterval > 0 && ++sinceFlush >= flushInterval) {

@@ -9,8 +9,8 @@ const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 
 export interface RunResult { status: number; stdout: string; stderr: string }
 
-function run(command: string, args: string[], cwd: string): RunResult {
-  const r = spawnSync(command, args, { cwd, encoding: 'utf8', timeout: 60_000 });
+function run(command: string, args: string[], cwd: string, env?: Record<string, string>): RunResult {
+  const r = spawnSync(command, args, { cwd, encoding: 'utf8', timeout: 60_000, env: env && { ...process.env, ...env } });
   if (r.error) throw r.error;
   return { status: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
 }
@@ -28,6 +28,10 @@ export class Scratch {
   }
   tsvirt(...args: string[]): RunResult {
     return run(process.execPath, [CLI, 'img', ...args], this.dir);
+  }
+  /** tsvirt img with extra environment variables. */
+  tsvirtEnv(env: Record<string, string>, ...args: string[]): RunResult {
+    return run(process.execPath, [CLI, 'img', ...args], this.dir, env);
   }
   qemuImg(...args: string[]): RunResult {
     return run('qemu-img', args, this.dir);

@@ -225,3 +225,29 @@ describe('images qemu-img makes read the same through tsvirt img', { skip }, () 
     }
   });
 });
+
+describe('tsvirt img bench against qemu-img bench', { skip }, () => {
+  let s: Scratch;
+  before(() => {
+    s = new Scratch();
+  });
+  after(() => s.remove());
+
+  test('writes its pattern where qemu-img bench would, with the same report line, from the command line and with a preset I/O pool', () => {
+    for (const [name, env] of [['cli', undefined], ['pool', '4']] as const) {
+      const ours = `bench-${name}-ours.qcow2`;
+      const theirs = `bench-${name}-theirs.qcow2`;
+      s.qemu('create', '-q', '-f', 'qcow2', ours, '8M');
+      s.qemu('create', '-q', '-f', 'qcow2', theirs, '8M');
+      // 40 requests of 4 KiB stepping 68 KiB wrap around the 8 MiB image once.
+      const args = (file: string): string[] => ['bench', '-w', '--pattern=165', '-c', '140', '-d', '8', '-s', '4k', '-S', '68k', '-t', 'none', '-f', 'qcow2', file];
+      const r = env === undefined ? s.tsvirt(...args(ours)) : s.tsvirtEnv({ UV_THREADPOOL_SIZE: env }, ...args(ours));
+      const q = s.qemuImg(...args(theirs));
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout.split('\n')[0], q.stdout.split('\n')[0].replace(theirs, ours));
+      assert.match(r.stdout, /^Run completed in [\d.]+ seconds\.$/m);
+      assert.equal(s.qemuImg('check', ours).status, 0);
+      assert.equal(s.qemuImg('compare', ours, theirs).status, 0, 'the same bytes as qemu-img bench wrote');
+    }
+  });
+});
