@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import {
   openImage, createQcow2, checkQcow2, qcow2Info, Qcow2Image, BlockError, createRaw,
-  createQcow2Snapshot, listQcow2Snapshots, applyQcow2Snapshot, deleteQcow2Snapshot, setQcow2Backing,
+  createQcow2Snapshot, listQcow2Snapshots, applyQcow2Snapshot, deleteQcow2Snapshot, setQcow2Backing, createSnapshot, listSnapshots,
 } from '../../../src/block/index.js';
 import { tempDir, rng, randomBytes, firstDifference, scatter } from './helpers.js';
 
@@ -131,6 +131,47 @@ test('concurrent writes to the same unallocated clusters never corrupt metadata 
     assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
     await assertClean(f);
    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('allocating writes in flight while a discard and a snapshot run: the data, the snapshot and the refcounts stay right', async () => {
+  const t = tempDir();
+  try {
+    for (const cache of ['writeback', 'none'] as const) {
+      const f = t.path(`x-${cache}.qcow2`);
+      const size = 4 << 20;
+      await createQcow2(f, { size: BigInt(size), clusterSize: 4096 });
+      const img = (await openImage(f, { cache })) as Qcow2Image;
+      const next = rng(11);
+      const shadow = new Uint8Array(size);
+      const first = randomBytes(next, 1 << 20);
+      await img.writev(0n, [first]);
+      shadow.set(first);
+      // New clusters in [2 MiB, 4 MiB) are being written while [0, 512 KiB) is discarded
+      // and a snapshot is taken: both must wait for the writes already issued.
+      const jobs: Promise<unknown>[] = [];
+      for (let i = 0; i < 200; i++) {
+        const off = (2 << 20) + i * 9000;
+        const data = randomBytes(next, 4096);
+        shadow.set(data, off);
+        jobs.push(img.writev(BigInt(off), [data]));
+        if (i === 50) {
+          jobs.push(img.discard(0n, 512n * 1024n));
+          shadow.fill(0, 0, 512 * 1024);
+        }
+        if (i === 120) jobs.push(createSnapshot(img, 'mid'));
+      }
+      await Promise.all(jobs);
+      const back = new Uint8Array(size);
+      await img.readv(0n, [back]);
+      assert.equal(firstDifference(back, shadow), -1, cache);
+      assert.deepEqual((await listSnapshots(img)).map((s) => s.name), ['mid']);
+      await img.close();
+      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
+      await assertClean(f);
+    }
   } finally {
     t.cleanup();
   }
