@@ -23,6 +23,8 @@ const MEMORY_MIB = 256;
 const TRANSFER_MIB = 64;
 const FIO_SECONDS = 8;
 const FIO_DEPTH = 32;
+/** Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. */
+const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 2) || 2);
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
 const RUN_TIMEOUT_MS = 600_000;
 /** Where the probe finds the tools disk in the lab: shipped inside the project's dist/. */
@@ -75,9 +77,9 @@ export function parseGuestOutput(out: string): Rates {
 }
 
 /** Run a VMM until the guest script is done; the figures it printed. */
-function runGuest(command: string, args: string[]): Promise<{ rates: Rates; output: string }> {
+function runGuest(command: string, args: string[], env: Record<string, string> = {}): Promise<{ rates: Rates; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let done = false;
     let exited = false;
@@ -153,12 +155,12 @@ async function probe(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
-    const ours = await images(dir, 'tsvirt');
+    const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
     const tsvirt = await runGuest(process.execPath, [...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
       cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
-      '--disk', `${ours.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${ours.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
+      '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
       '--disk', `${tools},format=raw,readonly,serial=TOOLS`]);
     if (profile) {
       process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|fio)/.test(l)).join('\n')}\n`);
@@ -168,13 +170,42 @@ async function probe(): Promise<void> {
       }
       return;
     }
-    const theirs = await images(dir, 'qemu');
-    const qemu = await runGuest('qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1',
-      '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND,
-      '-drive', `file=${theirs.raw},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0,serial=RAW',
-      '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
-      '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS']);
-    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt: tsvirt.rates, qemu: qemu.rates })}\n`);
+    const runQemu = async (): Promise<Rates> => {
+      const theirs = await images(dir, 'qemu');
+      return (await runGuest('qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1',
+        '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND,
+        '-drive', `file=${theirs.raw},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0,serial=RAW',
+        '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
+        '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS'])).rates;
+    };
+    const runOurs = async (): Promise<Rates> => {
+      const fresh = await images(dir, 'tsvirt');
+      return (await runGuest(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+        '--cpus', '1', '--append', APPEND, '--console', 'stdio',
+        '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
+        '--disk', `${tools},format=raw,readonly,serial=TOOLS`])).rates;
+    };
+    // The lab shares two host cores with whatever else runs there, so one run of each can
+    // catch a busy moment: the VMMs take turns (tsvirt, QEMU, QEMU, tsvirt, ...) and each
+    // figure is the best of its rounds.
+    const ours: Rates[] = [tsvirt.rates];
+    const qemu: Rates[] = [await runQemu()];
+    for (let round = 1; round < ROUNDS; round++) {
+      if (round % 2 === 1) {
+        qemu.push(await runQemu());
+        ours.push(await runOurs());
+      } else {
+        ours.push(await runOurs());
+        qemu.push(await runQemu());
+      }
+    }
+    const best = (runs: Rates[]): Rates => {
+      const out: Rates = {};
+      for (const r of runs) for (const [k, v] of Object.entries(r)) out[k] = Math.max(out[k] ?? 0, v);
+      return out;
+    };
+    process.stdout.write(`VIRTIO-RUNS ${JSON.stringify({ tsvirt: ours, qemu })}\n`);
+    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt: best(ours), qemu: best(qemu) })}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -219,7 +250,13 @@ export const group: BenchGroup = {
     const profile = process.env.TSVIRT_BENCH_PROFILE === '1';
     try {
       const result = await labExec(['node', toLabPath(root, join(root, 'dist', 'bench', 'groups', 'virtio-guest.js')), '--probe'],
-        { stdout: sink, stderr: sink, timeoutSeconds: 1200, root, ...(profile ? { env: { TSVIRT_BENCH_PROFILE: '1' } } : {}) });
+        {
+          stdout: sink, stderr: sink, timeoutSeconds: 1200 + 600 * ROUNDS, root,
+          env: {
+            TSVIRT_BENCH_ROUNDS: String(ROUNDS), ...(profile ? { TSVIRT_BENCH_PROFILE: '1' } : {}),
+          },
+        });
+      process.stderr.write(text.split('\n').filter((l) => /^VIRTIO-RUNS /.test(l)).join('\n') + '\n');
       if (profile) {
         process.stdout.write(text);
         return [];

@@ -63,7 +63,10 @@ export interface VirtioDevice {
  * next turn. `handle` returns false when it cannot take the chain now (it is put back).
  * A protocol violation fails the device through the context.
  */
-export function drainQueue(context: VirtioDeviceContext, index: number, handle: (chain: DescriptorChain) => boolean): void {
+export function drainQueue(
+  context: VirtioDeviceContext, index: number, handle: (chain: DescriptorChain) => boolean,
+  options: { /** false: leave what is left to the caller instead of a later turn. */ deferRest?: boolean } = {},
+): void {
   const queue = context.queues[index];
   if (!queue || !queue.ready || !context.live) return;
   try {
@@ -76,7 +79,7 @@ export function drainQueue(context: VirtioDeviceContext, index: number, handle: 
       }
       if (!context.live) return;
     }
-    if (queue.pendingCount() > 0) {
+    if (options.deferRest !== false && queue.pendingCount() > 0) {
       setImmediate(() => drainQueue(context, index, handle));
     }
   } catch (error) {

@@ -377,3 +377,32 @@ test('requests completing in one event-loop turn share an interrupt; later ones 
   assert.equal(d.m.sink.msis.length - start, 2);
   reqs.forEach((r) => assert.equal(r.statusByte(), 0));
 });
+
+test('reads of consecutive sectors queued together reach the backend as one request; each gets its own data and status', async () => {
+  const disk = new MemoryDisk(MiB);
+  disk.bytes.set(pattern(4096, 9), 0);
+  const { d, q } = await blkMachine(disk);
+  const reqs = [0, 1, 2].map((i) => request(d, q, 0, BigInt(i * 2), { inLen: 1024 }));
+  const apart = request(d, q, 0, 100n, { inLen: 512 });
+  q.kick();
+  await q.waitUsed(4);
+  assert.deepEqual(disk.calls, ['read 0', `read ${100 * 512}`]);
+  reqs.forEach((r, i) => {
+    assert.equal(r.statusByte(), 0);
+    assert.deepEqual(d.m.memory.slice(r.data, 1024), pattern(4096, 9).subarray(i * 1024, (i + 1) * 1024));
+  });
+  assert.equal(apart.statusByte(), 0);
+});
+
+test('merged writes: an error runs each request again on its own, so each gets its own status', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q } = await blkMachine(disk);
+  const data = [pattern(512, 1), pattern(512, 2)];
+  const reqs = data.map((out, i) => request(d, q, 1, BigInt(i), { out }));
+  disk.failNext = new Error('EIO: i/o error');
+  q.kick();
+  await q.waitUsed(2);
+  assert.deepEqual(disk.calls, ['write 0', 'write 0', 'write 512']);
+  reqs.forEach((r) => assert.equal(r.statusByte(), 0));
+  assert.deepEqual(disk.bytes.subarray(0, 1024), Uint8Array.from([...data[0]!, ...data[1]!]));
+});
