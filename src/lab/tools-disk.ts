@@ -204,6 +204,7 @@ export function buildFioToolsDisk(log: (line: string) => void = (l) => process.s
     copyFileSync(fio, join(tree, 'bin', 'fio'));
     chmodSync(join(tree, 'bin', 'fio'), 0o755);
     for (const [soname, path] of libs) {
+      if (path === 'not found') throw new Error(`tools disk: fio's library ${soname} is in none of the downloaded packages`);
       if (!path.startsWith(stage)) {
         throw new Error(`tools disk: fio's library ${soname} resolved to ${path}, not to the downloaded packages`);
       }
