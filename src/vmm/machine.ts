@@ -10,11 +10,13 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import {
-  Kvm, KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT, VcpuFd, type VmFd,
-} from '../kvm/index.js';
+// Direct module imports, not the kvm index: the index also loads the micro-guest and
+// loop-guest tools, which a Linux boot does not need (start-up time, docs/design.md).
+import { KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT } from '../kvm/abi.js';
+import { Kvm } from '../kvm/system.js';
+import type { VcpuFd } from '../kvm/vcpu.js';
+import type { VmFd } from '../kvm/vm.js';
 import { installKickHandler, kickThread } from '../kvm/kick.js';
-import { setupRealMode } from '../kvm/microguest.js';
 import {
   ACPI_GPE0_LENGTH, ACPI_GPE0_PORT, ACPI_PM_BASE, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_SCI_IRQ, COM1_IRQ, COM1_PORT,
   I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
@@ -36,7 +38,7 @@ import { ConsoleStream } from './console.js';
 import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
-import { takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
+import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
 import { consoleStreamPort, MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
@@ -85,6 +87,8 @@ interface Boot {
   initrd?: Uint8Array;
   cmdline: string;
   raw?: RawBoot;
+  /** For a raw boot: puts the boot vCPU in real mode at the code (loaded only then). */
+  enterRealMode?: (vcpu: VcpuFd, address: number) => void;
 }
 
 const PARK_TIMEOUT_MS = 5000;
@@ -179,6 +183,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       // VM is built.
       started = takeVcpuThreads(cpus, options.workerUrl);
       const boot = readBoot(valid, options);
+      if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -209,7 +214,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       }
       return machine;
     } catch (err) {
-      for (const t of started) void t.worker.terminate();
+      // Asked to quit, not terminated: a thread may still be loading its modules.
+      await Promise.all(started.map(stopVcpuThread));
       ram?.close();
       kvm.close();
       throw err;
@@ -379,7 +385,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       setupVcpu(vcpu, this.cpuModel, i, this.cpuCount);
       if (i === 0) {
         if (this.boot.raw) {
-          setupRealMode(vcpu, this.boot.raw.address);
+          this.boot.enterRealMode!(vcpu, this.boot.raw.address);
         } else if (entry) {
           const current = vcpu.getSregs();
           vcpu.setSregs({
@@ -426,7 +432,7 @@ export class Machine extends EventEmitter implements QmpTarget {
   /** Undo a half-built machine (create failed): threads, vCPU and VM descriptors. */
   private disposePartial(): void {
     this.ended = true;
-    for (const t of this.threads) void t.worker.terminate();
+    // The threads are ended by create(), which started them.
     for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
     try { this.vm?.close(); } catch { /* gone */ }
     void this.virtio?.close().catch(() => undefined);

@@ -5,7 +5,7 @@
 // the VMM's modules (prestartVcpuThreads), so the isolates boot on the other host CPU while
 // the main thread is busy.
 import { Worker } from 'node:worker_threads';
-import { CTL_RUN_STATE, CTL_WORDS, PARK, type VcpuReport, type VcpuWorkerData } from './vcpu-channel.js';
+import { CTL_COMMAND_SEQ, CTL_RUN_STATE, CTL_WORDS, PARK, QUIT, type VcpuReport, type VcpuWorkerData } from './vcpu-channel.js';
 
 export interface StartedVcpuThread {
   index: number;
@@ -15,7 +15,12 @@ export interface StartedVcpuThread {
   ready: Promise<{ thread: bigint; threadId: number }>;
   /** Receives every report after `ready` (set by the machine that adopts the thread). */
   onReport: (report: VcpuReport) => void;
+  /** Resolves when the thread has exited. */
+  exited: Promise<void>;
 }
+
+/** How long a thread asked to quit may take before it is terminated anyway. */
+const QUIT_TIMEOUT_MS = 30_000;
 
 const DEFAULT_WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
 
@@ -30,7 +35,10 @@ export function startVcpuThread(index: number, url: URL = DEFAULT_WORKER_URL): S
   const worker = new Worker(url, {
     workerData: data, name: `vcpu${index}`, resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 2 },
   });
-  const started: StartedVcpuThread = { index, worker, control, ready: Promise.resolve({ thread: 0n, threadId: 0 }), onReport: () => undefined };
+  const started: StartedVcpuThread = {
+    index, worker, control, ready: Promise.resolve({ thread: 0n, threadId: 0 }), onReport: () => undefined,
+    exited: new Promise((resolve) => worker.once('exit', () => resolve())),
+  };
   started.ready = new Promise((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
     const onExit = (code: number): void => reject(new Error(`exited with code ${code} before it was ready`));
@@ -83,9 +91,30 @@ export function takeVcpuThreads(count: number, url?: URL): StartedVcpuThread[] {
     early.worker.ref();
     return early;
   });
-  if (url === undefined) {
-    for (const t of prestarted.values()) void t.worker.terminate();
-    prestarted.clear();
-  }
+  if (url === undefined) void stopPrestartedVcpuThreads();
   return threads;
+}
+
+/**
+ * End a thread without cutting it short: ask it to quit and wait until it has. A thread may
+ * still be loading its modules, and terminating it in the middle of a native call (koffi's
+ * set-up) aborts the whole process; asked to quit, it finishes loading, sees QUIT and returns.
+ */
+export async function stopVcpuThread(t: StartedVcpuThread): Promise<void> {
+  // Waiting on it must keep the process alive (a prestarted thread is unreferenced).
+  t.worker.ref();
+  Atomics.store(t.control, CTL_RUN_STATE, QUIT);
+  Atomics.add(t.control, CTL_COMMAND_SEQ, 1);
+  Atomics.notify(t.control, CTL_COMMAND_SEQ);
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([t.exited, new Promise<void>((resolve) => { timer = setTimeout(resolve, QUIT_TIMEOUT_MS); })]);
+  clearTimeout(timer);
+  await t.worker.terminate();
+}
+
+/** End the prestarted threads no machine took (`tsvirt run` failed before it had a machine). */
+export async function stopPrestartedVcpuThreads(): Promise<void> {
+  const threads = [...prestarted.values()];
+  prestarted.clear();
+  await Promise.all(threads.map(stopVcpuThread));
 }

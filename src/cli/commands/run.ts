@@ -85,8 +85,18 @@ async function run(flags: RunFlags): Promise<number> {
   const { bootTrace } = await import('../../vmm/boot-trace.js');
   bootTrace('run: flags parsed');
   // The vCPU threads boot on another host CPU while this thread loads the VMM and builds the VM.
-  const { MAX_VCPUS, prestartVcpuThreads } = await import('../../vmm/vcpu-threads.js');
+  const { MAX_VCPUS, prestartVcpuThreads, stopPrestartedVcpuThreads } = await import('../../vmm/vcpu-threads.js');
   prestartVcpuThreads(expectedVcpus(flags, MAX_VCPUS));
+  try {
+    return await runMachine(flags);
+  } finally {
+    // Threads no machine took (the config was bad, say): ended before the process exits.
+    await stopPrestartedVcpuThreads();
+  }
+}
+
+async function runMachine(flags: RunFlags): Promise<number> {
+  const { bootTrace } = await import('../../vmm/boot-trace.js');
   const { loadConfigFile, validateConfig } = await import('../../vmm/config.js');
   const { Machine } = await import('../../vmm/machine.js');
   const { attachFile, attachSocket, attachStdio } = await import('../../vmm/console.js');
