@@ -259,7 +259,9 @@ export class Qcow2Image implements BlockDriver {
     }
     // Only a page cache (writeback) or a device cache (none) reorders writes: there, new
     // table entries are written back in batches after one barrier (see writeBackTables).
-    this.refcounts.deferredOrdering = this.refcounts.orderingBarriers && (this.file.cache === 'writeback' || this.file.cache === 'none');
+    // 'unsafe' promises nothing before close, so its entries are batched too (one write per
+    // table instead of one per request); writethrough modes write every change through.
+    this.refcounts.deferredOrdering = this.refcounts.orderingBarriers && (this.file.cache === 'writeback' || this.file.cache === 'none' || this.file.cache === 'unsafe');
   }
 
   /** Open read-write with lazy refcounts: marked dirty on disk until close. */
