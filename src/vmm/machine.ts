@@ -649,10 +649,19 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.console.deliverOutput(this.ring.drain());
     for (const t of this.threads) {
       this.setDesired(t, QUIT);
+      // An exit handed over that nobody will serve now: release it, so the thread sees QUIT.
+      Atomics.store(t.control, CTL_DONE_SEQ, Atomics.load(t.control, CTL_EXIT_SEQ));
+      Atomics.notify(t.control, CTL_DONE_SEQ);
       // Wake the exit server so it sees `ended`.
       Atomics.add(t.control, CTL_EXIT_SEQ, 0);
       Atomics.notify(t.control, CTL_EXIT_SEQ);
-      void t.worker.terminate();
+      // Out of KVM_RUN (a panic ends the machine without parking the vCPUs first).
+      const vcpu = this.vcpus[t.index];
+      if (vcpu) vcpu.immediateExit = true;
+      if (t.thread) kickThread(t.thread);
+      // Asked to quit, not terminated: terminating a thread inside one of koffi's native
+      // calls (its own munmap on the way out, say) can abort the whole process.
+      void stopVcpuThread(t);
     }
     for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
     // Usually closed by end() already; a panic ends here directly (doorbells go synchronously).
