@@ -10,7 +10,8 @@
 // Run on the host, the group starts the lab once and runs this same file inside it as a
 // probe, which prints one JSON line with the measurements.
 // TSVIRT_BENCH_PROFILE=1 instead runs only tsvirt, under the V8 profiler, and prints where
-// the VMM's main thread spent its time (the request path's hot spots).
+// each of the VMM's threads spent its time (the request path's hot spots) and which exits
+// reached userspace; TSVIRT_BENCH_PROFILE=exits prints the exits only.
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -151,21 +152,23 @@ async function probe(): Promise<void> {
   const kernel = guestKernelPath();
   const initrd = await guestInitrdWith(GUEST_SCRIPT);
   const tools = fileURLToPath(new URL(`../../${LAB_TOOLS_DIR}/${TOOLS_IMAGE}`, import.meta.url));
-  const profile = process.env.TSVIRT_BENCH_PROFILE === '1';
+  // '1': V8 profiles and exit counts; 'exits': exit counts only.
+  const profile = process.env.TSVIRT_BENCH_PROFILE === '1' || process.env.TSVIRT_BENCH_PROFILE === 'exits';
+  const cpuProfile = process.env.TSVIRT_BENCH_PROFILE === '1';
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
     const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
-    const tsvirt = await runGuest(process.execPath, [...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
+    const tsvirt = await runGuest(process.execPath, [...(cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
       cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
       '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
-      '--disk', `${tools},format=raw,readonly,serial=TOOLS`]);
+      '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { TSVIRT_EXIT_STATS: '1' } : {});
     if (profile) {
-      process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|fio)/.test(l)).join('\n')}\n`);
+      process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|tsvirt: exits)/.test(l)).join('\n')}\n`);
       process.stdout.write(`VIRTIO-PROFILE ${JSON.stringify(tsvirt.rates)}\n`);
-      for (const f of readdirSync(profDir)) {
+      for (const f of cpuProfile ? readdirSync(profDir) : []) {
         process.stdout.write(`--- ${f}\n${summariseProfile(join(profDir, f))}\n`);
       }
       return;
@@ -247,13 +250,13 @@ export const group: BenchGroup = {
     const root = rootWithTools(projectRoot(), tools.image);
     let text = '';
     const sink = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString(); cb(); } });
-    const profile = process.env.TSVIRT_BENCH_PROFILE === '1';
+    const profile = process.env.TSVIRT_BENCH_PROFILE;
     try {
       const result = await labExec(['node', toLabPath(root, join(root, 'dist', 'bench', 'groups', 'virtio-guest.js')), '--probe'],
         {
           stdout: sink, stderr: sink, timeoutSeconds: 1200 + 600 * ROUNDS, root,
           env: {
-            TSVIRT_BENCH_ROUNDS: String(ROUNDS), ...(profile ? { TSVIRT_BENCH_PROFILE: '1' } : {}),
+            TSVIRT_BENCH_ROUNDS: String(ROUNDS), ...(profile ? { TSVIRT_BENCH_PROFILE: profile } : {}),
           },
         });
       process.stderr.write(text.split('\n').filter((l) => /^VIRTIO-RUNS /.test(l)).join('\n') + '\n');
