@@ -3,11 +3,11 @@
 // schema so that all three reject the same mistakes with the same one-line messages.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
+import type { Ajv as AjvClass, ErrorObject } from 'ajv';
 import { parseSize } from './size.js';
 import { MAX_VCPUS } from './vcpu-threads.js';
-import { surelyValid } from './schema-precheck.js';
-import { parseVirtioConfig, virtioConfigSchemaProperties, type VirtioMachineConfig } from './virtio-devices.js';
+import { machineConfigSchema } from './config-schema.js';
+import { parseVirtioConfig, type VirtioMachineConfig } from './virtio-config.js';
 
 /** Where the serial console (COM1) goes. */
 export type ConsoleSpec = 'stdio' | 'none' | `file:${string}` | `socket:${string}`;
@@ -43,35 +43,9 @@ export interface MachineConfig extends VirtioMachineConfig {
 
 // Defined beside the thread starter, which needs it before this module (and its schema
 // compiler) is loaded.
-export { MAX_VCPUS };
+export { MAX_VCPUS, machineConfigSchema };
 export const DEFAULT_MEMORY = '512M';
 
-export const machineConfigSchema = {
-  $id: 'https://tsvirt.dev/schemas/machine.json',
-  type: 'object',
-  additionalProperties: false,
-  properties: {
-    kernel: { type: 'string', minLength: 1 },
-    initrd: { type: 'string', minLength: 1 },
-    append: { type: 'string' },
-    cpus: { type: 'integer', minimum: 1, maximum: MAX_VCPUS },
-    memory: {
-      anyOf: [
-        { type: 'integer', minimum: 1 },
-        { type: 'string', pattern: '^\\s*\\d+(\\.\\d+)?\\s*([bBkKmMgGtT]([iI]?[bB])?)?\\s*$' },
-      ],
-    },
-    thp: { type: 'boolean' },
-    ksm: { type: 'boolean' },
-    memoryBackend: { type: 'string', pattern: '^(memfd|hugetlbfs:.+)$' },
-    cpu: { type: 'string', minLength: 1 },
-    console: { type: 'string', pattern: '^(stdio|none|file:.+|socket:.+)$' },
-    noReboot: { type: 'boolean' },
-    name: { type: 'string', minLength: 1, pattern: '^[^\\x00-\\x1f]+$' },
-    qmp: { type: 'array', items: { type: 'string', minLength: 1 } },
-    ...virtioConfigSchemaProperties,
-  },
-} as const;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -80,19 +54,48 @@ export class ConfigError extends Error {
   }
 }
 
-let compiled: ValidateFunction | null = null;
+/** A schema validator as ajv makes it: true or false, with the reasons in `errors`. */
+export interface SchemaValidator {
+  (value: unknown): boolean;
+  errors?: ErrorObject[] | null;
+}
+
+/** What the build's generated validator module exports. */
+interface GeneratedValidatorModule {
+  validate: SchemaValidator;
+  /** JSON.stringify of the schema it was compiled from: tells a stale build apart. */
+  schemaJson: string;
+}
+
+/** The module the build writes beside this one (scripts/generate-config-validator.mjs). */
+export const GENERATED_VALIDATOR_URL = new URL('./config-validator.generated.js', import.meta.url);
+
+// Loaded once, with this module. The URL keeps the compiler from looking for a source file
+// (there is none: the build writes the module into dist/).
+const generated = await import(GENERATED_VALIDATOR_URL.href).then(
+  (m: GeneratedValidatorModule) => m,
+  () => null,
+);
+
+let validator: SchemaValidator | null = null;
 
 /**
- * The schema compiled by ajv, made on first use. Loading ajv and compiling the schema costs
- * more than a second under nested virtualization, so a config the pre-check shows valid
- * never pays for it (schema-precheck.ts). ajv is CommonJS, so it loads synchronously here.
+ * The schema validator: the one ajv generated at build time. Loading ajv itself and compiling
+ * the schema costs more than a second under nested virtualization (docs/design.md), so that
+ * happens only when the generated module is missing or was made from another schema (dist/
+ * compiled with bare tsc after a schema change); the result is the same validator either way.
  */
-function schemaValidator(): ValidateFunction {
-  if (!compiled) {
-    const { Ajv } = createRequire(import.meta.url)('ajv') as { Ajv: typeof AjvClass };
-    compiled = new Ajv({ allErrors: true, strict: true }).compile(machineConfigSchema);
+export function schemaValidator(): SchemaValidator {
+  if (!validator) {
+    if (generated && generated.schemaJson === JSON.stringify(machineConfigSchema)) {
+      validator = generated.validate;
+    } else {
+      // ajv is CommonJS, so it loads synchronously here.
+      const { Ajv } = createRequire(import.meta.url)('ajv') as { Ajv: typeof AjvClass };
+      validator = new Ajv({ allErrors: true, strict: true }).compile(machineConfigSchema);
+    }
   }
-  return compiled;
+  return validator;
 }
 
 /** One line for the first schema error: `unknown key "foo"`, `cpus: must be <= 255`. */
@@ -120,8 +123,8 @@ function describe(error: ErrorObject): string {
  * express); `source` prefixes messages (a file name, "config"). Returns the same object typed.
  */
 export function validateConfig(value: unknown, source = 'config'): MachineConfig {
-  const validateSchema = surelyValid(machineConfigSchema, value) ? null : schemaValidator();
-  if (validateSchema && !validateSchema(value)) {
+  const validateSchema = schemaValidator();
+  if (!validateSchema(value)) {
     // With allErrors, an anyOf failure also lists each branch's complaint; the anyOf error
     // itself says what the value should have been, so it (and unknown keys) win.
     const errors = validateSchema.errors ?? [];

@@ -39,7 +39,10 @@ import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
 import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
-import { consoleStreamPort, MachineVirtio, parseVirtioConfig, wantsVirtio } from './virtio-devices.js';
+import { parseVirtioConfig, wantsVirtio } from './virtio-config.js';
+// Types only: the device glue (and through it src/virtio, src/pci, src/block) is imported in
+// create() when the config asks for a virtio device, so a legacy-only machine never loads it.
+import type { MachineVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
   CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport,
@@ -198,6 +201,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       machine.threads = started.map((t) => Object.assign(t, { thread: 0n, threadId: 0 }));
       try {
         if (wantsVirtio(valid)) {
+          const { consoleStreamPort, MachineVirtio } = await import('./virtio-devices.js');
+          bootTrace('create: virtio device modules loaded');
           machine.virtio = await MachineVirtio.attach({
             memory: ram.memory, pioBus: machine.pio, mmioBus: machine.mmio, vm: () => machine.vm,
             vcpuCount: cpus, pauseVm: () => void machine.pause(),
