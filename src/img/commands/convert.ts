@@ -7,7 +7,7 @@ import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { createImage } from '../create.js';
 import { isHelpRequest, joinOptionStrings, optionHelp, parseCreateOptions } from '../create-options.js';
-import { forEachChunk, isZero } from '../extents.js';
+import { forEachChunk, zeroRuns } from '../extents.js';
 import { cacheMode, checkFormatName, openForImg } from '../open.js';
 import { parseSize } from '../size.js';
 import { compressedWriter } from '../compress.js';
@@ -184,27 +184,13 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
         await to.writev(dest, [buf]);
         return;
       }
-      let runStart = 0;
-      let runIsZero: boolean | undefined;
-      const flush = async (end: number): Promise<void> => {
-        if (end <= runStart) return;
-        if (runIsZero) {
-          if (!targetIsZero) await to.writeZeroes(dest + BigInt(runStart), BigInt(end - runStart), { mayUnmap: true });
+      for (const run of zeroRuns(buf, sparse)) {
+        if (run.zero) {
+          if (!targetIsZero) await to.writeZeroes(dest + BigInt(run.start), BigInt(run.end - run.start), { mayUnmap: true });
         } else {
-          await to.writev(dest + BigInt(runStart), [buf.subarray(runStart, end)]);
-        }
-      };
-      for (let pos = 0; pos < buf.length; pos += sparse) {
-        const end = Math.min(buf.length, pos + sparse);
-        const zero = isZero(buf, pos, end);
-        if (runIsZero === undefined) runIsZero = zero;
-        else if (zero !== runIsZero) {
-          await flush(pos);
-          runStart = pos;
-          runIsZero = zero;
+          await to.writev(dest + BigInt(run.start), [buf.subarray(run.start, run.end)]);
         }
       }
-      await flush(buf.length);
     }
 
     if (writer) await writer.finish();
