@@ -1,8 +1,9 @@
 // tsvirt img against qemu-img in the same run on the same files: convert (raw->qcow2,
-// qcow2->raw, compressed) of a 2 GiB image that is half data, half holes; and bench of 4 KiB
+// qcow2->raw, compressed) of a 2 GiB image that is half data, half holes (and raw->qcow2 of
+// the same image with its holes written out as zeroes); and bench of 4 KiB
 // scattered reads and writes at queue depth 1 and 32 on qcow2.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, rmSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, rmSync, copyFileSync, renameSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchGroup, BenchRow } from '../main.js';
@@ -16,13 +17,22 @@ const STRIPE = 2 ** 21; // each 2 MiB: 1 MiB data, then a 1 MiB hole
 /** Alternating runs per row; each side's best counts. */
 const RUNS = 3;
 
-/** Builds the source once: every other MiB holds semi-compressible data, the rest are holes. */
-function buildSource(): void {
-  if (existsSync(SOURCE)) return;
+/** The same stripes with the holes written out as zeroes: convert must find them by reading. */
+const DENSE_SOURCE = join(DIR, 'img-2g-half-dense.raw');
+
+/**
+ * Builds a source once: every other MiB holds semi-compressible data, the rest are holes
+ * (or, `dense`, written zeroes). A copy of the sparse one would not do: copying can fill
+ * the holes (an earlier version of this file copied it; a source that came out dense is rebuilt).
+ */
+function buildSource(file: string, dense: boolean): void {
+  if (existsSync(file) && (dense || statSync(file).blocks * 512 < SIZE * 0.75)) return;
+  rmSync(file, { force: true });
   mkdirSync(DIR, { recursive: true });
-  const fd = openSync(SOURCE + '.tmp', 'w');
+  const fd = openSync(file + '.tmp', 'w');
   ftruncateSync(fd, SIZE);
   const block = Buffer.alloc(STRIPE / 2);
+  const zeroes = Buffer.alloc(STRIPE / 2);
   let seed = 12345;
   for (let i = 0; i < block.length; i++) {
     // half of each 4 KiB is pseudo-random, half a repeated byte: compresses about 2:1
@@ -34,10 +44,10 @@ function buildSource(): void {
   for (let pos = 0; pos < SIZE; pos += STRIPE) {
     block.writeUInt32LE(pos, 0); // no two stripes alike
     writeSync(fd, block, 0, block.length, pos);
+    if (dense) writeSync(fd, zeroes, 0, zeroes.length, pos + block.length);
   }
   closeSync(fd);
-  copyFileSync(SOURCE + '.tmp', SOURCE);
-  rmSync(SOURCE + '.tmp');
+  renameSync(file + '.tmp', file);
 }
 
 function timed(command: string, args: string[]): number {
@@ -61,7 +71,8 @@ const ours = (args: string[]): [string, string[]] => [process.execPath, [CLI, 'i
 const theirs = (args: string[]): [string, string[]] => ['qemu-img', args];
 
 async function run(): Promise<BenchRow[]> {
-  buildSource();
+  buildSource(SOURCE, false);
+  buildSource(DENSE_SOURCE, true);
   const rows: BenchRow[] = [];
   const out = (name: string): string => join(DIR, name);
   // The machine is shared and noisy (other work can take both cores for seconds): every row
@@ -78,6 +89,8 @@ async function run(): Promise<BenchRow[]> {
     rmSync(out(`ours.${dstExt}`), { force: true });
     rows.push({ name, ours: mine, reference: ref, unit: 's', higherIsBetter: false });
   };
+  // Zeroes read from the file and skipped: the zero detection's cost shows here.
+  convertRow('convert raw->qcow2 (2 GiB, half zeroes written out)', (dst) => ['convert', '-f', 'raw', '-O', 'qcow2', DENSE_SOURCE, dst], 'qcow2');
   convertRow('convert raw->qcow2 (2 GiB, half holes)', (dst) => ['convert', '-f', 'raw', '-O', 'qcow2', SOURCE, dst], 'qcow2');
   const qcow2 = out('theirs.qcow2'); // qemu-img's own output is the common qcow2 source
   convertRow('convert qcow2->raw', (dst) => ['convert', '-f', 'qcow2', '-O', 'raw', qcow2, dst], 'raw');
