@@ -68,6 +68,11 @@ function measure(command: string, args: string[]): Promise<Sample> {
       out += d.toString('latin1');
       if (!done && out.includes(USERSPACE_LINE)) {
         const bootMs = performance.now() - start;
+        // With TSVIRT_BOOT_TRACE set, the VMM's start-up steps of every boot go on record.
+        if (process.env.TSVIRT_BOOT_TRACE && command === process.execPath) {
+          const steps = out.split('\n').filter((line) => line.startsWith('tsvirt-trace '));
+          process.stderr.write(`${steps.join('\n')}\ntsvirt-trace ${bootMs.toFixed(1)} userspace line (spawn to line)\n`);
+        }
         // Sampled at once, at the same point of the boot for every VMM (the guest then sleeps).
         try {
           finish(null, { bootMs, vmmRssKiB: rssBesidesGuestRam(child.pid!, MEMORY_MIB * 1024) });
@@ -148,13 +153,17 @@ export const group: BenchGroup = {
     const probePath = fileURLToPath(import.meta.url);
     const { toLabPath } = await import('../../src/lab/project-tree.js');
     const { projectRoot } = await import('../../src/lab/paths.js');
-    const result = await labExec(['node', toLabPath(projectRoot(), probePath), '--probe'], { stdout: sink, stderr: sink, timeoutSeconds: 900 });
+    // TSVIRT_BOOT_TRACE=1 npm run bench -- boot: also print each tsvirt boot's start-up steps.
+    const trace = process.env.TSVIRT_BOOT_TRACE ? ['env', 'TSVIRT_BOOT_TRACE=1'] : [];
+    const command = [...trace, 'node', toLabPath(projectRoot(), probePath), '--probe'];
+    const result = await labExec(command, { stdout: sink, stderr: sink, timeoutSeconds: 900 });
     const m = /^BOOT-BENCH (.*)$/m.exec(text);
     if (result.exitCode !== 0 || !m) throw new Error(`boot probe failed in the lab (exit ${result.exitCode}): ${text.slice(-800)}`);
     const r = JSON.parse(m[1]!) as Record<'tsvirt' | 'qemu' | 'microvm', Sample> & {
       exits: { vcpuThreadUs: number; mainThreadUs: number };
       boots: Record<'tsvirt' | 'qemu' | 'microvm', Sample[]>;
     };
+    if (trace.length > 0) process.stdout.write(`${text.split('\n').filter((l) => l.startsWith('tsvirt-trace ')).join('\n')}\n`);
     // Every boot, so the spread behind the medians is on record.
     for (const [name, boots] of Object.entries(r.boots)) {
       process.stdout.write(`boot ${name}: ${boots.map((b) => `${(b.bootMs / 1000).toFixed(2)} s/${(b.vmmRssKiB / 1024).toFixed(0)} MiB`).join(', ')}\n`);
