@@ -5,6 +5,7 @@
 // the VMM's modules (prestartVcpuThreads), so the isolates boot on the other host CPU while
 // the main thread is busy.
 import { Worker } from 'node:worker_threads';
+import { freshBundle } from './bundles.js';
 import { CTL_COMMAND_SEQ, CTL_RUN_STATE, CTL_WORDS, PARK, QUIT, type VcpuReport, type VcpuWorkerData } from './vcpu-channel.js';
 
 export interface StartedVcpuThread {
@@ -22,10 +23,16 @@ export interface StartedVcpuThread {
 /** How long a thread asked to quit may take before it is terminated anyway. */
 const QUIT_TIMEOUT_MS = 30_000;
 
-const DEFAULT_WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
+let defaultWorkerUrl: URL | undefined;
+
+/** The vCPU thread's module: its bundle when the build made a current one (bundles.ts). */
+function workerUrl(): URL {
+  defaultWorkerUrl ??= freshBundle('vcpu-worker') ?? new URL('./vcpu-worker.js', import.meta.url);
+  return defaultWorkerUrl;
+}
 
 /** Start one parked vCPU thread (it does nothing until attached to a vCPU). */
-export function startVcpuThread(index: number, url: URL = DEFAULT_WORKER_URL): StartedVcpuThread {
+export function startVcpuThread(index: number, url: URL = workerUrl()): StartedVcpuThread {
   const control = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
   control[CTL_RUN_STATE] = PARK;
   const data: VcpuWorkerData = { index, control: control.buffer as SharedArrayBuffer };
