@@ -12,6 +12,9 @@
 // TSVIRT_BENCH_PROFILE=1 instead runs only tsvirt, under the V8 profiler, and prints where
 // each of the VMM's threads spent its time (the request path's hot spots) and which exits
 // reached userspace; TSVIRT_BENCH_PROFILE=exits prints the exits only.
+// TSVIRT_BENCH_PROFILE=trace runs dd only (no fio), once under tsvirt with TSVIRT_BLK_TRACE=1
+// (per-request phase latencies, request sizes, queue depth) and once under QEMU, and prints
+// both runs' rates and the trace.
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,7 +38,7 @@ const TOOLS_IMAGE = 'fio-tools.ext2';
 // Each data disk by serial: write TRANSFER_MIB with a final fsync, drop the page cache, read
 // it back; then fio random reads and writes over the same range. /proc/uptime has 10 ms
 // resolution, plenty for transfers that take a second or more.
-const GUEST_SCRIPT = `
+const guestScript = (withFio: boolean): string => `
 now() { cut -d' ' -f1 /proc/uptime; }
 T=
 for b in /sys/block/vd*; do [ "$(cat $b/serial)" = TOOLS ] && T=/dev/\${b##*/}; done
@@ -49,6 +52,7 @@ for b in /sys/block/vd*; do
   sync; echo 3 > /proc/sys/vm/drop_caches
   a=$(now); dd if=/dev/$n of=/dev/null bs=1M count=${TRANSFER_MIB} 2>/dev/null; z=$(now)
   echo "bench \${s}_read $a $z"
+  ${withFio ? '' : 'continue'}
   for rw in randread randwrite; do
     r=$(/tools/fio.sh --name=$rw --filename=/dev/$n --rw=$rw --bs=4k --ioengine=libaio --iodepth=${FIO_DEPTH} --direct=1 \\
       --size=${TRANSFER_MIB}M --runtime=${FIO_SECONDS} --ramp_time=1 --time_based --thread --output-format=terse 2>&1 | tail -n1)
@@ -83,7 +87,8 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let done = false;
-    let exited = false;
+    let closed = false;
+    child.once('close', () => { closed = true; });
     const finish = (err: Error | null): void => {
       if (done) return;
       done = true;
@@ -99,8 +104,9 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
         clearTimeout(kill);
         resolve({ rates: parseGuestOutput(out), output: out });
       };
-      if (exited) settle();
-      else child.once('exit', settle);
+      // 'close': after the exit and the end of its output (a trace is printed at exit).
+      if (closed) settle();
+      else child.once('close', settle);
     };
     const timer = setTimeout(() => finish(new Error(`${command}: guest script did not finish within ${RUN_TIMEOUT_MS} ms:\n${out.slice(-1500)}`)), RUN_TIMEOUT_MS);
     const onData = (d: Buffer): void => {
@@ -111,7 +117,6 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
     child.stderr.on('data', onData);
     child.on('error', (err) => finish(err));
     child.on('exit', (code) => {
-      exited = true;
       finish(/tsvirt-guest: exit/.test(out) ? null : new Error(`${command} exited (${code}) early:\n${out.slice(-1500)}`));
     });
   });
@@ -150,11 +155,12 @@ async function probe(): Promise<void> {
   const { guestKernelPath } = await import('../../src/lab/paths.js');
   const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
   const kernel = guestKernelPath();
-  const initrd = await guestInitrdWith(GUEST_SCRIPT);
+  const trace = process.env.TSVIRT_BENCH_PROFILE === 'trace';
   const tools = fileURLToPath(new URL(`../../${LAB_TOOLS_DIR}/${TOOLS_IMAGE}`, import.meta.url));
   // '1': V8 profiles and exit counts; 'exits': exit counts only.
   const profile = process.env.TSVIRT_BENCH_PROFILE === '1' || process.env.TSVIRT_BENCH_PROFILE === 'exits';
   const cpuProfile = process.env.TSVIRT_BENCH_PROFILE === '1';
+  const initrd = await guestInitrdWith(guestScript(!trace && !profile));
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -164,7 +170,8 @@ async function probe(): Promise<void> {
       cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
       '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
-      '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { TSVIRT_EXIT_STATS: '1' } : {});
+      '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { TSVIRT_EXIT_STATS: '1' }
+        : trace ? { TSVIRT_BLK_TRACE: '1', TSVIRT_BLK_TRACE_PROFILE: join(dir, 'trace.cpuprofile') } : {});
     if (profile) {
       process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|tsvirt: exits)/.test(l)).join('\n')}\n`);
       process.stdout.write(`VIRTIO-PROFILE ${JSON.stringify(tsvirt.rates)}\n`);
@@ -191,6 +198,12 @@ async function probe(): Promise<void> {
     // The lab shares two host cores with whatever else runs there, so one run of each can
     // catch a busy moment: the VMMs take turns (tsvirt, QEMU, QEMU, tsvirt, ...) and each
     // figure is the best of its rounds.
+    if (trace) {
+      process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|blk-trace)/.test(l)).join('\n')}\n`);
+      process.stdout.write(`--- main thread from the first large request\n${summariseProfile(join(dir, 'trace.cpuprofile'))}\n`);
+      process.stdout.write(`VIRTIO-TRACE ${JSON.stringify({ tsvirt: tsvirt.rates, qemu: await runQemu() })}\n`);
+      return;
+    }
     const ours: Rates[] = [tsvirt.rates];
     const qemu: Rates[] = [await runQemu()];
     for (let round = 1; round < ROUNDS; round++) {

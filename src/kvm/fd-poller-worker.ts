@@ -3,6 +3,7 @@
 // descriptors itself (epoll_ctl is thread-safe), so this loop needs no commands; writing the
 // wake eventfd (token 0) tells it to stop.
 import { parentPort, workerData } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
 import { WAKE_TOKEN, type PollerWorkerInput } from './fd-poller.js';
 import { EINTR, EPOLL_EVENT_SIZE, epollWait } from './libc.js';
 
@@ -21,6 +22,7 @@ for (;;) {
     if (token === WAKE_TOKEN) stop = true;
     else ready.push(token);
   }
-  if (ready.length > 0) port.postMessage(ready);
+  // The report time rides along (last element, as a number) for request tracing.
+  if (ready.length > 0) port.postMessage([...ready, performance.timeOrigin + performance.now()]);
   if (stop) break;
 }

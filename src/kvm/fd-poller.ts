@@ -33,6 +33,15 @@ interface Watch {
 
 const ARMED = EPOLLIN | EPOLLONESHOT;
 
+let reportAt: number | undefined;
+/**
+ * While a poller callback runs: when the worker thread saw the fd ready (ms since the epoch,
+ * sub-millisecond, comparable to performance.timeOrigin + performance.now()). For tracing.
+ */
+export function lastReportAt(): number | undefined {
+  return reportAt;
+}
+
 export class FdPoller {
   private readonly byFd = new Map<number, Watch>();
   private readonly byToken = new Map<bigint, Watch>();
@@ -51,7 +60,7 @@ export class FdPoller {
     this.worker = new Worker(new URL('./fd-poller-worker.js', import.meta.url), { workerData: input });
     // The poller alone must not keep the process alive.
     this.worker.unref();
-    this.worker.on('message', (tokens: bigint[]) => this.dispatch(tokens));
+    this.worker.on('message', (report: Array<bigint | number>) => this.dispatch(report));
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
   }
 
@@ -110,9 +119,11 @@ export class FdPoller {
     return this.closing;
   }
 
-  private dispatch(tokens: bigint[]): void {
+  private dispatch(report: Array<bigint | number>): void {
     let failure: { error: unknown } | undefined;
-    for (const token of tokens) {
+    reportAt = report[report.length - 1] as number;
+    for (let i = 0; i < report.length - 1; i++) {
+      const token = report[i] as bigint;
       const watch = this.byToken.get(token);
       if (!watch) continue; // removed since the worker saw it
       try {
@@ -132,6 +143,7 @@ export class FdPoller {
         }
       }
     }
+    reportAt = undefined;
     if (failure) throw failure.error;
   }
 }

@@ -9,6 +9,7 @@ import {
   bit, complete, drainQueue, VIRTIO_ID_BLOCK, type VirtioDevice, type VirtioDeviceContext,
 } from './device.js';
 import { type DescriptorChain, gather, scatter, sliceBuffers } from './queue.js';
+import { BlkTracer, blkTraceEnabled, type RequestTrace, type TakeSource } from './blk-trace.js';
 
 /**
  * What virtio-blk needs of a disk. The block layer's BlockDriver satisfies it; it is
@@ -87,7 +88,7 @@ export interface VirtioBlkOptions {
 interface Parked { context: VirtioDeviceContext; queue: number; chain: DescriptorChain }
 
 /** A read or write request, parsed and checked, with its data buffers. */
-interface Transfer { chain: DescriptorChain; isRead: boolean; offset: bigint; bytes: number; buffers: Uint8Array[] }
+interface Transfer { chain: DescriptorChain; isRead: boolean; offset: bigint; bytes: number; buffers: Uint8Array[]; trace?: RequestTrace }
 
 /** Merged requests stay within what one preadv/pwritev takes (IOV_MAX) and a few MiB. */
 const MERGE_MAX_BUFFERS = 1024;
@@ -114,9 +115,12 @@ export class VirtioBlk implements VirtioDevice {
   private pollWanted: boolean[];
   private pollImmediate: NodeJS.Immediate | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
+  /** Per-request timing (TSVIRT_BLK_TRACE=1); undefined, and free, otherwise. */
+  private readonly tracer: BlkTracer | undefined;
 
   constructor(private readonly backend: BlockBackend, private readonly options: VirtioBlkOptions = {}) {
     this.name = options.name ?? 'virtio-blk0';
+    this.tracer = blkTraceEnabled ? new BlkTracer(this.name) : undefined;
     const numQueues = options.numQueues ?? 1;
     const queueSize = options.queueSize ?? 256;
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 64) throw new Error(`${this.name}: num_queues ${numQueues} is not in 1..64`);
@@ -183,7 +187,7 @@ export class VirtioBlk implements VirtioDevice {
       }
     }
     this.restoredParked = [];
-    for (let i = 0; i < this.queueSizes.length; i++) this.queueNotify(i);
+    for (let i = 0; i < this.queueSizes.length; i++) this.serviceQueue(i, 'activate');
   }
 
   reset(): void {
@@ -199,7 +203,11 @@ export class VirtioBlk implements VirtioDevice {
 
   queueNotify(index: number): void {
     if (index >= this.queueSizes.length) return;
-    this.serviceQueue(index);
+    this.serviceQueue(index, 'doorbell');
+  }
+
+  interruptDecided(queue: number, sent: boolean): void {
+    this.tracer?.interrupt(queue, sent);
   }
 
   /**
@@ -209,10 +217,11 @@ export class VirtioBlk implements VirtioDevice {
    * When the last one completes, notifications are enabled again and the ring re-checked
    * for a buffer that raced with the change.
    */
-  private serviceQueue(index: number): void {
+  private serviceQueue(index: number, source: TakeSource): void {
     const context = this.context;
     if (!context) return;
     const q = context.queues[index];
+    const pass = this.tracer?.pass(source);
     try {
       for (let round = 0; round < 2; round++) {
         const batch: DescriptorChain[] = [];
@@ -221,7 +230,7 @@ export class VirtioBlk implements VirtioDevice {
           return true;
         }, { deferRest: false });
         if (!context.live || !q?.ready) return;
-        this.submit(context, index, batch);
+        this.submit(context, index, batch, pass);
         if (!context.live) return;
         if (q.pendingCount() > 0) {
           // More than a queue's worth was waiting: take the rest on a later turn.
@@ -248,12 +257,12 @@ export class VirtioBlk implements VirtioDevice {
    * of all their buffers: sequential I/O then costs one thread-pool round trip per batch,
    * not per request. Anything else runs on its own.
    */
-  private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[]): void {
+  private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[], pass?: ReturnType<BlkTracer['pass']>): void {
     let run: Transfer[] = [];
     let runBytes = 0;
     let runBuffers = 0;
     const flush = (): void => {
-      if (run.length === 1) this.run(context, queue, run[0]!.chain);
+      if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0]!.trace);
       else if (run.length > 1) this.runMerged(context, queue, run);
       run = [];
       runBytes = 0;
@@ -263,9 +272,10 @@ export class VirtioBlk implements VirtioDevice {
       const t = this.transferOf(context.memory, chain);
       if (!t) {
         flush();
-        this.run(context, queue, chain);
+        this.run(context, queue, chain, pass && this.tracer!.start(queue, pass, 'other', chain.readableBytes + chain.writableBytes, chain.readable.length + chain.writable.length));
         continue;
       }
+      if (pass) t.trace = this.tracer!.start(queue, pass, t.isRead ? 'read' : 'write', t.bytes, t.buffers.length);
       const last = run[run.length - 1];
       if (last && (last.isRead !== t.isRead || last.offset + BigInt(last.bytes) !== t.offset
         || runBytes + t.bytes > MERGE_MAX_BYTES || runBuffers + t.buffers.length > MERGE_MAX_BUFFERS)) {
@@ -301,16 +311,25 @@ export class VirtioBlk implements VirtioDevice {
     this.queueBusy[queue]! += n;
     this.inFlightCount += n;
     const buffers = run.flatMap((t) => t.buffers);
+    const traces = this.tracer && run.map((t) => t.trace!);
+    if (traces) this.tracer!.submitted(traces, this.queueBusy[queue]!, buffers.length);
     const io = run[0]!.isRead ? this.backend.readv(run[0]!.offset, buffers) : this.backend.writev(run[0]!.offset, buffers);
     io.then(() => {
       this.inFlightCount -= n;
+      if (traces) this.tracer!.completed(traces);
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
       const ok = Uint8Array.of(VIRTIO_BLK_S_OK);
+      // Nothing else in flight on this queue could share the interrupt: send it now rather
+      // than at the end of the turn (at low queue depth that wait is the driver's wait).
+      const idle = this.queueBusy[queue] === 0;
       try {
-        for (const t of run) {
+        for (let i = 0; i < n; i++) {
+          const t = run[i]!;
           scatter(context.memory, t.chain.writable, ok, t.chain.writableBytes - 1);
-          complete(context, queue, t.chain.head, (t.isRead ? t.bytes : 0) + 1);
+          // (Traced before complete(), which may decide the interrupt at once.)
+          if (t.trace) this.tracer!.used(queue, t.trace, this.queueBusy[queue]!);
+          complete(context, queue, t.chain.head, (t.isRead ? t.bytes : 0) + 1, idle && i === n - 1);
         }
       } catch (error) {
         context.fail(error as Error);
@@ -335,7 +354,7 @@ export class VirtioBlk implements VirtioDevice {
       for (let i = 0; i < this.pollWanted.length; i++) {
         if (!this.pollWanted[i]) continue;
         this.pollWanted[i] = false;
-        this.serviceQueue(i);
+        this.serviceQueue(i, 'completion');
       }
     });
   }
@@ -347,7 +366,7 @@ export class VirtioBlk implements VirtioDevice {
     if (this.pollTimer) return;
     this.pollTimer = setTimeout(() => {
       this.pollTimer = undefined;
-      for (let i = 0; i < this.queueBusy.length; i++) if (this.queueBusy[i]! > 0) this.serviceQueue(i);
+      for (let i = 0; i < this.queueBusy.length; i++) if (this.queueBusy[i]! > 0) this.serviceQueue(i, 'timer');
     }, POLL_FALLBACK_MS);
     this.pollTimer.unref();
   }
@@ -360,9 +379,10 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /** Start a request; anything unexpected fails the device instead of escaping as a rejection. */
-  private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): void {
+  private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): void {
     this.queueBusy[queue]!++;
-    this.process(context, queue, chain).then(() => {
+    if (trace) this.tracer!.submitted([trace], this.queueBusy[queue]!, trace.segments);
+    this.process(context, queue, chain, trace).then(() => {
       if (this.context !== context) return;
       // Parked requests ('stop' policy) count as done here: the VM is paused, and resume()
       // runs them again.
@@ -380,7 +400,7 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /** Run a request to completion; true when the 'stop' policy parked it instead. */
-  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain): Promise<boolean> {
+  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): Promise<boolean> {
     const memory = context.memory;
     if (chain.writableBytes < 1) {
       // Nowhere to put a status: hand the buffers back untouched so the driver is not stuck.
@@ -413,6 +433,7 @@ export class VirtioBlk implements VirtioDevice {
         written = 0;
       } finally {
         this.inFlightCount--;
+        if (trace) this.tracer!.completed([trace]);
       }
     }
     if (!context.live) return false;
@@ -422,7 +443,9 @@ export class VirtioBlk implements VirtioDevice {
       context.fail(error as Error);
       return false;
     }
-    complete(context, queue, chain.head, written + 1);
+    // queueBusy still counts this request until process() returns: 1 means it is the last.
+    if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]! - 1);
+    complete(context, queue, chain.head, written + 1, this.queueBusy[queue] === 1);
     return false;
   }
 

@@ -23,8 +23,12 @@ export interface VirtioDeviceContext {
   /** Features both sides agreed on. */
   readonly features: bigint;
   readonly log: LogLine;
-  /** Raise the queue's interrupt if the driver has not suppressed it. */
-  signalUsed(queueIndex: number): void;
+  /**
+   * Raise the queue's interrupt if the driver has not suppressed it. By default the decision
+   * waits for the end of the event-loop turn, so completions landing in the same turn share
+   * one interrupt; `now` decides at once (nothing else is in flight to share it with).
+   */
+  signalUsed(queueIndex: number, now?: boolean): void;
   /** Tell the driver the device config changed (bumps config_generation). */
   configChanged(): void;
   /** The driver broke the protocol: log it, set DEVICE_NEEDS_RESET, stop the device. */
@@ -51,6 +55,8 @@ export interface VirtioDevice {
   activate(context: VirtioDeviceContext): void;
   /** The driver notified queue `index`. */
   queueNotify(index: number): void;
+  /** The transport decided queue `queue`'s interrupt after used entries: sent, or suppressed by the driver. */
+  interruptDecided?(queue: number, sent: boolean): void;
   /** Device reset: forget the context and every request in flight. */
   reset(): void;
   saveState(): unknown;
@@ -91,8 +97,8 @@ export function drainQueue(
   }
 }
 
-/** Return a chain and interrupt the driver if it wants one. */
-export function complete(context: VirtioDeviceContext, index: number, head: number, written: number): void {
+/** Return a chain and interrupt the driver if it wants one (`now`: see signalUsed). */
+export function complete(context: VirtioDeviceContext, index: number, head: number, written: number, now?: boolean): void {
   if (!context.live) return;
   const queue = context.queues[index]!;
   try {
@@ -101,5 +107,5 @@ export function complete(context: VirtioDeviceContext, index: number, head: numb
     context.fail(error as Error);
     return;
   }
-  context.signalUsed(index);
+  context.signalUsed(index, now);
 }

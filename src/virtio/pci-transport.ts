@@ -304,8 +304,14 @@ export class VirtioPciDevice implements PciDevice {
       features: this.driverFeatures,
       log: this.log,
       live: true,
-      signalUsed: (queueIndex: number): void => {
+      signalUsed: (queueIndex: number, now?: boolean): void => {
         if (!context.live) return;
+        if (now) {
+          // Also covers used entries of this queue still waiting for the end of the turn.
+          this.interruptPending[queueIndex] = false;
+          this.flushInterrupt(queueIndex);
+          return;
+        }
         // Completions that land in the same event-loop turn (the block layer's thread pool
         // reports every finished request in one poll phase) share one interrupt decision:
         // one used_event check and at most one MSI per queue per turn, not one per request.
@@ -335,16 +341,23 @@ export class VirtioPciDevice implements PciDevice {
     for (let i = 0; i < pending.length; i++) {
       if (!pending[i]) continue;
       pending[i] = false;
-      const q = this.queues[i]!;
-      let wanted: boolean;
-      try {
-        wanted = q.needsInterrupt();
-      } catch (error) {
-        this.fail(error as Error);
-        return;
-      }
-      if (wanted) this.raise(q.msixVector, 1);
+      if (!this.flushInterrupt(i)) return;
     }
+  }
+
+  /** Interrupt the driver for queue `index` if it wants one; false when the device failed. */
+  private flushInterrupt(index: number): boolean {
+    const q = this.queues[index]!;
+    let wanted: boolean;
+    try {
+      wanted = q.needsInterrupt();
+    } catch (error) {
+      this.fail(error as Error);
+      return false;
+    }
+    if (wanted) this.raise(q.msixVector, 1);
+    this.device.interruptDecided?.(index, wanted);
+    return true;
   }
 
   /** A doorbell rang for queue `index` (MMIO write or ioeventfd). */
