@@ -275,7 +275,14 @@ export class Refcounts {
       // reaches the disk always points inside the file, whatever happened to the data.
       const length = Number(await this.file.length());
       const end = (start + got) * this.clusterSize;
-      if (end > length && !this.file.isBlockDevice) await this.file.truncate(BigInt(end));
+      if (end > length && !this.file.isBlockDevice) {
+        // With O_DIRECT the file grows by fallocate, not truncate: the clusters then exist
+        // on disk (unwritten, reading as zeroes), and a partial write into one is an
+        // overwrite, which the file system lets run in parallel; a write into a hole
+        // allocates and takes the inode exclusively, so such writes ran one at a time.
+        const grown = this.file.direct && this.file.allocate(BigInt(length), BigInt(end - length));
+        if (!grown) await this.file.truncate(BigInt(end));
+      }
       this.zeroFrom = Math.max(length, start * this.clusterSize);
       if (this.orderingBarriers && !this.deferredOrdering) await this.file.barrier();
       this.reserveStart = start;
