@@ -50,10 +50,10 @@ function rssBesidesGuestRam(pid: number, guestKiB: number): number {
 }
 
 /** Start `command`, wait for the userspace line on its output, sample memory, kill it. */
-function measure(command: string, args: string[]): Promise<Sample> {
+function measure(command: string, args: string[], env?: NodeJS.ProcessEnv): Promise<Sample> {
   return new Promise((resolve, reject) => {
     const start = performance.now();
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) });
     let out = '';
     let done = false;
     const timer = setTimeout(() => finish(new Error(`${command}: no userspace line within ${PROBE_TIMEOUT_MS} ms:\n${out.slice(-1500)}`)), PROBE_TIMEOUT_MS);
@@ -131,14 +131,25 @@ async function probe(): Promise<void> {
     qemu: ['qemu-system-x86_64', ['-M', 'pc', ...qemuCommon]],
     microvm: ['qemu-system-x86_64', ['-M', 'microvm', ...qemuCommon]],
   };
-  const samples: Record<keyof typeof vmms, Sample[]> = { tsvirt: [], qemu: [], microvm: [] };
+  // TSVIRT_BOOT_BENCH_COMPARE=1: variants of tsvirt take their turns too, each boot printed
+  // by the host side: without the start-up bundles, and (TSVIRT_BOOT_BENCH_BASELINE=PATH, a
+  // CLI inside dist/, e.g. an older build copied there) another build.
+  const variants: Record<string, [string, string[], NodeJS.ProcessEnv]> = {};
+  if (process.env.TSVIRT_BOOT_BENCH_COMPARE) {
+    const [command, args] = vmms.tsvirt;
+    variants['tsvirt-unbundled'] = [command, args, { TSVIRT_UNBUNDLED: '1' }];
+    const baseline = process.env.TSVIRT_BOOT_BENCH_BASELINE;
+    if (baseline) variants['tsvirt-baseline'] = [command, [fileURLToPath(new URL(`../../../${baseline}`, import.meta.url)), ...args.slice(1)], {}];
+  }
+  const samples: Record<string, Sample[]> = {};
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [name, [command, args]] of Object.entries(vmms) as [keyof typeof vmms, [string, string[]]][]) {
-      samples[name].push(await measure(command, args));
+    const all: [string, [string, string[], NodeJS.ProcessEnv?]][] = [...Object.entries(vmms), ...Object.entries(variants)];
+    for (const [name, [command, args, env]] of all) {
+      (samples[name] ??= []).push(await measure(command, args, env));
     }
   }
   const results = {
-    tsvirt: medianSample(samples.tsvirt), qemu: medianSample(samples.qemu), microvm: medianSample(samples.microvm), exits,
+    tsvirt: medianSample(samples.tsvirt!), qemu: medianSample(samples.qemu!), microvm: medianSample(samples.microvm!), exits,
     boots: samples,
   };
   process.stdout.write(`BOOT-BENCH ${JSON.stringify(results)}\n`);
@@ -153,17 +164,19 @@ export const group: BenchGroup = {
     const probePath = fileURLToPath(import.meta.url);
     const { toLabPath } = await import('../../src/lab/project-tree.js');
     const { projectRoot } = await import('../../src/lab/paths.js');
-    // TSVIRT_BOOT_TRACE=1 npm run bench -- boot: also print each tsvirt boot's start-up steps.
-    const trace = process.env.TSVIRT_BOOT_TRACE ? ['env', 'TSVIRT_BOOT_TRACE=1'] : [];
+    // TSVIRT_BOOT_TRACE=1 npm run bench -- boot: also print each tsvirt boot's start-up steps;
+    // the comparison switches (probe(), above) are passed on too.
+    const passed = ['TSVIRT_BOOT_TRACE', 'TSVIRT_BOOT_BENCH_COMPARE', 'TSVIRT_BOOT_BENCH_BASELINE'].filter((name) => process.env[name]);
+    const trace = passed.length > 0 ? ['env', ...passed.map((name) => `${name}=${process.env[name]}`)] : [];
     const command = [...trace, 'node', toLabPath(projectRoot(), probePath), '--probe'];
     const result = await labExec(command, { stdout: sink, stderr: sink, timeoutSeconds: 900 });
     const m = /^BOOT-BENCH (.*)$/m.exec(text);
     if (result.exitCode !== 0 || !m) throw new Error(`boot probe failed in the lab (exit ${result.exitCode}): ${text.slice(-800)}`);
     const r = JSON.parse(m[1]!) as Record<'tsvirt' | 'qemu' | 'microvm', Sample> & {
       exits: { vcpuThreadUs: number; mainThreadUs: number };
-      boots: Record<'tsvirt' | 'qemu' | 'microvm', Sample[]>;
+      boots: Record<string, Sample[]>;
     };
-    if (trace.length > 0) process.stdout.write(`${text.split('\n').filter((l) => l.startsWith('tsvirt-trace ')).join('\n')}\n`);
+    if (process.env.TSVIRT_BOOT_TRACE) process.stdout.write(`${text.split('\n').filter((l) => l.startsWith('tsvirt-trace ')).join('\n')}\n`);
     // Every boot, so the spread behind the medians is on record.
     for (const [name, boots] of Object.entries(r.boots)) {
       process.stdout.write(`boot ${name}: ${boots.map((b) => `${(b.bootMs / 1000).toFixed(2)} s/${(b.vmmRssKiB / 1024).toFixed(0)} MiB`).join(', ')}\n`);
