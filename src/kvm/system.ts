@@ -11,6 +11,8 @@ import { VmFd } from './vm.js';
 
 /** Largest CPUID/MSR list the wrappers grow to before giving up (the kernel's own limits are far lower). */
 const MAX_LIST_ENTRIES = 1 << 16;
+/** KVM_CREATE_VM attempts while signals keep interrupting it, before the EINTR is reported. */
+const CREATE_VM_ATTEMPTS = 100;
 
 export class Kvm {
   private closed = false;
@@ -86,7 +88,15 @@ export class Kvm {
   /** KVM_CREATE_VM; `type` 0 is the default x86 VM. */
   createVm(type = 0): VmFd {
     const mmapSize = this.vcpuMmapSize();
-    return new VmFd(ioctlValue(this.fd, IOCTLS.KVM_CREATE_VM, type, 'KVM_CREATE_VM'), mmapSize);
+    // A signal that arrives meanwhile (a profiler's SIGPROF, SIGCHLD, a terminal resize) makes
+    // the kernel give up with EINTR, having created nothing: ask again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return new VmFd(ioctlValue(this.fd, IOCTLS.KVM_CREATE_VM, type, 'KVM_CREATE_VM'), mmapSize);
+      } catch (err) {
+        if (!(err instanceof KvmError && err.code === 'EINTR') || attempt >= CREATE_VM_ATTEMPTS) throw err;
+      }
+    }
   }
 
   close(): void {
