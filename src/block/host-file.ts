@@ -23,14 +23,8 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const RWF_NOWAIT = 0x08;
 const EAGAIN = 11;
-const EOPNOTSUPP = 95;
-const TMPFS_MAGIC = 0x01021994;
-/**
- * Largest read tried on the spot: bigger copies would hold up the event loop. 2 MiB covers
- * a guest's sequential reads (1 MiB readahead requests, two merged): a copy of a few hundred
- * microseconds, less than the pool's two thread switches cost on a busy host.
- */
-const CACHED_READ_MAX = 2 << 20;
+/** Largest read tried on the spot: bigger copies would hold up the event loop. */
+const CACHED_READ_MAX = 128 * 1024;
 /** Most buffers one on-the-spot read takes. */
 const CACHED_READ_IOVS = 16;
 /** The iovecs, reused: the on-the-spot read is synchronous, so nothing else uses them meanwhile. */
@@ -43,7 +37,6 @@ interface Libc {
   preadv2: CFunction;
   memchr: CFunction;
   lseek: CFunction;
-  fstatfs: CFunction;
 }
 let libc: Libc | undefined;
 function getLibc(): Libc {
@@ -56,7 +49,6 @@ function getLibc(): Libc {
       // learn where V8 put a buffer, needed to carve O_DIRECT-aligned windows out of it.
       memchr: lib.func('void *memchr(void *s, int c, size_t n)'),
       lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
-      fstatfs: lib.func('int fstatfs(int fd, void *buf)'),
     };
   }
   return libc;
@@ -269,13 +261,6 @@ export class HostFile {
   // itself. The kernel answers EAGAIN rather than wait for the disk; that request (and any
   // larger one) goes to the pool. A kernel or file system without the flag turns this off.
   private cachedReads = true;
-  /** The file is on tmpfs: on-the-spot reads need no RWF_NOWAIT. */
-  private inMemory = false;
-
-  private onTmpfs(): boolean {
-    const stat = Buffer.alloc(128); // struct statfs; f_type comes first
-    return getLibc().fstatfs(this.handle.fd, stat) === 0 && stat.readBigInt64LE(0) === BigInt(TMPFS_MAGIC);
-  }
 
   /** Bytes read on the spot from the page cache, or undefined when the read must go to the pool. */
   private cachedRead(buffers: Uint8Array[], position: number): number | undefined {
@@ -286,16 +271,9 @@ export class HostFile {
       cachedReadIov.writeBigUInt64LE(addressOf(buffers[i]!), 16 * i);
       cachedReadIov.writeBigUInt64LE(BigInt(buffers[i]!.length), 16 * i + 8);
     }
-    const n = Number(getLibc().preadv2(this.handle.fd, cachedReadIov, buffers.length, position, this.inMemory ? 0 : RWF_NOWAIT));
+    const n = Number(getLibc().preadv2(this.handle.fd, cachedReadIov, buffers.length, position, RWF_NOWAIT));
     if (n >= 0) return n;
-    const errno = koffi.errno();
-    if (errno === EOPNOTSUPP && !this.inMemory && this.onTmpfs()) {
-      // tmpfs (before Linux 6.6) refuses the flag, but its data is in memory already: a
-      // plain read never waits for a disk.
-      this.inMemory = true;
-      return this.cachedRead(buffers, position);
-    }
-    if (errno !== EAGAIN) this.cachedReads = false;
+    if (koffi.errno() !== EAGAIN) this.cachedReads = false;
     return undefined;
   }
 
