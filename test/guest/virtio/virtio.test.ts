@@ -227,11 +227,14 @@ test('second boot: the files written by the first boot read back', { timeout: TE
 // The guest console on virtio-serial port 0 (hvc0). The kernel also keeps ttyS0 here (hvc0
 // alone is console-only.test.ts), so a kernel message written after hvc0 is up arrives
 // twice (once per console), while the script's output, whose stdout is /dev/hvc0, arrives
-// once; input goes to the virtio port only.
+// once; input goes to the virtio port only. The two consoles reach the host's output by
+// different paths, so the script waits a moment after the kernel message: otherwise the
+// serial copy can land in the middle of the script's next line.
 const CONSOLE_BOOT = `
 echo "fact console_tty=$(cat /sys/class/tty/console/active)"
 echo "fact stdout=$(readlink /proc/$$/fd/1)"
 echo "<3>tsvirt-kmsg: from the kernel log" > /dev/kmsg
+sleep 1
 echo "fact console_ready=yes"
 line=$(timeout 60 head -n1)
 echo "fact console_line=$line"

@@ -406,3 +406,21 @@ test('merged writes: an error runs each request again on its own, so each gets i
   reqs.forEach((r) => assert.equal(r.statusByte(), 0));
   assert.deepEqual(disk.bytes.subarray(0, 1024), Uint8Array.from([...data[0]!, ...data[1]!]));
 });
+
+test('the last request in flight gets its interrupt with its used element, not at the end of the turn', async () => {
+  const disk = new MemoryDisk(MiB);
+  disk.hold = true;
+  const { d, q } = await blkMachine(disk, {}, { msix: true });
+  const req = request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  for (let i = 0; i < 100 && disk.heldCount < 1; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(disk.heldCount, 1);
+  const start = d.m.sink.msis.length;
+  const usedBefore = q.usedIdx;
+  disk.release();
+  // Only promise jobs run here: no setImmediate callback can have fired yet.
+  for (let i = 0; i < 200 && q.usedIdx === usedBefore; i++) await Promise.resolve();
+  assert.equal(q.usedIdx, (usedBefore + 1) & 0xffff, 'the request completed within promise jobs');
+  assert.equal(d.m.sink.msis.length - start, 1, 'interrupt sent together with the used element');
+  assert.equal(req.statusByte(), 0);
+});
