@@ -228,8 +228,8 @@ test('second boot: the files written by the first boot read back', { timeout: TE
 // alone is console-only.test.ts), so a kernel message written after hvc0 is up arrives
 // twice (once per console), while the script's output, whose stdout is /dev/hvc0, arrives
 // once; input goes to the virtio port only. The two consoles reach the host's output by
-// different paths, so the script waits a moment after the kernel message: otherwise the
-// serial copy can land in the middle of the script's next line.
+// different paths, so the script prints nothing more until its input line arrives, which
+// the host sends once both copies of the kernel message are in.
 const CONSOLE_BOOT = `
 echo "fact console_tty=$(cat /sys/class/tty/console/active)"
 echo "fact stdout=$(readlink /proc/$$/fd/1)"
