@@ -146,9 +146,17 @@ export class Virtqueue {
   setNotification(enabled: boolean): void {
     const used = this.rings().used;
     this.notifySuppressed = !enabled;
-    if (this.eventIdx) used.setUint16(4 + 8 * this.size, enabled ? this.nextAvail : (this.nextAvail - 1) & 0xffff, true);
+    if (this.eventIdx) this.writeAvailEvent(used);
     else used.setUint16(0, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY, true);
     if (enabled) fence();
+  }
+
+  /**
+   * avail_event (EVENT_IDX): ask to be notified when the driver adds anything past what we
+   * took, or, while notifications are suppressed, keep it one behind.
+   */
+  private writeAvailEvent(used: DataView): void {
+    used.setUint16(4 + 8 * this.size, this.notifySuppressed ? (this.nextAvail - 1) & 0xffff : this.nextAvail, true);
   }
 
   /** Whether the driver was asked not to notify (see setNotification). */
@@ -222,9 +230,7 @@ export class Virtqueue {
     const head = rings.avail.getUint16(4 + 2 * slot, true);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     if (this.eventIdx) {
-      // avail_event: ask to be notified when the driver adds anything past what we took
-      // (or, while notifications are suppressed, keep it one behind).
-      rings.used.setUint16(4 + 8 * this.size, this.notifySuppressed ? (this.nextAvail - 1) & 0xffff : this.nextAvail, true);
+      this.writeAvailEvent(rings.used);
       if (!this.notifySuppressed) fence();
     }
     if (head >= this.size) {
@@ -236,9 +242,7 @@ export class Virtqueue {
   /** Put the last popped chain back (the device cannot handle it yet, e.g. no room downstream). */
   undoPop(): void {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
-    if (this.eventIdx) {
-      this.rings().used.setUint16(4 + 8 * this.size, this.notifySuppressed ? (this.nextAvail - 1) & 0xffff : this.nextAvail, true);
-    }
+    if (this.eventIdx) this.writeAvailEvent(this.rings().used);
   }
 
   /** Walk the chain starting at descriptor `head` (used to restore requests saved in flight). */
