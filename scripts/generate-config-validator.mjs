@@ -8,10 +8,10 @@ import { Ajv } from 'ajv';
 import standaloneCode from 'ajv/dist/standalone/index.js';
 
 const vmmDir = new URL('../dist/src/vmm/', import.meta.url);
-const { machineConfigSchema } = await import(new URL('config-schema.js', vmmDir).href);
+const { machineConfigSchema, SCHEMA_COMPILER_OPTIONS } = await import(new URL('config-schema.js', vmmDir).href);
 
-// The same options config.ts uses when it has to compile the schema itself.
-const ajv = new Ajv({ allErrors: true, strict: true, code: { source: true, esm: true } });
+// The options config.ts also uses when it has to compile the schema itself.
+const ajv = new Ajv({ ...SCHEMA_COMPILER_OPTIONS, code: { source: true, esm: true } });
 let code = standaloneCode.default(ajv, ajv.compile(machineConfigSchema));
 
 // ajv's ESM output still reaches its small runtime helpers (ucs2length for minLength) with

@@ -4,6 +4,9 @@
 import { MAX_VCPUS } from './vcpu-threads.js';
 import { virtioConfigSchemaProperties } from './virtio-config.js';
 
+/** How the schema is compiled, at build time (the generated validator) and at run time (its fallback). */
+export const SCHEMA_COMPILER_OPTIONS = { allErrors: true, strict: true } as const;
+
 export const machineConfigSchema = {
   $id: 'https://tsvirt.dev/schemas/machine.json',
   type: 'object',

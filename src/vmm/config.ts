@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import type { Ajv as AjvClass, ErrorObject } from 'ajv';
 import { parseSize } from './size.js';
 import { MAX_VCPUS } from './vcpu-threads.js';
-import { machineConfigSchema } from './config-schema.js';
+import { machineConfigSchema, SCHEMA_COMPILER_OPTIONS } from './config-schema.js';
 import { parseVirtioConfig, type VirtioMachineConfig } from './virtio-config.js';
 
 /** Where the serial console (COM1) goes. */
@@ -92,7 +92,7 @@ export function schemaValidator(): SchemaValidator {
     } else {
       // ajv is CommonJS, so it loads synchronously here.
       const { Ajv } = createRequire(import.meta.url)('ajv') as { Ajv: typeof AjvClass };
-      validator = new Ajv({ allErrors: true, strict: true }).compile(machineConfigSchema);
+      validator = new Ajv(SCHEMA_COMPILER_OPTIONS).compile(machineConfigSchema);
     }
   }
   return validator;

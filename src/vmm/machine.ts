@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 // loop-guest tools, which a Linux boot does not need (start-up time, docs/design.md).
 import { KVM_MP_STATE, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT } from '../kvm/abi.js';
 import { Kvm } from '../kvm/system.js';
-import type { VcpuFd } from '../kvm/vcpu.js';
+import type { VcpuExit, VcpuFd } from '../kvm/vcpu.js';
 import type { VmFd } from '../kvm/vm.js';
 import { installKickHandler, kickThread } from '../kvm/kick.js';
 import {
@@ -100,6 +100,13 @@ const PARK_TIMEOUT_MS = 5000;
 const exitCounts: Map<string, number> | null = process.env.TSVIRT_EXIT_STATS ? new Map() : null;
 /** With TSVIRT_BOOT_TRACE: main-thread exit sources already traced (the first of each shows guest progress). */
 const firstExits: Set<string> | null = bootTraceEnabled ? new Set() : null;
+
+/** What an exit went to, for the exit statistics and the boot trace: `io 0x3f8 [out]`, `mmio 0x...`. */
+function exitSource(exit: VcpuExit, withDirection: boolean): string {
+  if (exit.reason === 'io') return `io 0x${exit.port.toString(16)}${withDirection ? ` ${exit.direction}` : ''}`;
+  if (exit.reason === 'mmio') return `mmio 0x${exit.address.toString(16)}`;
+  return exit.reason;
+}
 
 export class Machine extends EventEmitter implements QmpTarget {
   readonly uuid = randomUUID();
@@ -493,14 +500,14 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (!vcpu) return;
     const exit = vcpu.decodeExit();
     if (firstExits && firstExits.size < 64) {
-      const key = exit.reason === 'io' ? `io 0x${exit.port.toString(16)} ${exit.direction}` : exit.reason === 'mmio' ? `mmio 0x${exit.address.toString(16)}` : exit.reason;
+      const key = exitSource(exit, true);
       if (!firstExits.has(key)) {
         firstExits.add(key);
         bootTrace(`exit: first ${key}`);
       }
     }
     if (exitCounts) {
-      const key = exit.reason === 'io' ? `io 0x${exit.port.toString(16)}` : exit.reason === 'mmio' ? `mmio 0x${exit.address.toString(16)}` : exit.reason;
+      const key = exitSource(exit, false);
       exitCounts.set(key, (exitCounts.get(key) ?? 0) + 1);
     }
     if (exit.reason === 'io') {
