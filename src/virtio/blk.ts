@@ -399,14 +399,14 @@ export class VirtioBlk implements VirtioDevice {
     return VIRTIO_BLK_S_IOERR;
   }
 
-  /** Run a request to completion; true when the 'stop' policy parked it instead. */
-  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): Promise<boolean> {
+  /** Run a request to completion (or park it, under the 'stop' policy). */
+  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): Promise<void> {
     const memory = context.memory;
     if (chain.writableBytes < 1) {
       // Nowhere to put a status: hand the buffers back untouched so the driver is not stuck.
       this.fail(queue, chain, 'has no writable status byte');
       complete(context, queue, chain.head, 0);
-      return false;
+      return;
     }
     let status = VIRTIO_BLK_S_OK;
     let written = 0;
@@ -427,7 +427,7 @@ export class VirtioBlk implements VirtioDevice {
           this.fail(queue, chain, `host I/O error, pausing: ${err.message}`);
           this.parked.push({ context, queue, chain });
           this.options.onIoError?.(this.name, err);
-          return true;
+          return;
         }
         status = this.fail(queue, chain, `host I/O error: ${err.message}`);
         written = 0;
@@ -436,17 +436,16 @@ export class VirtioBlk implements VirtioDevice {
         if (trace) this.tracer!.completed([trace]);
       }
     }
-    if (!context.live) return false;
+    if (!context.live) return;
     try {
       scatter(memory, chain.writable, Uint8Array.of(status), chain.writableBytes - 1);
     } catch (error) {
       context.fail(error as Error);
-      return false;
+      return;
     }
     // queueBusy still counts this request until process() returns: 1 means it is the last.
     if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]! - 1);
     complete(context, queue, chain.head, written + 1, this.queueBusy[queue] === 1);
-    return false;
   }
 
   /** Run one request; returns its status and how many data bytes went to the driver. */
