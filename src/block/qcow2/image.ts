@@ -651,21 +651,15 @@ export class Qcow2Image implements BlockDriver {
 
   private async writeFrom(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
     while (this.paused) await this.paused;
-    const e = this.singleClusterEntry(offset, length);
-    const gc = Math.floor(offset / this.clusterSize);
-    if (e && this.directlyWritable(gc, e, offset - gc * this.clusterSize, length)) {
-      // One cluster we own: straight to the file, without the general walk.
-      this.inPlaceWriters++;
-      try {
-        return await this.file.writev(e.offset + (offset - gc * this.clusterSize), buffers);
-      } finally {
-        this.writerDone();
-      }
-    }
     // Counted until the whole write is done, allocations included: exclusive operations
     // wait for it.
     this.inPlaceWriters++;
     try {
+      const e = this.singleClusterEntry(offset, length);
+      const gc = Math.floor(offset / this.clusterSize);
+      const inCluster = offset - gc * this.clusterSize;
+      // One cluster we own: straight to the file, without the general walk.
+      if (e && this.directlyWritable(gc, e, inCluster, length)) return await this.file.writev(e.offset + inCluster, buffers);
       const slow = await this.writeInPlace(offset, length, buffers);
       if (slow.length > 0) await this.allocatingWrite(slow);
     } finally {
