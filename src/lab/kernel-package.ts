@@ -1,9 +1,9 @@
 // Fetches Debian's cloud kernel package: the lab host and the guests both run it.
 // The exact version is resolved from the linux-image-cloud-amd64 metapackage, because
 // `apt-get download` with a wildcard fetches every matching version (hundreds of MB).
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { runTool } from './run-tool.js';
 
 export interface KernelTree {
   /** e.g. 6.1.0-56-cloud-amd64 */
@@ -16,16 +16,7 @@ export interface KernelTree {
 
 const META_PACKAGE = 'linux-image-cloud-amd64';
 
-function run(command: string, args: string[], cwd?: string): string {
-  try {
-    return execFileSync(command, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
-  } catch (err) {
-    const e = err as { stderr?: string; code?: string; message: string };
-    if (e.code === 'ENOENT') throw new Error(`${command} is not installed (needed to build the lab)`);
-    const detail = (e.stderr ?? e.message).trim().split('\n').pop();
-    throw new Error(`${command} ${args.join(' ')} failed: ${detail}`);
-  }
-}
+const run = (command: string, args: string[], cwd?: string): string => runTool(command, args, { cwd, purpose: 'build the lab' });
 
 /** The versioned package the metapackage depends on, e.g. linux-image-6.1.0-56-cloud-amd64. */
 export function resolveKernelPackage(): string {

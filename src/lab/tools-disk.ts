@@ -5,13 +5,13 @@
 // cached under the lab cache. Only the files `ldd` names are kept; fio runs through the
 // dynamic loader on the disk, so the guest needs no /lib of its own:
 //   mount -o ro /dev/vdX /tools && /tools/fio.sh --name=...
-import { execFileSync } from 'node:child_process';
 import {
   chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync,
   statSync, writeFileSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { labCacheDir } from './paths.js';
+import { runTool } from './run-tool.js';
 
 /** Bump when the disk's layout changes, so cached disks are rebuilt. */
 const TOOLS_FORMAT = 1;
@@ -36,18 +36,8 @@ export function toolsDir(): string {
   return join(labCacheDir(), 'tools');
 }
 
-function run(command: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
-  try {
-    return execFileSync(command, args, {
-      cwd: opts.cwd, env: opts.env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20,
-    });
-  } catch (err) {
-    const e = err as { stderr?: string; code?: string; message: string };
-    if (e.code === 'ENOENT') throw new Error(`${command} is not installed (needed to build the tools disk)`);
-    const detail = (e.stderr ?? e.message).trim().split('\n').pop();
-    throw new Error(`${command} ${args.slice(0, 4).join(' ')}${args.length > 4 ? ' ...' : ''} failed: ${detail}`);
-  }
-}
+const run = (command: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string =>
+  runTool(command, args, { ...opts, purpose: 'build the tools disk' });
 
 /**
  * Parse `apt-cache depends` output: package -> its first-choice hard dependencies. A line
