@@ -31,6 +31,23 @@ async function findBase(chain: ChainLayer[], wanted: string): Promise<number | u
   return undefined;
 }
 
+/**
+ * A rate limit for `bytesPerSecond` (0: none): each call waits until the bytes written before
+ * it fit the rate since the first call, then counts `length` more.
+ */
+function rateLimiter(bytesPerSecond: number): (length: bigint) => Promise<void> {
+  if (bytesPerSecond <= 0) return async () => undefined;
+  let start: number | undefined;
+  let written = 0;
+  return async (length) => {
+    start ??= performance.now();
+    const due = start + (written / bytesPerSecond) * 1000;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    written += Number(length);
+  };
+}
+
 export async function commit(argv: string[], io: ImgIO): Promise<number> {
   const { options, operands } = getopt(argv, {
     short: 'hf:t:b:dpqr:',
@@ -40,10 +57,13 @@ export async function commit(argv: string[], io: ImgIO): Promise<number> {
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = operands[0]!;
   checkFormatName(filename, opts.get('f'));
-  const rate = opts.get('r');
-  if (rate !== undefined && parseSize(rate) === undefined) {
+  const rateText = opts.get('r');
+  const rate = rateText === undefined ? undefined : parseSize(rateText);
+  if (rateText !== undefined && rate === undefined) {
     throw new ImgError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
   }
+  // -r: bytes written per second at most (0: no limit, as in qemu-img).
+  const throttle = rateLimiter(rate ? Number(rate) : 0);
   const cache = cacheMode(opts.get('t'), 'writeback');
   const quiet = opts.has('q');
   const wanted = opts.get('b');
@@ -68,8 +88,10 @@ export async function commit(argv: string[], io: ImgIO): Promise<number> {
         if (e.data) {
           const buf = Buffer.allocUnsafe(Number(e.length));
           await top.readv(e.start, [buf]);
+          await throttle(e.length);
           await base.writev(e.start, [buf]);
         } else if (e.present) {
+          await throttle(e.length);
           await base.writeZeroes(e.start, e.length);
         }
       }

@@ -284,6 +284,16 @@ describe('tsvirt writes to qemu-made images leave them clean', { skip }, () => {
     }
   });
 
+  test('commit -r limits the rate: 228 KiB at 100 KiB/s take over a second and commit the same data', () => {
+    const { mid, top, raw } = chain3('cr');
+    const started = performance.now();
+    const r = s.tsvirt('commit', '-r', '100k', top);
+    const seconds = (performance.now() - started) / 1000;
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(seconds >= 1.2, `commit -r 100k of 228 KiB took ${seconds.toFixed(2)} s`);
+    assert.equal(s.qemuImg('compare', mid, raw).status, 0, 'committed into the immediate backing file');
+  });
+
   test('resize --shrink and + sizes keep qemu images clean', () => {
     s.qemu('create', '-q', '-f', 'qcow2', 'rs.qcow2', '8M');
     s.io('rs.qcow2', 'write -P 1 0 1M');
