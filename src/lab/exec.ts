@@ -58,7 +58,12 @@ export interface LabExecResult {
 
 /** A failure of the lab itself (not of the command), with one-line message and the log tail. */
 export class LabError extends Error {
-  constructor(message: string, readonly logTail: string[] = []) {
+  /**
+   * @param hostStopped the lab host itself went away (QEMU exited without an error of its own)
+   *   before the command finished: the emulated machine reset under the command, which the
+   *   command's own result says nothing about.
+   */
+  constructor(message: string, readonly logTail: string[] = [], readonly hostStopped = false) {
     super(message);
     this.name = 'LabError';
   }
@@ -317,7 +322,7 @@ async function runQemu(
           if (exitCode === null) {
             const q = qemuMessages.trim().split('\n').filter((l) => l.trim() !== '').pop();
             const why = q ? `QEMU said: ${q}` : `QEMU exited (${signal ?? code}) before the command finished`;
-            return reject(new LabError(`lab: ${why} ${where}`, tail));
+            return reject(new LabError(`lab: ${why} ${where}`, tail, !q && signal === null && code === 0));
           }
           resolve({ exitCode, bootSeconds, totalSeconds, kernelLog: logPath });
         });

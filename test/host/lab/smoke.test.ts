@@ -153,6 +153,19 @@ test('a lab CPU without svm fails clearly: no /dev/kvm inside', async () => {
       assert.ok(err instanceof LabError);
       assert.match(err.message, /^lab: the lab CPU offers no svm .* \(lab log: .*\/logs\/lab-[-0-9TZ]+\.log\)$/);
       assert.ok(err.logTail.length > 0);
+      assert.equal(err.hostStopped, false, 'a lab that reports its failure did not just stop');
+      return true;
+    },
+  );
+});
+
+test('a lab host that resets under the command is a LabError marked hostStopped', async () => {
+  await assert.rejects(
+    labExec(['reboot', '-f'], { timeoutSeconds: 120 }),
+    (err: unknown) => {
+      assert.ok(err instanceof LabError);
+      assert.match(err.message, /^lab: QEMU exited \(0\) before the command finished \(lab log: /);
+      assert.equal(err.hostStopped, true);
       return true;
     },
   );
