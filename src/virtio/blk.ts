@@ -87,12 +87,33 @@ export interface VirtioBlkOptions {
 
 interface Parked { context: VirtioDeviceContext; queue: number; chain: DescriptorChain }
 
-/** A read or write request, parsed and checked, with its data buffers. */
-interface Transfer { chain: DescriptorChain; isRead: boolean; offset: bigint; bytes: number; buffers: Uint8Array[]; trace?: RequestTrace }
+/** A read or write that passed every check: its byte range and its data buffers in guest memory. */
+interface Transfer { isRead: boolean; offset: bigint; bytes: number; buffers: Uint8Array[] }
+
+/**
+ * A request whose header was read (once: the guest may rewrite it meanwhile, and what was
+ * merged must be what runs), with its read or write checked.
+ */
+interface Request {
+  chain: DescriptorChain;
+  type: number;
+  sector: bigint;
+  /** A read or write that can run; undefined for other types and for refused ones. */
+  transfer?: Transfer;
+  /** Why a read or write is refused (VIRTIO_BLK_S_IOERR). */
+  refused?: string;
+}
+
+/** A read or write of at least one sector: it may be merged with its neighbours. */
+type Mergeable = Request & { transfer: Transfer; trace?: RequestTrace };
 
 /** Merged requests stay within what one preadv/pwritev takes (IOV_MAX) and a few MiB. */
 const MERGE_MAX_BUFFERS = 1024;
 const MERGE_MAX_BYTES = 4 << 20;
+
+function isMergeable(request: Request | undefined): request is Mergeable {
+  return request?.transfer !== undefined && request.transfer.bytes > 0;
+}
 
 export class VirtioBlk implements VirtioDevice {
   readonly name: string;
@@ -258,62 +279,78 @@ export class VirtioBlk implements VirtioDevice {
    * not per request. Anything else runs on its own.
    */
   private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[], pass?: ReturnType<BlkTracer['pass']>): void {
-    let run: Transfer[] = [];
+    let run: Mergeable[] = [];
     let runBytes = 0;
     let runBuffers = 0;
     const flush = (): void => {
-      if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0]!.trace);
+      if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
       else if (run.length > 1) this.runMerged(context, queue, run);
       run = [];
       runBytes = 0;
       runBuffers = 0;
     };
     for (const chain of chains) {
-      const t = this.transferOf(context.memory, chain);
-      if (!t) {
+      const request = this.parse(context.memory, chain);
+      if (!isMergeable(request)) {
         flush();
-        this.run(context, queue, chain, pass && this.tracer!.start(queue, pass, 'other', chain.readableBytes + chain.writableBytes, chain.readable.length + chain.writable.length));
+        this.run(context, queue, chain, request, pass && this.tracer!.start(queue, pass, 'other', chain.readableBytes + chain.writableBytes, chain.readable.length + chain.writable.length));
         continue;
       }
-      if (pass) t.trace = this.tracer!.start(queue, pass, t.isRead ? 'read' : 'write', t.bytes, t.buffers.length);
-      const last = run[run.length - 1];
+      const t = request.transfer;
+      if (pass) request.trace = this.tracer!.start(queue, pass, t.isRead ? 'read' : 'write', t.bytes, t.buffers.length);
+      const last = run[run.length - 1]?.transfer;
       if (last && (last.isRead !== t.isRead || last.offset + BigInt(last.bytes) !== t.offset
         || runBytes + t.bytes > MERGE_MAX_BYTES || runBuffers + t.buffers.length > MERGE_MAX_BUFFERS)) {
         flush();
       }
-      run.push(t);
+      run.push(request);
       runBytes += t.bytes;
       runBuffers += t.buffers.length;
     }
     flush();
   }
 
-  /** A well-formed read or write, ready to merge; undefined for anything else (process() handles it). */
-  private transferOf(memory: GuestMemory, chain: DescriptorChain): Transfer | undefined {
+  /**
+   * Read a request's header and check a read or write (its length, range, the disk's
+   * read-only state), slicing its data buffers; undefined when the chain has no status byte
+   * or too short a header (process() reports those).
+   */
+  private parse(memory: GuestMemory, chain: DescriptorChain): Request | undefined {
     if (chain.writableBytes < 1 || chain.readableBytes < HEADER) return undefined;
-    const header = this.headerBytes;
-    gather(memory, chain.readable, header);
+    gather(memory, chain.readable, this.headerBytes);
     const type = this.headerView.getUint32(0, true);
-    if (type !== VIRTIO_BLK_T_IN && type !== VIRTIO_BLK_T_OUT) return undefined;
+    const sector = this.headerView.getBigUint64(8, true);
+    const request: Request = { chain, type, sector };
+    if (type !== VIRTIO_BLK_T_IN && type !== VIRTIO_BLK_T_OUT) return request;
     const isRead = type === VIRTIO_BLK_T_IN;
-    if (!isRead && this.readOnly) return undefined;
     const bytes = isRead ? chain.writableBytes - 1 : chain.readableBytes - HEADER;
-    if (bytes === 0 || bytes % SECTOR !== 0) return undefined;
-    const offset = this.headerView.getBigUint64(8, true) * BigInt(SECTOR);
-    if (offset + BigInt(bytes) > this.capacityBytes) return undefined;
-    const buffers = isRead ? sliceBuffers(memory, chain.writable, 0, bytes) : sliceBuffers(memory, chain.readable, HEADER, bytes);
-    return { chain, isRead, offset, bytes, buffers };
+    const offset = sector * BigInt(SECTOR);
+    if (!isRead && this.readOnly) request.refused = 'write to a read-only disk';
+    else if (bytes % SECTOR !== 0) request.refused = `data length ${bytes} is not a multiple of ${SECTOR}`;
+    else request.refused = this.beyondDisk(offset, BigInt(bytes));
+    if (request.refused === undefined) {
+      const buffers = isRead ? sliceBuffers(memory, chain.writable, 0, bytes) : sliceBuffers(memory, chain.readable, HEADER, bytes);
+      request.transfer = { isRead, offset, bytes, buffers };
+    }
+    return request;
+  }
+
+  /** Why `bytes` at byte `start` do not fit on the disk, or undefined when they do. */
+  private beyondDisk(start: bigint, bytes: bigint): string | undefined {
+    if (start + bytes <= this.capacityBytes) return undefined;
+    return `sectors ${start / BigInt(SECTOR)}+${bytes / BigInt(SECTOR)} are beyond the disk's ${this.capacityBytes / BigInt(SECTOR)} sectors`;
   }
 
   /** Run merged transfers as one backend request; on an error, each runs again on its own. */
-  private runMerged(context: VirtioDeviceContext, queue: number, run: Transfer[]): void {
+  private runMerged(context: VirtioDeviceContext, queue: number, run: Mergeable[]): void {
     const n = run.length;
     this.queueBusy[queue]! += n;
     this.inFlightCount += n;
-    const buffers = run.flatMap((t) => t.buffers);
-    const traces = this.tracer && run.map((t) => t.trace!);
+    const buffers = run.flatMap((r) => r.transfer.buffers);
+    const traces = this.tracer && run.map((r) => r.trace!);
     if (traces) this.tracer!.submitted(traces, this.queueBusy[queue]!, buffers.length);
-    const io = run[0]!.isRead ? this.backend.readv(run[0]!.offset, buffers) : this.backend.writev(run[0]!.offset, buffers);
+    const first = run[0]!.transfer;
+    const io = first.isRead ? this.backend.readv(first.offset, buffers) : this.backend.writev(first.offset, buffers);
     io.then(() => {
       this.inFlightCount -= n;
       if (traces) this.tracer!.completed(traces);
@@ -325,11 +362,11 @@ export class VirtioBlk implements VirtioDevice {
       const idle = this.queueBusy[queue] === 0;
       try {
         for (let i = 0; i < n; i++) {
-          const t = run[i]!;
-          scatter(context.memory, t.chain.writable, ok, t.chain.writableBytes - 1);
+          const { chain, transfer, trace } = run[i]!;
+          scatter(context.memory, chain.writable, ok, chain.writableBytes - 1);
           // (Traced before complete(), which may decide the interrupt at once.)
-          if (t.trace) this.tracer!.used(queue, t.trace, this.queueBusy[queue]!);
-          complete(context, queue, t.chain.head, (t.isRead ? t.bytes : 0) + 1, idle && i === n - 1);
+          if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
+          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, idle && i === n - 1);
         }
       } catch (error) {
         context.fail(error as Error);
@@ -342,7 +379,8 @@ export class VirtioBlk implements VirtioDevice {
       this.inFlightCount -= n;
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
-      for (const t of run) this.run(context, queue, t.chain);
+      // (Untraced: their traces ended with the merged call.)
+      for (const r of run) this.run(context, queue, r.chain, r);
     });
   }
 
@@ -378,11 +416,15 @@ export class VirtioBlk implements VirtioDevice {
     for (const p of parked) this.run(p.context, p.queue, p.chain);
   }
 
-  /** Start a request; anything unexpected fails the device instead of escaping as a rejection. */
-  private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): void {
+  /**
+   * Start a request, parsed already when `request` is given (a request resumed after a
+   * pause is parsed again); anything unexpected fails the device instead of escaping as a
+   * rejection.
+   */
+  private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, request?: Request, trace?: RequestTrace): void {
     this.queueBusy[queue]!++;
     if (trace) this.tracer!.submitted([trace], this.queueBusy[queue]!, trace.segments);
-    this.process(context, queue, chain, trace).then(() => {
+    this.process(context, queue, chain, request, trace).then(() => {
       if (this.context !== context) return;
       // Parked requests ('stop' policy) count as done here: the VM is paused, and resume()
       // runs them again.
@@ -400,7 +442,7 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /** Run a request to completion (or park it, under the 'stop' policy). */
-  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, trace?: RequestTrace): Promise<void> {
+  private async process(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, parsed?: Request, trace?: RequestTrace): Promise<void> {
     const memory = context.memory;
     if (chain.writableBytes < 1) {
       // Nowhere to put a status: hand the buffers back untouched so the driver is not stuck.
@@ -413,14 +455,10 @@ export class VirtioBlk implements VirtioDevice {
     if (chain.readableBytes < HEADER) {
       status = this.fail(queue, chain, `header is ${chain.readableBytes} bytes, needs ${HEADER}`);
     } else {
-      const header = new Uint8Array(HEADER);
-      gather(memory, chain.readable, header);
-      const hv = new DataView(header.buffer);
-      const type = hv.getUint32(0, true);
-      const sector = hv.getBigUint64(8, true);
+      const request = parsed ?? this.parse(memory, chain)!;
       this.inFlightCount++;
       try {
-        ({ status, written } = await this.execute(memory, queue, chain, type, sector));
+        ({ status, written } = await this.execute(memory, queue, request));
       } catch (error) {
         const err = error instanceof Error ? error : new Error(String(error));
         if (this.options.errorPolicy === 'stop' && context.live) {
@@ -449,31 +487,21 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /** Run one request; returns its status and how many data bytes went to the driver. */
-  private async execute(memory: GuestMemory, queue: number, chain: DescriptorChain, type: number, sector: bigint): Promise<{ status: number; written: number }> {
+  private async execute(memory: GuestMemory, queue: number, request: Request): Promise<{ status: number; written: number }> {
+    const { chain, type } = request;
     const dataIn = chain.writableBytes - 1;
     const dataOut = chain.readableBytes - HEADER;
     const ioerr = (message: string): { status: number; written: number } => ({ status: this.fail(queue, chain, message), written: 0 });
-    const range = (start: bigint, bytes: bigint): string | undefined => {
-      if (start + bytes > this.capacityBytes) {
-        return `sectors ${start / BigInt(SECTOR)}+${bytes / BigInt(SECTOR)} are beyond the disk's ${this.capacityBytes / BigInt(SECTOR)} sectors`;
-      }
-      return undefined;
-    };
     switch (type) {
       case VIRTIO_BLK_T_IN:
       case VIRTIO_BLK_T_OUT: {
-        const isRead = type === VIRTIO_BLK_T_IN;
-        const bytes = isRead ? dataIn : dataOut;
-        if (!isRead && this.readOnly) return ioerr('write to a read-only disk');
-        if (bytes % SECTOR !== 0) return ioerr(`data length ${bytes} is not a multiple of ${SECTOR}`);
-        const offset = sector * BigInt(SECTOR);
-        const bad = range(offset, BigInt(bytes));
-        if (bad) return ioerr(bad);
-        if (isRead) {
-          await this.backend.readv(offset, sliceBuffers(memory, chain.writable, 0, bytes));
-          return { status: VIRTIO_BLK_S_OK, written: bytes };
+        const t = request.transfer;
+        if (!t) return ioerr(request.refused!);
+        if (t.isRead) {
+          await this.backend.readv(t.offset, t.buffers);
+          return { status: VIRTIO_BLK_S_OK, written: t.bytes };
         }
-        await this.backend.writev(offset, sliceBuffers(memory, chain.readable, HEADER, bytes));
+        await this.backend.writev(t.offset, t.buffers);
         return { status: VIRTIO_BLK_S_OK, written: 0 };
       }
       case VIRTIO_BLK_T_FLUSH:
@@ -498,7 +526,7 @@ export class VirtioBlk implements VirtioDevice {
           const flags = sv.getUint32(at + 12, true);
           if (count > MAX_DISCARD_SECTORS) return ioerr(`segment of ${count} sectors exceeds the ${MAX_DISCARD_SECTORS} advertised`);
           const bytes = BigInt(count) * BigInt(SECTOR);
-          const bad = range(start, bytes);
+          const bad = this.beyondDisk(start, bytes);
           if (bad) return ioerr(bad);
           if (type === VIRTIO_BLK_T_DISCARD) await this.backend.discard(start, bytes);
           else await this.backend.writeZeroes(start, bytes, { mayUnmap: (flags & 1) !== 0 });

@@ -394,6 +394,24 @@ test('reads of consecutive sectors queued together reach the backend as one requ
   assert.equal(apart.statusByte(), 0);
 });
 
+test('a read or write of no sectors completes alone with OK: it splits a run of mergeable neighbours', async () => {
+  const disk = new MemoryDisk(MiB);
+  disk.bytes.set(pattern(2048, 4), 0);
+  const { d, q } = await blkMachine(disk);
+  const before = request(d, q, 0, 0n, { inLen: 1024 });
+  const emptyRead = request(d, q, 0, 2n, {});
+  const after = request(d, q, 0, 2n, { inLen: 1024 });
+  const emptyWrite = request(d, q, 1, 4n, {});
+  q.kick();
+  const used = await q.waitUsed(4);
+  assert.deepEqual(disk.calls, ['read 0', 'read 1024', 'read 1024', 'write 2048']);
+  for (const r of [before, emptyRead, after, emptyWrite]) assert.equal(r.statusByte(), 0);
+  assert.deepEqual(used.map((u) => [u.id, u.len]).sort((a, b) => a[0]! - b[0]!),
+    [[before.head, 1025], [emptyRead.head, 1], [after.head, 1025], [emptyWrite.head, 1]].sort((a, b) => a[0]! - b[0]!));
+  assert.deepEqual(d.m.memory.slice(after.data, 1024), pattern(2048, 4).subarray(1024));
+  assert.ok(disk.bytes.subarray(2048).every((b) => b === 0), 'the empty write wrote nothing');
+});
+
 test('merged writes: an error runs each request again on its own, so each gets its own status', async () => {
   const disk = new MemoryDisk(MiB);
   const { d, q } = await blkMachine(disk);
