@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { WAKE_TOKEN, type PollerWorkerInput } from './fd-poller.js';
 import { EINTR, EPOLL_EVENT_SIZE, epollWait } from './libc.js';
 
-const { epollFd, waitMs } = workerData as PollerWorkerInput;
+const { epollFd, waitMs, stamp } = workerData as PollerWorkerInput;
 const port = parentPort!;
 const events = new Uint8Array(64 * EPOLL_EVENT_SIZE);
 const view = new DataView(events.buffer);
@@ -15,14 +15,17 @@ const view = new DataView(events.buffer);
 for (;;) {
   const n = epollWait(epollFd, events, waitMs);
   if (n === -EINTR || n === 0) continue;
-  const ready: bigint[] = [];
+  const ready: Array<bigint | number> = [];
   let stop = false;
   for (let i = 0; i < n; i++) {
     const token = view.getBigUint64(i * EPOLL_EVENT_SIZE + 4, true);
     if (token === WAKE_TOKEN) stop = true;
     else ready.push(token);
   }
-  // The report time rides along (last element, as a number) for request tracing.
-  if (ready.length > 0) port.postMessage([...ready, performance.timeOrigin + performance.now()]);
+  // For request tracing only (stampReports), the report time rides along: last element, a number.
+  if (ready.length > 0) {
+    if (Atomics.load(stamp, 0) !== 0) ready.push(performance.timeOrigin + performance.now());
+    port.postMessage(ready);
+  }
   if (stop) break;
 }

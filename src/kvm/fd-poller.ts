@@ -18,6 +18,8 @@ export interface PollerWorkerInput {
   epollFd: number;
   /** Wait at most this long per epoll_wait, so the thread notices process shutdown. */
   waitMs: number;
+  /** Element 0 non-zero: stamp each report with the time it was seen (see stampReports). */
+  stamp: Int32Array;
 }
 
 /** epoll token of the poller's wake eventfd; watched fds get tokens from 1 up. */
@@ -33,10 +35,23 @@ interface Watch {
 
 const ARMED = EPOLLIN | EPOLLONESHOT;
 
+// Shared with every poller thread, so one switch reaches pollers started before it too.
+const stamp = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Have the poller threads stamp each report with the time they saw it, for lastReportAt().
+ * Off by default: only request tracing reads the stamps, and a clock read per report is
+ * not free on the doorbell path.
+ */
+export function stampReports(on: boolean): void {
+  Atomics.store(stamp, 0, on ? 1 : 0);
+}
+
 let reportAt: number | undefined;
 /**
- * While a poller callback runs: when the worker thread saw the fd ready (ms since the epoch,
- * sub-millisecond, comparable to performance.timeOrigin + performance.now()). For tracing.
+ * While a poller callback runs, and reports are stamped (stampReports): when the worker
+ * thread saw the fd ready (ms since the epoch, sub-millisecond, comparable to
+ * performance.timeOrigin + performance.now()). Undefined otherwise. For tracing.
  */
 export function lastReportAt(): number | undefined {
   return reportAt;
@@ -56,7 +71,7 @@ export class FdPoller {
     this.epollFd = epollCreate1();
     this.wakeFd = eventfd(0, EFD_NONBLOCK);
     epollCtl(this.epollFd, EPOLL_CTL_ADD, this.wakeFd, EPOLLIN, WAKE_TOKEN);
-    const input: PollerWorkerInput = { epollFd: this.epollFd, waitMs: 1000 };
+    const input: PollerWorkerInput = { epollFd: this.epollFd, waitMs: 1000, stamp };
     this.worker = new Worker(new URL('./fd-poller-worker.js', import.meta.url), { workerData: input });
     // The poller alone must not keep the process alive.
     this.worker.unref();
@@ -119,10 +134,14 @@ export class FdPoller {
     return this.closing;
   }
 
+  /** A report: the tokens of the ready fds, then, when stamped, the time (a number). */
   private dispatch(report: Array<bigint | number>): void {
     let failure: { error: unknown } | undefined;
-    reportAt = report[report.length - 1] as number;
-    for (let i = 0; i < report.length - 1; i++) {
+    const last = report[report.length - 1];
+    const stamped = typeof last === 'number';
+    reportAt = stamped ? last : undefined;
+    const tokens = stamped ? report.length - 1 : report.length;
+    for (let i = 0; i < tokens; i++) {
       const token = report[i] as bigint;
       const watch = this.byToken.get(token);
       if (!watch) continue; // removed since the worker saw it

@@ -5,9 +5,11 @@
 import { readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { performance } from 'node:perf_hooks';
-import { lastReportAt } from '../kvm/fd-poller.js';
+import { lastReportAt, stampReports } from '../kvm/fd-poller.js';
 
 export const blkTraceEnabled = process.env.TSVIRT_BLK_TRACE === '1';
+// The fd poller's threads time their reports only for this trace.
+if (blkTraceEnabled) stampReports(true);
 
 /** Milliseconds on the same clock as the fd poller's report times (epoch based, sub-ms). */
 export function traceNow(): number {
@@ -23,7 +25,11 @@ export interface RequestTrace {
   bytes: number;
   segments: number;
   source: TakeSource;
-  /** Poller thread saw the doorbell's eventfd (doorbell source only). */
+  /**
+   * Poller thread saw the doorbell's eventfd (doorbell source only). With no poller thread
+   * in between (eventfds watched on the main loop, or a doorbell that exited to userspace),
+   * the main thread is the first to see it: then this is mainSeen.
+   */
   pollerSeen: number;
   /** Main thread started looking at the ring. */
   mainSeen: number;
@@ -116,9 +122,10 @@ export class BlkTracer {
     process.once('exit', () => this.print());
   }
 
-  /** The main thread starts a pass over a queue; the poller's report time if a doorbell caused it. */
+  /** The main thread starts a pass over a queue; when a doorbell caused it, the time it was seen. */
   pass(source: TakeSource): { source: TakeSource; pollerSeen: number; mainSeen: number } {
-    return { source, pollerSeen: source === 'doorbell' ? lastReportAt() ?? NaN : NaN, mainSeen: traceNow() };
+    const mainSeen = traceNow();
+    return { source, pollerSeen: source === 'doorbell' ? lastReportAt() ?? mainSeen : NaN, mainSeen };
   }
 
   start(queue: number, pass: { source: TakeSource; pollerSeen: number; mainSeen: number }, kind: string, bytes: number, segments: number): RequestTrace {

@@ -3,7 +3,7 @@
 // which the poller reports on the main thread.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FdPoller } from '../../../src/kvm/fd-poller.js';
+import { FdPoller, lastReportAt, stampReports } from '../../../src/kvm/fd-poller.js';
 import { close, EFD_NONBLOCK, eventfd, readNonBlocking, write } from '../../../src/kvm/libc.js';
 import { createMicroVm, GuestCode } from '../../../src/kvm/microguest.js';
 
@@ -64,6 +64,39 @@ test('eventfd readiness reaches the main thread once per burst; remove() stops i
     close(b);
   }
   assert.throws(() => poller.add(a, () => {}), /fd poller is closed/);
+});
+
+test('reports carry the time the thread saw the fd only while stampReports is on', { timeout: 30_000 }, async () => {
+  const poller = new FdPoller();
+  const fd = eventfd(0, EFD_NONBLOCK);
+  const now = (): number => performance.timeOrigin + performance.now();
+  try {
+    const stamps: Array<number | undefined> = [];
+    poller.add(fd, () => {
+      drain(fd);
+      stamps.push(lastReportAt());
+    });
+    signal(fd, 1);
+    await waitFor('an unstamped report', () => stamps.length === 1);
+    assert.equal(stamps[0], undefined, 'no time stamp by default');
+    // Switched on after the poller started: its thread follows.
+    stampReports(true);
+    const before = now();
+    signal(fd, 1);
+    await waitFor('a stamped report', () => stamps.length === 2);
+    const after = now();
+    const at = stamps[1];
+    assert.ok(typeof at === 'number' && at >= before && at <= after, `report time ${at} within [${before}, ${after}]`);
+    assert.equal(lastReportAt(), undefined, 'only while a callback runs');
+    stampReports(false);
+    signal(fd, 1);
+    await waitFor('an unstamped report again', () => stamps.length === 3);
+    assert.equal(stamps[2], undefined);
+  } finally {
+    stampReports(false);
+    await poller.close();
+    close(fd);
+  }
 });
 
 test('a KVM ioeventfd write by a micro-guest signals the eventfd instead of exiting', { timeout: 30_000 }, async () => {
