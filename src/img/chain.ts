@@ -1,5 +1,7 @@
 // The backing chain as file names, for output that names the file each extent comes from.
 import { dirname, isAbsolute, join } from 'node:path';
+import type { BlockDriver } from '../block/driver.js';
+import type { Qcow2Image } from '../block/qcow2/image.js';
 import { imageInfo } from './info.js';
 
 /**
@@ -31,6 +33,24 @@ export async function chainLayers(filename: string, format?: string, limit = 64)
     }
     if (next === undefined) break;
     chain.push(next);
+  }
+  return chain;
+}
+
+/**
+ * The layers of an image open with its backing chain, `filename` and `format` as it was
+ * opened with: the same as chainLayers() gives, named from the headers read when the chain
+ * was opened rather than by reading them again.
+ */
+export function openChainLayers(top: BlockDriver, filename: string, format?: string): ChainLayer[] {
+  const chain: ChainLayer[] = [{ filename, format }];
+  let driver: BlockDriver | undefined = top;
+  while (driver) {
+    const { header, backing } = driver as Partial<Qcow2Image>;
+    if (header?.backingFile === undefined || !backing) break;
+    const parent = chain[chain.length - 1]!;
+    chain.push({ filename: resolveBacking(parent.filename, header.backingFile), format: header.backingFormat, nameInParent: header.backingFile });
+    driver = backing;
   }
   return chain;
 }

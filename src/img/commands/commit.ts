@@ -12,7 +12,7 @@ import type { Qcow2Image } from '../../block/qcow2/image.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
-import { chainLayers, type ChainLayer } from '../chain.js';
+import { openChainLayers, type ChainLayer } from '../chain.js';
 import { extents } from '../extents.js';
 import { cacheMode, checkFormatName, openForImg } from '../open.js';
 import { progressBar } from '../progress.js';
@@ -74,7 +74,8 @@ export async function commit(argv: string[], io: ImgIO): Promise<number> {
   try {
     header = (top as Partial<Qcow2Image>).header;
     if (!header?.backingFile) throw new ImgError('Image does not have a backing file');
-    const chain = await chainLayers(filename, top.format);
+    // Named from the headers the open just read (each layer's backing name and format).
+    const chain = openChainLayers(top, filename, top.format);
     const depth = wanted === undefined ? 1 : await findBase(chain, wanted);
     if (depth === undefined || depth >= chain.length) throw new ImgError(`Did not find '${wanted}' in the backing chain of '${filename}'`);
     const target = chain[depth]!;
