@@ -41,8 +41,8 @@ interface Walk {
   allocated: number;
   fragmented: number;
   compressed: number;
-  /** Active entries whose COPIED flag is wrong: [file offset of the entry, hi word, lo word, should be copied]. */
-  badFlags: Array<{ at: number; copied: boolean; l1Index?: number }>;
+  /** Active L1 and L2 entries, whose COPIED flags are judged once the refcounts are known: file offset, L1 index for L1 entries. */
+  copiedFlagEntries: Array<{ at: number; l1Index?: number }>;
   /** Messages to print after the refcount comparison's (qemu-img's order). */
   pendingNotes: string[];
   /** Clusters of the refcount table and blocks (a rebuild replaces them). */
@@ -60,7 +60,7 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
   // One cluster of slack past the end of the file: a cluster allocated but not yet
   // (fully) written sits there, and is referenced legitimately.
   const nClusters = Math.ceil(fileLength / cs) + 1;
-  const w: Walk = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, badFlags: [], pendingNotes: [], refcountStructures: [] };
+  const w: Walk = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFlagEntries: [], pendingNotes: [], refcountStructures: [] };
   const extended = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const entryBytes = extended ? 16 : 8;
 
@@ -124,7 +124,7 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
         continue;
       }
       if (!ref(l2off, cs, `L2 table (${l1info.name} entry ${i})`)) continue;
-      if (l1info.active) w.badFlags.push({ at: l1info.offset + i * 8, copied: (hi & COPIED_HI) !== 0, l1Index: i });
+      if (l1info.active) w.copiedFlagEntries.push({ at: l1info.offset + i * 8, l1Index: i });
       const table = new Uint8Array(cs);
       await file.read(l2off, table);
       // Fragmentation is judged within each L2 table; compressed clusters always count
@@ -151,7 +151,7 @@ async function walk(file: HostFile, h: Qcow2Header, fileLength: number): Promise
           w.allocated++;
           if (nextContiguous !== 0 && e.offset !== nextContiguous) w.fragmented++;
           nextContiguous = e.offset + cs;
-          w.badFlags.push({ at: l2off + j * entryBytes, copied: e.copied });
+          w.copiedFlagEntries.push({ at: l2off + j * entryBytes });
         }
         ref(e.offset, cs, `data cluster (L2 at 0x${l2off.toString(16)} entry ${j})`);
       }
@@ -290,12 +290,10 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
       // The flags follow the refcounts as they now stand (rebuilt, leaks fixed, or as they
       // were), as qemu-img does: a leak fixed from 2 to 1 makes a shared entry exclusive.
       const repaired = await storedRefcounts(file, h, Number(await file.length()));
-      for (const f of w.badFlags) {
-        const raw = await readAt(file, f.at, 8);
-        const [hi, lo] = readU64Parts(raw, 0);
-        const should = (await repaired.get(offsetOf(hi, lo) / cs)) === 1n;
-        if (should !== ((hi & COPIED_HI) !== 0)) {
-          writeU64Parts(raw, 0, should ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0, lo);
+      for (const f of w.copiedFlagEntries) {
+        const { raw, hi, lo, copied, wrong } = await judgeCopiedFlag(file, f.at, repaired, cs, 'throw');
+        if (wrong) {
+          writeU64Parts(raw, 0, copied ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0, lo);
           await file.write(f.at, raw);
           result.corruptionsFixed++;
         }
@@ -321,6 +319,43 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
   return result;
 }
 
+/** An active table entry as it now is in the file, and what its COPIED flag should be. */
+interface CopiedJudgement {
+  /** The entry's 8 bytes (the first word of an extended L2 entry), and as words. */
+  raw: Uint8Array;
+  hi: number;
+  lo: number;
+  /** The stored refcount of the cluster it points to. */
+  refcount: bigint;
+  /** Whether the flag should be set: the refcount is 1 (qemu-img's rule). */
+  copied: boolean;
+  /** The flag in the entry is not what it should be. */
+  wrong: boolean;
+}
+
+/**
+ * Judge the COPIED flag of the active entry at file offset `at` against `refcounts`; the
+ * entry is read afresh (a repair may have rewritten it). When the refcount cannot be read,
+ * `unreadable` decides: 'skip' gives undefined (the check: the refcount comparison has
+ * reported that block), 'throw' rethrows (a repair stops rather than set a flag it cannot
+ * judge).
+ */
+async function judgeCopiedFlag(file: HostFile, at: number, refcounts: Refcounts, cs: number, unreadable: 'throw'): Promise<CopiedJudgement>;
+async function judgeCopiedFlag(file: HostFile, at: number, refcounts: Refcounts, cs: number, unreadable: 'skip'): Promise<CopiedJudgement | undefined>;
+async function judgeCopiedFlag(file: HostFile, at: number, refcounts: Refcounts, cs: number, unreadable: 'skip' | 'throw'): Promise<CopiedJudgement | undefined> {
+  const raw = await readAt(file, at, 8);
+  const [hi, lo] = readU64Parts(raw, 0);
+  let refcount: bigint;
+  try {
+    refcount = await refcounts.get(offsetOf(hi, lo) / cs);
+  } catch (err) {
+    if (unreadable === 'throw') throw err;
+    return undefined;
+  }
+  const copied = refcount === 1n;
+  return { raw, hi, lo, refcount, copied, wrong: copied !== ((hi & COPIED_HI) !== 0) };
+}
+
 /**
  * Active table entries whose COPIED flag disagrees with "the stored refcount is 1", each one
  * a corruption, counted and reported like qemu-img (which judges the flag by the stored
@@ -329,15 +364,10 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
  */
 async function wrongCopiedFlags(file: HostFile, w: Walk, stored: Refcounts, cs: number): Promise<number> {
   let errors = 0;
-  for (const f of w.badFlags) {
-    const [hi, lo] = readU64Parts(await readAt(file, f.at, 8), 0);
-    let refcount: bigint;
-    try {
-      refcount = await stored.get(offsetOf(hi, lo) / cs);
-    } catch {
-      continue; // an unreadable refcount block was reported by the comparison already
-    }
-    if ((refcount === 1n) === ((hi & COPIED_HI) !== 0)) continue;
+  for (const f of w.copiedFlagEntries) {
+    const judged = await judgeCopiedFlag(file, f.at, stored, cs, 'skip');
+    if (!judged?.wrong) continue;
+    const { hi, lo, refcount } = judged;
     errors++;
     const entry = ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
     w.pendingNotes.push(f.l1Index === undefined
