@@ -306,12 +306,12 @@ async function checkFile(file: HostFile, h: Qcow2Header, repair: RepairMode | un
     stored = await storedRefcounts(file, h, fileLength);
     ({ low, high, highest } = await compare());
     flagErrors = await wrongCopiedFlags(file, w, stored, cs);
-    result.messages = w.messages;
-    result.checkErrors = w.checkErrors;
   }
   for (const c of low) note(w, `ERROR cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
   for (const c of high) note(w, `Leaked cluster ${c} refcount=${await stored.get(c)} reference=${c < w.refs.length ? w.refs[c] : 0}`);
   for (const m of w.pendingNotes) note(w, m);
+  // Counted last: the refcount comparison adds the refcounts it could not read.
+  result.checkErrors = w.checkErrors;
   result.corruptions = w.corruptions + low.length + flagErrors;
   result.leaks = high.length;
   result.imageEndOffset = BigInt((highest + 1) * cs);

@@ -33,6 +33,7 @@ test('an unreadable refcount block: check skips the COPIED flags it covers, repa
     const f = t.path('cut.qcow2');
     await imageWithTruncatedRefcountBlock(f);
     const r = await checkQcow2(f);
+    assert.equal(r.checkErrors, 1, 'the unreadable block counts as a check error');
     assert.equal(r.corruptions, 0, 'no flag judged against a refcount that could not be read');
     assert.deepEqual(r.messages.filter((m) => m.includes('OFLAG_COPIED')), []);
     assert.ok(r.messages.some((m) => m.startsWith('ERROR cannot read refcount of cluster 0: ') && m.includes('lies past the end of the file')), r.messages.join('; '));
