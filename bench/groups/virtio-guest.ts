@@ -63,6 +63,26 @@ done
 
 type Rates = Record<string, number>;
 
+/**
+ * tsvirt set-ups to compare in one lab run, for A/B work: TSVIRT_BENCH_VARIANTS lists them
+ * separated by `;`, each a `,`-separated list of environment settings (`UV_USE_IO_URING=0,
+ * TSVIRT_EVENTFD_THREAD=1;` compares the thread-pool and poller-thread set-up with the
+ * default). The first variant is the one reported against QEMU; without the variable there
+ * is one, the default.
+ */
+export function benchVariants(spec = process.env.TSVIRT_BENCH_VARIANTS): Array<Record<string, string>> {
+  if (!spec) return [{}];
+  return spec.split(';').map((variant) => {
+    const env: Record<string, string> = {};
+    for (const setting of variant.split(',').map((x) => x.trim()).filter(Boolean)) {
+      const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(setting);
+      if (!m) throw new Error(`TSVIRT_BENCH_VARIANTS: '${setting}' is not NAME=value`);
+      env[m[1]!] = m[2]!;
+    }
+    return env;
+  });
+}
+
 // fio's terse output (version 3): read IOPS is field 8 and write IOPS field 49 (1-based).
 const TERSE_READ_IOPS = 7;
 const TERSE_WRITE_IOPS = 48;
@@ -166,12 +186,14 @@ async function probe(): Promise<void> {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
     const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
+    // Started with node itself (the profiler's flags), so the launcher's default is set here.
+    const firstEnv = { UV_USE_IO_URING: process.env.UV_USE_IO_URING ?? '1', ...benchVariants()[0] };
     const tsvirt = await runGuest(process.execPath, [...(cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
       cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
       '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
-      '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { TSVIRT_EXIT_STATS: '1' }
-        : trace ? { TSVIRT_BLK_TRACE: '1', TSVIRT_BLK_TRACE_PROFILE: join(dir, 'trace.cpuprofile') } : {});
+      '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { ...firstEnv, TSVIRT_EXIT_STATS: '1' }
+        : trace ? { ...firstEnv, TSVIRT_BLK_TRACE: '1', TSVIRT_BLK_TRACE_PROFILE: join(dir, 'trace.cpuprofile') } : firstEnv);
     if (profile) {
       process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|tsvirt: exits)/.test(l)).join('\n')}\n`);
       process.stdout.write(`VIRTIO-PROFILE ${JSON.stringify(tsvirt.rates)}\n`);
@@ -188,12 +210,14 @@ async function probe(): Promise<void> {
         '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
         '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS'])).rates;
     };
-    const runOurs = async (): Promise<Rates> => {
+    // tsvirt as installed (bin/tsvirt: its defaults, such as io_uring), once per variant.
+    const launcher = fileURLToPath(new URL('../../../bin/tsvirt', import.meta.url));
+    const runOurs = async (env: Record<string, string>): Promise<Rates> => {
       const fresh = await images(dir, 'tsvirt');
-      return (await runGuest(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+      return (await runGuest(launcher, ['run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
         '--cpus', '1', '--append', APPEND, '--console', 'stdio',
         '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
-        '--disk', `${tools},format=raw,readonly,serial=TOOLS`])).rates;
+        '--disk', `${tools},format=raw,readonly,serial=TOOLS`], env)).rates;
     };
     // The lab shares two host cores with whatever else runs there, so one run of each can
     // catch a busy moment: the VMMs take turns (tsvirt, QEMU, QEMU, tsvirt, ...) and each
@@ -204,14 +228,20 @@ async function probe(): Promise<void> {
       process.stdout.write(`VIRTIO-TRACE ${JSON.stringify({ tsvirt: tsvirt.rates, qemu: await runQemu() })}\n`);
       return;
     }
-    const ours: Rates[] = [tsvirt.rates];
+    const variants = benchVariants();
+    const ours: Rates[][] = variants.map(() => []);
+    ours[0]!.push(tsvirt.rates);
     const qemu: Rates[] = [await runQemu()];
+    for (let i = 1; i < variants.length; i++) ours[i]!.push(await runOurs(variants[i]!));
     for (let round = 1; round < ROUNDS; round++) {
+      const mine = async (): Promise<void> => {
+        for (let i = 0; i < variants.length; i++) ours[i]!.push(await runOurs(variants[i]!));
+      };
       if (round % 2 === 1) {
         qemu.push(await runQemu());
-        ours.push(await runOurs());
+        await mine();
       } else {
-        ours.push(await runOurs());
+        await mine();
         qemu.push(await runQemu());
       }
     }
@@ -220,8 +250,13 @@ async function probe(): Promise<void> {
       for (const r of runs) for (const [k, v] of Object.entries(r)) out[k] = Math.max(out[k] ?? 0, v);
       return out;
     };
-    process.stdout.write(`VIRTIO-RUNS ${JSON.stringify({ tsvirt: ours, qemu })}\n`);
-    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt: best(ours), qemu: best(qemu) })}\n`);
+    process.stdout.write(`VIRTIO-RUNS ${JSON.stringify({ tsvirt: ours[0], qemu })}\n`);
+    if (variants.length > 1) {
+      for (let i = 0; i < variants.length; i++) {
+        process.stdout.write(`VIRTIO-VARIANT ${JSON.stringify({ env: variants[i], best: best(ours[i]!), qemu: best(qemu) })}\n`);
+      }
+    }
+    process.stdout.write(`VIRTIO-BENCH ${JSON.stringify({ tsvirt: best(ours[0]!), qemu: best(qemu) })}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -236,6 +271,7 @@ function rootWithTools(projectRoot: string, toolsImage: string): string {
   const root = mkdtempSync(join(tmpdir(), 'tsvirt-bench-root-'));
   symlinkSync(join(projectRoot, 'package.json'), join(root, 'package.json'));
   symlinkSync(join(projectRoot, 'node_modules'), join(root, 'node_modules'));
+  symlinkSync(join(projectRoot, 'bin'), join(root, 'bin'));
   mkdirSync(join(root, 'dist', LAB_TOOLS_DIR), { recursive: true });
   for (const name of readdirSync(join(projectRoot, 'dist'))) {
     if (name !== LAB_TOOLS_DIR) symlinkSync(join(projectRoot, 'dist', name), join(root, 'dist', name));
@@ -270,9 +306,10 @@ export const group: BenchGroup = {
           stdout: sink, stderr: sink, timeoutSeconds: 1200 + 600 * ROUNDS, root,
           env: {
             TSVIRT_BENCH_ROUNDS: String(ROUNDS), ...(profile ? { TSVIRT_BENCH_PROFILE: profile } : {}),
+            ...(process.env.TSVIRT_BENCH_VARIANTS ? { TSVIRT_BENCH_VARIANTS: process.env.TSVIRT_BENCH_VARIANTS } : {}),
           },
         });
-      process.stderr.write(text.split('\n').filter((l) => /^VIRTIO-RUNS /.test(l)).join('\n') + '\n');
+      process.stderr.write(text.split('\n').filter((l) => /^VIRTIO-(RUNS|VARIANT) /.test(l)).join('\n') + '\n');
       if (profile) {
         process.stdout.write(text);
         return [];

@@ -123,6 +123,7 @@ const memfdCreateC = libc.func('int memfd_create(const char *name, unsigned int 
 const ftruncateC = libc.func('int ftruncate(int fd, int64_t length)');
 const fallocateC = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
 const eventfdC = libc.func('int eventfd(unsigned int initval, int flags)');
+const fcntlC = libc.func('int fcntl(int fd, int cmd, ...)');
 const epollCreate1C = libc.func('int epoll_create1(int flags)');
 const epollCtlC = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)');
 const epollWaitC = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
@@ -217,6 +218,13 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
 
 export function eventfd(initial: number, flags: number): number {
   return check('eventfd', eventfdC(initial, flags | EFD_CLOEXEC) as number);
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/** A second, close-on-exec descriptor for the same open file (fcntl F_DUPFD_CLOEXEC). */
+export function dup(fd: number): number {
+  return check('fcntl(F_DUPFD_CLOEXEC)', fcntlC(fd, F_DUPFD_CLOEXEC, 'int', 0) as number, `fd ${fd}`);
 }
 
 export function epollCreate1(): number {

@@ -1,18 +1,14 @@
 // Queue doorbells as KVM ioeventfds: KVM completes the guest's notify write in the kernel
-// and signals an eventfd, so a kick costs no exit to userspace; the fd poller then calls
-// the queue's handler on the main thread.
+// and signals an eventfd, so a kick costs no exit to userspace; the eventfd watcher then
+// calls the queue's handler on the main thread.
 import type { IoEventFd } from '../kvm/types.js';
-import { close, EFD_NONBLOCK, eventfd, readNonBlocking } from '../kvm/libc.js';
+import type { EventfdWatcher } from '../kvm/eventfd-watcher.js';
+import { close, EFD_NONBLOCK, eventfd } from '../kvm/libc.js';
 import type { NotifyDoorbell, NotifyRegistrar } from './pci-transport.js';
 
 export interface IoeventfdTarget {
   registerIoeventfd(io: IoEventFd): void;
   unregisterIoeventfd(io: IoEventFd): void;
-}
-
-export interface FdWatcher {
-  add(fd: number, callback: (fd: number) => void): void;
-  remove(fd: number): void;
 }
 
 export class KvmNotifyRegistrar implements NotifyRegistrar {
@@ -23,9 +19,9 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
   /**
    * `vm` is the VmFd or a getter for the current one (the machine builds a new VM on reset;
    * call the host bridge's reset() before the old VM goes so its ioeventfds are deassigned),
-   * `poller` the VMM's FdPoller.
+   * `watcher` the VMM's eventfd watcher.
    */
-  constructor(vm: IoeventfdTarget | (() => IoeventfdTarget), private readonly poller: FdWatcher) {
+  constructor(vm: IoeventfdTarget | (() => IoeventfdTarget), private readonly watcher: Pick<EventfdWatcher, 'watch' | 'unwatch'>) {
     this.currentVm = typeof vm === 'function' ? vm : () => vm;
   }
 
@@ -42,11 +38,8 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
       close(fd);
       throw error;
     }
-    const counter = new Uint8Array(8);
-    this.poller.add(fd, () => {
-      // Reading the eventfd resets its counter; several kicks in a row are one notify.
-      if (readNonBlocking(fd, counter) > 0) onNotify();
-    });
+    // The watcher drains the eventfd: several kicks in a row are one notify.
+    this.watcher.watch(fd, onNotify);
     this.active.set(KvmNotifyRegistrar.key(doorbell), io);
   }
 
@@ -55,7 +48,7 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
     const io = this.active.get(key);
     if (!io) return;
     this.active.delete(key);
-    this.poller.remove(io.fd);
+    this.watcher.unwatch(io.fd);
     try {
       this.currentVm().unregisterIoeventfd(io);
     } catch {
@@ -68,7 +61,7 @@ export class KvmNotifyRegistrar implements NotifyRegistrar {
   closeAll(): void {
     for (const [key, io] of [...this.active]) {
       this.active.delete(key);
-      this.poller.remove(io.fd);
+      this.watcher.unwatch(io.fd);
       try {
         this.currentVm().unregisterIoeventfd(io);
       } catch {}

@@ -5,7 +5,7 @@
 // (fields, schema, option parser) is in virtio-config.ts; the machine imports this module
 // only when the config asks for a device.
 import { openImage, type BlockDriver } from '../block/driver.js';
-import { FdPoller } from '../kvm/fd-poller.js';
+import { createEventfdWatcher, type EventfdWatcher } from '../kvm/eventfd-watcher.js';
 import type { VmFd } from '../kvm/vm.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { Bus } from '../devices/bus.js';
@@ -88,13 +88,13 @@ export class MachineVirtio {
     private readonly attached: AttachedVirtio,
     private readonly disks: OpenDisk[],
     private readonly registrar: KvmNotifyRegistrar,
-    private readonly poller: FdPoller,
+    private readonly watcher: EventfdWatcher,
   ) {}
 
   /** Open the disks and sockets and plug every device into a new host bridge. */
   static async attach(hooks: VirtioMachineHooks, config: VirtioConfig): Promise<MachineVirtio> {
-    const poller = new FdPoller();
-    const registrar = new KvmNotifyRegistrar(hooks.vm, poller);
+    const watcher = createEventfdWatcher();
+    const registrar = new KvmNotifyRegistrar(hooks.vm, watcher);
     const disks: OpenDisk[] = [];
     try {
       const attached = await attachVirtioDevices({
@@ -116,10 +116,10 @@ export class MachineVirtio {
         ...(hooks.log ? { log: hooks.log } : {}),
         ...(hooks.console ? { console: hooks.console } : {}),
       }, config);
-      return new MachineVirtio(attached, disks, registrar, poller);
+      return new MachineVirtio(attached, disks, registrar, watcher);
     } catch (err) {
-      // attachVirtioDevices closed what it opened; only the poller is left.
-      await poller.close();
+      // attachVirtioDevices closed what it opened; only the watcher is left.
+      await watcher.close();
       throw err;
     }
   }
@@ -142,14 +142,14 @@ export class MachineVirtio {
     this.attached.resumeAfterIoError();
   }
 
-  /** Close images and sockets, drop the ioeventfds (before the VM closes) and stop the poller. */
+  /** Close images and sockets, drop the ioeventfds (before the VM closes) and stop the eventfd watcher. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.registrar.closeAll();
       try {
         await this.attached.close();
       } finally {
-        await this.poller.close();
+        await this.watcher.close();
       }
     })();
     return this.closing;

@@ -4,22 +4,23 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { write } from '../../../src/kvm/libc.js';
-import { FdPoller } from '../../../src/kvm/fd-poller.js';
+import { createEventfdWatcher } from '../../../src/kvm/eventfd-watcher.js';
 import type { IoEventFd } from '../../../src/kvm/types.js';
 import { kvmInterruptSink } from '../../../src/pci/kvm-interrupts.js';
 import { KvmNotifyRegistrar } from '../../../src/virtio/kvm-notify.js';
 import { VirtioRng } from '../../../src/virtio/rng.js';
 import { makeMachine, plugVirtio, VirtioDriver } from './support/driver.js';
 
-test('doorbells become ioeventfds with datamatch; a signalled eventfd runs the queue', async (t) => {
+for (const thread of [false, true]) test(`doorbells become ioeventfds with datamatch; a signalled eventfd runs the queue (${thread ? 'poller thread' : 'event loop'})`, async (t) => {
   const registered: IoEventFd[] = [];
   const vm = {
     registerIoeventfd: (io: IoEventFd) => { registered.push(io); },
     unregisterIoeventfd: (io: IoEventFd) => { registered.splice(registered.findIndex((r) => r.fd === io.fd), 1); },
   };
-  const poller = new FdPoller();
-  t.after(() => poller.close());
-  const registrar = new KvmNotifyRegistrar(() => vm, poller);
+  const watcher = createEventfdWatcher({ thread });
+  assert.equal(watcher.kind, thread ? 'thread' : 'loop');
+  t.after(() => watcher.close());
+  const registrar = new KvmNotifyRegistrar(() => vm, watcher);
   const m = makeMachine();
   const { slot } = plugVirtio(m, new VirtioRng(), undefined, registrar);
   m.bridge.assignBars();
