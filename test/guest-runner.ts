@@ -61,8 +61,6 @@ export async function guestTestRunner(root: string): Promise<TestRunner> {
       const t = translateArgs(root, args, toLabPath);
       const exec = (): ReturnType<typeof labExec> => labExec(['node', ...t.args], {
         copyBack: t.copyBack, timeoutSeconds: labSuiteTimeoutSeconds(), root: resolve(root),
-        // The guests' VMMs run in the same I/O mode as on the host (see run.ts).
-        ...(process.env.UV_USE_IO_URING !== undefined ? { env: { UV_USE_IO_URING: process.env.UV_USE_IO_URING } } : {}),
       });
       const result = await exec().catch((err: unknown) => {
         // The emulated lab host reset under the suite (seen once with the 64-vCPU guest, no

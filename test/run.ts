@@ -11,11 +11,6 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
-// Every test process (and each tsvirt it starts) runs with libuv's io_uring file I/O, as the
-// installed command does (bin/tsvirt), unless the caller chose; the thread-pool mode has its
-// own tests, which set UV_USE_IO_URING=0.
-process.env.UV_USE_IO_URING ??= '1';
-
 interface Counts { passed: number; failed: number; skipped: number }
 
 function testFiles(dir: string): string[] {

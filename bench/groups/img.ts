@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import type { BenchGroup, BenchRow } from '../main.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const CLI = join(ROOT, 'dist/src/cli/main.js');
+/** The installed command (its defaults, such as io_uring file I/O, included). */
+const LAUNCHER = join(ROOT, 'bin/tsvirt');
 const DIR = join(ROOT, '.cache/bench');
 const SOURCE = join(DIR, 'img-2g-half.raw');
 const SIZE = 2 ** 31;
@@ -67,7 +68,7 @@ function benchSeconds(command: string, args: string[]): number {
   return Number(m[1]);
 }
 
-const ours = (args: string[]): [string, string[]] => [process.execPath, [CLI, 'img', ...args]];
+const ours = (args: string[]): [string, string[]] => [LAUNCHER, ['img', ...args]];
 const theirs = (args: string[]): [string, string[]] => ['qemu-img', args];
 
 async function run(): Promise<BenchRow[]> {

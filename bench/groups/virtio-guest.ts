@@ -130,6 +130,8 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
     };
     const timer = setTimeout(() => finish(new Error(`${command}: guest script did not finish within ${RUN_TIMEOUT_MS} ms:\n${out.slice(-1500)}`)), RUN_TIMEOUT_MS);
     const onData = (d: Buffer): void => {
+      // TSVIRT_BENCH_LIVE=1: the guests' consoles as they run, to see where a run stands.
+      if (process.env.TSVIRT_BENCH_LIVE === '1') process.stderr.write(d);
       out += d.toString('latin1');
       if (/tsvirt-guest: exit \d+/.test(out)) finish(null);
     };
@@ -298,7 +300,14 @@ export const group: BenchGroup = {
     const tools = buildFioToolsDisk();
     const root = rootWithTools(projectRoot(), tools.image);
     let text = '';
-    const sink = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString(); cb(); } });
+    const live = process.env.TSVIRT_BENCH_LIVE === '1';
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        text += chunk.toString();
+        if (live) process.stderr.write(chunk);
+        cb();
+      },
+    });
     const profile = process.env.TSVIRT_BENCH_PROFILE;
     try {
       const result = await labExec(['node', toLabPath(root, join(root, 'dist', 'bench', 'groups', 'virtio-guest.js')), '--probe'],
@@ -307,6 +316,7 @@ export const group: BenchGroup = {
           env: {
             TSVIRT_BENCH_ROUNDS: String(ROUNDS), ...(profile ? { TSVIRT_BENCH_PROFILE: profile } : {}),
             ...(process.env.TSVIRT_BENCH_VARIANTS ? { TSVIRT_BENCH_VARIANTS: process.env.TSVIRT_BENCH_VARIANTS } : {}),
+            ...(live ? { TSVIRT_BENCH_LIVE: '1' } : {}),
           },
         });
       process.stderr.write(text.split('\n').filter((l) => /^VIRTIO-(RUNS|VARIANT) /.test(l)).join('\n') + '\n');

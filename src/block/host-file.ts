@@ -4,10 +4,12 @@
 //   writethrough O_DSYNC (every write is durable when it completes)
 //   writeback   page cache; flush() = fdatasync
 //   unsafe      page cache; flush() does nothing
-// Vectored I/O uses Node's FileHandle.readv/writev at a position, which run preadv/pwritev on
-// the libuv thread pool, so many requests can be in flight at once. (Measured against koffi's
-// async preadv on the same pool: 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS
-// through FileHandle and 48k through koffi, whose per-call marshalling costs more.)
+// Vectored I/O uses Node's FileHandle.readv/writev at a position, so many requests can be in
+// flight at once. libuv submits them to io_uring when the process started with
+// UV_USE_IO_URING=1 (bin/tsvirt's default: no thread hop per request), else it runs
+// preadv/pwritev on its thread pool. (Measured against koffi's async preadv on the same pool:
+// 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS through FileHandle and 48k
+// through koffi, whose per-call marshalling costs more.)
 import { constants, read as fsRead, write as fsWrite } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
