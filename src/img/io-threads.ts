@@ -1,15 +1,22 @@
-// Node runs file I/O on libuv's thread pool, which has 4 threads unless UV_THREADPOOL_SIZE
-// says otherwise when the process starts: the pool is created while the program's modules
-// are still loading, so setting the variable from our code comes too late. With O_DIRECT
-// (cache=none) every request occupies a pool thread for the device's whole latency, so 4
-// threads cap the requests in flight at 4 whatever the queue depth asked for.
-// `tsvirt img bench` therefore runs itself once more with a larger pool when it was started
-// from the command line without one (its timing starts after that, like qemu-img's).
+// How `tsvirt img bench` gets the I/O set-up it measures. libuv reads two variables once, as
+// the process starts, so code cannot change them afterwards:
+//   UV_THREADPOOL_SIZE  the thread pool has 4 threads unless it says otherwise. With O_DIRECT
+//                       (cache=none) every request occupies a pool thread for the device's
+//                       whole latency, so 4 threads cap the requests in flight at 4 whatever
+//                       the queue depth asked for;
+//   UV_USE_IO_URING     1: file I/O is submitted to io_uring instead of the pool (bin/tsvirt
+//                       sets it for `img`; Node.js 20 ships it off).
+// `bench` therefore runs itself once more when it was started from the command line with a
+// set-up other than the one it needs (its timing starts after that, like qemu-img's).
 import { spawn } from 'node:child_process';
 import { basename, dirname } from 'node:path';
+import { ImgError } from './errors.js';
 
 /** Pool threads for I/O-bound runs: 16 measured best for O_DIRECT reads and writes at queue depth 32 on two cores (4 left reads at half speed). */
 export const IO_THREADS = 16;
+
+/** The I/O engines `bench -i` accepts, as qemu-img names them, and whether each is io_uring. */
+export const AIO_ENGINES: Record<string, boolean> = { threads: false, io_uring: true };
 
 /** Whether this process is `tsvirt img <argv...>` started from the command line (not the library API). */
 function startedAs(argv: string[]): boolean {
@@ -19,17 +26,39 @@ function startedAs(argv: string[]): boolean {
   return rest[0] === 'img' && rest.length === argv.length + 1 && argv.every((a, i) => rest[i + 1] === a);
 }
 
+/** Whether libuv submits file I/O to io_uring in a process started with `env` (libuv's own reading: atoi). */
+export function usingIoUring(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.UV_USE_IO_URING !== undefined && (Number.parseInt(env.UV_USE_IO_URING, 10) || 0) !== 0;
+}
+
+/** The variables a process started with `env` must change to run `bench` with `engine` (an AIO_ENGINES name, or none). */
+export function ioSetupChanges(env: NodeJS.ProcessEnv, engine?: string): Record<string, string> {
+  const changes: Record<string, string> = {};
+  if (!env.UV_THREADPOOL_SIZE) changes.UV_THREADPOOL_SIZE = String(IO_THREADS);
+  if (engine !== undefined && Object.hasOwn(AIO_ENGINES, engine) && AIO_ENGINES[engine] !== usingIoUring(env)) {
+    changes.UV_USE_IO_URING = AIO_ENGINES[engine] ? '1' : '0';
+  }
+  return changes;
+}
+
 /**
- * When the thread pool has its default size and this process is the command line running
- * `img <argv...>`, run the same command again with IO_THREADS pool threads, output passed
- * straight through; resolves to its exit status. Undefined when there is no need.
+ * When this process is the command line running `img <argv...>` and its pool is the default
+ * size or its io_uring use differs from `engine` (an AIO_ENGINES name), run the same command
+ * again with IO_THREADS pool threads and the engine's setting, output passed straight
+ * through; resolves to its exit status. Undefined when there is no need. A library caller
+ * whose process has another engine gets an error: only a new process can switch.
  */
-export function rerunWithIoThreads(argv: string[]): Promise<number> | undefined {
-  if (process.env.UV_THREADPOOL_SIZE || !startedAs(argv)) return undefined;
+export function rerunWithIoSetup(argv: string[], engine?: string): Promise<number> | undefined {
+  const env = ioSetupChanges(process.env, engine);
+  if (Object.keys(env).length === 0) return undefined;
+  if (!startedAs(argv)) {
+    if (env.UV_USE_IO_URING === undefined) return undefined;
+    throw new ImgError(`-i ${engine}: this process was started with UV_USE_IO_URING=${process.env.UV_USE_IO_URING ?? 'unset'}; start it with UV_USE_IO_URING=${env.UV_USE_IO_URING}`);
+  }
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
       stdio: 'inherit',
-      env: { ...process.env, UV_THREADPOOL_SIZE: String(IO_THREADS) },
+      env: { ...process.env, ...env },
     });
     child.on('error', reject);
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));

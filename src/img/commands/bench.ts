@@ -6,7 +6,7 @@ import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { withImage } from '../open.js';
-import { rerunWithIoThreads } from '../io-threads.js';
+import { AIO_ENGINES, rerunWithIoSetup } from '../io-threads.js';
 import { parseSize } from '../size.js';
 
 const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
@@ -18,13 +18,18 @@ function positiveInt(text: string, what: string, max = 2 ** 31 - 1): number {
 }
 
 export async function bench(argv: string[], io: ImgIO): Promise<number> {
-  const rerun = rerunWithIoThreads(['bench', ...argv]);
-  if (rerun) return rerun;
   const { options, operands } = getopt(argv, {
     short: 'hc:d:f:ni:o:qs:S:t:wU',
     long: { help: { arg: false, alias: 'h' }, pattern: { arg: true }, 'flush-interval': { arg: true }, 'no-drain': { arg: false }, 'force-share': { arg: false, alias: 'U' }, 'image-opts': { arg: false }, object: { arg: true } },
   });
   const opts = new Options(options);
+  // -i: the I/O engine, as in qemu-img (which also has 'native', Linux AIO: not offered here).
+  const engine = opts.get('i');
+  if (engine !== undefined && !Object.hasOwn(AIO_ENGINES, engine)) {
+    throw new ImgError(`Invalid aio option '${engine}': this build offers ${Object.keys(AIO_ENGINES).join(' and ')}`);
+  }
+  const rerun = rerunWithIoSetup(['bench', ...argv], engine);
+  if (rerun) return rerun;
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = operands[0]!;
   const count = opts.has('c') ? positiveInt(opts.get('c')!, 'request count') : 75000;

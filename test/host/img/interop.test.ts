@@ -233,16 +233,23 @@ describe('tsvirt img bench against qemu-img bench', { skip }, () => {
   });
   after(() => s.remove());
 
-  test('writes its pattern where qemu-img bench would, with the same report line, through io_uring and through a preset I/O pool', () => {
+  test('writes its pattern where qemu-img bench would, with the same report line, through io_uring and the pool, by default and by -i', () => {
     // io_uring: the command line's default (bin/tsvirt), with the pool it sizes itself;
-    // pool: libuv's io_uring off, 4 pool threads preset by the caller.
-    for (const [name, env] of [['io_uring', { UV_USE_IO_URING: '1' }], ['pool', { UV_USE_IO_URING: '0', UV_THREADPOOL_SIZE: '4' }]] as const) {
+    // pool: libuv's io_uring off, 4 pool threads preset by the caller; -i: each engine asked
+    // for from a process started with the other, so bench must start itself again.
+    const cases = [
+      ['io_uring', { UV_USE_IO_URING: '1' }, []],
+      ['pool', { UV_USE_IO_URING: '0', UV_THREADPOOL_SIZE: '4' }, []],
+      ['i-threads', { UV_USE_IO_URING: '1', UV_THREADPOOL_SIZE: '4' }, ['-i', 'threads']],
+      ['i-io_uring', { UV_USE_IO_URING: '0' }, ['-i', 'io_uring']],
+    ] as const;
+    for (const [name, env, engine] of cases) {
       const ours = `bench-${name}-ours.qcow2`;
       const theirs = `bench-${name}-theirs.qcow2`;
       s.qemu('create', '-q', '-f', 'qcow2', ours, '8M');
       s.qemu('create', '-q', '-f', 'qcow2', theirs, '8M');
       // 40 requests of 4 KiB stepping 68 KiB wrap around the 8 MiB image once.
-      const args = (file: string): string[] => ['bench', '-w', '--pattern=165', '-c', '140', '-d', '8', '-s', '4k', '-S', '68k', '-t', 'none', '-f', 'qcow2', file];
+      const args = (file: string): string[] => ['bench', '-w', '--pattern=165', '-c', '140', '-d', '8', '-s', '4k', '-S', '68k', '-t', 'none', ...engine, '-f', 'qcow2', file];
       const r = s.tsvirtEnv(env, ...args(ours));
       const q = s.qemuImg(...args(theirs));
       assert.equal(r.status, 0, r.stderr);
@@ -251,5 +258,15 @@ describe('tsvirt img bench against qemu-img bench', { skip }, () => {
       assert.equal(s.qemuImg('check', ours).status, 0);
       assert.equal(s.qemuImg('compare', ours, theirs).status, 0, 'the same bytes as qemu-img bench wrote');
     }
+  });
+
+  test('-i names an engine it offers, or the command fails with a one-line error and touches nothing', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'engine.qcow2', '1M');
+    const before = s.qemuImg('info', '--output', 'json', 'engine.qcow2').stdout;
+    const r = s.tsvirt('bench', '-w', '-c', '4', '-i', 'native', '-t', 'none', 'engine.qcow2');
+    assert.equal(r.status, 1);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /^tsvirt img: Invalid aio option 'native': this build offers threads and io_uring\n$/);
+    assert.equal(s.qemuImg('info', '--output', 'json', 'engine.qcow2').stdout, before);
   });
 });
