@@ -9,8 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { BenchGroup, BenchRow } from '../main.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-/** The installed command (its defaults, such as io_uring file I/O, included). */
-const LAUNCHER = join(ROOT, 'bin/tsvirt');
+const CLI = join(ROOT, 'dist/src/cli/main.js');
 const DIR = join(ROOT, '.cache/bench');
 const SOURCE = join(DIR, 'img-2g-half.raw');
 const SIZE = 2 ** 31;
@@ -68,7 +67,7 @@ function benchSeconds(command: string, args: string[]): number {
   return Number(m[1]);
 }
 
-const ours = (args: string[]): [string, string[]] => [LAUNCHER, ['img', ...args]];
+const ours = (args: string[]): [string, string[]] => [process.execPath, [CLI, 'img', ...args]];
 const theirs = (args: string[]): [string, string[]] => ['qemu-img', args];
 
 async function run(): Promise<BenchRow[]> {
@@ -103,8 +102,8 @@ async function run(): Promise<BenchRow[]> {
   // Scattered 4 KiB requests: a step of 7919 pages (prime) walks the whole image in a
   // cache-unfriendly order, which is as close to random as qemu-img bench gets.
   const step = String(4096 * 7919);
-  // Each side's default engine (tsvirt: io_uring through bin/tsvirt; qemu-img: its thread
-  // pool), then both on io_uring (-i io_uring), qemu-img's fastest engine here.
+  // Each side's default engine (tsvirt: io_uring; qemu-img: its thread pool), then both on
+  // io_uring (-i io_uring), qemu-img's fastest engine here.
   for (const engine of [[], ['-i', 'io_uring']]) for (const write of [false, true]) {
     for (const depth of [1, 32]) {
       const count = depth === 1 ? '20000' : '50000';

@@ -188,8 +188,7 @@ async function probe(): Promise<void> {
     const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
     const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
-    // Started with node itself (the profiler's flags), so the launcher's default is set here.
-    const firstEnv = { UV_USE_IO_URING: process.env.UV_USE_IO_URING ?? '1', ...benchVariants()[0] };
+    const firstEnv = benchVariants()[0];
     const tsvirt = await runGuest(process.execPath, [...(cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
       cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
@@ -212,11 +211,10 @@ async function probe(): Promise<void> {
         '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
         '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS'])).rates;
     };
-    // tsvirt as installed (bin/tsvirt: its defaults, such as io_uring), once per variant.
-    const launcher = fileURLToPath(new URL('../../../bin/tsvirt', import.meta.url));
+    // tsvirt once per variant.
     const runOurs = async (env: Record<string, string>): Promise<Rates> => {
       const fresh = await images(dir, 'tsvirt');
-      return (await runGuest(launcher, ['run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+      return (await runGuest(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
         '--cpus', '1', '--append', APPEND, '--console', 'stdio',
         '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
         '--disk', `${tools},format=raw,readonly,serial=TOOLS`], env)).rates;
@@ -273,7 +271,6 @@ function rootWithTools(projectRoot: string, toolsImage: string): string {
   const root = mkdtempSync(join(tmpdir(), 'tsvirt-bench-root-'));
   symlinkSync(join(projectRoot, 'package.json'), join(root, 'package.json'));
   symlinkSync(join(projectRoot, 'node_modules'), join(root, 'node_modules'));
-  symlinkSync(join(projectRoot, 'bin'), join(root, 'bin'));
   mkdirSync(join(root, 'dist', LAB_TOOLS_DIR), { recursive: true });
   for (const name of readdirSync(join(projectRoot, 'dist'))) {
     if (name !== LAB_TOOLS_DIR) symlinkSync(join(projectRoot, 'dist', name), join(root, 'dist', name));

@@ -6,7 +6,7 @@
 //   unsafe      page cache; flush() does nothing
 // Vectored I/O uses Node's FileHandle.readv/writev at a position, so many requests can be in
 // flight at once. libuv submits them to io_uring when the process started with
-// UV_USE_IO_URING=1 (bin/tsvirt's default: no thread hop per request), else it runs
+// UV_USE_IO_URING=1 (`img bench`'s default: no thread hop per request), else it runs
 // preadv/pwritev on its thread pool. (Measured against koffi's async preadv on the same pool:
 // 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS through FileHandle and 48k
 // through koffi, whose per-call marshalling costs more.)

@@ -4,10 +4,14 @@
 //                       (cache=none) every request occupies a pool thread for the device's
 //                       whole latency, so 4 threads cap the requests in flight at 4 whatever
 //                       the queue depth asked for;
-//   UV_USE_IO_URING     1: file I/O is submitted to io_uring instead of the pool (bin/tsvirt
-//                       sets it for `img`; Node.js 20 ships it off).
+//   UV_USE_IO_URING     1: file I/O is submitted to io_uring instead of the pool (Node.js 20
+//                       ships it off: its risk is io_uring keeping the credentials of a
+//                       process that later changes user, which tsvirt never does).
 // `bench` therefore runs itself once more when it was started from the command line with a
-// set-up other than the one it needs (its timing starts after that, like qemu-img's).
+// set-up other than the one it needs (its timing starts after that, like qemu-img's). Its
+// default engine is io_uring: small random requests then need no trip through the pool
+// (docs/design.md, "Disk I/O through io_uring"). Other commands keep the pool, which
+// measured faster for their large buffered transfers.
 import { spawn } from 'node:child_process';
 import { basename, dirname } from 'node:path';
 import { ImgError } from './errors.js';
@@ -17,6 +21,9 @@ export const IO_THREADS = 16;
 
 /** The I/O engines `bench -i` accepts, as qemu-img names them, and whether each is io_uring. */
 export const AIO_ENGINES: Record<string, boolean> = { threads: false, io_uring: true };
+
+/** `bench`'s engine when -i does not name one. */
+export const DEFAULT_BENCH_ENGINE = 'io_uring';
 
 /** Whether this process is `tsvirt img <argv...>` started from the command line (not the library API). */
 function startedAs(argv: string[]): boolean {
@@ -46,13 +53,14 @@ export function ioSetupChanges(env: NodeJS.ProcessEnv, engine?: string): Record<
  * size or its io_uring use differs from `engine` (an AIO_ENGINES name), run the same command
  * again with IO_THREADS pool threads and the engine's setting, output passed straight
  * through; resolves to its exit status. Undefined when there is no need. A library caller
- * whose process has another engine gets an error: only a new process can switch.
+ * whose process has another engine runs with it, unless the engine was `asked` for (-i):
+ * then it gets an error, as only a new process can switch.
  */
-export function rerunWithIoSetup(argv: string[], engine?: string): Promise<number> | undefined {
+export function rerunWithIoSetup(argv: string[], engine: string, asked: boolean): Promise<number> | undefined {
   const env = ioSetupChanges(process.env, engine);
   if (Object.keys(env).length === 0) return undefined;
   if (!startedAs(argv)) {
-    if (env.UV_USE_IO_URING === undefined) return undefined;
+    if (env.UV_USE_IO_URING === undefined || !asked) return undefined;
     throw new ImgError(`-i ${engine}: this process was started with UV_USE_IO_URING=${process.env.UV_USE_IO_URING ?? 'unset'}; start it with UV_USE_IO_URING=${env.UV_USE_IO_URING}`);
   }
   return new Promise((resolve, reject) => {

@@ -1,4 +1,4 @@
-// What of the project the lab sees at /project: package.json, the launcher bin/tsvirt, dist/, the runtime
+// What of the project the lab sees at /project: package.json, dist/, the runtime
 // node_modules (dependencies, not devDependencies) and the built guest image. The lab has no
 // shared filesystem (Debian's cloud kernel has no 9p), so these are packed into a cpio
 // archive appended to the lab initramfs at each run: a few MB, written in well under a second.
@@ -70,8 +70,6 @@ export function addProjectTree(cpio: CpioWriter, root: string): void {
   const base = LAB_PROJECT_DIR.slice(1);
   if (!existsSync(join(root, 'dist'))) throw new Error(`${join(root, 'dist')} missing: run npm run build first`);
   cpio.file(`${base}/package.json`, readFileSync(join(root, 'package.json')));
-  cpio.directory(`${base}/bin`);
-  cpio.file(`${base}/bin/tsvirt`, readFileSync(join(root, 'bin', 'tsvirt')), 0o755);
   cpio.directory(`${base}/dist`);
   addTree(cpio, join(root, 'dist'), `${base}/dist`, () => false);
   for (const pkgDir of runtimePackages(root)) {

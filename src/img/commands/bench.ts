@@ -6,7 +6,7 @@ import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { withImage } from '../open.js';
-import { AIO_ENGINES, rerunWithIoSetup } from '../io-threads.js';
+import { AIO_ENGINES, DEFAULT_BENCH_ENGINE, rerunWithIoSetup } from '../io-threads.js';
 import { parseSize } from '../size.js';
 
 const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
@@ -28,7 +28,7 @@ export async function bench(argv: string[], io: ImgIO): Promise<number> {
   if (engine !== undefined && !Object.hasOwn(AIO_ENGINES, engine)) {
     throw new ImgError(`Invalid aio option '${engine}': this build offers ${Object.keys(AIO_ENGINES).join(' and ')}`);
   }
-  const rerun = rerunWithIoSetup(['bench', ...argv], engine);
+  const rerun = rerunWithIoSetup(['bench', ...argv], engine ?? DEFAULT_BENCH_ENGINE, engine !== undefined);
   if (rerun) return rerun;
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = operands[0]!;

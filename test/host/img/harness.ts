@@ -5,8 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** The installed command, so `img` runs with its defaults (io_uring file I/O). */
-const LAUNCHER = fileURLToPath(new URL('../../../../bin/tsvirt', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 
 export interface RunResult { status: number; stdout: string; stderr: string }
 
@@ -28,11 +27,11 @@ export class Scratch {
     return join(this.dir, name);
   }
   tsvirt(...args: string[]): RunResult {
-    return run(LAUNCHER, ['img', ...args], this.dir);
+    return run(process.execPath, [CLI, 'img', ...args], this.dir);
   }
   /** tsvirt img with extra environment variables. */
   tsvirtEnv(env: Record<string, string>, ...args: string[]): RunResult {
-    return run(LAUNCHER, ['img', ...args], this.dir, env);
+    return run(process.execPath, [CLI, 'img', ...args], this.dir, env);
   }
   qemuImg(...args: string[]): RunResult {
     return run('qemu-img', args, this.dir);

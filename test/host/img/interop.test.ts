@@ -234,12 +234,12 @@ describe('tsvirt img bench against qemu-img bench', { skip }, () => {
   after(() => s.remove());
 
   test('writes its pattern where qemu-img bench would, with the same report line, through io_uring and the pool, by default and by -i', () => {
-    // io_uring: the command line's default (bin/tsvirt), with the pool it sizes itself;
-    // pool: libuv's io_uring off, 4 pool threads preset by the caller; -i: each engine asked
-    // for from a process started with the other, so bench must start itself again.
+    // default: io_uring, bench starting itself again with it and a bigger pool; pool: -i
+    // threads with 4 pool threads preset by the caller; -i: each engine asked for from a
+    // process started with the other, so bench must start itself again.
     const cases = [
-      ['io_uring', { UV_USE_IO_URING: '1' }, []],
-      ['pool', { UV_USE_IO_URING: '0', UV_THREADPOOL_SIZE: '4' }, []],
+      ['default', {}, []],
+      ['pool', { UV_USE_IO_URING: '0', UV_THREADPOOL_SIZE: '4' }, ['-i', 'threads']],
       ['i-threads', { UV_USE_IO_URING: '1', UV_THREADPOOL_SIZE: '4' }, ['-i', 'threads']],
       ['i-io_uring', { UV_USE_IO_URING: '0' }, ['-i', 'io_uring']],
     ] as const;
