@@ -4,27 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createEventfdWatcher } from '../../../src/kvm/eventfd-watcher.js';
-import { close, EFD_NONBLOCK, eventfd, readNonBlocking, write } from '../../../src/kvm/libc.js';
-
-function signal(fd: number, value: number): void {
-  const bytes = new Uint8Array(8);
-  new DataView(bytes.buffer).setBigUint64(0, BigInt(value), true);
-  write(fd, bytes);
-}
-
-/** The eventfd counter (reading resets it), or -1 when it is zero. */
-function drain(fd: number): number {
-  const bytes = new Uint8Array(8);
-  return readNonBlocking(fd, bytes) < 0 ? -1 : Number(new DataView(bytes.buffer).getBigUint64(0, true));
-}
-
-async function waitFor(what: string, condition: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+import { close, EFD_NONBLOCK, eventfd } from '../../../src/kvm/libc.js';
+import { signal, drain, waitFor } from '../../support/eventfds.js';
 
 for (const thread of [false, true]) {
   const kind = thread ? 'thread' : 'loop';
