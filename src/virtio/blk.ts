@@ -111,6 +111,14 @@ type Mergeable = Request & { transfer: Transfer; trace?: RequestTrace };
 const MERGE_MAX_BUFFERS = 1024;
 const MERGE_MAX_BYTES = 4 << 20;
 
+/**
+ * A completion of at least this many data bytes interrupts at once, even with other
+ * requests in flight: large requests complete a few hundred times a second, too rarely for
+ * a shared interrupt to save anything, while the driver (readahead, one or two requests
+ * deep) waits for each.
+ */
+const INTERRUPT_AT_ONCE_BYTES = 64 * 1024;
+
 function isMergeable(request: Request | undefined): request is Mergeable {
   return request?.transfer !== undefined && request.transfer.bytes > 0;
 }
@@ -347,6 +355,7 @@ export class VirtioBlk implements VirtioDevice {
     this.queueBusy[queue]! += n;
     this.inFlightCount += n;
     const buffers = run.flatMap((r) => r.transfer.buffers);
+    const runBytes = run.reduce((sum, r) => sum + r.transfer.bytes, 0);
     const traces = this.tracer && run.map((r) => r.trace!);
     if (traces) this.tracer!.submitted(traces, this.queueBusy[queue]!, buffers.length);
     const first = run[0]!.transfer;
@@ -366,7 +375,7 @@ export class VirtioBlk implements VirtioDevice {
           scatter(context.memory, chain.writable, ok, chain.writableBytes - 1);
           // (Traced before complete(), which may decide the interrupt at once.)
           if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
-          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, idle && i === n - 1);
+          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && (idle || runBytes >= INTERRUPT_AT_ONCE_BYTES));
         }
       } catch (error) {
         context.fail(error as Error);
@@ -452,10 +461,12 @@ export class VirtioBlk implements VirtioDevice {
     }
     let status = VIRTIO_BLK_S_OK;
     let written = 0;
+    let bytes = 0;
     if (chain.readableBytes < HEADER) {
       status = this.fail(queue, chain, `header is ${chain.readableBytes} bytes, needs ${HEADER}`);
     } else {
       const request = parsed ?? this.parse(memory, chain)!;
+      bytes = request.transfer?.bytes ?? 0;
       this.inFlightCount++;
       try {
         ({ status, written } = await this.execute(memory, queue, request));
@@ -483,7 +494,7 @@ export class VirtioBlk implements VirtioDevice {
     }
     // queueBusy still counts this request until process() returns: 1 means it is the last.
     if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]! - 1);
-    complete(context, queue, chain.head, written + 1, this.queueBusy[queue] === 1);
+    complete(context, queue, chain.head, written + 1, this.queueBusy[queue] === 1 || bytes >= INTERRUPT_AT_ONCE_BYTES);
   }
 
   /** Run one request; returns its status and how many data bytes went to the driver. */

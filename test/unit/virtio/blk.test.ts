@@ -378,6 +378,30 @@ test('requests completing in one event-loop turn share an interrupt; later ones 
   reqs.forEach((r) => assert.equal(r.statusByte(), 0));
 });
 
+test('a large request gets its interrupt as it completes, even while others are in flight', async () => {
+  const disk = new MemoryDisk(MiB);
+  disk.hold = true;
+  const { d, q } = await blkMachine(disk, {}, { msix: true });
+  const large = request(d, q, 0, 0n, { inLen: 64 * 1024 });
+  const small = request(d, q, 0, 1000n, { inLen: 512 });
+  q.kick();
+  for (let i = 0; i < 100 && disk.heldCount < 2; i++) await new Promise((r) => setImmediate(r));
+  assert.deepEqual(disk.calls, ['read 0', `read ${1000 * 512}`]);
+  const start = d.m.sink.msis.length;
+  const usedBefore = q.usedIdx;
+  disk.release([0]);
+  // Only promise jobs run here: an interrupt left for the end of the turn cannot have gone out.
+  for (let i = 0; i < 200 && q.usedIdx === usedBefore; i++) await Promise.resolve();
+  assert.equal(q.usedIdx, (usedBefore + 1) & 0xffff, 'the large read completed within promise jobs');
+  assert.equal(disk.heldCount, 1, 'the small read is still in flight');
+  assert.equal(d.m.sink.msis.length - start, 1, 'interrupt sent together with the used element');
+  q.setUsedEvent(q.usedIdx);
+  disk.release();
+  await q.waitUsed(1);
+  assert.equal(large.statusByte(), 0);
+  assert.equal(small.statusByte(), 0);
+});
+
 test('reads of consecutive sectors queued together reach the backend as one request; each gets its own data and status', async () => {
   const disk = new MemoryDisk(MiB);
   disk.bytes.set(pattern(4096, 9), 0);

@@ -19,11 +19,12 @@ export class MemoryDisk implements BlockBackend {
   size(): bigint { return BigInt(this.bytes.length); }
   topology() { return this.topo; }
 
-  /** Finish held operations in the given order (indices into the held list), or all. */
+  /** Finish held operations in the given order (indices into the held list), or all; the others stay held. */
   release(order?: number[]): void {
     const held = this.held;
-    this.held = [];
-    for (const i of order ?? held.map((_, j) => j)) held[i]!();
+    const chosen = order ?? held.map((_, j) => j);
+    this.held = held.filter((_, j) => !chosen.includes(j));
+    for (const i of chosen) held[i]!();
   }
   get heldCount(): number { return this.held.length; }
 
