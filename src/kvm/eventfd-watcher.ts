@@ -56,7 +56,7 @@ class LoopEventfdWatcher implements EventfdWatcher {
       throw new Error(`eventfd watcher: cannot watch fd ${fd} on the event loop (libuv error ${status})`);
     }
     const stream = new Socket({ handle, readable: true, writable: false } as SocketConstructorOpts);
-    stream.on('data', onSignal);
+    stream.on('data', () => onSignal());
     stream.on('error', (err) => {
       // An eventfd read does not fail; if it ever does, stop watching rather than spin.
       process.emitWarning(`eventfd watcher: fd ${fd}: ${err.message}`);
