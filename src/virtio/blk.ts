@@ -119,6 +119,15 @@ const MERGE_MAX_BYTES = 4 << 20;
  */
 const INTERRUPT_AT_ONCE_BYTES = 64 * 1024;
 
+/**
+ * Whether a completion of `bytes` data bytes decides its interrupt at once rather than at
+ * the end of the event-loop turn: when nothing else is in flight on its queue to share the
+ * interrupt with (at low queue depth that wait is the driver's wait), or when it is large.
+ */
+function interruptAtOnce(othersInFlight: number, bytes: number): boolean {
+  return othersInFlight === 0 || bytes >= INTERRUPT_AT_ONCE_BYTES;
+}
+
 function isMergeable(request: Request | undefined): request is Mergeable {
   return request?.transfer !== undefined && request.transfer.bytes > 0;
 }
@@ -292,7 +301,7 @@ export class VirtioBlk implements VirtioDevice {
     let runBuffers = 0;
     const flush = (): void => {
       if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
-      else if (run.length > 1) this.runMerged(context, queue, run);
+      else if (run.length > 1) this.runMerged(context, queue, run, runBytes);
       run = [];
       runBytes = 0;
       runBuffers = 0;
@@ -349,13 +358,12 @@ export class VirtioBlk implements VirtioDevice {
     return `sectors ${start / BigInt(SECTOR)}+${bytes / BigInt(SECTOR)} are beyond the disk's ${this.capacityBytes / BigInt(SECTOR)} sectors`;
   }
 
-  /** Run merged transfers as one backend request; on an error, each runs again on its own. */
-  private runMerged(context: VirtioDeviceContext, queue: number, run: Mergeable[]): void {
+  /** Run merged transfers (`runBytes` in all) as one backend request; on an error, each runs again on its own. */
+  private runMerged(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number): void {
     const n = run.length;
     this.queueBusy[queue]! += n;
     this.inFlightCount += n;
     const buffers = run.flatMap((r) => r.transfer.buffers);
-    const runBytes = run.reduce((sum, r) => sum + r.transfer.bytes, 0);
     const traces = this.tracer && run.map((r) => r.trace!);
     if (traces) this.tracer!.submitted(traces, this.queueBusy[queue]!, buffers.length);
     const first = run[0]!.transfer;
@@ -366,16 +374,13 @@ export class VirtioBlk implements VirtioDevice {
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
       const ok = Uint8Array.of(VIRTIO_BLK_S_OK);
-      // Nothing else in flight on this queue could share the interrupt: send it now rather
-      // than at the end of the turn (at low queue depth that wait is the driver's wait).
-      const idle = this.queueBusy[queue] === 0;
       try {
         for (let i = 0; i < n; i++) {
           const { chain, transfer, trace } = run[i]!;
           scatter(context.memory, chain.writable, ok, chain.writableBytes - 1);
           // (Traced before complete(), which may decide the interrupt at once.)
           if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
-          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && (idle || runBytes >= INTERRUPT_AT_ONCE_BYTES));
+          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(this.queueBusy[queue]!, runBytes));
         }
       } catch (error) {
         context.fail(error as Error);
@@ -492,9 +497,10 @@ export class VirtioBlk implements VirtioDevice {
       context.fail(error as Error);
       return;
     }
-    // queueBusy still counts this request until process() returns: 1 means it is the last.
-    if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]! - 1);
-    complete(context, queue, chain.head, written + 1, this.queueBusy[queue] === 1 || bytes >= INTERRUPT_AT_ONCE_BYTES);
+    // queueBusy still counts this request until process() returns.
+    const othersInFlight = this.queueBusy[queue]! - 1;
+    if (trace) this.tracer!.used(queue, trace, othersInFlight);
+    complete(context, queue, chain.head, written + 1, interruptAtOnce(othersInFlight, bytes));
   }
 
   /** Run one request; returns its status and how many data bytes went to the driver. */

@@ -335,7 +335,7 @@ test('requests in flight: the driver is asked not to notify; a buffer added mean
   const { d, q } = await blkMachine(disk, {}, { msix: true });
   const first = request(d, q, 0, 0n, { inLen: 512 });
   q.kick();
-  for (let i = 0; i < 100 && disk.heldCount === 0; i++) await new Promise((r) => setImmediate(r));
+  await disk.untilHeld(1);
   assert.equal(disk.heldCount, 1);
   // One request taken and in flight: avail_event sits behind, so adding the second is no kick.
   assert.equal(driverWouldKick(q.availEvent, 2, 1), false, `avail_event ${q.availEvent} still asks for a kick`);
@@ -361,7 +361,7 @@ test('requests completing in one event-loop turn share an interrupt; later ones 
   const { d, q } = await blkMachine(disk, {}, { msix: true });
   const reqs = [0, 1, 2].map((i) => request(d, q, 0, BigInt(i * 8), { inLen: 512 }));
   q.kick();
-  for (let i = 0; i < 100 && disk.heldCount < 3; i++) await new Promise((r) => setImmediate(r));
+  await disk.untilHeld(3);
   assert.equal(disk.heldCount, 3);
   const start = d.m.sink.msis.length;
   disk.release();
@@ -371,7 +371,7 @@ test('requests completing in one event-loop turn share an interrupt; later ones 
   q.setUsedEvent(q.usedIdx);
   reqs.push(request(d, q, 0, 64n, { inLen: 512 }));
   q.kick();
-  for (let i = 0; i < 100 && disk.heldCount < 1; i++) await new Promise((r) => setImmediate(r));
+  await disk.untilHeld(1);
   disk.release();
   await q.waitUsed(1);
   assert.equal(d.m.sink.msis.length - start, 2);
@@ -385,7 +385,7 @@ test('a large request gets its interrupt as it completes, even while others are 
   const large = request(d, q, 0, 0n, { inLen: 64 * 1024 });
   const small = request(d, q, 0, 1000n, { inLen: 512 });
   q.kick();
-  for (let i = 0; i < 100 && disk.heldCount < 2; i++) await new Promise((r) => setImmediate(r));
+  await disk.untilHeld(2);
   assert.deepEqual(disk.calls, ['read 0', `read ${1000 * 512}`]);
   const start = d.m.sink.msis.length;
   const usedBefore = q.usedIdx;
@@ -455,7 +455,7 @@ test('the last request in flight gets its interrupt with its used element, not a
   const { d, q } = await blkMachine(disk, {}, { msix: true });
   const req = request(d, q, 0, 0n, { inLen: 512 });
   q.kick();
-  for (let i = 0; i < 100 && disk.heldCount < 1; i++) await new Promise((r) => setImmediate(r));
+  await disk.untilHeld(1);
   assert.equal(disk.heldCount, 1);
   const start = d.m.sink.msis.length;
   const usedBefore = q.usedIdx;

@@ -28,6 +28,11 @@ export class MemoryDisk implements BlockBackend {
   }
   get heldCount(): number { return this.held.length; }
 
+  /** Let event-loop turns pass (100 at most) until at least `n` operations are held. */
+  async untilHeld(n: number): Promise<void> {
+    for (let i = 0; i < 100 && this.held.length < n; i++) await new Promise((r) => setImmediate(r));
+  }
+
   private async gate(call: string): Promise<void> {
     this.calls.push(call);
     if (this.hold) await new Promise<void>((r) => this.held.push(r));
