@@ -8,6 +8,9 @@ import { readFileSync, statSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { guestInitrdWith } from '../../../src/lab/guest-image.js';
 import { guestInitrdPath, guestKernelPath } from '../../../src/lab/paths.js';
+import { watchForStalls } from '../../support/stall-watchdog.js';
+
+watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
 const VIRTIO_MODULES = [
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk',

@@ -8,6 +8,9 @@ import assert from 'node:assert/strict';
 import { Machine, type MachineExit } from '../../../src/vmm/machine.js';
 import { guestKernelPath } from '../../../src/lab/paths.js';
 import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
+import { watchForStalls } from '../../support/stall-watchdog.js';
+
+watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
 const BOOTS = 3;
 const BOOT_TIMEOUT_MS = 120_000;

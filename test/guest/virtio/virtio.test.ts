@@ -18,6 +18,9 @@ import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-im
 import { createQcow2 } from '../../../src/block/qcow2/create.js';
 import { openImage } from '../../../src/block/driver.js';
 import { BufferIO, runImg } from '../../../src/img/index.js';
+import { watchForStalls } from '../../support/stall-watchdog.js';
+
+watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
 const BOOT_TIMEOUT_MS = 300_000;
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';

@@ -11,6 +11,9 @@ import { Machine, type MachineExit } from '../../../src/vmm/machine.js';
 import type { MachineConfig } from '../../../src/vmm/config.js';
 import { guestKernelPath } from '../../../src/lab/paths.js';
 import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
+import { watchForStalls } from '../../support/stall-watchdog.js';
+
+watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
 const BOOT_TIMEOUT_MS = 240_000;
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';

@@ -9,6 +9,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { guestKernelPath } from '../../../src/lab/paths.js';
 import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
+import { watchForStalls } from '../../support/stall-watchdog.js';
+
+watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
 const LIMIT_MS = 420_000;
 
