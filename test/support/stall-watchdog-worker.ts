@@ -123,6 +123,7 @@ async function reportStallAndKill(quietMs: number): Promise<never> {
 
 let lastBeat = Atomics.load(beats, 0);
 let lastChange = performance.now();
+let lastPoll = lastChange;
 let reporting = false;
 // This timer keeps the watchdog thread alive; the Worker object is unref'd in the main thread,
 // so the process still exits when the test file is done.
@@ -130,7 +131,11 @@ setInterval(() => {
   if (reporting) return;
   const beat = Atomics.load(beats, 0);
   const now = performance.now();
-  if (beat !== lastBeat) {
+  // When this thread itself was held up for half the limit, the whole process was not running
+  // (stopped, or the machine starved it): the main thread had no chance to beat, so start over.
+  const frozen = now - lastPoll >= data.stallMs / 2;
+  lastPoll = now;
+  if (beat !== lastBeat || frozen) {
     lastBeat = beat;
     lastChange = now;
     return;

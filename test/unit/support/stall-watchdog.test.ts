@@ -3,7 +3,7 @@
 // must diagnose and kill the blocked ones and leave the healthy one alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_STALL_SECONDS, stallMsFromEnv } from '../../support/stall-watchdog.js';
 
@@ -14,7 +14,8 @@ const CHILD_LIMIT_MS = 45_000;
 interface ChildResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
 /** Runs `node args` with the watchdog's limit from `stallSeconds`; kills it after CHILD_LIMIT_MS. */
-function runNode(args: string[], stallSeconds: string, extraEnv: Record<string, string> = {}): Promise<ChildResult> {
+function runNode(args: string[], stallSeconds: string, extraEnv: Record<string, string> = {},
+  onStdout?: (child: ChildProcess, stdoutSoFar: string) => void): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const env: NodeJS.ProcessEnv = { ...process.env, TSVIRT_TEST_STALL_SECONDS: stallSeconds, ...extraEnv };
     // Set by the test runner that runs this file; a nested `node --test` seeing it would act
@@ -27,7 +28,7 @@ function runNode(args: string[], stallSeconds: string, extraEnv: Record<string, 
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
+    child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; onStdout?.(child, stdout); });
     child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -107,6 +108,20 @@ test('a child whose event loop stays free while it awaits longer than the limit 
   assert.equal(r.code, 0, `exit code ${r.code}; stderr:\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /stall watchdog/);
   assert.match(r.stdout, /^stall-child: idle done$/m);
+});
+
+test('a process stopped for longer than the limit is not taken for a stalled one once it runs again', { timeout: 60_000 }, async () => {
+  let stopped = false;
+  const r = await runNode([CHILD, 'idle'], '2', {}, (child, out) => {
+    if (stopped || !out.includes('stall-child: idle\n')) return;
+    stopped = true;
+    child.kill('SIGSTOP');
+    setTimeout(() => child.kill('SIGCONT'), 3500);
+  });
+  assert.ok(stopped, 'the child was never stopped');
+  assert.equal(r.signal, null, `killed by ${r.signal}; stderr:\n${r.stderr}`);
+  assert.equal(r.code, 0, `exit code ${r.code}; stderr:\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /stall watchdog/);
 });
 
 test('under node --test, a stalled file is reported failed with the diagnosis in the output', { timeout: 60_000 }, async () => {
