@@ -59,11 +59,12 @@ export interface LabExecResult {
 /** A failure of the lab itself (not of the command), with one-line message and the log tail. */
 export class LabError extends Error {
   /**
-   * @param hostStopped the lab host itself went away (QEMU exited without an error of its own)
-   *   before the command finished: the emulated machine reset under the command, which the
-   *   command's own result says nothing about.
+   * @param hostFailed the lab host itself failed before the command finished, in a way the
+   *   command's own result says nothing about: the emulated machine reset under it (QEMU
+   *   exited without an error of its own), or its kernel reported a CPU stuck in kernel code
+   *   (a soft lockup, see softLockup()).
    */
-  constructor(message: string, readonly logTail: string[] = [], readonly hostStopped = false) {
+  constructor(message: string, readonly logTail: string[] = [], readonly hostFailed = false) {
     super(message);
     this.name = 'LabError';
   }
@@ -266,6 +267,7 @@ async function runQemu(
       let labFailure: string | null = null;
       let killedBecause: string | null = null;
       let timedOutInLab = false;
+      let stuck: string | null = null;
 
       const onConsole = (chunk: Buffer): void => {
         writeSync(log, chunk);
@@ -275,6 +277,11 @@ async function runQemu(
         for (const line of lines) {
           consoleText += line + '\n';
           if (consoleText.length > 1 << 20) consoleText = consoleText.slice(-(1 << 19));
+          const lockup = softLockup(line);
+          if (lockup && stuck === null) {
+            stuck = lockup;
+            kill(lockup);
+          }
           const m = /tsvirt-lab: (running: |exit (\d+)$|error: (.*)|timeout$)/.exec(line.trim());
           if (!m) continue;
           if (m[1] === 'running: ') bootSeconds = (Date.now() - started) / 1000;
@@ -316,7 +323,7 @@ async function runQemu(
           const totalSeconds = (Date.now() - started) / 1000;
           const where = `(lab log: ${logPath})`;
           if (spawnError) return reject(new LabError(`lab: cannot start ${QEMU}: ${(spawnError as Error).message}`));
-          if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail));
+          if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail, killedBecause === stuck));
           if (labFailure) return reject(new LabError(`lab: ${labFailure} ${where}`, tail));
           if (timedOutInLab) return reject(new LabError(`lab: ${timeoutMessage} ${where}`, tail));
           if (exitCode === null) {
@@ -332,6 +339,19 @@ async function runQemu(
     for (const c of channels) c.server.close();
     rmSync(sockDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The lab kernel's soft-lockup report (`watchdog: BUG: soft lockup - CPU#0 stuck for 26s!
+ * [comm:pid]`), worded as a lab failure; null for any other console line. Seen with QEMU's
+ * and tsvirt's guests alike: a lab CPU spins in the kernel's nested-virtualization code and
+ * does not come back (still stuck minutes later), and whatever shares its locks (the VMM
+ * process's memory map, say) blocks with it. The run is ended at the first report.
+ */
+export function softLockup(line: string): string | null {
+  const m = /watchdog: BUG: soft lockup - CPU#(\d+) stuck for (\d+)s! \[(.*)\]/.exec(line);
+  if (!m) return null;
+  return `the lab host's kernel reports CPU#${m[1]} stuck for ${m[2]} s in ${m[3]} (a soft lockup of the emulated machine)`;
 }
 
 const LOGS_KEPT = 20;

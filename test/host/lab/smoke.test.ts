@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { LAB_CPU, labExec, LabError } from '../../../src/lab/exec.js';
+import { LAB_CPU, labExec, LabError, softLockup } from '../../../src/lab/exec.js';
 import { projectRoot } from '../../../src/lab/paths.js';
 import { LAB_PROJECT_DIR } from '../../../src/lab/project-tree.js';
 
@@ -153,22 +153,46 @@ test('a lab CPU without svm fails clearly: no /dev/kvm inside', async () => {
       assert.ok(err instanceof LabError);
       assert.match(err.message, /^lab: the lab CPU offers no svm .* \(lab log: .*\/logs\/lab-[-0-9TZ]+\.log\)$/);
       assert.ok(err.logTail.length > 0);
-      assert.equal(err.hostStopped, false, 'a lab that reports its failure did not just stop');
+      assert.equal(err.hostFailed, false, 'a lab that reports its failure did not just stop');
       return true;
     },
   );
 });
 
-test('a lab host that resets under the command is a LabError marked hostStopped', async () => {
+test('a lab host that resets under the command is a LabError marked hostFailed', async () => {
   await assert.rejects(
     labExec(['reboot', '-f'], { timeoutSeconds: 120 }),
     (err: unknown) => {
       assert.ok(err instanceof LabError);
       assert.match(err.message, /^lab: QEMU exited \(0\) before the command finished \(lab log: /);
-      assert.equal(err.hostStopped, true);
+      assert.equal(err.hostFailed, true);
       return true;
     },
   );
+});
+
+test('a soft lockup reported by the lab kernel ends the run at once, as a LabError marked hostFailed', async () => {
+  // The report is put on the lab's console through the kernel log at emergency level, the
+  // way the kernel's own watchdog prints it; the command would otherwise sleep for minutes.
+  const report = 'watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [qemu-system-x86:283]';
+  const started = Date.now();
+  await assert.rejects(
+    labExec(['sh', '-c', `echo '<0>${report}' > /dev/kmsg; sleep 300`], { timeoutSeconds: 400 }),
+    (err: unknown) => {
+      assert.ok(err instanceof LabError);
+      assert.match(err.message, /^lab: the lab host's kernel reports CPU#1 stuck for 23 s in qemu-system-x86:283 \(a soft lockup of the emulated machine\) \(lab log: /);
+      assert.equal(err.hostFailed, true);
+      return true;
+    },
+  );
+  assert.ok(Date.now() - started < 200_000, `took ${Date.now() - started} ms`);
+});
+
+test('softLockup: only the kernel watchdog\'s report is one', () => {
+  assert.equal(softLockup('[ 1104.494431] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [qemu-system-x86:283]'),
+    "the lab host's kernel reports CPU#0 stuck for 26 s in qemu-system-x86:283 (a soft lockup of the emulated machine)");
+  assert.equal(softLockup('[ 1105.676527] rcu: INFO: rcu_preempt self-detected stall on CPU'), null);
+  assert.equal(softLockup('tsvirt-guest: soft lockup test'), null);
 });
 
 test('boot and command timeouts end the run with one clear error; results still come back', async () => {
