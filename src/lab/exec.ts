@@ -46,7 +46,15 @@ export interface LabExecOptions {
   root?: string;
   /** QEMU -cpu model of the lab host (default LAB_CPU; without svm there is no /dev/kvm inside). */
   cpuModel?: string;
+  /**
+   * How long the lab may go without a sign of life while the command runs (default 150 s):
+   * its init prints a heartbeat four times as often. A lab host whose clock stopped (its
+   * CPUs idle for good, nothing ever wakes) is ended as a lab failure after that long.
+   */
+  silenceSeconds?: number;
 }
+
+const DEFAULT_SILENCE_SECONDS = 150;
 
 export interface LabExecResult {
   exitCode: number;
@@ -104,6 +112,7 @@ function commandScript(command: string[], opts: LabExecOptions): string {
     `LAB_TITLE=${shellQuote(title.length > 200 ? `${title.slice(0, 200)}...` : title)}`,
     `LAB_INTERACTIVE=${opts.interactive ? 1 : 0}`,
     `LAB_TIMEOUT=${Math.ceil(opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS)}`,
+    `LAB_HEARTBEAT=${Math.max(1, Math.floor((opts.silenceSeconds ?? DEFAULT_SILENCE_SECONDS) / 4))}`,
     `LAB_COPY_BACK=${shellQuote((opts.copyBack ?? []).map(shellQuote).join(' '))}`,
     ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
     `set -- ${command.map(shellQuote).join(' ')}`,
@@ -130,6 +139,9 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > 16) throw new LabError(`lab exec: --cpus ${cpus} must be an integer from 1 to 16`);
   if (!Number.isInteger(memoryMiB) || memoryMiB < 512) throw new LabError(`lab exec: memory ${memoryMiB} MiB is too small (at least 512 MiB)`);
   if (!(timeoutSeconds > 0)) throw new LabError(`lab exec: timeout ${timeoutSeconds} s must be positive`);
+  if (opts.silenceSeconds !== undefined && !(opts.silenceSeconds >= 4)) {
+    throw new LabError(`lab exec: silence limit ${opts.silenceSeconds} s must be at least 4 s`);
+  }
   parseCopyBack(opts.copyBack ?? []);
   if (!labBuilt()) throw new LabImageMissingError('images', labFiles.buildInfo());
   for (const f of [labFiles.kernel(), labFiles.hostInitrd(), labFiles.guestInitrd()]) {
@@ -268,6 +280,7 @@ async function runQemu(
       let killedBecause: string | null = null;
       let timedOutInLab = false;
       let stuck: string | null = null;
+      let lastSignOfLife = Date.now();
 
       const onConsole = (chunk: Buffer): void => {
         writeSync(log, chunk);
@@ -275,6 +288,7 @@ async function runQemu(
         const lines = pending.split(/\r?\n/);
         pending = lines.pop() ?? '';
         for (const line of lines) {
+          lastSignOfLife = Date.now();
           consoleText += line + '\n';
           if (consoleText.length > 1 << 20) consoleText = consoleText.slice(-(1 << 19));
           const lockup = softLockup(line);
@@ -308,12 +322,24 @@ async function runQemu(
       const boot = setTimeout(() => {
         if (bootSeconds < 0) kill(`the lab did not boot within ${bootTimeoutSeconds} s`);
       }, bootTimeoutSeconds * 1000);
+      // While the command runs, the lab's init prints a heartbeat. Its silence means the lab
+      // host stopped: seen as a lab whose CPUs sat idle for good (QEMU using no CPU at all),
+      // every process asleep on a timer that never fired.
+      const silenceSeconds = opts.silenceSeconds ?? DEFAULT_SILENCE_SECONDS;
+      const silence = setInterval(() => {
+        if (bootSeconds < 0 || exitCode !== null || stuck !== null) return;
+        const quietFor = (Date.now() - lastSignOfLife) / 1000;
+        if (quietFor < silenceSeconds) return;
+        stuck = `the lab host stopped responding: no sign of life for ${Math.round(quietFor)} s (its heartbeat comes every ${Math.max(1, Math.floor(silenceSeconds / 4))} s)`;
+        kill(stuck);
+      }, Math.min(10_000, silenceSeconds * 250));
 
       let spawnError: Error | null = null;
       child.on('error', (e) => { spawnError = e; });
       child.on('close', (code, signal) => {
         clearTimeout(overall);
         clearTimeout(boot);
+        clearInterval(silence);
         for (const c of channels) c.server.close();
         void sockets.then(async (socks) => {
           await Promise.all(socks.map((s) => ended(s, 5000)));

@@ -90,6 +90,9 @@ else
   "$@" </dev/null >/dev/ttyS1 2>/dev/ttyS2 &
 fi
 pid=$!
+# A sign of life for the host side, which ends a lab that falls silent (labExec's silenceSeconds).
+( while sleep "\${LAB_HEARTBEAT:-30}"; do say "alive"; done ) 2>/dev/null &
+heartbeat=$!
 # The run's time limit, enforced here so that what the command wrote can still be copied
 # back: the rest of LAB_TIMEOUT (counted from the lab's power-on), then TERM, then KILL.
 left=$((LAB_TIMEOUT - $(cut -d. -f1 /proc/uptime)))
@@ -98,7 +101,7 @@ left=$((LAB_TIMEOUT - $(cut -d. -f1 /proc/uptime)))
 watchdog=$!
 wait $pid
 rc=$?
-kill $watchdog 2>/dev/null
+kill $watchdog $heartbeat 2>/dev/null
 if [ -n "$LAB_COPY_BACK" ] && out=$(disk_with_serial ${RESULTS_DISK_SERIAL}); then
   keep=""
   for p in $LAB_COPY_BACK; do [ -e "$p" ] && keep="$keep $p"; done

@@ -188,6 +188,23 @@ test('a soft lockup reported by the lab kernel ends the run at once, as a LabErr
   assert.ok(Date.now() - started < 200_000, `took ${Date.now() - started} ms`);
 });
 
+test('a lab host that falls silent (suspended: CPUs idle, no timer ever fires) is ended as a LabError marked hostFailed', async () => {
+  // Suspend-to-idle stops every process and the heartbeat with them, as the lab host whose
+  // clock stopped did; nothing wakes it again.
+  const started = Date.now();
+  await assert.rejects(
+    labExec(['sh', '-c', 'echo freeze > /sys/power/state; sleep 300'], { timeoutSeconds: 400, silenceSeconds: 20 }),
+    (err: unknown) => {
+      assert.ok(err instanceof LabError);
+      assert.match(err.message, /^lab: the lab host stopped responding: no sign of life for \d+ s \(its heartbeat comes every 5 s\) \(lab log: /);
+      assert.equal(err.hostFailed, true);
+      return true;
+    },
+  );
+  assert.ok(Date.now() - started < 200_000, `took ${Date.now() - started} ms`);
+  await assert.rejects(labExec(['true'], { silenceSeconds: 2 }), /^LabError: lab exec: silence limit 2 s must be at least 4 s$/);
+});
+
 test('softLockup: only the kernel watchdog\'s report is one', () => {
   assert.equal(softLockup('[ 1104.494431] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [qemu-system-x86:283]'),
     "the lab host's kernel reports CPU#0 stuck for 26 s in qemu-system-x86:283 (a soft lockup of the emulated machine)");
