@@ -69,8 +69,8 @@ export class LabError extends Error {
   /**
    * @param hostFailed the lab host itself failed before the command finished, in a way the
    *   command's own result says nothing about: the emulated machine reset under it (QEMU
-   *   exited without an error of its own), or its kernel reported a CPU stuck in kernel code
-   *   (a soft lockup, see softLockup()).
+   *   exited without an error of its own), its kernel reported a CPU stuck in kernel code
+   *   (a soft lockup, see softLockup()), or it fell silent (no heartbeat, silenceSeconds).
    */
   constructor(message: string, readonly logTail: string[] = [], readonly hostFailed = false) {
     super(message);
