@@ -66,6 +66,7 @@ async function bundle(entry, name, shared) {
   writeFileSync(path.join(outdir, `${name}.bundle.inputs.json`), `${JSON.stringify({ inputs })}\n`);
 }
 
-// vcpu-threads holds the threads the run command prestarted, which the machine takes over.
-await bundle('src/vmm/startup.js', 'vmm', new Set(['vmm/vcpu-threads.js', 'vmm/bundles.js', 'vmm/boot-trace.js']));
+// vcpu-threads holds the threads the run command prestarted, which the machine takes over;
+// file-preload the kernel and initrd reads it started.
+await bundle('src/vmm/startup.js', 'vmm', new Set(['vmm/vcpu-threads.js', 'vmm/file-preload.js', 'vmm/bundles.js', 'vmm/boot-trace.js']));
 await bundle('src/vmm/vcpu-worker.js', 'vcpu-worker', new Set());

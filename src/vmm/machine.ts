@@ -39,6 +39,7 @@ import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
 import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
+import { takePreloadedFile } from './file-preload.js';
 import { parseVirtioConfig, wantsVirtio } from './virtio-config.js';
 // Types only: the device glue (and through it src/virtio, src/pci, src/block) is imported in
 // create() when the config asks for a virtio device, so a legacy-only machine never loads it.
@@ -201,7 +202,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       // Before the rest, so that the threads' isolates boot while the kernel is read and the
       // VM is built.
       started = takeVcpuThreads(cpus, options.workerUrl);
-      const boot = readBoot(valid, options);
+      const boot = await readBoot(valid, options);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
@@ -733,16 +734,17 @@ export class Machine extends EventEmitter implements QmpTarget {
   }
 }
 
-function readFile(path: string, what: string): Uint8Array {
+/** The whole file, from a read `tsvirt run` started early (file-preload.ts) or read now. */
+async function readFile(path: string, what: string): Promise<Uint8Array> {
   try {
-    return new Uint8Array(readFileSync(path));
+    return await (takePreloadedFile(path) ?? new Uint8Array(readFileSync(path)));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     throw new MachineError(`${what} ${path}: cannot read (${code ?? (err as Error).message})`);
   }
 }
 
-function readBoot(config: MachineConfig, options: MachineOptions): Boot {
+async function readBoot(config: MachineConfig, options: MachineOptions): Promise<Boot> {
   if (options.rawBoot) {
     if (config.kernel) throw new ConfigError('config: kernel and a raw boot image cannot both be given');
     if (options.rawBoot.address + options.rawBoot.code.length > 0x10000) {
@@ -752,8 +754,8 @@ function readBoot(config: MachineConfig, options: MachineOptions): Boot {
   }
   if (!config.kernel) throw new ConfigError('config: no kernel given');
   return {
-    kernel: readFile(config.kernel, 'kernel'),
-    ...(config.initrd ? { initrd: readFile(config.initrd, 'initrd') } : {}),
+    kernel: await readFile(config.kernel, 'kernel'),
+    ...(config.initrd ? { initrd: await readFile(config.initrd, 'initrd') } : {}),
     cmdline: config.append ?? DEFAULT_APPEND,
   };
 }

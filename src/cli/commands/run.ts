@@ -103,6 +103,10 @@ async function run(flags: RunFlags): Promise<number> {
   // The vCPU threads boot on another host CPU while this thread loads the VMM and builds the VM.
   const { MAX_VCPUS, prestartVcpuThreads, stopPrestartedVcpuThreads } = await import('../../vmm/vcpu-threads.js');
   prestartVcpuThreads(expectedVcpus(flags, MAX_VCPUS));
+  // The kernel and initrd are read on the thread pool meanwhile (taken by Machine.create).
+  const { preloadFile } = await import('../../vmm/file-preload.js');
+  if (flags.kernel !== undefined) preloadFile(flags.kernel);
+  if (flags.initrd !== undefined) preloadFile(flags.initrd);
   try {
     return await runMachine(flags);
   } finally {
