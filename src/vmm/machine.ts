@@ -110,7 +110,8 @@ function exitSource(exit: VcpuExit, withDirection: boolean): string {
 }
 
 // node:crypto is loaded only when a UUID is asked for: on the way to the first KVM_RUN it
-// cost tens of milliseconds under nested virtualization (2.4-3 ms on the development host).
+// cost 1.3-1.5 ms on the development host, and start-up steps take 15-20 times as long
+// under nested virtualization.
 const requireBuiltin = createRequire(import.meta.url);
 
 export class Machine extends EventEmitter implements QmpTarget {
