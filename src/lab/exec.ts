@@ -56,6 +56,12 @@ export interface LabExecOptions {
 
 const DEFAULT_SILENCE_SECONDS = 150;
 
+/** The silence limit of a run, and how often the lab's init prints its heartbeat within it. */
+function silenceLimits(opts: LabExecOptions): { silenceSeconds: number; heartbeatSeconds: number } {
+  const silenceSeconds = opts.silenceSeconds ?? DEFAULT_SILENCE_SECONDS;
+  return { silenceSeconds, heartbeatSeconds: Math.max(1, Math.floor(silenceSeconds / 4)) };
+}
+
 export interface LabExecResult {
   exitCode: number;
   /** Seconds from QEMU start to the command's start, and in total. */
@@ -112,7 +118,7 @@ function commandScript(command: string[], opts: LabExecOptions): string {
     `LAB_TITLE=${shellQuote(title.length > 200 ? `${title.slice(0, 200)}...` : title)}`,
     `LAB_INTERACTIVE=${opts.interactive ? 1 : 0}`,
     `LAB_TIMEOUT=${Math.ceil(opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS)}`,
-    `LAB_HEARTBEAT=${Math.max(1, Math.floor((opts.silenceSeconds ?? DEFAULT_SILENCE_SECONDS) / 4))}`,
+    `LAB_HEARTBEAT=${silenceLimits(opts).heartbeatSeconds}`,
     `LAB_COPY_BACK=${shellQuote((opts.copyBack ?? []).map(shellQuote).join(' '))}`,
     ...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
     `set -- ${command.map(shellQuote).join(' ')}`,
@@ -279,7 +285,8 @@ async function runQemu(
       let labFailure: string | null = null;
       let killedBecause: string | null = null;
       let timedOutInLab = false;
-      let stuck: string | null = null;
+      // Set when the run was ended because the lab host itself failed (LabError.hostFailed).
+      let killedForHost = false;
       let lastSignOfLife = Date.now();
 
       const onConsole = (chunk: Buffer): void => {
@@ -292,10 +299,7 @@ async function runQemu(
           consoleText += line + '\n';
           if (consoleText.length > 1 << 20) consoleText = consoleText.slice(-(1 << 19));
           const lockup = softLockup(line);
-          if (lockup && stuck === null) {
-            stuck = lockup;
-            kill(lockup);
-          }
+          if (lockup) kill(lockup, true);
           const m = /tsvirt-lab: (running: |exit (\d+)$|error: (.*)|timeout$)/.exec(line.trim());
           if (!m) continue;
           if (m[1] === 'running: ') bootSeconds = (Date.now() - started) / 1000;
@@ -311,8 +315,11 @@ async function runQemu(
       child.stdout?.on('data', (c: Buffer) => { qemuMessages += c.toString(); });
       child.stderr!.on('data', (c: Buffer) => { qemuMessages += c.toString(); });
 
-      const kill = (why: string): void => {
-        if (killedBecause === null) killedBecause = why;
+      const kill = (why: string, hostFailed = false): void => {
+        if (killedBecause === null) {
+          killedBecause = why;
+          killedForHost = hostFailed;
+        }
         child.kill('SIGKILL');
       };
       const timeoutMessage = `the command did not finish within ${timeoutSeconds} s (--timeout)`;
@@ -325,13 +332,12 @@ async function runQemu(
       // While the command runs, the lab's init prints a heartbeat. Its silence means the lab
       // host stopped: seen as a lab whose CPUs sat idle for good (QEMU using no CPU at all),
       // every process asleep on a timer that never fired.
-      const silenceSeconds = opts.silenceSeconds ?? DEFAULT_SILENCE_SECONDS;
+      const { silenceSeconds, heartbeatSeconds } = silenceLimits(opts);
       const silence = setInterval(() => {
-        if (bootSeconds < 0 || exitCode !== null || stuck !== null) return;
+        if (bootSeconds < 0 || exitCode !== null || killedBecause !== null) return;
         const quietFor = (Date.now() - lastSignOfLife) / 1000;
         if (quietFor < silenceSeconds) return;
-        stuck = `the lab host stopped responding: no sign of life for ${Math.round(quietFor)} s (its heartbeat comes every ${Math.max(1, Math.floor(silenceSeconds / 4))} s)`;
-        kill(stuck);
+        kill(`the lab host stopped responding: no sign of life for ${Math.round(quietFor)} s (its heartbeat comes every ${heartbeatSeconds} s)`, true);
       }, Math.min(10_000, silenceSeconds * 250));
 
       let spawnError: Error | null = null;
@@ -349,7 +355,7 @@ async function runQemu(
           const totalSeconds = (Date.now() - started) / 1000;
           const where = `(lab log: ${logPath})`;
           if (spawnError) return reject(new LabError(`lab: cannot start ${QEMU}: ${(spawnError as Error).message}`));
-          if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail, killedBecause === stuck));
+          if (killedBecause) return reject(new LabError(`lab: ${killedBecause} ${where}`, tail, killedForHost));
           if (labFailure) return reject(new LabError(`lab: ${labFailure} ${where}`, tail));
           if (timedOutInLab) return reject(new LabError(`lab: ${timeoutMessage} ${where}`, tail));
           if (exitCode === null) {
