@@ -13,12 +13,3 @@ export function drain(fd: number): number {
   const bytes = new Uint8Array(8);
   return readNonBlocking(fd, bytes) < 0 ? -1 : Number(new DataView(bytes.buffer).getBigUint64(0, true));
 }
-
-/** Polls `condition` every 5 ms until it holds; fails after `ms`. */
-export async function waitFor(what: string, condition: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}

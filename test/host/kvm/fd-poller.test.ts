@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import { FdPoller, lastReportAt, stampReports } from '../../../src/kvm/fd-poller.js';
 import { close, EFD_NONBLOCK, eventfd } from '../../../src/kvm/libc.js';
 import { createMicroVm, GuestCode } from '../../../src/kvm/microguest.js';
-import { signal, drain, waitFor } from '../../support/eventfds.js';
+import { signal, drain } from '../../support/eventfds.js';
+import { waitFor } from '../../support/wait.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -8,6 +8,7 @@ import { Machine, MachineError } from '../../../src/vmm/machine.js';
 import { GuestRamError } from '../../../src/vmm/guest-ram.js';
 import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
 import { GUEST_ADDRESS, helloGuest, powerOffGuest, resetGuest } from './micro-guests.js';
+import { waitFor } from '../../support/wait.js';
 
 const TIMEOUT = 20_000;
 
@@ -15,14 +16,6 @@ function collect(m: Machine): { text: () => string } {
   let out = '';
   m.console.on('data', (d: Buffer) => { out += d.toString('latin1'); });
   return { text: () => out };
-}
-
-async function until(what: string, predicate: () => boolean, ms = TIMEOUT): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 test('a machine runs its guest, pauses, resumes, resets and stops, with events', { timeout: 60_000 }, async () => {
@@ -38,7 +31,7 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
   await m.start();
   assert.equal(m.runState(), 'running');
   // "Hi\n" then the RTC's status register A (0x26 = '&') read through the main-thread path.
-  await until('guest output', () => out.text() === 'Hi\n&');
+  await waitFor('guest output', () => out.text() === 'Hi\n&', TIMEOUT);
   const stats = m.exitStats();
   assert.equal(stats.local, 4, 'three THR writes and the echo were served on the vCPU thread');
   assert.equal(stats.forwarded, 2, 'the RTC index write and data read went to the main thread');
@@ -53,7 +46,7 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
   assert.notEqual(cpus[0]!.threadId, cpus[1]!.threadId);
 
   await m.reset();
-  await until('output after reset', () => out.text() === 'Hi\n&Hi\n&');
+  await waitFor('output after reset', () => out.text() === 'Hi\n&Hi\n&', TIMEOUT);
   assert.equal(m.runState(), 'running');
   await m.stop();
   const exit = await m.waitForExit();
@@ -66,14 +59,14 @@ test('reset while paused stays paused until resumed', { timeout: 60_000 }, async
   const m = await Machine.create({ memory: '32M' }, { rawBoot: { code: helloGuest('P'), address: GUEST_ADDRESS } });
   const out = collect(m);
   await m.start();
-  await until('first boot', () => out.text() === 'P&');
+  await waitFor('first boot', () => out.text() === 'P&', TIMEOUT);
   await m.pause();
   await m.reset();
   assert.equal(m.runState(), 'paused');
   await new Promise((r) => setTimeout(r, 300));
   assert.equal(out.text(), 'P&', 'nothing runs while paused');
   await m.resume();
-  await until('second boot', () => out.text() === 'P&P&');
+  await waitFor('second boot', () => out.text() === 'P&P&', TIMEOUT);
   await m.quit();
   assert.equal((await m.waitForExit()).reason, 'host-qmp-quit');
 });
@@ -84,7 +77,7 @@ test('a guest reset through the i8042 restarts the guest, or ends it with noRebo
   m.on('reset', (info) => resets.push(info));
   const out = collect(m);
   await m.start();
-  await until('two boots', () => out.text().length >= 2);
+  await waitFor('two boots', () => out.text().length >= 2, TIMEOUT);
   assert.ok(resets.length >= 1);
   assert.deepEqual(resets[0], { guest: true, reason: 'guest-reset' });
   await m.stop();

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createEventfdWatcher } from '../../../src/kvm/eventfd-watcher.js';
 import { close, EFD_NONBLOCK, eventfd } from '../../../src/kvm/libc.js';
-import { signal, drain, waitFor } from '../../support/eventfds.js';
+import { signal, drain } from '../../support/eventfds.js';
+import { waitFor } from '../../support/wait.js';
 
 for (const thread of [false, true]) {
   const kind = thread ? 'thread' : 'loop';

@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import { VirtioConsole } from '../../../src/virtio/console.js';
 import { StreamPortBackend, UnixSocketPortBackend } from '../../../src/virtio/port-backends.js';
 import { type DriverQueue, makeMachine, plugVirtio, VirtioDriver } from './support/driver.js';
+import { waitFor } from '../../support/wait.js';
 
 interface Ctl { id: number; event: number; value: number; extra: string }
 
@@ -80,14 +81,6 @@ function connectClient(path: string): Promise<Socket> {
   });
 }
 
-async function waitFor(cond: () => boolean, what: string, ms = 2000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
 test('multiport handshake, named unix-socket port with data both ways, host connect/disconnect', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-serial-'));
   const path = join(dir, 'agent.sock');
@@ -126,7 +119,7 @@ test('multiport handshake, named unix-socket port with data both ways, host conn
   const tx = d.queues[5]!;
   // Host data waits until the guest opens the port and posts buffers.
   client.write('hello ');
-  await waitFor(() => dev.portState('org.tsvirt.agent')!.pendingBytes === 6, 'host bytes held');
+  await waitFor('host bytes held', () => dev.portState('org.tsvirt.agent')!.pendingBytes === 6, 2000);
   g.send(1, 6, 1); // guest opens /dev/vport
   g.postRx(rx, 4, 16);
   client.write('guest');
@@ -137,7 +130,7 @@ test('multiport handshake, named unix-socket port with data both ways, host conn
   const received: string[] = [];
   client.on('data', (b) => received.push(b.toString()));
   g.transmit(tx, 'hi host');
-  await waitFor(() => received.join('') === 'hi host', 'host receives guest data');
+  await waitFor('host receives guest data', () => received.join('') === 'hi host', 2000);
   // Disconnect: PORT_OPEN 0.
   client.destroy();
   assert.deepEqual((await g.control(1)).map((c) => [c.id, c.event, c.value]), [[1, 6, 0]]);
@@ -147,7 +140,7 @@ test('multiport handshake, named unix-socket port with data both ways, host conn
   const out: string[] = [];
   consoleOut.on('data', (b: Buffer) => out.push(b.toString()));
   g.transmit(d.queues[1]!, 'login: ');
-  await waitFor(() => out.join('') === 'login: ', 'console output');
+  await waitFor('console output', () => out.join('') === 'login: ', 2000);
   g.postRx(d.queues[0]!, 2, 16);
   consoleIn.write('root\n');
   assert.equal(await g.receive(d.queues[0]!, 1), 'root\n');
@@ -195,7 +188,7 @@ test('backpressure: a fast host is paused while the guest posts no buffers, noth
     }
     rx.publish();
     rx.kick();
-    await waitFor(() => rx.usedIdx - rx.lastUsed >= 1, 'rx progress');
+    await waitFor('rx progress', () => rx.usedIdx - rx.lastUsed >= 1, 2000);
     await new Promise((r) => setTimeout(r, 5));
     for (const u of rx.takeUsed()) {
       received.push(Uint8Array.from(d.m.memory.slice(bufs.get(u.id)!, u.len)));
