@@ -96,6 +96,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
 
   // Like qemu-img: the new image is written without flushes (cache=unsafe) unless -t says otherwise.
   const targetCache = cacheMode(opts.get('t'), 'unsafe');
+  if (!compress) io.bulkCopyOnly?.();
   const sourceCache = cacheMode(opts.get('T'), 'writeback');
   const drivers: BlockDriver[] = [];
   let out: BlockDriver | undefined;
