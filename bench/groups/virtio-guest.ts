@@ -68,7 +68,8 @@ type Rates = Record<string, number>;
  * separated by `;`, each a `,`-separated list of environment settings (`UV_USE_IO_URING=0,
  * TSVIRT_EVENTFD_THREAD=1;` compares the thread-pool and poller-thread set-up with the
  * default). The first variant is the one reported against QEMU; without the variable there
- * is one, the default.
+ * is one, the default. The setting TSVIRT_BENCH_NODE_FLAGS (space-separated) passes flags to
+ * node itself: `TSVIRT_BENCH_NODE_FLAGS=--no-opt`.
  */
 export function benchVariants(spec = process.env.TSVIRT_BENCH_VARIANTS): Array<Record<string, string>> {
   if (!spec) return [{}];
@@ -104,7 +105,10 @@ export function parseGuestOutput(out: string): Rates {
 /** Run a VMM until the guest script is done; the figures it printed. */
 function runGuest(command: string, args: string[], env: Record<string, string> = {}): Promise<{ rates: Rates; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    // A variant's TSVIRT_BENCH_NODE_FLAGS go to the node binary that runs tsvirt (V8 flags
+    // are not allowed in NODE_OPTIONS).
+    const nodeFlags = command === process.execPath ? (env.TSVIRT_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean) : [];
+    const child = spawn(command, [...nodeFlags, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
     let done = false;
     let closed = false;
@@ -194,7 +198,7 @@ async function probe(): Promise<void> {
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
       '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
       '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { ...firstEnv, TSVIRT_EXIT_STATS: '1' }
-        : trace ? { ...firstEnv, TSVIRT_BLK_TRACE: '1', TSVIRT_BLK_TRACE_PROFILE: join(dir, 'trace.cpuprofile') } : firstEnv);
+        : trace ? { TSVIRT_BLK_TRACE: '1', TSVIRT_BLK_TRACE_PROFILE: join(dir, 'trace.cpuprofile'), ...firstEnv } : firstEnv);
     if (profile) {
       process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|tsvirt: exits)/.test(l)).join('\n')}\n`);
       process.stdout.write(`VIRTIO-PROFILE ${JSON.stringify(tsvirt.rates)}\n`);
@@ -224,7 +228,10 @@ async function probe(): Promise<void> {
     // figure is the best of its rounds.
     if (trace) {
       process.stdout.write(`${tsvirt.output.split('\n').filter((l) => /^(bench|blk-trace)/.test(l)).join('\n')}\n`);
-      process.stdout.write(`--- main thread from the first large request\n${summariseProfile(join(dir, 'trace.cpuprofile'))}\n`);
+      // A variant may set TSVIRT_BLK_TRACE_PROFILE= (empty) for thread CPU figures without the profiler's own cost.
+      if (firstEnv.TSVIRT_BLK_TRACE_PROFILE !== '') {
+        process.stdout.write(`--- main thread from the first large request\n${summariseProfile(join(dir, 'trace.cpuprofile'))}\n`);
+      }
       process.stdout.write(`VIRTIO-TRACE ${JSON.stringify({ tsvirt: tsvirt.rates, qemu: await runQemu() })}\n`);
       return;
     }

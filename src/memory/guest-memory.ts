@@ -22,6 +22,8 @@ export interface GuestMemory {
    * the guest). Throws GuestMemoryError when the range is not wholly inside one region.
    */
   slice(address: bigint, length: number): Uint8Array;
+  /** Like slice(), but undefined instead of an error when the range is not inside (no exception on hostile input). */
+  sliceInside(address: bigint, length: number): Uint8Array | undefined;
   /** Whether [address, address+length) lies wholly inside one region. */
   contains(address: bigint, length: number): boolean;
   read(address: bigint, into: Uint8Array): void;

@@ -9,10 +9,20 @@ export interface MemoryRegion {
   readonly bytes: Uint8Array;
 }
 
+/** Largest guest address handled as a plain number (2^53 - 1); beyond it nothing is inside. */
+const MAX_EXACT_ADDRESS = BigInt(Number.MAX_SAFE_INTEGER);
+
 export class RegionGuestMemory implements GuestMemory {
   readonly size: bigint;
   private readonly regions: readonly MemoryRegion[];
   private readonly views: DataView[];
+  // Region bounds as plain numbers: a lookup then compares numbers instead of doing BigInt
+  // arithmetic, which allocates. A virtio-blk request of 1 MiB can carry 254 buffers, each
+  // looked up here, so this is on the data path.
+  private readonly starts: number[];
+  private readonly ends: number[];
+  /** Offset within its region of the range the last find() placed (avoids returning an object). */
+  private foundOffset = 0;
 
   constructor(regions: readonly MemoryRegion[]) {
     const sorted = [...regions].sort((a, b) => (a.guestAddress < b.guestAddress ? -1 : 1));
@@ -22,8 +32,15 @@ export class RegionGuestMemory implements GuestMemory {
         throw new Error(`guest memory regions overlap at 0x${sorted[i]!.guestAddress.toString(16)}`);
       }
     }
+    for (const r of sorted) {
+      if (r.guestAddress < 0n || r.guestAddress + BigInt(r.bytes.length) > MAX_EXACT_ADDRESS) {
+        throw new Error(`guest memory region at 0x${r.guestAddress.toString(16)} lies beyond 2^53`);
+      }
+    }
     this.regions = sorted;
     this.views = sorted.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
+    this.starts = sorted.map((r) => Number(r.guestAddress));
+    this.ends = sorted.map((r) => Number(r.guestAddress) + r.bytes.length);
     this.size = sorted.reduce((sum, r) => sum + BigInt(r.bytes.length), 0n);
   }
 
@@ -36,21 +53,26 @@ export class RegionGuestMemory implements GuestMemory {
     return this.regions;
   }
 
-  /** Index of the region holding [address, address+length), or -1. */
+  /** Index of the region holding [address, address+length), or -1; sets foundOffset. */
   private find(address: bigint, length: number): number {
-    if (address < 0n || length < 0) return -1;
-    const end = address + BigInt(length);
-    for (let i = 0; i < this.regions.length; i++) {
-      const r = this.regions[i]!;
-      if (address >= r.guestAddress && end <= r.guestAddress + BigInt(r.bytes.length)) return i;
+    if (address < 0n || address > MAX_EXACT_ADDRESS || !(length >= 0)) return -1;
+    const start = Number(address);
+    const end = start + length;
+    for (let i = 0; i < this.starts.length; i++) {
+      const regionStart = this.starts[i]!;
+      if (start >= regionStart && end <= this.ends[i]!) {
+        this.foundOffset = start - regionStart;
+        return i;
+      }
     }
     return -1;
   }
 
-  private locate(address: bigint, length: number): { index: number; offset: number } {
+  /** Index of the region holding the range (its offset in foundOffset); throws when there is none. */
+  private locate(address: bigint, length: number): number {
     const index = this.find(address, length);
     if (index < 0) throw new GuestMemoryError(address, length);
-    return { index, offset: Number(address - this.regions[index]!.guestAddress) };
+    return index;
   }
 
   contains(address: bigint, length: number): boolean {
@@ -58,8 +80,13 @@ export class RegionGuestMemory implements GuestMemory {
   }
 
   slice(address: bigint, length: number): Uint8Array {
-    const { index, offset } = this.locate(address, length);
-    return this.regions[index]!.bytes.subarray(offset, offset + length);
+    const index = this.locate(address, length);
+    return this.regions[index]!.bytes.subarray(this.foundOffset, this.foundOffset + length);
+  }
+
+  sliceInside(address: bigint, length: number): Uint8Array | undefined {
+    const index = this.find(address, length);
+    return index < 0 ? undefined : this.regions[index]!.bytes.subarray(this.foundOffset, this.foundOffset + length);
   }
 
   read(address: bigint, into: Uint8Array): void {
@@ -71,35 +98,35 @@ export class RegionGuestMemory implements GuestMemory {
   }
 
   readU8(address: bigint): number {
-    const { index, offset } = this.locate(address, 1);
-    return this.views[index]!.getUint8(offset);
+    const index = this.locate(address, 1);
+    return this.views[index]!.getUint8(this.foundOffset);
   }
   readU16(address: bigint): number {
-    const { index, offset } = this.locate(address, 2);
-    return this.views[index]!.getUint16(offset, true);
+    const index = this.locate(address, 2);
+    return this.views[index]!.getUint16(this.foundOffset, true);
   }
   readU32(address: bigint): number {
-    const { index, offset } = this.locate(address, 4);
-    return this.views[index]!.getUint32(offset, true);
+    const index = this.locate(address, 4);
+    return this.views[index]!.getUint32(this.foundOffset, true);
   }
   readU64(address: bigint): bigint {
-    const { index, offset } = this.locate(address, 8);
-    return this.views[index]!.getBigUint64(offset, true);
+    const index = this.locate(address, 8);
+    return this.views[index]!.getBigUint64(this.foundOffset, true);
   }
   writeU8(address: bigint, value: number): void {
-    const { index, offset } = this.locate(address, 1);
-    this.views[index]!.setUint8(offset, value);
+    const index = this.locate(address, 1);
+    this.views[index]!.setUint8(this.foundOffset, value);
   }
   writeU16(address: bigint, value: number): void {
-    const { index, offset } = this.locate(address, 2);
-    this.views[index]!.setUint16(offset, value, true);
+    const index = this.locate(address, 2);
+    this.views[index]!.setUint16(this.foundOffset, value, true);
   }
   writeU32(address: bigint, value: number): void {
-    const { index, offset } = this.locate(address, 4);
-    this.views[index]!.setUint32(offset, value, true);
+    const index = this.locate(address, 4);
+    this.views[index]!.setUint32(this.foundOffset, value, true);
   }
   writeU64(address: bigint, value: bigint): void {
-    const { index, offset } = this.locate(address, 8);
-    this.views[index]!.setBigUint64(offset, value, true);
+    const index = this.locate(address, 8);
+    this.views[index]!.setBigUint64(this.foundOffset, value, true);
   }
 }

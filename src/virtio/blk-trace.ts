@@ -94,7 +94,7 @@ function threadCpu(): Map<string, number> {
     for (const tid of readdirSync('/proc/self/task')) {
       const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
       const close = stat.lastIndexOf(')');
-      const name = stat.slice(stat.indexOf('(') + 1, close);
+      const name = Number(tid) === process.pid ? 'main' : stat.slice(stat.indexOf('(') + 1, close);
       const fields = stat.slice(close + 2).split(' ');
       // utime and stime are fields 14 and 15 of stat(5); fields[] starts at field 3.
       out.set(`${tid} ${name} user`, (Number(fields[11]) * 1000) / 100);

@@ -255,9 +255,10 @@ export class Virtqueue {
     let index = head;
     let budget = this.size; // descriptors this table may still contribute: a loop runs out of it
     let inIndirect = false;
+    // The current descriptor's address, worked out only for an error (one closure per walk).
+    const where = (): bigint => table + BigInt(16 * index);
     for (;;) {
       const at = 16 * index;
-      const where = (): bigint => table + BigInt(at);
       if (budget-- <= 0) throw new VirtqueueError(this.name, where(), 'descriptor chain loops or is longer than its table');
       const address = view.getBigUint64(at, true);
       const length = view.getUint32(at + 8, true);
@@ -302,12 +303,7 @@ export class Virtqueue {
 
   /** The view of [address, address+length), or undefined when it is not inside guest memory. */
   private bytesAt(address: bigint, length: number): Uint8Array | undefined {
-    try {
-      return this.memory.slice(address, length);
-    } catch (error) {
-      if (error instanceof Error && error.name === 'GuestMemoryError') return undefined;
-      throw error;
-    }
+    return this.memory.sliceInside(address, length);
   }
 
   /** Return a chain to the driver with `written` bytes written into its writable buffers. */

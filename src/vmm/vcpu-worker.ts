@@ -2,7 +2,7 @@
 // here, on the thread that took them, through the UART's shared register state; all other
 // device exits are handed to the main thread through the control block (vcpu-channel.ts).
 // Exits that end or reset the machine are reported and the thread parks until told what to do.
-import { readlinkSync } from 'node:fs';
+import { readlinkSync, writeFileSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 // Direct module imports, not the kvm index: every vCPU thread is a fresh isolate that must
 // load and compile what it imports, so the graph is kept to what KVM_RUN needs.
@@ -39,6 +39,18 @@ function threadId(): number {
     return Number(readlinkSync('/proc/thread-self').split('/').pop());
   } catch {
     return 0;
+  }
+}
+
+/**
+ * Names the thread as QEMU names its vCPU threads ("CPU 0/KVM"), so `top -H`, /proc and the
+ * virtio-blk trace tell it apart from Node's own threads, which are all called "node".
+ */
+function nameThread(index: number): void {
+  try {
+    writeFileSync('/proc/thread-self/comm', `CPU ${index}/KVM`);
+  } catch {
+    // No /proc: the name is only a diagnostic.
   }
 }
 
@@ -113,6 +125,7 @@ function describe(exit: VcpuExit): string {
 }
 
 function loop(): void {
+  nameThread(data.index);
   report({ type: 'ready', index: data.index, thread: pthreadSelf(), threadId: threadId() });
   Atomics.store(ctl, CTL_THREAD_ID, threadId());
   for (;;) {

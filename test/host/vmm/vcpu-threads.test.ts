@@ -47,3 +47,17 @@ test('prestarted threads nobody took are stopped, and keep no process alive', { 
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, 'done');
 });
+
+test('vCPU threads carry QEMU\'s names ("CPU N/KVM"), which tools and diagnostics show', { timeout: 60_000 }, () => {
+  const script = `
+    import { readFileSync } from 'node:fs';
+    const { startVcpuThread, stopVcpuThread } = await import(${JSON.stringify(threadsModule)});
+    const threads = [startVcpuThread(0), startVcpuThread(3)];
+    const ids = await Promise.all(threads.map(async (t) => (await t.ready).threadId));
+    const names = ids.map((id) => readFileSync('/proc/self/task/' + id + '/comm', 'utf8').trim());
+    await Promise.all(threads.map(stopVcpuThread));
+    process.stdout.write(JSON.stringify(names));`;
+  const r = runModule('names', script);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), ['CPU 0/KVM', 'CPU 3/KVM']);
+});

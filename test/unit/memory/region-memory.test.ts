@@ -37,3 +37,23 @@ test('rejects overlapping regions', () => {
     /overlap/,
   );
 });
+
+test('sliceInside aliases guest bytes, and answers undefined for every range that is not inside one region', () => {
+  const mem = new RegionGuestMemory([
+    { guestAddress: 0x1000n, bytes: new Uint8Array(4096) },
+    { guestAddress: 0x1_0000_0000n, bytes: new Uint8Array(4096) },
+  ]);
+  const view = mem.sliceInside(0x1_0000_0010n, 4)!;
+  view.set([1, 2, 3, 4]);
+  assert.equal(mem.readU32(0x1_0000_0010n), 0x04030201);
+  assert.equal(mem.sliceInside(0x1000n, 4096)?.length, 4096);
+  for (const [address, length] of [[0xfffn, 2], [0x1fffn, 2], [0x2000n, 1], [-1n, 1], [0x1000n, -1], [0x1000n, Number.NaN],
+    [1n << 60n, 1], [0x1_0000_0000n + 4095n, 2]] as const) {
+    assert.equal(mem.sliceInside(address, length), undefined, `0x${address.toString(16)} +${length}`);
+    assert.equal(mem.contains(address, length), false);
+  }
+});
+
+test('refuses a region that reaches beyond 2^53 (addresses are compared as numbers)', () => {
+  assert.throws(() => new RegionGuestMemory([{ guestAddress: 1n << 53n, bytes: new Uint8Array(16) }]), /beyond 2\^53/);
+});

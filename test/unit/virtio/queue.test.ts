@@ -195,6 +195,10 @@ class SparseMemory extends RegionGuestMemory {
     if (address >= 1n << 20n && this.contains(address, length)) return new Uint8Array(0);
     return super.slice(address, length);
   }
+
+  override sliceInside(address: bigint, length: number): Uint8Array | undefined {
+    return this.contains(address, length) ? this.slice(address, length) : undefined;
+  }
 }
 
 test('hostile: buffer lengths summing past 32 bits', () => {
