@@ -67,6 +67,6 @@ async function bundle(entry, name, shared) {
 }
 
 // vcpu-threads holds the threads the run command prestarted, which the machine takes over;
-// file-preload the kernel and initrd reads it started.
-await bundle('src/vmm/startup.js', 'vmm', new Set(['vmm/vcpu-threads.js', 'vmm/file-preload.js', 'vmm/bundles.js', 'vmm/boot-trace.js']));
+// file-preload the kernel and initrd reads it started; vm-preload the VM it began to create.
+await bundle('src/vmm/startup.js', 'vmm', new Set(['vmm/vcpu-threads.js', 'vmm/file-preload.js', 'vmm/vm-preload.js', 'vmm/bundles.js', 'vmm/boot-trace.js']));
 await bundle('src/vmm/vcpu-worker.js', 'vcpu-worker', new Set());

@@ -99,6 +99,16 @@ export class Kvm {
     }
   }
 
+  /** A VM made by KVM_CREATE_VM elsewhere (another thread of this process), taken over with its descriptor. */
+  adoptVm(vmFd: number): VmFd {
+    try {
+      return new VmFd(vmFd, this.vcpuMmapSize());
+    } catch (err) {
+      close(vmFd);
+      throw err;
+    }
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -8,7 +8,7 @@
 // gets its exits through a shared-memory mailbox per vCPU (vcpu-channel.ts). See
 // docs/design.md for the measurements behind this split.
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 // Direct module imports, not the kvm index: the index also loads the micro-guest and
 // loop-guest tools, which a Linux boot does not need (start-up time, docs/design.md).
@@ -40,6 +40,7 @@ import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
 import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
 import { takePreloadedFile } from './file-preload.js';
+import { takePreloadedVm } from './vm-preload.js';
 import { parseVirtioConfig, wantsVirtio } from './virtio-config.js';
 // Types only: the device glue (and through it src/virtio, src/pci, src/block) is imported in
 // create() when the config asks for a virtio device, so a legacy-only machine never loads it.
@@ -195,6 +196,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     const kvm = Kvm.open();
     let started: StartedVcpuThread[] = [];
     let ram: GuestRam | undefined;
+    // A VM `tsvirt run` began to create (vm-preload.ts): closed here unless the machine adopts it.
+    let vmAhead = takePreloadedVm();
     try {
       const maxVcpus = kvm.checkExtension('MAX_VCPUS') || kvm.checkExtension('NR_VCPUS') || 4;
       if (cpus > Math.min(maxVcpus, MAX_VCPUS)) {
@@ -203,7 +206,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       // Before the rest, so that the threads' isolates boot while the kernel is read and the
       // VM is built.
       started = takeVcpuThreads(cpus, options.workerUrl);
-      const boot = await readBoot(valid, options);
+      // One wait for both: a VM `tsvirt run` began to create, and the kernel and initrd reads.
+      const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
@@ -227,7 +231,8 @@ export class Machine extends EventEmitter implements QmpTarget {
             ...(valid.consoleDevice === 'virtio' ? { console: consoleStreamPort(machine.console) } : {}),
           }, parseVirtioConfig(valid));
         }
-        machine.buildVm();
+        vmAhead = undefined;
+        machine.buildVm(preloadedVm);
         bootTrace('create: VM built (irqchip, RAM slots, ACPI, kernel, vCPUs)');
         await machine.adoptThreads();
         bootTrace('create: vCPU threads ready');
@@ -239,6 +244,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     } catch (err) {
       // Asked to quit, not terminated: a thread may still be loading its modules.
       await Promise.all(started.map(stopVcpuThread));
+      const unadopted = await vmAhead?.catch(() => undefined);
+      if (unadopted !== undefined) closeSync(unadopted);
       ram?.close();
       kvm.close();
       throw err;
@@ -356,9 +363,12 @@ export class Machine extends EventEmitter implements QmpTarget {
 
   // ---- construction -------------------------------------------------------------------
 
-  /** A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. */
-  private buildVm(): void {
-    const vm = this.kvm.createVm();
+  /**
+   * A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. The
+   * first build may adopt a VM `tsvirt run` created ahead (vm-preload.ts).
+   */
+  private buildVm(preloadedVm?: number): void {
+    const vm = preloadedVm !== undefined ? this.kvm.adoptVm(preloadedVm) : this.kvm.createVm();
     this.vm = vm;
     try {
       // Intel VMX needs these three pages for real-mode emulation; they sit just below the
