@@ -141,6 +141,12 @@ async function probe(): Promise<void> {
     const baseline = process.env.TSVIRT_BOOT_BENCH_BASELINE;
     if (baseline) variants['tsvirt-baseline'] = [command, [fileURLToPath(new URL(`../../../${baseline}`, import.meta.url)), ...args.slice(1)], {}];
   }
+  // TSVIRT_BOOT_BENCH_NODE_FLAGS='--flag-a;--flag-b --flag-c': each set of node flags is a
+  // variant of tsvirt taking its turn (V8 flags are not allowed in NODE_OPTIONS).
+  for (const set of (process.env.TSVIRT_BOOT_BENCH_NODE_FLAGS ?? '').split(';').map((x) => x.trim()).filter(Boolean)) {
+    const [command, args] = vmms.tsvirt;
+    variants[`tsvirt ${set}`] = [command, [...set.split(/\s+/), ...args], {}];
+  }
   const samples: Record<string, Sample[]> = {};
   for (let round = 0; round < ROUNDS; round++) {
     const all: [string, [string, string[], NodeJS.ProcessEnv?]][] = [...Object.entries(vmms), ...Object.entries(variants)];
@@ -166,7 +172,7 @@ export const group: BenchGroup = {
     const { projectRoot } = await import('../../src/lab/paths.js');
     // TSVIRT_BOOT_TRACE=1 npm run bench -- boot: also print each tsvirt boot's start-up steps;
     // the comparison switches (probe(), above) are passed on too.
-    const passed = ['TSVIRT_BOOT_TRACE', 'TSVIRT_BOOT_BENCH_COMPARE', 'TSVIRT_BOOT_BENCH_BASELINE'].filter((name) => process.env[name]);
+    const passed = ['TSVIRT_BOOT_TRACE', 'TSVIRT_BOOT_BENCH_COMPARE', 'TSVIRT_BOOT_BENCH_BASELINE', 'TSVIRT_BOOT_BENCH_NODE_FLAGS'].filter((name) => process.env[name]);
     const trace = passed.length > 0 ? ['env', ...passed.map((name) => `${name}=${process.env[name]}`)] : [];
     const command = [...trace, 'node', toLabPath(projectRoot(), probePath), '--probe'];
     const result = await labExec(command, { stdout: sink, stderr: sink, timeoutSeconds: 900 });
