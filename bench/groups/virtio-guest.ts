@@ -69,7 +69,8 @@ type Rates = Record<string, number>;
  * TSVIRT_EVENTFD_THREAD=1;` compares the thread-pool and poller-thread set-up with the
  * default). The first variant is the one reported against QEMU; without the variable there
  * is one, the default. The setting TSVIRT_BENCH_NODE_FLAGS (space-separated) passes flags to
- * node itself: `TSVIRT_BENCH_NODE_FLAGS=--no-opt`.
+ * node itself: `TSVIRT_BENCH_NODE_FLAGS=--no-opt`; TSVIRT_BENCH_CLI runs another build's
+ * command line (a path below dist/: `TSVIRT_BENCH_CLI=old/src/cli/main.js`).
  */
 export function benchVariants(spec = process.env.TSVIRT_BENCH_VARIANTS): Array<Record<string, string>> {
   if (!spec) return [{}];
@@ -189,12 +190,15 @@ async function probe(): Promise<void> {
   const initrd = await guestInitrdWith(guestScript(!trace && !profile));
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
-    const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+    // A variant's TSVIRT_BENCH_CLI (a path inside dist/, e.g. an older build copied there)
+    // runs that build's tsvirt instead of this one.
+    const cliOf = (env: Record<string, string>): string =>
+      fileURLToPath(new URL(env.TSVIRT_BENCH_CLI ? `../../${env.TSVIRT_BENCH_CLI}` : '../../src/cli/main.js', import.meta.url));
     const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
     const firstEnv = benchVariants()[0];
     const tsvirt = await runGuest(process.execPath, [...(cpuProfile ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []),
-      cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+      cliOf(firstEnv), 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
       '--cpus', '1', '--append', APPEND, '--console', 'stdio',
       '--disk', `${first.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${first.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
       '--disk', `${tools},format=raw,readonly,serial=TOOLS`], profile ? { ...firstEnv, TSVIRT_EXIT_STATS: '1' }
@@ -218,7 +222,7 @@ async function probe(): Promise<void> {
     // tsvirt once per variant.
     const runOurs = async (env: Record<string, string>): Promise<Rates> => {
       const fresh = await images(dir, 'tsvirt');
-      return (await runGuest(process.execPath, [cli, 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+      return (await runGuest(process.execPath, [cliOf(env), 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
         '--cpus', '1', '--append', APPEND, '--console', 'stdio',
         '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
         '--disk', `${tools},format=raw,readonly,serial=TOOLS`], env)).rates;
