@@ -34,7 +34,9 @@ export function writeU64Parts(buf: Uint8Array, at: number, hi: number, lo: numbe
 }
 
 export function offsetOf(hi: number, lo: number): number {
-  return (hi & OFFSET_HI_MASK) * 0x100000000 + (lo & OFFSET_LO_MASK);
+  // `>>> 0`: a bitwise AND yields a signed 32-bit result, negative for offsets whose low word
+  // has bit 31 set (2-4 GiB into the file, and every 4 GiB after).
+  return (hi & OFFSET_HI_MASK) * 0x100000000 + ((lo & OFFSET_LO_MASK) >>> 0);
 }
 
 /** The hi/lo words of an entry pointing at `offset` with the given flags. */
