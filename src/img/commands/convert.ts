@@ -140,7 +140,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
         const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
-        if (status.data || !status.zero) {
+        if (!status.zero) {
           const start = into + Number(pos);
           await from.readv(at + pos, [buf.subarray(start, start + Number(n))]);
           any = true;
@@ -155,9 +155,11 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
         const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
-        if (!status.data && status.zero && sparse !== 0) {
+        // Known zeroes are not read, allocated or not (a metadata-preallocated cluster over a
+        // hole in the file is data and zero): like qemu-img, zero wins over data.
+        if (status.zero && sparse !== 0) {
           if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
-        } else if (!status.data && status.zero) {
+        } else if (status.zero) {
           // -S 0: the output is to be fully allocated, so zeroes are written as data.
           const zeroes = Buffer.alloc(Number(n < 1n << 20n ? n : 1n << 20n));
           for (let done = 0n; done < n; done += BigInt(zeroes.length)) {
