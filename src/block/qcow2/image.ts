@@ -530,8 +530,10 @@ export class Qcow2Image implements BlockDriver {
     if (tableOffset === 0) return undefined;
     const table = this.l2Cache.peek(tableOffset)?.buf;
     if (!table) return undefined;
-    // Runs of the request, each [position in the request, length, host offset or -1 for zeroes].
-    const runs: number[] = [];
+    // Reads are gathered first and issued after the loop: every entry is checked before any I/O.
+    const reads: Array<{ host: number; from: number; length: number }> = [];
+    const runs = new HostRuns((host, from, n) => reads.push({ host, from, length: n }));
+    const zeroes: Array<{ from: number; length: number }> = [];
     let pos = 0;
     for (let gc = first; gc <= last; gc++) {
       const inCluster = gc === first ? start - first * cs : 0;
@@ -539,32 +541,20 @@ export class Qcow2Image implements BlockDriver {
       const [hi, lo] = readU64Parts(table, (gc % this.l2Entries) * 8);
       if (hi & COMPRESSED_HI) return undefined;
       const cluster = offsetOf(hi, lo);
-      let host = -1;
-      if (lo & ZERO_LO) {
-        if (cluster !== 0) this.validateClusterPointer(gc, cluster);
-      } else if (cluster === 0) {
-        if (this.backing) return undefined;
+      if (cluster === 0 && !(lo & ZERO_LO) && this.backing) return undefined;
+      if (cluster !== 0) this.validateClusterPointer(gc, cluster);
+      if (cluster === 0 || lo & ZERO_LO) {
+        runs.flush();
+        zeroes.push({ from: pos, length: chunk });
       } else {
-        this.validateClusterPointer(gc, cluster);
-        host = cluster + inCluster;
-      }
-      const n = runs.length;
-      const prevHost = n > 0 ? runs[n - 1]! : -2;
-      if (n > 0 && ((host === -1 && prevHost === -1) || (host !== -1 && prevHost !== -1 && prevHost + runs[n - 2]! === host))) {
-        runs[n - 2]! += chunk;
-      } else {
-        runs.push(pos, chunk, host);
+        runs.add(cluster + inCluster, pos, chunk);
       }
       pos += chunk;
     }
-    if (runs.length === 3 && runs[2] !== -1) return this.file.readv(runs[2]!, buffers);
-    const jobs: Promise<void>[] = [];
-    for (let i = 0; i < runs.length; i += 3) {
-      const piece = sliceVectors(buffers, runs[i]!, runs[i + 1]!);
-      if (runs[i + 2] === -1) for (const b of piece) b.fill(0);
-      else jobs.push(this.file.readv(runs[i + 2]!, piece));
-    }
-    return Promise.all(jobs).then(() => undefined);
+    runs.flush();
+    if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
+    for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
+    return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
   }
 
   /** The cached L2 entry of the one cluster [offset, offset+length) lies in (standard L2 entries only), else undefined. */
