@@ -155,8 +155,8 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
         const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
-        // Known zeroes are not read, allocated or not (a metadata-preallocated cluster over a
-        // hole in the file is data and zero): like qemu-img, zero wins over data.
+        // Known zeroes are not read, even where a source also reports data (allocated, but
+        // known to read as zeroes): like qemu-img, zero wins over data.
         if (status.zero && sparse !== 0) {
           if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
         } else if (status.zero) {
