@@ -67,6 +67,7 @@ export const PROT_WRITE = 2;
 export const PROT_EXEC = 4;
 export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_POPULATE = 0x8000;
@@ -194,6 +195,28 @@ export function mmap(length: number, prot: number, flags: number, fd: number, of
     throw new SyscallError('mmap', koffi.errno(), `${length} bytes of fd ${fd}`);
   }
   return BigInt(p);
+}
+
+/**
+ * mmap() at an address that is a multiple of `alignment` (a power of two): a larger range is
+ * reserved without access, the mapping is placed over its aligned part, and the rest is
+ * unmapped. The kernel aligns only hugetlb mappings by itself.
+ */
+export function mmapAligned(length: number, alignment: number, prot: number, flags: number, fd: number): bigint {
+  const reserved = mmap(length + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1);
+  const align = BigInt(alignment);
+  const start = (reserved + align - 1n) & ~(align - 1n);
+  try {
+    mmap(length, prot, flags | MAP_FIXED, fd, 0, start);
+  } catch (err) {
+    munmap(reserved, length + alignment);
+    throw err;
+  }
+  const head = Number(start - reserved);
+  if (head > 0) munmap(reserved, head);
+  const tail = alignment - head;
+  if (tail > 0) munmap(start + BigInt(length), tail);
+  return start;
 }
 
 export function munmap(address: bigint, length: number): void {

@@ -59,6 +59,30 @@ test('advice off switches leave the mapping unadvised; anonymous backing is KSM-
   }
 });
 
+test('RAM of either backing starts on a 2 MiB boundary and maps exactly its size', () => {
+  // KVM maps a guest huge page with one entry only when host and guest addresses agree
+  // modulo 2 MiB; guest RAM starts at guest address 0.
+  const smapsRange = (address: bigint): [bigint, bigint] => {
+    const m = new RegExp(`^${address.toString(16)}-([0-9a-f]+) `, 'm').exec(readFileSync('/proc/self/smaps', 'utf8'));
+    assert.ok(m, `mapping at 0x${address.toString(16)} is in smaps`);
+    return [address, BigInt(`0x${m[1]}`)];
+  };
+  for (const backing of ['memfd', 'anonymous'] as const) {
+    // Several in a row, and an odd number of pages: the kernel alone would place some of
+    // them off the boundary.
+    const rams = [3, 5, 7].map((pages) => HostRam.allocate({ size: 2 * MiB + pages * 4096, backing }));
+    try {
+      for (const ram of rams) {
+        assert.equal(ram.address % BigInt(2 * MiB), 0n, `${backing} RAM at 0x${ram.address.toString(16)} is 2 MiB aligned`);
+        assert.deepEqual(smapsRange(ram.address), [ram.address, ram.address + BigInt(ram.size)], `${backing}: no reserved space left mapped`);
+        ram.bytes[ram.size - 1] = 1;
+      }
+    } finally {
+      for (const ram of rams) ram.close();
+    }
+  }
+});
+
 test('guest memory split around a hole maps each region to its offset in the memfd', () => {
   const ram = HostRam.allocate({ size: 2 * MiB });
   try {
