@@ -36,6 +36,9 @@ export interface Qcow2OpenOptions extends OpenOptions {
   chain?: string[];
 }
 
+/** The entry of a cluster whose L2 table does not exist: all zero bits, unallocated. */
+const NO_ENTRY = new Uint8Array(16);
+
 /** A small async mutex: run() calls execute one at a time, in order. */
 export class Mutex {
   private tail: Promise<unknown> = Promise.resolve();
@@ -322,7 +325,7 @@ export class Qcow2Image implements BlockDriver {
   async lookup(gc: number): Promise<L2Entry> {
     const l1i = Math.floor(gc / this.l2Entries);
     const { offset } = this.l1Entry(l1i);
-    if (offset === 0) return decodeL2(new Uint8Array(16), 0, this.clusterBits, this.extendedL2);
+    if (offset === 0) return decodeL2(NO_ENTRY, 0, this.clusterBits, this.extendedL2);
     const t = await this.loadL2(offset);
     const e = decodeL2(t.buf, gc % this.l2Entries, this.clusterBits, this.extendedL2);
     this.validateEntry(gc, e);
@@ -336,7 +339,7 @@ export class Qcow2Image implements BlockDriver {
    */
   private lookupCached(gc: number): L2Entry | undefined {
     const { offset } = this.l1Entry(Math.floor(gc / this.l2Entries));
-    if (offset === 0) return undefined;
+    if (offset === 0) return decodeL2(NO_ENTRY, 0, this.clusterBits, this.extendedL2);
     const t = this.l2Cache.peek(offset);
     if (!t) return undefined;
     const e = decodeL2(t.buf, gc % this.l2Entries, this.clusterBits, this.extendedL2);
@@ -1072,9 +1075,19 @@ export class Qcow2Image implements BlockDriver {
     let pos = start;
     let first: { kind: string; host?: number } | undefined;
     let firstEntry: L2Entry | undefined;
+    const tableSpan = this.l2Entries * cs;
     while (pos < end) {
       const gc = Math.floor(pos / cs);
       const inCluster = pos - gc * cs;
+      if (this.l1Entry(Math.floor(gc / this.l2Entries)).offset === 0) {
+        // No L2 table: everything it would map is unallocated, answered in one step (a
+        // large empty image would otherwise cost an iteration per cluster).
+        // Unallocated reads through to the backing file: the same kind as an unallocated entry.
+        if (!first) first = { kind: 'backing' };
+        else if (first.kind !== 'backing') break;
+        pos = Math.min(end, (Math.floor(pos / tableSpan) + 1) * tableSpan);
+        continue;
+      }
       const e = this.lookupCached(gc) ?? await this.lookup(gc);
       const c = classify(e, inCluster);
       if (!first) {

@@ -1,0 +1,61 @@
+// qcow2 block status across L2 tables that do not exist: such a table's whole span is
+// answered in one step, and merges with unallocated entries of tables that do exist, but
+// never with zero clusters or data, and a backing file still answers for it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createQcow2, createRaw, openImage } from '../../../src/block/index.js';
+import { tempDir } from './helpers.js';
+
+const CLUSTER = 4096;
+/** With 4 KiB clusters an L2 table maps 512 clusters: 2 MiB of the disk. */
+const TABLE_SPAN = 512 * CLUSTER;
+
+test('block status spans absent L2 tables, stopping where a zero cluster or data starts', async () => {
+  const t = tempDir();
+  try {
+    const file = t.path('sparse.qcow2');
+    await createQcow2(file, { size: 64n * BigInt(TABLE_SPAN), clusterSize: CLUSTER });
+    const img = await openImage(file);
+    // Table 10 exists (data in its cluster 5, the rest unallocated); table 20 holds a zero cluster first.
+    await img.writev(BigInt(10 * TABLE_SPAN + 5 * CLUSTER), [new Uint8Array(CLUSTER).fill(7)]);
+    await img.writeZeroes(BigInt(20 * TABLE_SPAN), BigInt(CLUSTER));
+    const status = async (from: number, to: number) => {
+      const s = await img.blockStatus(BigInt(from), BigInt(to - from));
+      return { length: Number(s.length), data: s.data, zero: s.zero };
+    };
+    // Tables 0-9 are absent, and table 10 starts with five unallocated entries: one answer.
+    assert.deepEqual(await status(100, 64 * TABLE_SPAN), { length: 10 * TABLE_SPAN + 5 * CLUSTER - 100, data: false, zero: true });
+    assert.deepEqual(await status(10 * TABLE_SPAN + 5 * CLUSTER, 64 * TABLE_SPAN), { length: CLUSTER, data: true, zero: false });
+    // After the data: the rest of table 10, then absent tables 11-19, up to the zero cluster.
+    const afterData = 10 * TABLE_SPAN + 6 * CLUSTER;
+    assert.deepEqual(await status(afterData, 64 * TABLE_SPAN), { length: 20 * TABLE_SPAN - afterData, data: false, zero: true });
+    // A request that ends inside an absent table ends there.
+    assert.deepEqual(await status(30 * TABLE_SPAN + 1, 31 * TABLE_SPAN + 512), { length: TABLE_SPAN + 511, data: false, zero: true });
+    await img.close();
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('an absent L2 table over a backing file reads through to it', async () => {
+  const t = tempDir();
+  try {
+    const base = t.path('base.raw');
+    await createRaw(base, { size: BigInt(8 * TABLE_SPAN) });
+    const raw = await openImage(base);
+    await raw.writev(BigInt(3 * TABLE_SPAN), [new Uint8Array(CLUSTER).fill(1)]);
+    await raw.close();
+    const top = t.path('top.qcow2');
+    await createQcow2(top, { backingFile: base, backingFormat: 'raw', clusterSize: CLUSTER });
+    const img = await openImage(top);
+    const s = await img.blockStatus(BigInt(3 * TABLE_SPAN), BigInt(4 * TABLE_SPAN));
+    assert.equal(s.depth, 1, 'answered by the backing file');
+    assert.equal(s.data, true);
+    const hole = await img.blockStatus(0n, BigInt(3 * TABLE_SPAN));
+    assert.equal(hole.depth, 1);
+    assert.equal(hole.zero, true);
+    await img.close();
+  } finally {
+    t.cleanup();
+  }
+});
