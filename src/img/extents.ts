@@ -187,10 +187,13 @@ export async function readRange(driver: BlockDriver, offset: bigint, length: num
 
 /**
  * Runs `worker` over [0, total) in chunks with up to `parallel` chunks in flight: the I/O depth
- * is what makes a convert of a sparse image fast, not CPU.
+ * is what makes a convert of a sparse image fast, not CPU. A worker may answer with an offset
+ * up to which it knows there is nothing to do (a long run of zeroes after its chunk): chunks
+ * before it that no lane has taken yet are then skipped, and `skipped` hears of their length.
  */
 export async function forEachChunk(total: bigint, chunk: bigint, parallel: number,
-  worker: (offset: bigint, length: bigint) => Promise<void>): Promise<void> {
+  worker: (offset: bigint, length: bigint) => Promise<bigint | void>,
+  skipped?: (length: bigint) => void): Promise<void> {
   let next = 0n;
   let failure: unknown;
   const lane = async (): Promise<void> => {
@@ -199,7 +202,13 @@ export async function forEachChunk(total: bigint, chunk: bigint, parallel: numbe
       const length = total - offset < chunk ? total - offset : chunk;
       next += length;
       try {
-        await worker(offset, length);
+        const idleUntil = await worker(offset, length);
+        // Whole chunks only, so that chunks keep their alignment.
+        const skipTo = idleUntil === undefined ? next : (idleUntil >= total ? total : idleUntil - (idleUntil % chunk));
+        if (skipTo > next) {
+          skipped?.(skipTo - next);
+          next = skipTo;
+        }
       } catch (err) {
         failure ??= err;
       }

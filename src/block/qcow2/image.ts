@@ -1088,6 +1088,13 @@ export class Qcow2Image implements BlockDriver {
         pos = Math.min(end, (Math.floor(pos / tableSpan) + 1) * tableSpan);
         continue;
       }
+      const emptyTo = first === undefined || first.kind === 'backing' ? this.emptyEntriesEnd(gc, end) : gc;
+      if (emptyTo > gc) {
+        // A run of empty entries in a cached table, read straight from its bytes.
+        first ??= { kind: 'backing' };
+        pos = Math.min(end, emptyTo * cs);
+        continue;
+      }
       const e = this.lookupCached(gc) ?? await this.lookup(gc);
       const c = classify(e, inCluster);
       if (!first) {
@@ -1113,6 +1120,25 @@ export class Qcow2Image implements BlockDriver {
         return { ...s, depth: s.depth + 1 };
       }
     }
+  }
+
+  /**
+   * The guest cluster where a run of all-zero (unallocated, standard) L2 entries starting at
+   * `gc` ends, within gc's table and before byte `end`; `gc` itself when its table is not
+   * cached or its entry is not all zero.
+   */
+  private emptyEntriesEnd(gc: number, end: number): number {
+    if (this.extendedL2) return gc;
+    const l1Index = Math.floor(gc / this.l2Entries);
+    const { offset } = this.l1Entry(l1Index);
+    const table = offset === 0 ? undefined : this.l2Cache.peek(offset)?.buf;
+    if (!table) return gc;
+    const last = Math.min((l1Index + 1) * this.l2Entries, Math.ceil(end / this.clusterSize));
+    let c = gc;
+    for (let at = (gc - l1Index * this.l2Entries) * 8; c < last; c++, at += 8) {
+      if ((table[at] | table[at + 1] | table[at + 2] | table[at + 3] | table[at + 4] | table[at + 5] | table[at + 6] | table[at + 7]) !== 0) break;
+    }
+    return c;
   }
 
   // ---- size, flush, close ---------------------------------------------------------------

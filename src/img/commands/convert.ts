@@ -14,6 +14,8 @@ import { compressedWriter } from '../compress.js';
 import { progressBar } from '../progress.js';
 
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
+/** How far past a chunk of zeroes one block status question looks for more. */
+const LOOKAHEAD = 1n << 30n;
 
 /** Several source images read as one disk, laid end to end. */
 class Concatenation {
@@ -114,6 +116,8 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     const progress = await progressBar(io, size, opts.has('p') && !quiet);
     const output = out;
     const pool: Buffer[] = [];
+    /** The last run of zeroes block status reported past a chunk (see zeroesUntil). */
+    let knownZeroes = { start: 0n, end: 0n };
     await forEachChunk(size, CHUNK, parallel, async (offset, length) => {
       if (writer) {
         // Compressed clusters are written whole: gather the chunk, zero-filled where the
@@ -125,13 +129,31 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
         }
         if (anyData) await writer.write(offset, buf);
         progress.add(length);
-        return;
+        return anyData ? undefined : zeroesUntil(offset + length);
       }
+      let allZero = true;
       for (const piece of source.pieces(offset, length)) {
-        await copyPiece(piece.driver, piece.at, piece.length, output, offset + BigInt(piece.into));
+        allZero = (await copyPiece(piece.driver, piece.at, piece.length, output, offset + BigInt(piece.into))) && allZero;
       }
       progress.add(length);
-    });
+      // Zeroes need no writes into a target that reads as zero: a long run of them is skipped.
+      return allZero && targetIsZero && sparse !== 0 ? zeroesUntil(offset + length) : undefined;
+    }, (length) => progress.add(length));
+
+    /**
+     * Where the run of zeroes in the source that starts at `from` ends, looking at most
+     * LOOKAHEAD ahead (each question then costs a bounded walk of the source's tables).
+     */
+    async function zeroesUntil(from: bigint): Promise<bigint | undefined> {
+      if (from >= size) return undefined;
+      // The lanes finish neighbouring chunks: the last run found usually answers them all.
+      if (from >= knownZeroes.start && from < knownZeroes.end) return knownZeroes.end;
+      const [piece] = source.pieces(from, size - from < LOOKAHEAD ? size - from : LOOKAHEAD);
+      const status = await piece!.driver.blockStatus(piece!.at, piece!.length);
+      if (!status.zero) return undefined;
+      knownZeroes = { start: from, end: from + status.length };
+      return knownZeroes.end;
+    }
 
     /** Reads only the data extents of [at, at+length) into buf at `into`; true if there were any. */
     async function readDataInto(from: BlockDriver, at: bigint, length: bigint, buf: Buffer, into: number): Promise<boolean> {
@@ -150,7 +172,9 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       return any;
     }
 
-    async function copyPiece(from: BlockDriver, at: bigint, length: bigint, to: BlockDriver, dest: bigint): Promise<void> {
+    /** Copies [at, at+length) of `from` to `dest`; true when the source reported it all as zeroes. */
+    async function copyPiece(from: BlockDriver, at: bigint, length: bigint, to: BlockDriver, dest: bigint): Promise<boolean> {
+      let allZero = true;
       let pos = 0n;
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
@@ -177,8 +201,10 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
             pool.push(whole);
           }
         }
+        allZero &&= status.zero;
         pos += n;
       }
+      return allZero;
     }
 
     /** Writes buf, leaving out runs of zeroes at least `sparse` bytes long (aligned to it). */

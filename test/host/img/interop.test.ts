@@ -131,6 +131,26 @@ describe('convert output passes qemu-img check and reads back identical', { skip
     assert.equal(s.qemuImg('compare', 'src.raw', 'onbacking.qcow2').status, 0);
   });
 
+  test('a large, mostly empty source: runs of zeroes are skipped, and data after them is copied', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'big.qcow2', '6G');
+    // Data unaligned near the start, past a long empty run, and in the last cluster.
+    s.io('big.qcow2', 'write -P 1 1027k 3k', 'write -P 2 3145735k 70k', 'write -P 3 6291392k 64k');
+    for (const [format, args] of [['raw', []], ['qcow2', []], ['qcow2', ['-c']]] as const) {
+      const out = `big-out${args.length ? '-c' : ''}.${format}`;
+      const r = s.tsvirt('convert', '-p', ...args, '-O', format, 'big.qcow2', out);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /\(100\.00\/100%\)/, 'progress counts the skipped runs');
+      assert.equal(s.qemuImg('compare', 'big.qcow2', out).status, 0, `${out} reads as the source`);
+      const info = JSON.parse(s.qemu('info', '--output', 'json', out)) as { 'actual-size': number };
+      assert.ok(info['actual-size'] < 8 << 20, `${out} holds ${info['actual-size']} bytes for 137 KiB of data`);
+    }
+    // A run of zeroes that crosses from one source into the next, which starts with data.
+    s.qemu('create', '-q', '-f', 'raw', 'empty.raw', '3G');
+    assert.equal(s.tsvirt('convert', '-O', 'qcow2', 'empty.raw', 'src.raw', 'joined.qcow2').status, 0);
+    s.qemu('convert', '-O', 'qcow2', 'empty.raw', 'src.raw', 'joined-theirs.qcow2');
+    assert.equal(s.qemuImg('compare', 'joined-theirs.qcow2', 'joined.qcow2').status, 0);
+  });
+
   test('concatenating two sources', () => {
     assert.equal(s.tsvirt('convert', '-O', 'raw', 'src.raw', 'src.raw', 'twice.raw').status, 0);
     const src = readFileSync(s.path('src.raw'));
