@@ -66,31 +66,21 @@ function isPresent(status: BlockStatus): boolean {
 /** Yields the allocation extents of [start, end) in order, each no longer than maxLength. */
 export async function* extents(driver: BlockDriver, start = 0n, end = driver.size(), maxLength = 1n << 30n,
   options: { hostHoles?: boolean } = {}): AsyncGenerator<Extent> {
-  const holes = new Map<string, HostHoles>();
+  const holes = new HostHoleFiles();
   try {
     yield* walk(driver, start, end, maxLength, options.hostHoles ? holes : undefined);
   } finally {
-    for (const h of holes.values()) h.close();
+    holes.close();
   }
 }
 
-async function* walk(driver: BlockDriver, start: bigint, end: bigint, maxLength: bigint, holes: Map<string, HostHoles> | undefined): AsyncGenerator<Extent> {
+async function* walk(driver: BlockDriver, start: bigint, end: bigint, maxLength: bigint, holes: HostHoleFiles | undefined): AsyncGenerator<Extent> {
   let offset = start;
   while (offset < end) {
     const want = end - offset < maxLength ? end - offset : maxLength;
     const status = await driver.blockStatus(offset, want);
     let length = status.length > want ? want : status.length;
-    if (holes && driver.format !== 'raw' && status.data && !status.compressed && status.hostOffset !== undefined && length > 0n) {
-      // Like qemu, look through to the host file: data clusters over a hole read as zeroes.
-      const file = layer(driver, status.depth)?.filename;
-      if (file !== undefined) {
-        let h = holes.get(file);
-        if (!h) holes.set(file, (h = new HostHoles(file)));
-        const probe = h.probe(status.hostOffset, length);
-        length = probe.length;
-        if (probe.hole) status.zero = true;
-      }
-    }
+    if (holes) length = lookThrough(driver, status, length, holes);
     if (length <= 0n) length = want; // a driver that cannot tell: treat the rest as one extent
     if (driver.format === 'raw') {
       // A raw image is its own host file: every byte is "allocated" and maps 1:1, holes included.
@@ -108,6 +98,36 @@ async function* walk(driver: BlockDriver, start: bigint, end: bigint, maxLength:
     }
     offset += length;
   }
+}
+
+/** Host files opened to ask where their holes are, by file name (see lookThrough). */
+export class HostHoleFiles {
+  private readonly files = new Map<string, HostHoles>();
+
+  get(filename: string): HostHoles {
+    let h = this.files.get(filename);
+    if (!h) this.files.set(filename, (h = new HostHoles(filename)));
+    return h;
+  }
+
+  close(): void {
+    for (const h of this.files.values()) h.close();
+    this.files.clear();
+  }
+}
+
+/**
+ * Like qemu, looks through a format layer's data extent to its host file: data over a hole
+ * in the file (preallocation=metadata) reads as zeroes, so the status is marked zero. Returns
+ * the extent's length, shortened to where the file changes between hole and data.
+ */
+export function lookThrough(driver: BlockDriver, status: BlockStatus, length: bigint, holes: HostHoleFiles): bigint {
+  if (driver.format === 'raw' || !status.data || status.compressed || status.hostOffset === undefined || length <= 0n) return length;
+  const file = layer(driver, status.depth)?.filename;
+  if (file === undefined) return length;
+  const probe = holes.get(file).probe(status.hostOffset, length);
+  if (probe.hole) status.zero = true;
+  return probe.length;
 }
 
 /** A Buffer view of the same bytes (Buffer's range compare is what the zero tests need). */

@@ -1102,6 +1102,11 @@ export class Qcow2Image implements BlockDriver {
         firstEntry = e;
       } else if (c.kind !== first.kind || (c.kind === 'data' && c.host !== (first.host ?? 0) + (pos - start))) break;
       else if (c.kind === 'compressed') break;
+      if (c.kind === 'data' && !this.extendedL2) {
+        // The entries after it that map the following host clusters, read straight from the table.
+        pos = Math.min(end, this.contiguousDataEnd(gc, end, e.offset) * cs);
+        continue;
+      }
       const step = this.extendedL2 && e.kind !== 'compressed' ? this.subclusterSize - (inCluster % this.subclusterSize) : cs - inCluster;
       pos = Math.min(end, pos + step);
     }
@@ -1138,6 +1143,31 @@ export class Qcow2Image implements BlockDriver {
     for (let at = (gc - l1Index * this.l2Entries) * 8; c < last; c++, at += 8) {
       if ((table[at] | table[at + 1] | table[at + 2] | table[at + 3] | table[at + 4] | table[at + 5] | table[at + 6] | table[at + 7]) !== 0) break;
     }
+    return c;
+  }
+
+  /**
+   * Guest cluster `gc` maps host cluster `host` with a standard entry (checked by the caller):
+   * the guest cluster where the run of entries after it that map the host clusters after
+   * `host` ends, within gc's cached table and before byte `end`. The
+   * run's clusters are checked as one range (inside the file, clear of the fixed metadata);
+   * if that fails, the run is just gc, and the entry-by-entry walk reports the bad entry.
+   */
+  private contiguousDataEnd(gc: number, end: number, host: number): number {
+    const cs = this.clusterSize;
+    const l1Index = Math.floor(gc / this.l2Entries);
+    const table = this.l2Cache.peek(this.l1Entry(l1Index).offset)?.buf;
+    if (!table) return gc + 1;
+    const base = l1Index * this.l2Entries;
+    const last = Math.min(base + this.l2Entries, Math.ceil(end / cs));
+    let c = gc + 1;
+    for (let next = host + cs; c < last; c++, next += cs) {
+      // COPIED says nothing about where the data is; any other flag ends the run here.
+      const [hi, lo] = readU64Parts(table, (c - base) * 8);
+      if ((hi & ~COPIED_HI) >>> 0 !== Math.floor(next / 0x100000000) || lo !== next % 0x100000000) break;
+    }
+    const runEnd = host + (c - gc) * cs;
+    if (runEnd > Math.ceil(this.refcounts.fileEnd / cs) * cs + cs || this.overlapsFixedMetadata(host, runEnd - host)) return gc + 1;
     return c;
   }
 

@@ -1,21 +1,25 @@
 // `tsvirt img convert`: copy one or more images (concatenated) into a new raw or qcow2 image,
 // keeping it sparse: extents the source reports as zero/unallocated are not read, and runs of
 // zero bytes at least -S long inside read data are not written.
-import type { BlockDriver } from '../../block/driver.js';
+import type { BlockDriver, BlockStatus } from '../../block/driver.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { createImage } from '../create.js';
 import { isHelpRequest, joinOptionStrings, optionHelp, parseCreateOptions } from '../create-options.js';
-import { forEachChunk, zeroRuns } from '../extents.js';
+import { forEachChunk, HostHoleFiles, lookThrough, zeroRuns } from '../extents.js';
 import { cacheMode, checkFormatName, openForImg } from '../open.js';
 import { parseSize } from '../size.js';
 import { compressedWriter } from '../compress.js';
 import { progressBar } from '../progress.js';
 
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
-/** How far past a chunk of zeroes one block status question looks for more. */
-const LOOKAHEAD = 1n << 30n;
+/**
+ * How far past a chunk of zeroes one block status question looks for more. It bounds what
+ * one question costs: a qcow2 answer walks the entries of the run it reports (data over
+ * holes, in a metadata-preallocated image, is one long run until looked through).
+ */
+const LOOKAHEAD = 64n << 20n;
 
 /** Several source images read as one disk, laid end to end. */
 class Concatenation {
@@ -101,6 +105,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
   if (!compress) io.bulkCopyOnly?.();
   const sourceCache = cacheMode(opts.get('T'), 'writeback');
   const drivers: BlockDriver[] = [];
+  const hostHoles = new HostHoleFiles();
   let out: BlockDriver | undefined;
   try {
     for (const s of sources) drivers.push(await openForImg(s, { readOnly: true, format: opts.get('f'), cache: sourceCache }));
@@ -150,9 +155,20 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       if (from >= knownZeroes.start && from < knownZeroes.end) return knownZeroes.end;
       const [piece] = source.pieces(from, size - from < LOOKAHEAD ? size - from : LOOKAHEAD);
       const status = await piece!.driver.blockStatus(piece!.at, piece!.length);
+      const length = extentLength(piece!.driver, status, piece!.length);
       if (!status.zero) return undefined;
-      knownZeroes = { start: from, end: from + status.length };
+      knownZeroes = { start: from, end: from + length };
       return knownZeroes.end;
+    }
+
+    /**
+     * How much of the `left` bytes `status` answers for, after looking through to the host
+     * file, where data over a hole becomes known zeroes (a metadata-preallocated qcow2).
+     */
+    function extentLength(from: BlockDriver, status: BlockStatus, left: bigint): bigint {
+      const n = status.length > 0n && status.length < left ? status.length : left;
+      const seen = lookThrough(from, status, n, hostHoles);
+      return seen > 0n ? seen : n;
     }
 
     /** Reads only the data extents of [at, at+length) into buf at `into`; true if there were any. */
@@ -161,7 +177,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       let pos = 0n;
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
-        const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
+        const n = extentLength(from, status, length - pos);
         if (!status.zero) {
           const start = into + Number(pos);
           await from.readv(at + pos, [buf.subarray(start, start + Number(n))]);
@@ -178,9 +194,9 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       let pos = 0n;
       while (pos < length) {
         const status = await from.blockStatus(at + pos, length - pos);
-        const n = status.length > 0n && status.length < length - pos ? status.length : length - pos;
+        const n = extentLength(from, status, length - pos);
         // Known zeroes are not read, even where a source also reports data (allocated, but
-        // known to read as zeroes): like qemu-img, zero wins over data.
+        // over a hole in its file): like qemu-img, zero wins over data.
         if (status.zero && sparse !== 0) {
           if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
         } else if (status.zero) {
@@ -227,6 +243,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     progress.stop();
     return 0;
   } finally {
+    hostHoles.close();
     for (const d of drivers) await d.close().catch(() => undefined);
     await out?.close().catch(() => undefined);
   }

@@ -4,7 +4,8 @@
 // backing file still answers for it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createQcow2, createRaw, openImage } from '../../../src/block/index.js';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { createQcow2, createRaw, openImage, Qcow2Image } from '../../../src/block/index.js';
 import { tempDir } from './helpers.js';
 
 const CLUSTER = 4096;
@@ -64,6 +65,48 @@ test('an absent L2 table over a backing file reads through to it', async () => {
     const hole = await img.blockStatus(0n, BigInt(3 * TABLE_SPAN));
     assert.equal(hole.depth, 1);
     assert.equal(hole.zero, true);
+    await img.close();
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('a data run ends where host clusters stop following each other, whatever the COPIED flag says, and a bad pointer in a run is still reported', async () => {
+  const t = tempDir();
+  try {
+    const file = t.path('runs.qcow2');
+    await createQcow2(file, { size: BigInt(TABLE_SPAN), clusterSize: CLUSTER });
+    let img = await openImage(file);
+    // Clusters 0-7 in one write: host clusters in a row. Cluster 8 goes after cluster 20's.
+    await img.writev(0n, [new Uint8Array(8 * CLUSTER).fill(1)]);
+    await img.writev(BigInt(20 * CLUSTER), [new Uint8Array(CLUSTER).fill(2)]);
+    await img.writev(BigInt(8 * CLUSTER), [new Uint8Array(CLUSTER).fill(3)]);
+    const dataRun = async (cluster: number, clusters: number) => {
+      const s = await img.blockStatus(BigInt(cluster * CLUSTER), BigInt(clusters * CLUSTER));
+      assert.equal(s.data, true);
+      return Number(s.length) / CLUSTER;
+    };
+    assert.equal(await dataRun(0, 40), 8, 'cluster 8 is data too, but elsewhere in the file');
+    assert.equal(await dataRun(2, 3), 3, 'a run ends with the request');
+    assert.equal(await dataRun(8, 40), 1);
+    const table = (img as Qcow2Image).l1Entry(0).offset;
+    await img.close();
+    // Cluster 5's entry without COPIED (shared, as after a snapshot) still continues the run;
+    // cluster 6's with a reserved bit set is read entry by entry, and continues it too.
+    const bytes = readFileSync(file);
+    bytes[table + 5 * 8] &= 0x7f;
+    bytes[table + 6 * 8] |= 0x02;
+    writeFileSync(file, bytes);
+    img = await openImage(file, { readOnly: true });
+    for (let round = 0; round < 2; round++) assert.equal(await dataRun(0, 40), 8, `round ${round}: table ${round ? 'cached' : 'loaded on the way'}`);
+    await img.close();
+    // Cut the file after cluster 3's data: entries 4-7 now point past its end.
+    const l2Host = (at: number): number => Number(bytes.readBigUInt64BE(table + at * 8) & 0x00fffffffffffe00n);
+    bytes[table + 6 * 8] &= ~0x02;
+    writeFileSync(file, bytes);
+    truncateSync(file, l2Host(4) - CLUSTER);
+    img = await openImage(file, { readOnly: true });
+    await assert.rejects(img.blockStatus(0n, BigInt(8 * CLUSTER)), /guest cluster [4-6] points past the end of the file/);
     await img.close();
   } finally {
     t.cleanup();
