@@ -1,5 +1,6 @@
 // Compressed output for `convert -c`: whole clusters go to the qcow2 driver's compressed-write
-// entry point. Clusters that are entirely zero are skipped (the new image already reads as zero).
+// entry point. Clusters that are entirely zero are skipped where the image already reads as
+// zero, and written as zeroes where it does not.
 import type { BlockDriver } from '../block/driver.js';
 import { ImgError } from './errors.js';
 import { isZero } from './extents.js';
@@ -21,7 +22,11 @@ export interface CompressedWriter {
   finish(): Promise<void>;
 }
 
-export async function compressedWriter(driver: BlockDriver): Promise<CompressedWriter> {
+/**
+ * `zeroesNeeded`: the target does not read as zero (a backing file, or an existing image), so
+ * all-zero clusters are written as zeroes instead of being left out.
+ */
+export async function compressedWriter(driver: BlockDriver, options: { zeroesNeeded?: boolean } = {}): Promise<CompressedWriter> {
   if (!canCompress(driver)) throw new ImgError(`${driver.filename}: Compression not supported for this file format`);
   const cluster = driver.clusterSize;
   return {
@@ -31,7 +36,10 @@ export async function compressedWriter(driver: BlockDriver): Promise<CompressedW
       }
       for (let pos = 0; pos < data.length; pos += cluster) {
         const end = Math.min(data.length, pos + cluster);
-        if (isZero(data, pos, end)) continue;
+        if (isZero(data, pos, end)) {
+          if (options.zeroesNeeded) await driver.writeZeroes(offset + BigInt(pos), BigInt(end - pos), { mayUnmap: true });
+          continue;
+        }
         let piece = data.subarray(pos, end);
         if (piece.length < cluster) {
           // The last cluster of a disk whose size is not a cluster multiple: pad with zeroes.

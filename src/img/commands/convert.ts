@@ -114,10 +114,11 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     if (!noCreate) await createImage(target, outFormat, createOptions.size ?? size, createOptions);
     out = await openForImg(target, { format: outFormat, backing: false, cache: targetCache });
     if (noCreate && out.size() < size) throw new ImgError(`${target}: Target image is smaller than the source (${out.size()} < ${size} bytes)`);
-    // A freshly created image without backing file reads as zeroes: skipping zero data is enough.
-    const targetIsZero = opts.has('target-is-zero') || (!noCreate && backingFile === undefined
+    // A freshly created image without backing file reads as zeroes: skipping zero data is
+    // enough. (The backing file may come from -B or from -o backing_file=.)
+    const targetIsZero = opts.has('target-is-zero') || (!noCreate && createOptions.backingFile === undefined
       && createOptions.preallocation !== 'full' && createOptions.preallocation !== 'falloc');
-    const writer = compress ? await compressedWriter(out) : undefined;
+    const writer = compress ? await compressedWriter(out, { zeroesNeeded: !targetIsZero }) : undefined;
     const progress = await progressBar(io, size, opts.has('p') && !quiet);
     const output = out;
     const pool: Buffer[] = [];
@@ -126,15 +127,17 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     await forEachChunk(size, CHUNK, parallel, async (offset, length) => {
       if (writer) {
         // Compressed clusters are written whole: gather the chunk, zero-filled where the
-        // source has holes, and let the writer skip all-zero clusters.
+        // source has holes; the writer leaves all-zero clusters out, or writes them as zeroes
+        // into a target that does not read as zero.
         const buf = Buffer.alloc(Number(length));
         let anyData = false;
         for (const piece of source.pieces(offset, length)) {
           anyData = (await readDataInto(piece.driver, piece.at, piece.length, buf, piece.into)) || anyData;
         }
         if (anyData) await writer.write(offset, buf);
+        else if (!targetIsZero) await output.writeZeroes(offset, length, { mayUnmap: true });
         progress.add(length);
-        return anyData ? undefined : zeroesUntil(offset + length);
+        return anyData || !targetIsZero ? undefined : zeroesUntil(offset + length);
       }
       let allZero = true;
       for (const piece of source.pieces(offset, length)) {

@@ -131,6 +131,29 @@ describe('convert output passes qemu-img check and reads back identical', { skip
     assert.equal(s.qemuImg('compare', 'src.raw', 'onbacking.qcow2').status, 0);
   });
 
+  test('a target that does not read as zero gets the zeroes of the source: a backing file from -B or -o, with -c too, and an existing image under -n -c', () => {
+    s.qemu('create', '-q', '-f', 'qcow2', 'bz-base.qcow2', '8M');
+    s.io('bz-base.qcow2', 'write -P 0x66 0 8M');
+    s.qemu('create', '-q', '-f', 'qcow2', 'bz-src.qcow2', '8M');
+    s.io('bz-src.qcow2', 'write -P 1 0 64k', 'write -P 2 5M 4k');
+    const runs: Array<[string, string[]]> = [
+      ['bz-o.qcow2', ['-O', 'qcow2', '-o', 'backing_file=bz-base.qcow2,backing_fmt=qcow2']],
+      ['bz-b.qcow2', ['-O', 'qcow2', '-B', 'bz-base.qcow2', '-F', 'qcow2']],
+      ['bz-bc.qcow2', ['-c', '-O', 'qcow2', '-B', 'bz-base.qcow2', '-F', 'qcow2']],
+    ];
+    for (const [out, args] of runs) {
+      const r = s.tsvirt('convert', ...args, 'bz-src.qcow2', out);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(s.qemuImg('compare', 'bz-src.qcow2', out).status, 0, `${args.join(' ')}: the backing file's bytes do not show through`);
+      assert.equal(s.qemuImg('check', out).status, 0);
+    }
+    s.qemu('create', '-q', '-f', 'qcow2', 'bz-existing.qcow2', '8M');
+    s.io('bz-existing.qcow2', 'write -P 0x77 0 8M');
+    assert.equal(s.tsvirt('convert', '-n', '-c', '-O', 'qcow2', 'bz-src.qcow2', 'bz-existing.qcow2').status, 0);
+    assert.equal(s.qemuImg('compare', 'bz-src.qcow2', 'bz-existing.qcow2').status, 0, 'old data overwritten');
+    assert.equal(s.qemuImg('check', 'bz-existing.qcow2').status, 0);
+  });
+
   test('a large, mostly empty source: runs of zeroes are skipped, and data after them is copied', () => {
     s.qemu('create', '-q', '-f', 'qcow2', 'big.qcow2', '6G');
     // Data unaligned near the start, past a long empty run, and in the last cluster.
