@@ -174,19 +174,27 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       return seen > 0n ? seen : n;
     }
 
+    /**
+     * The extents of [at, at+length) of `from`, in order: where each starts (counted from
+     * `at`), how long it is, and whether it is known to read as zeroes.
+     */
+    async function* extentsOf(from: BlockDriver, at: bigint, length: bigint): AsyncGenerator<{ pos: bigint; n: bigint; zero: boolean }> {
+      for (let pos = 0n; pos < length;) {
+        const status = await from.blockStatus(at + pos, length - pos);
+        const n = extentLength(from, status, length - pos);
+        yield { pos, n, zero: status.zero };
+        pos += n;
+      }
+    }
+
     /** Reads only the data extents of [at, at+length) into buf at `into`; true if there were any. */
     async function readDataInto(from: BlockDriver, at: bigint, length: bigint, buf: Buffer, into: number): Promise<boolean> {
       let any = false;
-      let pos = 0n;
-      while (pos < length) {
-        const status = await from.blockStatus(at + pos, length - pos);
-        const n = extentLength(from, status, length - pos);
-        if (!status.zero) {
-          const start = into + Number(pos);
-          await from.readv(at + pos, [buf.subarray(start, start + Number(n))]);
-          any = true;
-        }
-        pos += n;
+      for await (const { pos, n, zero } of extentsOf(from, at, length)) {
+        if (zero) continue;
+        const start = into + Number(pos);
+        await from.readv(at + pos, [buf.subarray(start, start + Number(n))]);
+        any = true;
       }
       return any;
     }
@@ -194,15 +202,12 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     /** Copies [at, at+length) of `from` to `dest`; true when the source reported it all as zeroes. */
     async function copyPiece(from: BlockDriver, at: bigint, length: bigint, to: BlockDriver, dest: bigint): Promise<boolean> {
       let allZero = true;
-      let pos = 0n;
-      while (pos < length) {
-        const status = await from.blockStatus(at + pos, length - pos);
-        const n = extentLength(from, status, length - pos);
+      for await (const { pos, n, zero } of extentsOf(from, at, length)) {
         // Known zeroes are not read, even where a source also reports data (allocated, but
         // over a hole in its file): like qemu-img, zero wins over data.
-        if (status.zero && sparse !== 0) {
+        if (zero && sparse !== 0) {
           if (!targetIsZero) await to.writeZeroes(dest + pos, n, { mayUnmap: true });
-        } else if (status.zero) {
+        } else if (zero) {
           // -S 0: the output is to be fully allocated, so zeroes are written as data.
           const zeroes = Buffer.alloc(Number(n < 1n << 20n ? n : 1n << 20n));
           for (let done = 0n; done < n; done += BigInt(zeroes.length)) {
@@ -220,8 +225,7 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
             pool.push(whole);
           }
         }
-        allZero &&= status.zero;
-        pos += n;
+        allZero &&= zero;
       }
       return allZero;
     }
