@@ -1,6 +1,7 @@
 // Looking through a qcow2 data extent to its host file: clusters of a metadata-preallocated
 // image sit over holes and read as zeroes, so their status becomes zero (convert then skips
-// reading them, as qemu-img does); once written, the same clusters are plain data again.
+// reading them, as qemu-img does); once written, the same clusters are plain data again. A
+// file that cannot say where its holes are is all data.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createQcow2, openImage } from '../../../src/block/index.js';
 import { HostHoleFiles, lookThrough } from '../../../src/img/extents.js';
+import { HostHoles } from '../../../src/img/host-holes.js';
 
 const MiB = 1 << 20;
 
@@ -33,5 +35,15 @@ test('data over a hole in the host file is marked zero; written data is not', as
   } finally {
     holes.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a file whose holes cannot be asked about counts as data, never as zeroes', () => {
+  // seq_file (procfs) refuses SEEK_DATA with EINVAL: nothing is known, so nothing may be skipped.
+  const h = new HostHoles('/proc/self/status');
+  try {
+    assert.deepEqual(h.probe(0n, 100n), { hole: false, length: 100n });
+  } finally {
+    h.close();
   }
 });
