@@ -66,6 +66,39 @@ export function sliceVectors(buffers: Uint8Array[], from: number, length: number
   return out;
 }
 
+/**
+ * Slices one scatter-gather list front to back. The pieces of a request are taken in order,
+ * so each slice starts where the scan already stands, and slicing a whole request costs one
+ * pass over its buffers: sliceVectors from the start each time made a write of 256 buffers
+ * across 16 clusters cost 16 passes. A slice that starts before the last one scans afresh.
+ */
+export class VectorCursor {
+  /** The first buffer not wholly before the last slice's start, and where it begins. */
+  private index = 0;
+  private start = 0;
+
+  constructor(private readonly buffers: Uint8Array[]) {}
+
+  /** The bytes [from, from+length), as views. */
+  slice(from: number, length: number): Uint8Array[] {
+    if (from < this.start) return sliceVectors(this.buffers, from, length);
+    const buffers = this.buffers;
+    while (this.index < buffers.length && this.start + buffers[this.index].length <= from) {
+      this.start += buffers[this.index].length;
+      this.index++;
+    }
+    const out: Uint8Array[] = [];
+    const end = from + length;
+    for (let i = this.index, pos = this.start; i < buffers.length && pos < end; i++) {
+      const b = buffers[i];
+      const bEnd = pos + b.length;
+      if (bEnd > from) out.push(b.subarray(Math.max(from, pos) - pos, Math.min(end, bEnd) - pos));
+      pos = bEnd;
+    }
+    return out;
+  }
+}
+
 function copyInto(dst: Uint8Array[], src: Uint8Array): void {
   let at = 0;
   for (const d of dst) {
@@ -604,7 +637,8 @@ export class Qcow2Image implements BlockDriver {
   /** Read guest bytes [offset, offset+length) into buffers; may run past the virtual size up to the cluster end. */
   private async readInto(offset: number, length: number, buffers: Uint8Array[]): Promise<void> {
     const jobs: Promise<void>[] = [];
-    const runs = new HostRuns((host, from, n) => jobs.push(this.file.readv(host, sliceVectors(buffers, from, n))));
+    const cursor = new VectorCursor(buffers);
+    const runs = new HostRuns((host, from, n) => jobs.push(this.file.readv(host, cursor.slice(from, n))));
     await this.forEachCluster(offset, length, ({ pos, gc, inCluster, length: chunk, entry: e }) => {
       for (const seg of this.segments(e, inCluster, chunk)) {
         const at = pos + (seg.from - inCluster);
@@ -613,7 +647,7 @@ export class Qcow2Image implements BlockDriver {
           continue;
         }
         runs.flush();
-        const dst = sliceVectors(buffers, at, seg.length);
+        const dst = cursor.slice(at, seg.length);
         if (seg.source === 'zero') for (const d of dst) d.fill(0);
         else if (seg.source === 'backing') jobs.push(this.readBacking(gc * this.clusterSize + seg.from, seg.length, dst));
         else {
@@ -736,13 +770,14 @@ export class Qcow2Image implements BlockDriver {
   private async writeInPlace(offset: number, length: number, buffers: Uint8Array[]): Promise<Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }>> {
     const jobs: Promise<void>[] = [];
     const slow: Array<{ gc: number; inCluster: number; length: number; src: Uint8Array[] }> = [];
-    const runs = new HostRuns((host, from, n) => jobs.push(this.file.writev(host, sliceVectors(buffers, from, n))));
+    const cursor = new VectorCursor(buffers);
+    const runs = new HostRuns((host, from, n) => jobs.push(this.file.writev(host, cursor.slice(from, n))));
     await this.forEachCluster(offset, length, ({ pos, gc, inCluster, length: chunk, entry: e }) => {
       if (this.directlyWritable(gc, e, inCluster, chunk)) {
         runs.add(e.offset + inCluster, pos, chunk);
       } else {
         runs.flush();
-        slow.push({ gc, inCluster, length: chunk, src: sliceVectors(buffers, pos, chunk) });
+        slow.push({ gc, inCluster, length: chunk, src: cursor.slice(pos, chunk) });
       }
     });
     runs.flush();
