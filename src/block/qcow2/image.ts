@@ -1110,22 +1110,14 @@ export class Qcow2Image implements BlockDriver {
     let pos = start;
     let first: { kind: string; host?: number } | undefined;
     let firstEntry: L2Entry | undefined;
-    const tableSpan = this.l2Entries * cs;
     while (pos < end) {
       const gc = Math.floor(pos / cs);
       const inCluster = pos - gc * cs;
-      if (this.l1Entry(Math.floor(gc / this.l2Entries)).offset === 0) {
-        // No L2 table: everything it would map is unallocated, answered in one step (a
-        // large empty image would otherwise cost an iteration per cluster).
-        // Unallocated reads through to the backing file: the same kind as an unallocated entry.
-        if (!first) first = { kind: 'backing' };
-        else if (first.kind !== 'backing') break;
-        pos = Math.min(end, (Math.floor(pos / tableSpan) + 1) * tableSpan);
-        continue;
-      }
       const emptyTo = first === undefined || first.kind === 'backing' ? this.emptyEntriesEnd(gc, end) : gc;
       if (emptyTo > gc) {
-        // A run of empty entries in a cached table, read straight from its bytes.
+        // A run of unallocated clusters answered in one step (a large empty image would
+        // otherwise cost an iteration per cluster). Unallocated reads through to the backing
+        // file: the same kind as an unallocated entry.
         first ??= { kind: 'backing' };
         pos = Math.min(end, emptyTo * cs);
         continue;
@@ -1163,17 +1155,18 @@ export class Qcow2Image implements BlockDriver {
   }
 
   /**
-   * The guest cluster where a run of all-zero (unallocated, standard) L2 entries starting at
-   * `gc` ends, within gc's table and before byte `end`; `gc` itself when its table is not
-   * cached or its entry is not all zero.
+   * The guest cluster where a run of unallocated clusters starting at `gc` ends, within gc's
+   * table and before byte `end`: the rest of the span when the table does not exist, else the
+   * run of all-zero (standard) entries read from the cached table; `gc` itself when its table
+   * is not cached, its entries are extended, or its entry is not all zero.
    */
   private emptyEntriesEnd(gc: number, end: number): number {
-    if (this.extendedL2) return gc;
     const l1Index = Math.floor(gc / this.l2Entries);
-    const { offset } = this.l1Entry(l1Index);
-    const table = offset === 0 ? undefined : this.l2Cache.peek(offset)?.buf;
-    if (!table) return gc;
     const last = Math.min((l1Index + 1) * this.l2Entries, Math.ceil(end / this.clusterSize));
+    const { offset } = this.l1Entry(l1Index);
+    if (offset === 0) return last;
+    const table = this.extendedL2 ? undefined : this.l2Cache.peek(offset)?.buf;
+    if (!table) return gc;
     let c = gc;
     for (let at = (gc - l1Index * this.l2Entries) * 8; c < last; c++, at += 8) {
       if ((table[at] | table[at + 1] | table[at + 2] | table[at + 3] | table[at + 4] | table[at + 5] | table[at + 6] | table[at + 7]) !== 0) break;
