@@ -1272,28 +1272,37 @@ export class Qcow2Image implements BlockDriver {
     this.writable('preallocation');
     const total = Math.ceil(Number(this.header.size) / this.clusterSize);
     await this.lock.run(async () => {
-      for (let gc = 0; gc < total; ) {
-        const l2 = await this.writableL2(gc);
-        const n = Math.min(total - gc, this.l2Entries - l2.index);
-        const host = await this.refcounts.allocate(n);
-        const entries = [];
-        for (let k = 0; k < n; k++) {
-          const [hi, lo] = makeEntry(host + k * this.clusterSize, true);
-          entries.push({ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 });
-        }
-        const bytes = n * this.clusterSize;
-        if (mode === 'full') {
-          const z = new Uint8Array(Math.min(bytes, 1 << 20));
-          for (let p = 0; p < bytes; p += z.length) await this.file.write(host + p, z.subarray(0, Math.min(z.length, bytes - p)));
-        } else {
-          if (mode === 'falloc') this.file.allocate(BigInt(host), BigInt(bytes));
-          const len = await this.file.length();
-          if (len < BigInt(host + bytes)) await this.file.truncate(BigInt(host + bytes));
-        }
-        await this.setL2Entries(l2, l2.index, entries);
-        gc += n;
+      this.refcounts.growWithSpace = mode !== 'metadata';
+      try {
+        await this.preallocateLocked(mode, total);
+      } finally {
+        this.refcounts.growWithSpace = true;
       }
     });
+  }
+
+  private async preallocateLocked(mode: 'metadata' | 'falloc' | 'full', total: number): Promise<void> {
+    for (let gc = 0; gc < total; ) {
+      const l2 = await this.writableL2(gc);
+      const n = Math.min(total - gc, this.l2Entries - l2.index);
+      const host = await this.refcounts.allocate(n);
+      const entries = [];
+      for (let k = 0; k < n; k++) {
+        const [hi, lo] = makeEntry(host + k * this.clusterSize, true);
+        entries.push({ hi, lo, allocMask: ALL_SUBCLUSTERS, zeroMask: 0 });
+      }
+      const bytes = n * this.clusterSize;
+      if (mode === 'full') {
+        const z = new Uint8Array(Math.min(bytes, 1 << 20));
+        for (let p = 0; p < bytes; p += z.length) await this.file.write(host + p, z.subarray(0, Math.min(z.length, bytes - p)));
+      } else {
+        if (mode === 'falloc') this.file.allocate(BigInt(host), BigInt(bytes));
+        const len = await this.file.length();
+        if (len < BigInt(host + bytes)) await this.file.truncate(BigInt(host + bytes));
+      }
+      await this.setL2Entries(l2, l2.index, entries);
+      gc += n;
+    }
   }
 
   async flush(): Promise<void> {

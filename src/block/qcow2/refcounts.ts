@@ -260,6 +260,12 @@ export class Refcounts {
     return offset >= this.zeroFrom;
   }
 
+  /**
+   * Whether the file grows with space allocated behind it (see allocate). Off while
+   * preallocation=metadata maps clusters that stay holes in the file, as qemu-img leaves them.
+   */
+  growWithSpace = true;
+
   /** Allocate `count` contiguous clusters (refcount 1); returns the host offset of the first. */
   async allocate(count: number): Promise<number> {
     if (count <= 0) throw new RangeError('cluster count must be positive');
@@ -276,11 +282,13 @@ export class Refcounts {
       const length = Number(await this.file.length());
       const end = (start + got) * this.clusterSize;
       if (end > length && !this.file.isBlockDevice) {
-        // With O_DIRECT the file grows by fallocate, not truncate: the clusters then exist
-        // on disk (unwritten, reading as zeroes), and a partial write into one is an
-        // overwrite, which the file system lets run in parallel; a write into a hole
-        // allocates and takes the inode exclusively, so such writes ran one at a time.
-        const grown = this.file.direct && this.file.allocate(BigInt(length), BigInt(end - length));
+        // The file grows by fallocate, not truncate: the clusters then exist on disk
+        // (unwritten, reading as zeroes). With O_DIRECT a partial write into one is an
+        // overwrite, which the file system lets run in parallel (a write into a hole
+        // allocates and takes the inode exclusively, so such writes ran one at a time);
+        // through the page cache, writes into allocated space skip the page-by-page space
+        // reservation of delayed allocation and ran at about twice the speed.
+        const grown = this.growWithSpace && this.file.allocate(BigInt(length), BigInt(end - length));
         if (!grown) await this.file.truncate(BigInt(end));
       }
       this.zeroFrom = Math.max(length, start * this.clusterSize);
