@@ -750,6 +750,10 @@ export class Qcow2Image implements BlockDriver {
       const inCluster = offset - gc * this.clusterSize;
       // One cluster we own: straight to the file, without the general walk.
       if (e && this.directlyWritable(gc, e, inCluster, length)) return await this.file.writev(e.offset + inCluster, buffers);
+      if (inCluster === 0 && length % this.clusterSize === 0 && this.unmappedRun(gc, length / this.clusterSize)) {
+        const fresh = await this.lock.run(() => this.freshRunStep(gc, length / this.clusterSize, buffers));
+        if (fresh) return await this.fillAndLink(fresh);
+      }
       const slow = await this.writeInPlace(offset, length, buffers);
       if (slow.length > 0) await this.allocatingWrite(slow);
     } finally {
@@ -764,6 +768,50 @@ export class Qcow2Image implements BlockDriver {
       this.drained = undefined;
       d();
     }
+  }
+
+  /**
+   * Whether guest clusters [gc, gc+n) all have empty entries (no mapping, no flags) in one
+   * L2 table that is cached and ours alone, with no allocation of them under way: a
+   * write of exactly those clusters then needs new clusters and nothing else, neither
+   * copy-on-write nor a backing file's data nor old clusters to free.
+   */
+  private unmappedRun(gc: number, n: number): boolean {
+    if (this.extendedL2) return false;
+    const index = gc % this.l2Entries;
+    if (index + n > this.l2Entries) return false;
+    const { offset, copied } = this.l1Entry(Math.floor(gc / this.l2Entries));
+    if (offset === 0 || !copied) return false;
+    const table = this.l2Cache.peek(offset);
+    if (!table) return false;
+    const buf = table.buf;
+    for (let at = index * 8, end = at + n * 8; at < end; at++) if (buf[at] !== 0) return false;
+    for (let k = 0; k < n; k++) if (this.allocating.has(gc + k)) return false;
+    return true;
+  }
+
+  /**
+   * Under the lock: new host clusters for a write of whole, unmapped guest clusters
+   * [gc, gc+n), the whole request going to them as it is; undefined when that stopped being
+   * so while the lock was awaited (the general path then takes the write).
+   */
+  private async freshRunStep(gc: number, n: number, buffers: Uint8Array[]): Promise<FreshClusters | undefined> {
+    if (!this.unmappedRun(gc, n)) return undefined;
+    const l1 = this.l1Entry(Math.floor(gc / this.l2Entries));
+    const l2 = { offset: l1.offset, table: this.l2Cache.peek(l1.offset)!, index: gc % this.l2Entries };
+    // Pinned in the cache from here until the entries are set (see allocationStep).
+    l2.table.pending++;
+    let host: number;
+    try {
+      host = await this.refcounts.allocate(n);
+    } catch (err) {
+      l2.table.pending--;
+      throw err;
+    }
+    let settle = (): void => undefined;
+    const linked = new Promise<void>((r) => (settle = r));
+    for (let k = 0; k < n; k++) this.allocating.set(gc + k, linked);
+    return { first: gc, l2, host, n, olds: [], writes: [{ at: host, bytes: buffers }], linked, settle };
   }
 
   /** Write what can go straight to clusters we own; return the pieces that need allocation. */

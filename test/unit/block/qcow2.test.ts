@@ -136,6 +136,53 @@ test('concurrent writes to the same unallocated clusters never corrupt metadata 
   }
 });
 
+test('whole-cluster writes into unmapped clusters, racing with each other and with partial writes, over a backing file and zero clusters', async () => {
+  const t = tempDir();
+  try {
+    for (const cache of ['writeback', 'none'] as const) {
+      const cs = 4096;
+      const size = 256 * cs;
+      const base = t.path(`base-${cache}.qcow2`);
+      await createQcow2(base, { size: BigInt(size), clusterSize: cs });
+      const b = await openImage(base);
+      await b.writev(0n, [new Uint8Array(size).fill(0x11)]);
+      await b.close();
+      const f = t.path(`top-${cache}.qcow2`);
+      await createQcow2(f, { size: BigInt(size), clusterSize: cs, backingFile: base, backingFormat: 'qcow2' });
+      const img = await openImage(f, { cache });
+      const shadow = new Uint8Array(size).fill(0x11);
+      // Zero clusters first (flagged entries): a whole write over them takes the general path.
+      await img.writeZeroes(BigInt(40 * cs), BigInt(10 * cs));
+      shadow.fill(0, 40 * cs, 50 * cs);
+      // The L2 table exists and is cached before the race (the quick path needs it).
+      await img.writev(BigInt(255 * cs), [new Uint8Array(8).fill(7)]);
+      shadow.fill(7, 255 * cs, 255 * cs + 8);
+      const next = rng(99);
+      const jobs: Promise<void>[] = [];
+      for (let c = 0; c + 9 < 255; ) {
+        const n = 1 + Math.floor(next() * 8);
+        const data = randomBytes(next, n * cs);
+        shadow.set(data, c * cs);
+        jobs.push(img.writev(BigInt(c * cs), scatter(data, next)));
+        // The same run again, at once, with the same bytes: one of the two allocates.
+        if (next() < 0.3) jobs.push(img.writev(BigInt(c * cs), [data.slice()]));
+        c += n;
+        // A partial write into the next cluster, which its backing file must fill around.
+        const part = randomBytes(next, 1000);
+        shadow.set(part, c * cs + 100);
+        jobs.push(img.writev(BigInt(c * cs + 100), [part]));
+        c += 1;
+      }
+      await Promise.all(jobs);
+      await img.close();
+      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
+      await assertClean(f);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('allocating writes in flight while a discard and a snapshot run: the data, the snapshot and the refcounts stay right', async () => {
   const t = tempDir();
   try {
