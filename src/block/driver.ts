@@ -1,6 +1,7 @@
 // The block driver interface: what devices (virtio-blk, NVMe...) and tools (tsvirt img)
 // see of a disk image, whatever its format. Formats implement it in their own modules;
 // openImage() probes the format and returns the right driver.
+import type { IoUring } from '../kvm/io-uring.js';
 import { BlockError } from './errors.js';
 import { RawDriver } from './raw.js';
 import { openQcow2 } from './qcow2/image.js';
@@ -29,6 +30,8 @@ export interface OpenOptions {
   backing?: boolean;
   /** Bytes of L2 table cache (qcow2). */
   l2CacheBytes?: number;
+  /** The image file's reads and writes go through this ring (not its backing files'). */
+  ring?: IoUring;
 }
 
 export interface BlockStatus {

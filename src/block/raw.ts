@@ -17,7 +17,7 @@ export class RawDriver implements BlockDriver {
   }
 
   static async open(filename: string, options: OpenOptions = {}): Promise<RawDriver> {
-    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache });
+    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring });
     return new RawDriver(file, await file.length());
   }
 

@@ -208,7 +208,7 @@ export class Qcow2Image implements BlockDriver {
   }
 
   static async open(filename: string, options: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
-    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache });
+    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring });
     try {
       return await Qcow2Image.openFile(file, options);
     } catch (err) {

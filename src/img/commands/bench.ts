@@ -1,12 +1,13 @@
 // `tsvirt img bench`: a fixed number of same-sized requests at a fixed queue depth, walking the
 // image with a step, like qemu-img bench; prints the same two lines.
 import type { CacheMode } from '../../block/driver.js';
-import { alignedBuffer } from '../../block/host-file.js';
+import type { IoUring } from '../../kvm/io-uring.js';
+import { alignedBuffer, createIoRing } from '../../block/host-file.js';
 import { ImgError, UsageError } from '../errors.js';
 import { getopt, Options } from '../getopt.js';
 import type { ImgIO } from '../io.js';
 import { withImage } from '../open.js';
-import { AIO_ENGINES, DEFAULT_BENCH_ENGINE, rerunWithIoSetup } from '../io-threads.js';
+import { AIO_ENGINES, isAioEngine, rerunWithIoSetup } from '../io-threads.js';
 import { parseSize } from '../size.js';
 
 const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
@@ -24,12 +25,28 @@ export async function bench(argv: string[], io: ImgIO): Promise<number> {
   });
   const opts = new Options(options);
   // -i: the I/O engine, as in qemu-img (which also has 'native', Linux AIO: not offered here).
-  const engine = opts.get('i');
-  if (engine !== undefined && !Object.hasOwn(AIO_ENGINES, engine)) {
-    throw new ImgError(`Invalid aio option '${engine}': this build offers ${Object.keys(AIO_ENGINES).join(' and ')}`);
+  const asked = opts.get('i');
+  if (asked !== undefined && !isAioEngine(asked)) {
+    throw new ImgError(`Invalid aio option '${asked}': this build offers ${AIO_ENGINES.join(' and ')}`);
   }
-  const rerun = rerunWithIoSetup(['bench', ...argv], engine ?? DEFAULT_BENCH_ENGINE, engine !== undefined);
-  if (rerun) return rerun;
+  // A kernel without io_uring (or with it switched off) runs the default on the pool; asked
+  // for by name, io_uring is an error there.
+  const ring = asked !== 'threads' ? createIoRing() : undefined;
+  if (asked === 'io_uring' && !ring) throw new ImgError('-i io_uring: this kernel does not offer io_uring to this process');
+  const rerun = rerunWithIoSetup(['bench', ...argv], ring ? 'io_uring' : 'threads');
+  if (rerun) {
+    ring?.close();
+    return rerun;
+  }
+  try {
+    return await runBench(opts, operands, io, ring);
+  } finally {
+    // After an error some requests may still be on their way: the ring then goes with the process.
+    if (ring && !ring.busy) ring.close();
+  }
+}
+
+async function runBench(opts: Options, operands: string[], io: ImgIO, ring: IoUring | undefined): Promise<number> {
   if (operands.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = operands[0]!;
   const count = opts.has('c') ? positiveInt(opts.get('c')!, 'request count') : 75000;
@@ -56,7 +73,7 @@ export async function bench(argv: string[], io: ImgIO): Promise<number> {
   }
   const cache = opts.get('t') ?? (opts.has('n') ? 'none' : 'writeback');
   if (!CACHE_MODES.includes(cache)) throw new ImgError(`Invalid cache mode '${cache}'`);
-  return withImage(filename, { format: opts.get('f'), readOnly: !write, cache: cache as CacheMode }, async (driver) => {
+  return withImage(filename, { format: opts.get('f'), readOnly: !write, cache: cache as CacheMode, ring }, async (driver) => {
     const imageSize = driver.size();
     if (offsetValue + BigInt(bufSize) > imageSize) throw new ImgError(`${filename}: Offset and request size do not fit in the image (${imageSize} bytes)`);
     if (!opts.has('q')) {
