@@ -112,3 +112,43 @@ test('a bad entry inside a multi-cluster read fails it, naming the guest cluster
     t.cleanup();
   }
 });
+
+test('a read inside one cluster whose table is cached reads no data through a bad entry', async () => {
+  const t = tempDir();
+  try {
+    const path = t.path('single.qcow2');
+    await createQcow2(path, { size: 32n * BigInt(CLUSTER), clusterSize: CLUSTER });
+    const img = await openImage(path);
+    const data = randomBytes(rng(9), 8 * CLUSTER);
+    await img.writev(0n, [data]);
+    await img.close();
+    const b = readFileSync(path);
+    const l1 = Number(b.readBigUInt64BE(40));
+    const l2 = Number(b.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+    const copied = 1n << 63n;
+    b.writeBigUInt64BE(copied | (1n << 45n), l2 + 1 * 8); // past the end of the file
+    b.writeBigUInt64BE(copied | BigInt(l2 + 512), l2 + 2 * 8); // not cluster-aligned
+    b.writeBigUInt64BE(copied | BigInt(l1), l2 + 3 * 8); // onto the L1 table
+    b.writeBigUInt64BE(0n, l2 + 4 * 8); // cleared: unallocated
+    b.writeBigUInt64BE(copied | (1n << 56n) | b.readBigUInt64BE(l2 + 5 * 8), l2 + 5 * 8); // a reserved bit set
+    writeFileSync(path, b);
+    const bad = await openImage(path, { readOnly: true });
+    await bad.readv(0n, [new Uint8Array(1)]); // the table is cached from here on
+    for (const [gc, pattern] of [[1, /guest cluster 1 points past the end of the file/], [2, /guest cluster 2 points at unaligned offset/], [3, /guest cluster 3 points into the header, L1 table or refcount table/]] as const) {
+      const buf = new Uint8Array(512).fill(0xaa);
+      await assert.rejects(bad.readv(BigInt(gc * CLUSTER + 1024), [buf]), pattern);
+      assert.ok(buf.every((x) => x === 0xaa), `cluster ${gc}: no byte was read`);
+    }
+    const zero = new Uint8Array(512).fill(0xaa);
+    await bad.readv(BigInt(4 * CLUSTER), [zero]);
+    assert.ok(zero.every((x) => x === 0), 'a cleared entry reads as zeroes');
+    // A reserved bit leaves the shortcut to the general lookup, which reads the cluster the
+    // entry's offset names (the bit ignored, as the walk always did).
+    const reserved = new Uint8Array(512).fill(0xaa);
+    await bad.readv(BigInt(5 * CLUSTER), [reserved]);
+    assert.deepEqual(reserved, data.subarray(5 * CLUSTER, 5 * CLUSTER + 512));
+    await bad.close();
+  } finally {
+    t.cleanup();
+  }
+});
