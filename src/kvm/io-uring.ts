@@ -274,8 +274,9 @@ export class IoUring {
   private lastYield = 0;
 
   /**
-   * Submit what is queued; when anything is in flight, wait in the kernel for at least one
-   * completion; hand out every completion there is.
+   * Submit what is queued; when requests are in flight and none has completed yet, poll the
+   * completion ring briefly, then wait in the kernel for one; hand out up to REAP_PER_TURN
+   * completions.
    */
   private turn(): void {
     this.turnScheduled = false;

@@ -786,8 +786,13 @@ export class Qcow2Image implements BlockDriver {
       const inCluster = offset - gc * this.clusterSize;
       // One cluster we own: straight to the file, without the general walk.
       if (e && this.directlyWritable(gc, e, inCluster, length)) return await this.file.writev(e.offset + inCluster, buffers);
-      if (inCluster === 0 && length % this.clusterSize === 0 && this.unmappedRun(gc, length / this.clusterSize)) {
-        const fresh = await this.lock.run(() => this.freshRunStep(gc, length / this.clusterSize, buffers));
+      // Clusters nobody has mapped yet: new ones in one step. A write that covers them only
+      // in part needs their old contents around it, which are zeroes unless a backing
+      // file shows through.
+      const clusters = Math.ceil((inCluster + length) / this.clusterSize);
+      const whole = inCluster === 0 && length % this.clusterSize === 0;
+      if ((whole || !this.backing) && this.unmappedRun(gc, clusters)) {
+        const fresh = await this.lock.run(() => this.freshRunStep(gc, clusters, inCluster, length, buffers));
         if (fresh) return await this.fillAndLink(fresh);
       }
       const slow = await this.writeInPlace(offset, length, buffers);
@@ -827,11 +832,13 @@ export class Qcow2Image implements BlockDriver {
   }
 
   /**
-   * Under the lock: new host clusters for a write of whole, unmapped guest clusters
-   * [gc, gc+n), the whole request going to them as it is; undefined when that stopped being
-   * so while the lock was awaited (the general path then takes the write).
+   * Under the lock: new host clusters for a write into unmapped guest clusters [gc, gc+n)
+   * that starts `inCluster` bytes into the first; the request goes to them as it is, with
+   * zeroes around it where it covers a cluster in part and the new space does not read as
+   * zeroes already. Undefined when the clusters stopped being unmapped while the lock was
+   * awaited (the general path then takes the write).
    */
-  private async freshRunStep(gc: number, n: number, buffers: Uint8Array[]): Promise<FreshClusters | undefined> {
+  private async freshRunStep(gc: number, n: number, inCluster: number, length: number, buffers: Uint8Array[]): Promise<FreshClusters | undefined> {
     if (!this.unmappedRun(gc, n)) return undefined;
     const l1 = this.l1Entry(Math.floor(gc / this.l2Entries));
     const l2 = { offset: l1.offset, table: this.l2Cache.peek(l1.offset)!, index: gc % this.l2Entries };
@@ -847,7 +854,17 @@ export class Qcow2Image implements BlockDriver {
     let settle = (): void => undefined;
     const linked = new Promise<void>((r) => (settle = r));
     for (let k = 0; k < n; k++) this.allocating.set(gc + k, linked);
-    return { first: gc, l2, host, n, olds: [], writes: [{ at: host, bytes: buffers }], linked, settle };
+    const tail = n * this.clusterSize - inCluster - length;
+    let writes: FreshClusters['writes'];
+    if ((inCluster === 0 && tail === 0) || this.refcounts.isUnwritten(host)) {
+      writes = [{ at: host + inCluster, bytes: buffers }];
+    } else {
+      const bytes = [...buffers];
+      if (inCluster > 0) bytes.unshift(new Uint8Array(inCluster));
+      if (tail > 0) bytes.push(new Uint8Array(tail));
+      writes = [{ at: host, bytes }];
+    }
+    return { first: gc, l2, host, n, olds: [], writes, linked, settle };
   }
 
   /** Write what can go straight to clusters we own; return the pieces that need allocation. */

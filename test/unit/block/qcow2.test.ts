@@ -183,6 +183,48 @@ test('whole-cluster writes into unmapped clusters, racing with each other and wi
   }
 });
 
+test('partial writes into unmapped clusters without a backing file: zeroes around them, in new space and in freed clusters, under concurrency', async () => {
+  const t = tempDir();
+  try {
+    for (const cache of ['writeback', 'none'] as const) {
+      const cs = 4096;
+      const size = 512 * cs;
+      const f = t.path(`partial-${cache}.qcow2`);
+      await createQcow2(f, { size: BigInt(size), clusterSize: cs });
+      const img = await openImage(f, { cache });
+      const shadow = new Uint8Array(size);
+      const next = rng(1234);
+      // Clusters freed inside the file: once the first reservation of new space is used up,
+      // allocations reuse them, and their old bytes must not show through around a
+      // partial write.
+      const old = randomBytes(next, 240 * cs);
+      await img.writev(BigInt(256 * cs), [old]);
+      await img.discard(BigInt(256 * cs), BigInt(240 * cs));
+      await img.flush(); // freed clusters become free for allocation once flushed
+      await img.writev(BigInt(511 * cs), [new Uint8Array(8).fill(7)]); // the table is cached
+      shadow.fill(7, 511 * cs, 511 * cs + 8);
+      for (const round of [0, 1]) {
+        const jobs: Promise<void>[] = [];
+        // Pieces that start and end inside clusters, neighbours sharing a cluster, all at once.
+        for (let pos = round * 100 * cs + 100; pos < (round + 1) * 100 * cs;) {
+          const len = 1 + Math.floor(next() * 3 * cs);
+          const end = Math.min(pos + len, (round + 1) * 100 * cs);
+          const data = randomBytes(next, end - pos);
+          shadow.set(data, pos);
+          jobs.push(img.writev(BigInt(pos), scatter(data, next)));
+          pos = end + Math.floor(next() * 200);
+        }
+        await Promise.all(jobs);
+      }
+      await img.close();
+      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
+      await assertClean(f);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('allocating writes in flight while a discard and a snapshot run: the data, the snapshot and the refcounts stay right', async () => {
   const t = tempDir();
   try {
