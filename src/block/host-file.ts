@@ -5,11 +5,12 @@
 //   writeback   page cache; flush() = fdatasync
 //   unsafe      page cache; flush() does nothing
 // Vectored I/O uses Node's FileHandle.readv/writev at a position, so many requests can be in
-// flight at once. libuv submits them to io_uring when the process started with
-// UV_USE_IO_URING=1 (`img bench`'s default: no thread hop per request), else it runs
-// preadv/pwritev on its thread pool. (Measured against koffi's async preadv on the same pool:
-// 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS through FileHandle and 48k
-// through koffi, whose per-call marshalling costs more.)
+// flight at once: libuv runs preadv/pwritev on its thread pool (or submits them to its own
+// io_uring when the process started with UV_USE_IO_URING=1). A file opened with a `ring`
+// (`img bench`'s default engine) sends its reads and writes to that io_uring instead
+// (src/kvm/io-uring.ts). (Measured against koffi's async preadv on the same pool: 4 KiB
+// random reads at depth 32 ran at roughly 75-110k IOPS through FileHandle and 48k through
+// koffi, whose per-call marshalling costs more.)
 import { constants, read as fsRead, write as fsWrite } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';

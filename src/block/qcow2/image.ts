@@ -795,6 +795,9 @@ export class Qcow2Image implements BlockDriver {
         const fresh = await this.lock.run(() => this.freshRunStep(gc, clusters, inCluster, length, buffers));
         if (fresh) return await this.fillAndLink(fresh);
       }
+      // A sequential writer's next request starts in the cluster its last one ended in,
+      // which is ours by now: that head in place, the unmapped clusters after it in one step.
+      if (inCluster > 0 && clusters > 1 && await this.headThenUnmapped(gc, clusters, inCluster, length, buffers)) return;
       const slow = await this.writeInPlace(offset, length, buffers);
       if (slow.length > 0) await this.allocatingWrite(slow);
     } finally {
@@ -865,6 +868,26 @@ export class Qcow2Image implements BlockDriver {
       writes = [{ at: host, bytes }];
     }
     return { first: gc, l2, host, n, olds: [], writes, linked, settle };
+  }
+
+  /**
+   * A write whose first cluster we own and may write in place, and whose other clusters are
+   * all unmapped: both parts go out together. False, with nothing written, when the write
+   * is not of that shape.
+   */
+  private async headThenUnmapped(gc: number, clusters: number, inCluster: number, length: number, buffers: Uint8Array[]): Promise<boolean> {
+    const headLength = this.clusterSize - inCluster;
+    const restLength = length - headLength;
+    const head = this.lookupCached(gc);
+    if (!head || !this.directlyWritable(gc, head, inCluster, headLength)) return false;
+    if (!(restLength % this.clusterSize === 0 || !this.backing) || !this.unmappedRun(gc + 1, clusters - 1)) return false;
+    const cursor = new VectorCursor(buffers);
+    const headBuffers = cursor.slice(0, headLength);
+    const rest = cursor.slice(headLength, restLength);
+    const fresh = await this.lock.run(() => this.freshRunStep(gc + 1, clusters - 1, 0, restLength, rest));
+    if (!fresh) return false;
+    await Promise.all([this.file.writev(head.offset + inCluster, headBuffers), this.fillAndLink(fresh)]);
+    return true;
   }
 
   /** Write what can go straight to clusters we own; return the pieces that need allocation. */

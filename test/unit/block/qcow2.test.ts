@@ -216,6 +216,14 @@ test('partial writes into unmapped clusters without a backing file: zeroes aroun
         }
         await Promise.all(jobs);
       }
+      // A sequential writer: each piece starts in the cluster the last one ended in.
+      for (let pos = 200 * cs + 50; pos < 300 * cs;) {
+        const end = Math.min(pos + 1 + Math.floor(next() * 3 * cs), 300 * cs);
+        const data = randomBytes(next, end - pos);
+        shadow.set(data, pos);
+        await img.writev(BigInt(pos), scatter(data, next));
+        pos = end;
+      }
       await img.close();
       assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
       await assertClean(f);
