@@ -1,9 +1,10 @@
 // An io_uring instance of the process's own: submission and completion rings mapped into
-// JavaScript, entries written in place, one io_uring_enter(2) per batch. It serves a
+// JavaScript, entries written in place, submitted a batch at a time. It serves a
 // process that owns its event loop and waits for nothing but its disk (`tsvirt img bench`,
 // like qemu-img's io_uring engine): when requests are in flight the loop's next turn
-// blocks in the kernel until at least one completes, so a completion is handled the moment
-// it arrives, with no helper thread between the disk and the code waiting for it. (libuv's
+// polls the completion ring, then sleeps in the kernel until at least one completes, so a
+// completion is handled the moment it arrives, with no helper thread between the disk and
+// the code waiting for it. (libuv's
 // own io_uring, UV_USE_IO_URING=1, hands submissions to a kernel polling thread and learns
 // of completions through epoll: a hop each way.) Not for the VMM, whose event loop serves
 // devices and the monitor and must never block on one disk.
@@ -16,6 +17,7 @@ const IORING_OFF_SQ_RING = 0;
 const IORING_OFF_CQ_RING = 0x8000000;
 const IORING_OFF_SQES = 0x10000000;
 const IORING_FEAT_SINGLE_MMAP = 1 << 0;
+const IORING_FEAT_RW_CUR_POS = 1 << 3;
 const IORING_ENTER_GETEVENTS = 1 << 0;
 const IORING_OP_READV = 1;
 const IORING_OP_WRITEV = 2;
@@ -35,7 +37,12 @@ const RESOLVED = Promise.resolve();
 const REAP_PER_TURN = 4;
 /** How long a turn polls the completion ring before it sleeps in the kernel (ms; see poll). */
 const POLL_MS = 0.06;
-/** Longest stretch of completions handled without a turn of the event loop (ms). */
+/** Submissions refused for lack of resources in a row before the queued requests fail. */
+const MAX_REFUSALS = 1000;
+/**
+ * How long completions are handled without a turn of the event loop (ms); one wait in the
+ * kernel can add the disk's latency to it.
+ */
 const YIELD_MS = 1;
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- koffi's functions take any arguments
@@ -54,7 +61,7 @@ function sys(): { setup: CFunction; enter: CFunction } {
   return syscalls;
 }
 
-/** A failed request's error, shaped like Node's fs errors (code, errno, syscall). */
+/** A failed request's error, with a `code` and `syscall` as Node's fs errors have (errno positive). */
 export class IoUringError extends Error {
   readonly code: string;
   constructor(readonly errno: number, readonly syscall: string) {
@@ -123,11 +130,25 @@ export class IoUring {
    * io_uring (too old, or switched off: kernel.io_uring_disabled, seccomp).
    */
   static create(entries: number, addressOf: AddressOf): IoUring | undefined {
+    // The rings are read and written with plain loads and stores, in program order: x86-64
+    // keeps that order; elsewhere barriers would be needed.
+    if (process.arch !== 'x64') return undefined;
     const params = new Uint8Array(PARAMS_SIZE);
-    const fd = Number(sys().setup(SYS_IO_URING_SETUP, entries, params));
+    let fd: number;
+    try {
+      fd = Number(sys().setup(SYS_IO_URING_SETUP, entries, params));
+    } catch {
+      return undefined;
+    }
     if (fd < 0) return undefined;
     const view = new DataView(params.buffer);
     const u32 = (o: number): number => view.getUint32(o, true);
+    // IORING_OP_READ/WRITE came with Linux 5.6, as did this feature bit: older rings would
+    // fail every request with EINVAL.
+    if (!(u32(20) & IORING_FEAT_RW_CUR_POS)) {
+      closeFd(fd);
+      return undefined;
+    }
     const sqEntries = u32(0);
     const cqEntries = u32(4);
     const sqSize = u32(64) + sqEntries * 4;
@@ -169,13 +190,13 @@ export class IoUring {
   /** preadv(2) through the ring. */
   readv(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
     const iov = this.iovecs(buffers);
-    return this.request(IORING_OP_READV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers], 'readv');
+    return this.request(IORING_OP_READV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], 'readv');
   }
 
   /** pwritev(2) through the ring. */
   writev(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
     const iov = this.iovecs(buffers);
-    return this.request(IORING_OP_WRITEV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers], 'write');
+    return this.request(IORING_OP_WRITEV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], 'writev');
   }
 
   /** Requests submitted or waiting to be: close() refuses while there are any. */
@@ -213,7 +234,8 @@ export class IoUring {
   }
 
   private put(p: Pending, opcode: number, fd: number, address: number, length: number, position: number): void {
-    const tag = this.nextTag;
+    let tag = this.nextTag;
+    while (this.pending.has(tag)) tag = tag >= 0x7fffffff ? 1 : tag + 1;
     this.nextTag = tag >= 0x7fffffff ? 1 : tag + 1;
     this.pending.set(tag, p);
     this.writeEntry(opcode, fd, address, length, position, tag);
@@ -293,18 +315,36 @@ export class IoUring {
     // Wait in the kernel only when no completion is ready to hand out already.
     const wait = this.inFlight + this.queued > 0 && this.cqHead[0] === this.cqTail[0] ? 1 : 0;
     const r = this.queued + wait === 0 ? 0 : Number(sys().enter(SYS_IO_URING_ENTER, this.fd, this.queued, wait, wait ? IORING_ENTER_GETEVENTS : 0, null, 0));
+    let backOff = false;
     if (r >= 0) {
       this.queued -= r;
       this.inFlight += r;
+      this.refusals = 0;
     } else {
       const errno = koffi.errno();
-      // Interrupted or short of resources: completions still come; try again next turn.
-      if (errno !== EINTR && errno !== EAGAIN && errno !== EBUSY) this.failQueued(errno);
+      if (errno === EINTR) {
+        // A signal: the next turn tries again.
+      } else if ((errno === EAGAIN || errno === EBUSY) && ++this.refusals < MAX_REFUSALS) {
+        // Short of resources: completions in flight free some; with none in flight, the
+        // next try waits for a turn of the event loop rather than spinning.
+        backOff = this.inFlight === 0;
+      } else {
+        this.failQueued(errno);
+      }
     }
     this.reap();
     while (this.overflow.length > 0 && this.queued + this.inFlight < this.entries) this.overflow.shift()!();
-    if (this.inFlight + this.queued > 0) this.scheduleTurn();
+    if (this.inFlight + this.queued === 0) return;
+    if (backOff) {
+      this.turnScheduled = true;
+      setTimeout(() => this.turn(), 1);
+    } else {
+      this.scheduleTurn();
+    }
   }
+
+  /** Submissions refused in a row for lack of resources (EAGAIN, EBUSY). */
+  private refusals = 0;
 
   /**
    * Watch the completion ring for up to POLL_MS before the turn sleeps in the kernel. The
@@ -331,10 +371,10 @@ export class IoUring {
       const tag = this.cqes.getUint32(at, true);
       const res = this.cqes.getInt32(at + 8, true);
       head = (head + 1) >>> 0;
+      this.inFlight--;
       const p = this.pending.get(tag);
       if (!p) continue;
       this.pending.delete(tag);
-      this.inFlight--;
       if (res < 0) p.reject(new IoUringError(-res, p.op));
       else p.resolve(res);
     }
@@ -343,6 +383,8 @@ export class IoUring {
 
   /** The kernel refused the submission itself: the queued requests fail with its error. */
   private failQueued(errno: number): void {
+    // Only requests not yet handed over fail: the kernel owns the others (and their buffers).
+    if (this.queued === 0) return;
     // Queued entries are the newest `queued` ones; take them back out of the ring.
     this.sqTail[0] = (this.sqTail[0]! - this.queued) >>> 0;
     const tags = [...this.pending.keys()].slice(-this.queued);
