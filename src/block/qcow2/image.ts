@@ -600,7 +600,6 @@ export class Qcow2Image implements BlockDriver {
     return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
   }
 
-  /** The cached L2 entry of the one cluster [offset, offset+length) lies in (standard L2 entries only), else undefined. */
   /**
    * The host offset of the data cluster holding guest bytes [offset, offset+length) when they
    * lie in one cluster whose standard L2 entry (no flag but COPIED) is in a cached table and
@@ -630,6 +629,7 @@ export class Qcow2Image implements BlockDriver {
     return host;
   }
 
+  /** The cached L2 entry of the one cluster [offset, offset+length) lies in (standard L2 entries only), else undefined. */
   private singleClusterEntry(offset: number, length: number): L2Entry | undefined {
     if (this.extendedL2) return undefined;
     const gc = Math.floor(offset / this.clusterSize);
@@ -821,9 +821,10 @@ export class Qcow2Image implements BlockDriver {
 
   /**
    * Whether guest clusters [gc, gc+n) all have empty entries (no mapping, no flags) in one
-   * L2 table that is cached and ours alone, with no allocation of them under way: a
-   * write of exactly those clusters then needs new clusters and nothing else, neither
-   * copy-on-write nor a backing file's data nor old clusters to free.
+   * L2 table that is cached and ours alone, with no allocation of them under way: a write
+   * into those clusters then needs new clusters, no old ones to free, and copies nothing
+   * from elsewhere (where it covers a cluster in part, and no backing file shows through,
+   * the rest of that cluster is zeroes).
    */
   private unmappedRun(gc: number, n: number): boolean {
     if (this.extendedL2) return false;
