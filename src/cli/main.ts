@@ -19,7 +19,10 @@ export async function main(argv: string[]): Promise<number> {
     // `tsvirt img` parses its own arguments (qemu-img's style): commander would only hand
     // them over, after loading itself and every other subcommand (10 ms on a development host).
     if (argv[0] === 'img') {
-      const { runImg } = await import('../img/main.js');
+      // The build's one-module bundle of it when current (scripts/bundle.mjs), else the modules.
+      const { freshBundle } = await import('../vmm/bundles.js');
+      const bundle = freshBundle('img');
+      const { runImg } = (bundle ? await import(bundle.href) : await import('../img/main.js')) as typeof import('../img/main.js');
       return await runImg(argv.slice(1));
     }
     commander = await import('commander');
