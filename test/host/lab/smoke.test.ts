@@ -53,9 +53,19 @@ test('inside the lab /dev/kvm opens and the 64-bit loop guest runs 10 M iteratio
     const r = await measureLoopRate(10_000_000, { timeoutMs: 60_000 });
     console.log('LOOP ' + JSON.stringify(r, (k, v) => (typeof v === 'bigint' ? String(v) : v)));
   })().catch((e) => { console.error(e); process.exit(1); });`;
-  const out = collect();
-  const err = collect();
-  const result = await labExec(['node', '-e', script], { stdout: out.stream, stderr: err.stream, timeoutSeconds: 300 });
+  let out = collect();
+  let err = collect();
+  const run = (): ReturnType<typeof labExec> => labExec(['node', '-e', script], { stdout: out.stream, stderr: err.stream, timeoutSeconds: 300 });
+  const result = await run().catch((failure: unknown) => {
+    // The emulated lab host itself can fail under a long guest run (a soft lockup reported
+    // by its kernel): that says nothing of the code under test, so the run goes once more
+    // in a fresh lab, as the guest suite does. Every other failure stands.
+    if (!(failure instanceof LabError) || !failure.hostFailed) throw failure;
+    t.diagnostic(`${failure.message}; running once more`);
+    out = collect();
+    err = collect();
+    return run();
+  });
   assert.equal(result.exitCode, 0, `stderr: ${err.text()}`);
   const line = /LOOP (\{.*\})/.exec(out.text());
   assert.ok(line, `no LOOP line in ${out.text()}`);
