@@ -22,10 +22,13 @@ export interface L2Entry {
   zeroMask: number;
 }
 
+/** The big-endian 32-bit word at `at` (no allocation: the quick read path uses it per request). */
+export function readU32(buf: Uint8Array, at: number): number {
+  return ((buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]) >>> 0;
+}
+
 export function readU64Parts(buf: Uint8Array, at: number): [number, number] {
-  const hi = ((buf[at] << 24) | (buf[at + 1] << 16) | (buf[at + 2] << 8) | buf[at + 3]) >>> 0;
-  const lo = ((buf[at + 4] << 24) | (buf[at + 5] << 16) | (buf[at + 6] << 8) | buf[at + 7]) >>> 0;
-  return [hi, lo];
+  return [readU32(buf, at), readU32(buf, at + 4)];
 }
 
 export function writeU64Parts(buf: Uint8Array, at: number, hi: number, lo: number): void {

@@ -24,7 +24,7 @@ import {
   MAX_L1_BYTES, parseHeader, serializeHeader, type Qcow2Header,
 } from './header.js';
 import { Refcounts } from './refcounts.js';
-import { decodeL2, makeCompressedEntry, makeEntry, readU64Parts, writeU64Parts, offsetOf, COMPRESSED_HI, COPIED_HI, ZERO_LO, type L2Entry } from './entries.js';
+import { decodeL2, makeCompressedEntry, makeEntry, readU32, readU64Parts, writeU64Parts, offsetOf, COMPRESSED_HI, COPIED_HI, ZERO_LO, type L2Entry } from './entries.js';
 import { compressCluster, decompressCluster } from './compression.js';
 import { L2Cache, type CachedTable } from './l2-cache.js';
 
@@ -402,15 +402,22 @@ export class Qcow2Image implements BlockDriver {
 
   /** Checks the host cluster an L2 entry of guest cluster `gc` points at (data, or a preallocated zero cluster). */
   private validateClusterPointer(gc: number, offset: number): void {
-    if (offset % this.clusterSize !== 0) throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points at unaligned offset 0x${offset.toString(16)}`);
+    const problem = this.clusterPointerProblem(offset);
+    if (problem) throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} ${problem}`);
+  }
+
+  /** What is wrong with a data cluster at host `offset`, or undefined when it may be one. */
+  private clusterPointerProblem(offset: number): string | undefined {
+    if (offset % this.clusterSize !== 0) return `points at unaligned offset 0x${offset.toString(16)}`;
     // A cluster may start right at the end of the file: QEMU allocates clusters whose
     // subclusters it has not written yet. Anything further out is a bad pointer.
     if (offset === 0 || offset > Math.ceil(this.refcounts.fileEnd / this.clusterSize) * this.clusterSize) {
-      throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points past the end of the file (0x${offset.toString(16)})`);
+      return `points past the end of the file (0x${offset.toString(16)})`;
     }
     if (this.overlapsFixedMetadata(offset, this.clusterSize)) {
-      throw new BlockError(this.filename, `L2 entry of guest cluster ${gc} points into the header, L1 table or refcount table (0x${offset.toString(16)})`);
+      return `points into the header, L1 table or refcount table (0x${offset.toString(16)})`;
     }
+    return undefined;
   }
 
   /**
@@ -613,20 +620,17 @@ export class Qcow2Image implements BlockDriver {
     if (offset - gc * cs + length > cs) return -1;
     const l1i = Math.floor(gc / this.l2Entries);
     if (l1i >= this.header.l1Size) return -1;
-    const l1 = this.l1;
-    const at1 = l1i * 8;
-    const l2Offset = offsetOf(((l1[at1]! << 24) | (l1[at1 + 1]! << 16) | (l1[at1 + 2]! << 8) | l1[at1 + 3]!) >>> 0, ((l1[at1 + 4]! << 24) | (l1[at1 + 5]! << 16) | (l1[at1 + 6]! << 8) | l1[at1 + 7]!) >>> 0);
+    const l2Offset = offsetOf(readU32(this.l1, l1i * 8), readU32(this.l1, l1i * 8 + 4));
     if (l2Offset === 0) return -1;
     const table = this.l2Cache.peek(l2Offset)?.buf;
     if (!table) return -1;
     const at = (gc % this.l2Entries) * 8;
-    const hi = ((table[at]! << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!) >>> 0;
-    const lo = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
+    const hi = readU32(table, at);
+    const lo = readU32(table, at + 4);
     // Compressed, zero-flagged or reserved bits set: not plain data.
     if ((hi & ~COPIED_HI & ~0x00ffffff) !== 0 || (lo & 0x1ff) !== 0) return -1;
     const host = offsetOf(hi, lo);
-    if (host === 0 || host % cs !== 0 || host > Math.ceil(this.refcounts.fileEnd / cs) * cs || this.overlapsFixedMetadata(host, cs)) return -1;
-    return host;
+    return host !== 0 && this.clusterPointerProblem(host) === undefined ? host : -1;
   }
 
   /** The cached L2 entry of the one cluster [offset, offset+length) lies in (standard L2 entries only), else undefined. */
@@ -820,24 +824,25 @@ export class Qcow2Image implements BlockDriver {
   }
 
   /**
-   * Whether guest clusters [gc, gc+n) all have empty entries (no mapping, no flags) in one
-   * L2 table that is cached and ours alone, with no allocation of them under way: a write
-   * into those clusters then needs new clusters, no old ones to free, and copies nothing
-   * from elsewhere (where it covers a cluster in part, and no backing file shows through,
-   * the rest of that cluster is zeroes).
+   * The L2 table (and the first cluster's index in it) when guest clusters [gc, gc+n) all
+   * have empty entries (no mapping, no flags) in one L2 table that is cached and ours
+   * alone, with no allocation of them under way; else undefined. A write into those
+   * clusters then needs new clusters, no old ones to free, and copies nothing from
+   * elsewhere (where it covers a cluster in part, and no backing file shows through, the
+   * rest of that cluster is zeroes).
    */
-  private unmappedRun(gc: number, n: number): boolean {
-    if (this.extendedL2) return false;
+  private unmappedRun(gc: number, n: number): { offset: number; table: CachedTable; index: number } | undefined {
+    if (this.extendedL2) return undefined;
     const index = gc % this.l2Entries;
-    if (index + n > this.l2Entries) return false;
+    if (index + n > this.l2Entries) return undefined;
     const { offset, copied } = this.l1Entry(Math.floor(gc / this.l2Entries));
-    if (offset === 0 || !copied) return false;
+    if (offset === 0 || !copied) return undefined;
     const table = this.l2Cache.peek(offset);
-    if (!table) return false;
+    if (!table) return undefined;
     const buf = table.buf;
-    for (let at = index * 8, end = at + n * 8; at < end; at++) if (buf[at] !== 0) return false;
-    for (let k = 0; k < n; k++) if (this.allocating.has(gc + k)) return false;
-    return true;
+    for (let at = index * 8, end = at + n * 8; at < end; at++) if (buf[at] !== 0) return undefined;
+    for (let k = 0; k < n; k++) if (this.allocating.has(gc + k)) return undefined;
+    return { offset, table, index };
   }
 
   /**
@@ -848,9 +853,8 @@ export class Qcow2Image implements BlockDriver {
    * awaited (the general path then takes the write).
    */
   private async freshRunStep(gc: number, n: number, inCluster: number, length: number, buffers: Uint8Array[]): Promise<FreshClusters | undefined> {
-    if (!this.unmappedRun(gc, n)) return undefined;
-    const l1 = this.l1Entry(Math.floor(gc / this.l2Entries));
-    const l2 = { offset: l1.offset, table: this.l2Cache.peek(l1.offset)!, index: gc % this.l2Entries };
+    const l2 = this.unmappedRun(gc, n);
+    if (!l2) return undefined;
     // Pinned in the cache from here until the entries are set (see allocationStep).
     l2.table.pending++;
     let host: number;
@@ -860,9 +864,7 @@ export class Qcow2Image implements BlockDriver {
       l2.table.pending--;
       throw err;
     }
-    let settle = (): void => undefined;
-    const linked = new Promise<void>((r) => (settle = r));
-    for (let k = 0; k < n; k++) this.allocating.set(gc + k, linked);
+    const { linked, settle } = this.claimAllocation(gc, n);
     const tail = n * this.clusterSize - inCluster - length;
     let writes: FreshClusters['writes'];
     if ((inCluster === 0 && tail === 0) || this.refcounts.isUnwritten(host)) {
@@ -959,6 +961,17 @@ export class Qcow2Image implements BlockDriver {
   }
 
   /**
+   * Marks guest clusters [gc, gc+n) as being allocated until `settle` is called: other
+   * writes to them wait for `linked` (see `allocating`).
+   */
+  private claimAllocation(gc: number, n: number): { linked: Promise<void>; settle: () => void } {
+    let settle = (): void => undefined;
+    const linked = new Promise<void>((r) => (settle = r));
+    for (let k = 0; k < n; k++) this.allocating.set(gc + k, linked);
+    return { linked, settle };
+  }
+
+  /**
    * One step of an allocating write, under the lock: handles pieces[i] (and, for new
    * clusters, a run of consecutive ones) and says how many it took. New clusters come back
    * allocated but not yet written or linked.
@@ -1008,9 +1021,7 @@ export class Qcow2Image implements BlockDriver {
       if (fresh && wasZero) writes.push({ at: at + piece.inCluster, bytes: piece.src });
       else writes.push({ at, bytes: [await this.mergedCluster(piece)] });
     }
-    let settle = (): void => undefined;
-    const linked = new Promise<void>((r) => (settle = r));
-    for (let k = 0; k < n; k++) this.allocating.set(p.gc + k, linked);
+    const { linked, settle } = this.claimAllocation(p.gc, n);
     // Pinned in the cache until the entries are set (an evicted table would be reloaded stale).
     l2.table.pending++;
     return { done: n, fresh: { first: p.gc, l2, host, n, olds, writes, linked, settle } };
