@@ -27,6 +27,7 @@ const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const RWF_NOWAIT = 0x08;
 const EAGAIN = 11;
+const ENXIO = 6;
 /** Largest read tried on the spot: bigger copies would hold up the event loop. */
 const CACHED_READ_MAX = 128 * 1024;
 /** Most buffers one on-the-spot read takes. */
@@ -156,6 +157,15 @@ export async function createEmptyFile(filename: string): Promise<void> {
   await handle.close();
 }
 
+/**
+ * lseek(2) on any descriptor with SEEK_DATA or SEEK_HOLE: the offset found; -1n when there is
+ * no data at or after `offset` (ENXIO), -2n when the call failed otherwise (nothing is known).
+ */
+export function seekDataOrHole(fd: number, offset: bigint, what: 'data' | 'hole'): bigint {
+  const r = BigInt(getLibc().lseek(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
+  return r >= 0n ? r : koffi.errno() === ENXIO ? -1n : -2n;
+}
+
 export interface HostFileOptions {
   readOnly?: boolean;
   cache?: CacheMode;
@@ -230,13 +240,7 @@ export class HostFile {
       const pos = Number(offset);
       const b = buffers[0]!;
       if (pos % DIRECT_ALIGN === 0 && directReady(buffers)) {
-        this.rawInFlight++;
-        let n: number;
-        try {
-          n = await this.ring.read(this.fd, b, pos);
-        } finally {
-          this.rawDone();
-        }
+        const n = await this.pread(b, pos);
         if (n === b.length) return;
         return this.readLoop(pos + n, [b.subarray(n)], false);
       }
@@ -494,7 +498,7 @@ export class HostFile {
    * -1 when there is none or the file system cannot tell.
    */
   seek(offset: bigint, what: 'data' | 'hole'): bigint {
-    const r = BigInt(getLibc().lseek(this.fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
+    const r = seekDataOrHole(this.fd, offset, what);
     return r < 0n ? -1n : r;
   }
 
