@@ -16,7 +16,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
-import { IoUring } from '../kvm/io-uring.js';
+import { IoUring, IoUringError } from '../kvm/io-uring.js';
 
 const DIRECT_ALIGN = 4096;
 const SEEK_END = 2;
@@ -347,8 +347,17 @@ export class HostFile {
   }
 
   private pread(buffer: Uint8Array, position: number): Promise<number> {
-    if (this.ring) return this.tracked(this.ring.read(this.fd, buffer, position));
+    const ring = this.ring;
     this.rawInFlight++;
+    if (ring) {
+      return new Promise((resolve, reject) => {
+        ring.submitRead(this.fd, buffer, position, (result) => {
+          this.rawDone();
+          if (result < 0) reject(new IoUringError(-result, 'read'));
+          else resolve(result);
+        });
+      });
+    }
     return new Promise((resolve, reject) => {
       fsRead(this.handle.fd, buffer, 0, buffer.length, position, (err, n) => {
         this.rawDone();
@@ -359,8 +368,17 @@ export class HostFile {
   }
 
   private pwrite(buffer: Uint8Array, position: number): Promise<number> {
-    if (this.ring) return this.tracked(this.ring.write(this.fd, buffer, position));
+    const ring = this.ring;
     this.rawInFlight++;
+    if (ring) {
+      return new Promise((resolve, reject) => {
+        ring.submitWrite(this.fd, buffer, position, (result) => {
+          this.rawDone();
+          if (result < 0) reject(new IoUringError(-result, 'write'));
+          else resolve(result);
+        });
+      });
+    }
     return new Promise((resolve, reject) => {
       fsWrite(this.handle.fd, buffer, 0, buffer.length, position, (err, n) => {
         this.rawDone();

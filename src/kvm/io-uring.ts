@@ -29,6 +29,7 @@ const PARAMS_SIZE = 120;
 const EINTR = 4;
 const EBUSY = 16;
 const EAGAIN = 11;
+const EBADF = 9;
 /** Microtask rounds a turn waits for more requests (see scheduleTurn). */
 const BATCH_HOPS = 8;
 /** Chaining on a settled promise queues a microtask more cheaply than queueMicrotask(). */
@@ -36,7 +37,7 @@ const RESOLVED = Promise.resolve();
 /** Completions handed out per turn (see reap). */
 const REAP_PER_TURN = 4;
 /** How long a turn polls the completion ring before it sleeps in the kernel (ms; see poll). */
-const POLL_MS = 0.06;
+const POLL_MS = 0.15;
 /** Submissions refused for lack of resources in a row before the queued requests fail. */
 const MAX_REFUSALS = 1000;
 /**
@@ -70,13 +71,8 @@ export class IoUringError extends Error {
   }
 }
 
-interface Pending {
-  resolve(n: number): void;
-  reject(err: Error): void;
-  /** Kept alive until the kernel is done with them (buffers, iovec block). */
-  keep: unknown;
-  op: string;
-}
+/** A request's end: the bytes moved, or minus the errno. */
+export type Completion = (result: number) => void;
 
 /** Address of a Uint8Array's first byte, which must stay put while a request uses it. */
 export type AddressOf = (b: Uint8Array) => number;
@@ -96,8 +92,13 @@ export class IoUring {
   private queued = 0;
   /** Requests the kernel has and has not completed. */
   private inFlight = 0;
-  private readonly pending = new Map<number, Pending>();
-  private nextTag = 1;
+  // Each request in the ring owns a slot; its tag (the entry's user_data) is the slot's index
+  // plus one. Slots are plain arrays, not a map of objects: nothing is allocated per request
+  // but the caller's completion.
+  private readonly slotDone: Array<Completion | undefined>;
+  /** Kept alive until the kernel is done with them (buffers, iovec block). */
+  private readonly slotKeep: unknown[];
+  private readonly freeSlots: number[];
   private turnScheduled = false;
   private closed = false;
   /** Requests waiting for a free submission slot. */
@@ -123,6 +124,9 @@ export class IoUring {
     this.cqes = new DataView(cqRing, u32(100), u32(4) * CQE_SIZE);
     this.sqes32 = new Uint32Array(sqes);
     this.sqes8 = new Uint8Array(sqes);
+    this.slotDone = new Array<Completion | undefined>(this.entries).fill(undefined);
+    this.slotKeep = new Array<unknown>(this.entries).fill(undefined);
+    this.freeSlots = Array.from({ length: this.entries }, (_, i) => this.entries - 1 - i);
   }
 
   /**
@@ -187,6 +191,19 @@ export class IoUring {
     return this.request(IORING_OP_WRITE, fd, this.addressOf(buffer), buffer.length, position, buffer, 'write');
   }
 
+  /**
+   * pread(2) through the ring, ended by a callback rather than a promise, for callers that
+   * wrap the request in a promise of their own anyway (one promise per request, not two).
+   */
+  submitRead(fd: number, buffer: Uint8Array, position: number, done: Completion): void {
+    this.submit(IORING_OP_READ, fd, this.addressOf(buffer), buffer.length, position, buffer, done);
+  }
+
+  /** pwrite(2) through the ring, ended by a callback (see submitRead). */
+  submitWrite(fd: number, buffer: Uint8Array, position: number, done: Completion): void {
+    this.submit(IORING_OP_WRITE, fd, this.addressOf(buffer), buffer.length, position, buffer, done);
+  }
+
   /** preadv(2) through the ring. */
   readv(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
     const iov = this.iovecs(buffers);
@@ -227,19 +244,39 @@ export class IoUring {
   private request(opcode: number, fd: number, address: number, length: number, position: number, keep: unknown, op: string): Promise<number> {
     if (this.closed) return Promise.reject(new Error('io_uring is closed'));
     return new Promise<number>((resolve, reject) => {
-      const p: Pending = { resolve, reject, keep, op };
-      if (this.queued + this.inFlight < this.entries) this.put(p, opcode, fd, address, length, position);
-      else this.overflow.push(() => this.put(p, opcode, fd, address, length, position));
+      this.submit(opcode, fd, address, length, position, keep, (result) => {
+        if (result < 0) reject(new IoUringError(-result, op));
+        else resolve(result);
+      });
     });
   }
 
-  private put(p: Pending, opcode: number, fd: number, address: number, length: number, position: number): void {
-    let tag = this.nextTag;
-    while (this.pending.has(tag)) tag = tag >= 0x7fffffff ? 1 : tag + 1;
-    this.nextTag = tag >= 0x7fffffff ? 1 : tag + 1;
-    this.pending.set(tag, p);
-    this.writeEntry(opcode, fd, address, length, position, tag);
+  private submit(opcode: number, fd: number, address: number, length: number, position: number, keep: unknown, done: Completion): void {
+    if (this.closed) {
+      done(-EBADF);
+      return;
+    }
+    if (this.queued + this.inFlight < this.entries) this.put(opcode, fd, address, length, position, keep, done);
+    else this.overflow.push(() => this.put(opcode, fd, address, length, position, keep, done));
+  }
+
+  private put(opcode: number, fd: number, address: number, length: number, position: number, keep: unknown, done: Completion): void {
+    // A free slot exists: put runs only while fewer than `entries` requests are queued or in flight.
+    const slot = this.freeSlots.pop()!;
+    this.slotDone[slot] = done;
+    this.slotKeep[slot] = keep;
+    this.writeEntry(opcode, fd, address, length, position, slot + 1);
     this.scheduleTurn();
+  }
+
+  /** Hand a slot's request its result and free the slot. */
+  private settle(slot: number, result: number): void {
+    const done = this.slotDone[slot];
+    if (!done) return;
+    this.slotDone[slot] = undefined;
+    this.slotKeep[slot] = undefined;
+    this.freeSlots.push(slot);
+    done(result);
   }
 
   private writeEntry(opcode: number, fd: number, address: number, length: number, position: number, tag: number): void {
@@ -372,11 +409,8 @@ export class IoUring {
       const res = this.cqes.getInt32(at + 8, true);
       head = (head + 1) >>> 0;
       this.inFlight--;
-      const p = this.pending.get(tag);
-      if (!p) continue;
-      this.pending.delete(tag);
-      if (res < 0) p.reject(new IoUringError(-res, p.op));
-      else p.resolve(res);
+      // A tag from outside 1..entries is not one of ours: skipped.
+      if (tag >= 1 && tag <= this.entries) this.settle(tag - 1, res);
     }
     this.cqHead[0] = head;
   }
@@ -386,13 +420,11 @@ export class IoUring {
     // Only requests not yet handed over fail: the kernel owns the others (and their buffers).
     if (this.queued === 0) return;
     // Queued entries are the newest `queued` ones; take them back out of the ring.
-    this.sqTail[0] = (this.sqTail[0]! - this.queued) >>> 0;
-    const tags = [...this.pending.keys()].slice(-this.queued);
+    const tail = (this.sqTail[0]! - this.queued) >>> 0;
+    this.sqTail[0] = tail;
+    const slots: number[] = [];
+    for (let i = 0; i < this.queued; i++) slots.push(this.sqes32[(((tail + i) & this.sqMask) * SQE_SIZE) / 4 + 8]! - 1);
     this.queued = 0;
-    for (const tag of tags) {
-      const p = this.pending.get(tag)!;
-      this.pending.delete(tag);
-      p.reject(new IoUringError(errno, p.op));
-    }
+    for (const slot of slots) this.settle(slot, -errno);
   }
 }

@@ -70,6 +70,35 @@ ringTest('io_uring: more requests than slots all complete, each with its own byt
   }
 });
 
+ringTest('io_uring: callback requests share the slots with promised ones; a failure arrives as minus the errno', 4, async (ring, dir) => {
+  const file = join(dir, 'callbacks');
+  const fd = openSync(file, 'w+');
+  try {
+    const results: number[] = [];
+    const ended = (n: number): Promise<void> => new Promise((resolve) => {
+      for (let i = 0; i < n; i++) {
+        ring.submitWrite(fd, Buffer.alloc(256, i), i * 256, (result) => {
+          results.push(result);
+          if (results.length === n) resolve();
+        });
+      }
+    });
+    // Twelve callbacks and four promises on a ring of four slots: most wait for a slot.
+    const promised = Array.from({ length: 4 }, (_, i) => ring.write(fd, Buffer.alloc(256, 100 + i), (12 + i) * 256));
+    await ended(12);
+    assert.deepEqual(await Promise.all(promised), [256, 256, 256, 256]);
+    assert.deepEqual(results, Array(12).fill(256));
+    const back = Buffer.alloc(16 * 256);
+    const got = await new Promise<number>((resolve) => ring.submitRead(fd, back, 0, resolve));
+    assert.equal(got, back.length);
+    for (let i = 0; i < 16; i++) assert.equal(back[i * 256], i < 12 ? i : 100 + i - 12, `block ${i}`);
+    assert.equal(await new Promise<number>((resolve) => ring.submitRead(-1, back, 0, resolve)), -9, 'EBADF');
+    assert.equal(ring.busy, false);
+  } finally {
+    closeSync(fd);
+  }
+});
+
 ringTest('io_uring: a failed request rejects with its errno; others go on; a closed ring refuses work', 8, async (ring, dir) => {
   const file = join(dir, 'ro');
   writeFileSync(file, 'x'.repeat(100));
