@@ -37,17 +37,31 @@ export interface AcpiPmOptions {
   now?: () => number;
 }
 
+/**
+ * The host's monotonic clock (CLOCK_MONOTONIC) in ms. Every thread of the process reads the
+ * same clock, so the PM timer a vCPU thread serves itself (vcpu-worker.ts) agrees with the
+ * one read here; performance.now() counts from each thread's own start.
+ */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+/** The PM timer's count at `nowMs` on the monotonic clock: 24 bits wide, or 32 with TMR_VAL_EXT. */
+export function pmTimerValue(nowMs: number, timer32: boolean): number {
+  // Whole ticks in BigInt: past a few weeks of uptime, ms times 3.58 MHz exceeds a double's exact range.
+  const ticks = (BigInt(Math.floor(nowMs * 1e6)) * BigInt(PM_TIMER_HZ)) / 1_000_000_000n;
+  return Number(ticks & (timer32 ? 0xffffffffn : 0xffffffn));
+}
+
 export class AcpiPmBlock {
   private status = 0;
   private enable = 0;
   private control = 0;
   private sciLevel = false;
-  private readonly timerMask: number;
   private readonly now: () => number;
 
   constructor(private readonly options: AcpiPmOptions) {
-    this.timerMask = options.timer32 ? 0xffffffff : 0xffffff;
-    this.now = options.now ?? (() => performance.now());
+    this.now = options.now ?? monotonicMs;
     this.control = PM1_CNT_SCI_EN;
   }
 
@@ -75,8 +89,7 @@ export class AcpiPmBlock {
   }
 
   private timerValue(): number {
-    const ticks = Math.floor((this.now() * PM_TIMER_HZ) / 1000);
-    return ticks % (this.timerMask + 1);
+    return pmTimerValue(this.now(), this.options.timer32 === true);
   }
 
   /** The block as 16-bit registers (byte and dword accesses are split or merged here). */

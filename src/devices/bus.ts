@@ -23,11 +23,38 @@ export class BusConflictError extends Error {
   }
 }
 
+/** Port I/O addresses: 64 KiB of them, so a byte per port is a small shared map. */
+export const PIO_SPACE = 0x10000;
+
 export class Bus {
   // Sorted by base; lookups binary-search it. Exits are hot, so no allocation on lookup.
   private ranges: BusRange[] = [];
+  /** One byte per port, 1 where a range is mapped (see claimsMap). */
+  private claims: Uint8Array | undefined;
 
   constructor(readonly kind: 'pio' | 'mmio') {}
+
+  /**
+   * A map of the port space, one byte per port, set where a device is mapped, in memory any
+   * thread can read, kept current as ranges come and go. A vCPU thread answers an access
+   * to a port nobody claims itself (reads float to all ones, writes are dropped), as this
+   * bus would, without handing the exit over: a Linux boot probes dozens of absent ports
+   * (PCI configuration on a machine without PCI, missing serial ports).
+   */
+  claimsMap(): SharedArrayBuffer {
+    if (this.kind !== 'pio') throw new Error('only the port I/O bus has a claims map');
+    if (!this.claims) {
+      this.claims = new Uint8Array(new SharedArrayBuffer(PIO_SPACE));
+      for (const r of this.ranges) this.mark(r, 1);
+    }
+    return this.claims.buffer as SharedArrayBuffer;
+  }
+
+  private mark(r: BusRange, value: number): void {
+    if (!this.claims || r.base >= BigInt(PIO_SPACE)) return;
+    const end = r.base + r.length < BigInt(PIO_SPACE) ? r.base + r.length : BigInt(PIO_SPACE);
+    this.claims.fill(value, Number(r.base), Number(end));
+  }
 
   insert(base: bigint, length: bigint, device: BusDevice, name: string): void {
     if (length <= 0n) throw new BusConflictError(`${this.kind} range for ${name} has no length`);
@@ -39,7 +66,9 @@ export class Bus {
         );
       }
     }
-    this.ranges.push({ base, length, device, name });
+    const range = { base, length, device, name };
+    this.ranges.push(range);
+    this.mark(range, 1);
     this.ranges.sort((a, b) => (a.base < b.base ? -1 : a.base > b.base ? 1 : 0));
   }
 
@@ -47,6 +76,7 @@ export class Bus {
   remove(base: bigint): boolean {
     const i = this.ranges.findIndex((r) => r.base === base);
     if (i < 0) return false;
+    this.mark(this.ranges[i]!, 0);
     this.ranges.splice(i, 1);
     return true;
   }

@@ -27,7 +27,7 @@ import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
 import { Mc146818Rtc } from '../devices/rtc.js';
 import { I8042 } from '../devices/i8042.js';
-import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH } from '../devices/acpi-pm.js';
+import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_TMR_OFFSET } from '../devices/acpi-pm.js';
 import { ResetControl } from '../devices/reset-control.js';
 import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
 import { waitAsync } from './atomics.js';
@@ -477,6 +477,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       this.command(t, {
         type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize,
         uartState: this.uartState, consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
+        portClaims: this.pio.claimsMap(), pmTimerPort: ACPI_PM_BASE + PM_TMR_OFFSET, pmTimer32: false,
       });
     });
   }

@@ -52,8 +52,17 @@ export interface VcpuUartBinding {
   uartIrq: number;
 }
 
+/** Port exits the vCPU thread answers without the main thread besides the console's. */
+export interface VcpuLocalPorts {
+  /** The port bus's claims map (Bus.claimsMap): a port marked 0 has no device. */
+  portClaims: SharedArrayBuffer;
+  /** The ACPI PM timer's port (a read-only count of the host's monotonic clock), and its width. */
+  pmTimerPort: number;
+  pmTimer32: boolean;
+}
+
 export type VcpuCommand =
-  | ({ type: 'attach'; vmFd: number; vcpuFd: number; id: number; mmapSize: number } & VcpuUartBinding)
+  | ({ type: 'attach'; vmFd: number; vcpuFd: number; id: number; mmapSize: number } & VcpuUartBinding & VcpuLocalPorts)
   | { type: 'detach' };
 
 /** What a vCPU thread reports to the main thread (rare events only). */

@@ -10,6 +10,7 @@ import { VcpuFd, type VcpuExit } from '../kvm/vcpu.js';
 import { VmFd } from '../kvm/vm.js';
 import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
+import { monotonicMs, pmTimerValue } from '../devices/acpi-pm.js';
 import { ByteRing } from './byte-ring.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
@@ -28,6 +29,10 @@ let vcpu: VcpuFd | null = null;
 let uart: Uart16550 | null = null;
 let uartPort = -1;
 let uartEnd = -1;
+// Ports answered here besides the console (see VcpuLocalPorts).
+let portClaims: Uint8Array | null = null;
+let pmTimerPort = -1;
+let pmTimer32 = false;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -69,6 +74,9 @@ function applyCommand(cmd: VcpuCommand): void {
     });
     uartPort = cmd.uartPort;
     uartEnd = cmd.uartPort + 8;
+    portClaims = new Uint8Array(cmd.portClaims);
+    pmTimerPort = cmd.pmTimerPort;
+    pmTimer32 = cmd.pmTimer32;
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -105,6 +113,25 @@ function serveUart(uart: Uart16550, exit: Extract<VcpuExit, { reason: 'io' }>): 
     if (exit.direction === 'in') uart.read(offset, bytes);
     else uart.write(offset, bytes);
   }
+}
+
+/**
+ * Answer a port exit that needs no device state: the PM timer (a count of the host's
+ * monotonic clock, the same the main thread's ACPI block reads) and ports no device claims
+ * (reads float to all ones, writes are dropped, as on the port bus). False: forward it.
+ */
+function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
+  if (exit.port === pmTimerPort && exit.direction === 'in' && exit.size === 4) {
+    for (let i = 0; i < exit.count; i++) {
+      new DataView(exit.data.buffer, exit.data.byteOffset + i * 4, 4).setUint32(0, pmTimerValue(monotonicMs(), pmTimer32), true);
+    }
+    return true;
+  }
+  // The port bus routes an access by its first port alone (a dword at 0xcf8 is not the reset
+  // register at 0xcf9): so does this.
+  if (!portClaims || portClaims[exit.port] !== 0) return false;
+  if (exit.direction === 'in') exit.data.fill(0xff);
+  return true;
 }
 
 /** Hand the current exit to the main thread and wait until it has been completed. */
@@ -156,6 +183,8 @@ function loop(): void {
             bootTrace(`vcpu${data.index}: first UART exit`);
           }
           serveUart(uart, exit);
+          Atomics.add(ctl, CTL_LOCAL_EXITS, 1);
+        } else if (serveLocalPort(exit)) {
           Atomics.add(ctl, CTL_LOCAL_EXITS, 1);
         } else {
           forward();

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Machine, MachineError } from '../../../src/vmm/machine.js';
 import { GuestRamError } from '../../../src/vmm/guest-ram.js';
 import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
-import { GUEST_ADDRESS, helloGuest, powerOffGuest, resetGuest } from './micro-guests.js';
+import { GUEST_ADDRESS, helloGuest, localPortsGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 import { waitFor } from '../../support/wait.js';
 
 const TIMEOUT = 20_000;
@@ -53,6 +53,23 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
   assert.deepEqual(exit, { code: 0, reason: 'host-stop' });
   assert.equal(m.runState(), 'shutdown');
   assert.deepEqual(events, ['stop', 'resume', 'reset:host-qmp-system-reset', 'shutdown:host-signal', 'exit:host-stop']);
+});
+
+test('the vCPU thread answers absent ports and the PM timer itself', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ cpus: 1, memory: '64M' }, { rawBoot: { code: localPortsGuest(), address: GUEST_ADDRESS } });
+  const out = collect(m);
+  try {
+    await m.start();
+    await waitFor('guest output', () => out.text().length === 5, TIMEOUT);
+    const bytes = Buffer.from(out.text(), 'latin1');
+    assert.equal(bytes[0], 0xff, 'a read of a port nobody claims floats to all ones');
+    // Two reads a few exits apart: the 24-bit count moved forward, by less than a second's worth.
+    const ticks = bytes.readUInt32LE(1);
+    assert.ok(ticks > 0 && ticks < 3_579_545, `PM timer advanced by ${ticks} ticks`);
+    assert.deepEqual(m.exitStats(), { local: 9, forwarded: 0 }, 'absent ports, PM timer and console: none went to the main thread');
+  } finally {
+    await m.stop();
+  }
 });
 
 test('reset while paused stays paused until resumed', { timeout: 60_000 }, async () => {

@@ -33,3 +33,23 @@ export function powerOffGuest(text: string): Uint8Array {
   code.movDxImm16(0x604).movEaxImm32((5 << 10) | (1 << 13)).outDxAx();
   return Uint8Array.from([...code.bytes(), CLI, HLT, ...JMP_SELF_MINUS_3]);
 }
+
+/**
+ * Reads a port no device claims (PCI configuration data on a machine without PCI) and echoes
+ * it, writes the PCI address port, then reads the ACPI PM timer twice and prints the 32-bit
+ * difference, low byte first: exits a vCPU thread answers without the main thread.
+ */
+export function localPortsGuest(): Uint8Array {
+  const MOV_EBX_EAX = [0x66, 0x89, 0xc3];
+  const SUB_EAX_EBX = [0x66, 0x29, 0xd8];
+  const SHR_EAX_8 = [0x66, 0xc1, 0xe8, 0x08];
+  const echoAl = (): number[] => [...new GuestCode('real').movDxImm16(0x3f8).outDxAl().bytes()];
+  const pmTimer = (): number[] => [...new GuestCode('real').movDxImm16(0x608).inEaxDx().bytes()];
+  return Uint8Array.from([
+    ...new GuestCode('real').movDxImm16(0xcfc).inAlDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movDxImm16(0xcf8).movEaxImm32(0x80000000).outDxEax().bytes(),
+    ...pmTimer(), ...MOV_EBX_EAX, ...pmTimer(), ...SUB_EAX_EBX,
+    ...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl(),
+    CLI, HLT, ...JMP_SELF_MINUS_3,
+  ]);
+}

@@ -42,3 +42,18 @@ test('refuses overlapping ranges, naming both devices', () => {
   bus.insert(0x1800n, 0x100n, new Recorder(), 'bar1');
   assert.equal(bus.list().length, 1);
 });
+
+test('the port claims map follows ranges as they are mapped and removed', () => {
+  const bus = new Bus('pio');
+  bus.insert(0x3f8n, 8n, new Recorder(), 'serial');
+  const claims = new Uint8Array(bus.claimsMap());
+  assert.equal(claims.length, 0x10000);
+  assert.deepEqual([claims[0x3f7], claims[0x3f8], claims[0x3ff], claims[0x400]], [0, 1, 1, 0], 'ranges mapped before the map was made');
+  bus.insert(0xcf8n, 1n, new Recorder(), 'pci-config-address');
+  assert.equal(claims[0xcf8], 1, 'a range mapped later');
+  assert.equal(claims[0xcf9], 0);
+  assert.equal(bus.remove(0x3f8n), true);
+  assert.equal(claims.slice(0x3f8, 0x400).some((b) => b !== 0), false, 'a removed range is unclaimed again');
+  assert.equal(bus.claimsMap(), claims.buffer, 'one map per bus');
+  assert.throws(() => new Bus('mmio').claimsMap(), /port I\/O/);
+});

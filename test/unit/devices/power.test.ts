@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { I8042, I8042_COMMAND, I8042_DATA, CMD_PULSE_RESET, CMD_SELF_TEST, CMD_WRITE_OUTPUT_PORT, CMD_READ_CTR, STATUS_OUTPUT_FULL } from '../../../src/devices/i8042.js';
 import {
-  AcpiPmBlock, PM1_CNT_OFFSET, PM1_EN_OFFSET, PM1_STS_OFFSET, PM1_STS_PWRBTN, PM1_CNT_SCI_EN, PM1_CNT_SLP_EN, PM_TMR_OFFSET, PM_TIMER_HZ,
+  AcpiPmBlock, PM1_CNT_OFFSET, PM1_EN_OFFSET, PM1_STS_OFFSET, PM1_STS_PWRBTN, PM1_CNT_SCI_EN, PM1_CNT_SLP_EN, PM_TMR_OFFSET, PM_TIMER_HZ, monotonicMs, pmTimerValue,
 } from '../../../src/devices/acpi-pm.js';
 import { ResetControl } from '../../../src/devices/reset-control.js';
 
@@ -89,6 +89,16 @@ test('PM timer counts at 3.579545 MHz and wraps at 24 bits', () => {
   assert.equal(read(), PM_TIMER_HZ % 0x1000000);
   clock.t = 1001;
   assert.equal(read(), Math.floor(1.001 * PM_TIMER_HZ) % 0x1000000);
+});
+
+test('PM timer value: whole ticks of the monotonic clock, exact after weeks of uptime, 24 or 32 bits wide', () => {
+  const fortyDays = 40 * 86_400_000;
+  const ticks = (BigInt(fortyDays) * BigInt(PM_TIMER_HZ)) / 1000n;
+  assert.equal(pmTimerValue(fortyDays, false), Number(ticks & 0xffffffn));
+  assert.equal(pmTimerValue(fortyDays, true), Number(ticks & 0xffffffffn));
+  const a = monotonicMs();
+  const b = monotonicMs();
+  assert.ok(b >= a && a > 0, 'the clock does not go back');
 });
 
 test('reset control register 0xCF9: RST_CPU resets, SYS_RST alone does not', () => {
