@@ -91,7 +91,16 @@ export interface RtcOptions {
   /** The IRQ 8 line. */
   trigger?: IrqTrigger;
   timers?: RtcTimers;
+  /** Registers in memory vCPU threads read too (RTC_STATE_BYTES; see RtcRegisters). */
+  state?: SharedArrayBuffer;
 }
+
+// The registers' layout in the state buffer: CMOS RAM, the index register, and the clock's
+// offset and freeze instant as doubles.
+const INDEX_BYTE = 128;
+const OFFSET_DOUBLE = 17;
+const FROZEN_DOUBLE = 18;
+export const RTC_STATE_BYTES = 8 * (FROZEN_DOUBLE + 1);
 
 /** Milliseconds between periodic interrupts for rate select `rs` (0: none), 32.768 kHz time base. */
 export function periodicIntervalMs(rs: number): number {
@@ -104,13 +113,121 @@ export function periodicIntervalMs(rs: number): number {
 const toBcd = (v: number): number => ((Math.floor(v / 10) % 10) << 4) | (v % 10);
 const fromBcd = (v: number): number => (v >> 4) * 10 + (v & 0x0f);
 
-export class Mc146818Rtc {
-  private readonly cmos = new Uint8Array(128);
-  private index = 0;
+/**
+ * The chip's registers as any thread may read them. A Linux guest reads the clock through the
+ * index and data ports a hundred times and more while it boots; the vCPU thread serves those
+ * reads itself from registers shared with the main thread's chip (vcpu-worker.ts), and hands
+ * over only what has side effects: data writes, and reads of register C, which clear its flags.
+ * Accesses do not interleave: the guest serialises its index and data accesses (Linux's
+ * rtc_lock), and a vCPU waits while the main thread serves its exit.
+ */
+export class RtcRegisters {
+  protected readonly cmos: Uint8Array;
+  private readonly bytes: Uint8Array;
+  private readonly doubles: Float64Array;
+
+  constructor(state: SharedArrayBuffer | ArrayBuffer, protected readonly now: WallClock = hostClock) {
+    if (state.byteLength < RTC_STATE_BYTES) throw new RangeError(`RTC state needs ${RTC_STATE_BYTES} bytes`);
+    this.bytes = new Uint8Array(state, 0, RTC_STATE_BYTES);
+    this.cmos = this.bytes.subarray(0, 128);
+    this.doubles = new Float64Array(state, 0, FROZEN_DOUBLE + 1);
+  }
+
+  /** The selected register (the index port, without the NMI mask bit). */
+  get index(): number {
+    return this.bytes[INDEX_BYTE]!;
+  }
+
+  set index(value: number) {
+    this.bytes[INDEX_BYTE] = value & 0x7f;
+  }
+
   /** Guest time minus host time, in ms. */
-  private offsetMs = 0;
+  protected get offsetMs(): number {
+    return this.doubles[OFFSET_DOUBLE]!;
+  }
+
+  protected set offsetMs(value: number) {
+    this.doubles[OFFSET_DOUBLE] = value;
+  }
+
   /** While SET is held the time registers are frozen at this instant (ms since epoch). */
-  private frozenAt: number | null = null;
+  protected get frozenAt(): number | null {
+    const v = this.doubles[FROZEN_DOUBLE]!;
+    return Number.isNaN(v) ? null : v;
+  }
+
+  protected set frozenAt(value: number | null) {
+    this.doubles[FROZEN_DOUBLE] = value ?? NaN;
+  }
+
+  /**
+   * Register `reg` as a read of the data port returns it, when that read has no side effect;
+   * undefined for register C (reading it clears the flags and lowers the line).
+   */
+  peekRegister(reg: number): number | undefined {
+    reg &= 0x7f;
+    if (this.isClockRegister(reg)) return this.clockRegister(reg);
+    if (reg === RTC_REG_A) {
+      const t = this.guestNow();
+      const intoSecond = ((t % 1000) + 1000) % 1000;
+      const updating = this.frozenAt === null && intoSecond >= 1000 - UPDATE_CYCLE_MS;
+      return (this.cmos[RTC_REG_A]! & 0x7f) | (updating ? REG_A_UIP : 0);
+    }
+    if (reg === RTC_REG_C) return undefined;
+    return this.cmos[reg]!;
+  }
+
+  protected guestNow(): number {
+    return this.frozenAt ?? this.now() + this.offsetMs;
+  }
+
+  private binary(): boolean {
+    return (this.cmos[RTC_REG_B]! & REG_B_DM_BINARY) !== 0;
+  }
+
+  protected encode(v: number): number {
+    return this.binary() ? v : toBcd(v);
+  }
+
+  protected decode(v: number): number {
+    return this.binary() ? v : fromBcd(v);
+  }
+
+  private encodeHour(hour: number): number {
+    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.encode(hour);
+    const h12 = hour % 12 === 0 ? 12 : hour % 12;
+    return this.encode(h12) | (hour >= 12 ? HOUR_PM : 0);
+  }
+
+  protected decodeHour(v: number): number {
+    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.decode(v);
+    const h12 = this.decode(v & 0x7f) % 12;
+    return v & HOUR_PM ? h12 + 12 : h12;
+  }
+
+  private clockRegister(reg: number): number {
+    const d = new Date(this.guestNow());
+    switch (reg) {
+      case RTC_SECONDS: return this.encode(d.getUTCSeconds());
+      case RTC_MINUTES: return this.encode(d.getUTCMinutes());
+      case RTC_HOURS: return this.encodeHour(d.getUTCHours());
+      case RTC_DAY_OF_WEEK: return this.encode(d.getUTCDay() + 1);
+      case RTC_DAY_OF_MONTH: return this.encode(d.getUTCDate());
+      case RTC_MONTH: return this.encode(d.getUTCMonth() + 1);
+      case RTC_YEAR: return this.encode(d.getUTCFullYear() % 100);
+      case RTC_CENTURY: return this.encode(Math.floor(d.getUTCFullYear() / 100));
+      default: return 0;
+    }
+  }
+
+  protected isClockRegister(reg: number): boolean {
+    return reg <= RTC_YEAR && reg !== RTC_SECONDS_ALARM && reg !== RTC_MINUTES_ALARM && reg !== RTC_HOURS_ALARM
+      || reg === RTC_CENTURY;
+  }
+}
+
+export class Mc146818Rtc extends RtcRegisters {
   private readonly trigger: IrqTrigger;
   private readonly timers: RtcTimers;
   /** Host and guest time up to which the flags in register C are worked out. */
@@ -119,7 +236,8 @@ export class Mc146818Rtc {
   private lineHigh = false;
   private timer: unknown = null;
 
-  constructor(private readonly now: WallClock = hostClock, options: RtcOptions = {}) {
+  constructor(now: WallClock = hostClock, options: RtcOptions = {}) {
+    super(options.state ?? new ArrayBuffer(RTC_STATE_BYTES), now);
     this.trigger = options.trigger ?? (() => undefined);
     this.timers = options.timers ?? hostTimers;
     this.reset();
@@ -179,49 +297,6 @@ export class Mc146818Rtc {
     this.cmos[index + 1] = (v >> 8) & 0xff;
   }
 
-  private guestNow(): number {
-    return this.frozenAt ?? this.now() + this.offsetMs;
-  }
-
-  private binary(): boolean {
-    return (this.cmos[RTC_REG_B]! & REG_B_DM_BINARY) !== 0;
-  }
-
-  private encode(v: number): number {
-    return this.binary() ? v : toBcd(v);
-  }
-
-  private decode(v: number): number {
-    return this.binary() ? v : fromBcd(v);
-  }
-
-  private encodeHour(hour: number): number {
-    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.encode(hour);
-    const h12 = hour % 12 === 0 ? 12 : hour % 12;
-    return this.encode(h12) | (hour >= 12 ? HOUR_PM : 0);
-  }
-
-  private decodeHour(v: number): number {
-    if (this.cmos[RTC_REG_B]! & REG_B_24H) return this.decode(v);
-    const h12 = this.decode(v & 0x7f) % 12;
-    return v & HOUR_PM ? h12 + 12 : h12;
-  }
-
-  private clockRegister(reg: number): number {
-    const d = new Date(this.guestNow());
-    switch (reg) {
-      case RTC_SECONDS: return this.encode(d.getUTCSeconds());
-      case RTC_MINUTES: return this.encode(d.getUTCMinutes());
-      case RTC_HOURS: return this.encodeHour(d.getUTCHours());
-      case RTC_DAY_OF_WEEK: return this.encode(d.getUTCDay() + 1);
-      case RTC_DAY_OF_MONTH: return this.encode(d.getUTCDate());
-      case RTC_MONTH: return this.encode(d.getUTCMonth() + 1);
-      case RTC_YEAR: return this.encode(d.getUTCFullYear() % 100);
-      case RTC_CENTURY: return this.encode(Math.floor(d.getUTCFullYear() / 100));
-      default: return 0;
-    }
-  }
-
   private setClockRegister(reg: number, value: number): void {
     const d = new Date(this.guestNow());
     switch (reg) {
@@ -242,11 +317,6 @@ export class Mc146818Rtc {
     const t = d.getTime();
     if (this.frozenAt !== null) this.frozenAt = t;
     else this.offsetMs = t - this.now();
-  }
-
-  private isClockRegister(reg: number): boolean {
-    return reg <= RTC_YEAR && reg !== RTC_SECONDS_ALARM && reg !== RTC_MINUTES_ALARM && reg !== RTC_HOURS_ALARM
-      || reg === RTC_CENTURY;
   }
 
   // ---- interrupts ---------------------------------------------------------------------
@@ -347,23 +417,14 @@ export class Mc146818Rtc {
 
   /** Read CMOS register `reg` (what a guest gets from port 0x71 after selecting it). */
   readRegister(reg: number): number {
-    reg &= 0x7f;
-    if (this.isClockRegister(reg)) return this.clockRegister(reg);
-    if (reg === RTC_REG_A) {
-      const t = this.guestNow();
-      const intoSecond = ((t % 1000) + 1000) % 1000;
-      const updating = this.frozenAt === null && intoSecond >= 1000 - UPDATE_CYCLE_MS;
-      return (this.cmos[RTC_REG_A]! & 0x7f) | (updating ? REG_A_UIP : 0);
-    }
-    if (reg === RTC_REG_C) {
-      // The flags (and IRQF with the line) clear on read.
-      this.sync();
-      const v = this.cmos[RTC_REG_C]!;
-      this.cmos[RTC_REG_C] = 0;
-      this.setLine(false);
-      return v;
-    }
-    return this.cmos[reg]!;
+    const value = this.peekRegister(reg);
+    if (value !== undefined) return value;
+    // Register C: the flags (and IRQF with the line) clear on read.
+    this.sync();
+    const v = this.cmos[RTC_REG_C]!;
+    this.cmos[RTC_REG_C] = 0;
+    this.setLine(false);
+    return v;
   }
 
   writeRegister(reg: number, value: number): void {
@@ -413,7 +474,7 @@ export class Mc146818Rtc {
 
   write(offset: bigint | number, data: Uint8Array): void {
     const value = data[0] ?? 0;
-    if (Number(offset) === 0) this.index = value & 0x7f;
+    if (Number(offset) === 0) this.index = value;
     else this.writeRegister(this.index, value);
   }
 }

@@ -25,7 +25,7 @@ import { loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
 import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
-import { Mc146818Rtc } from '../devices/rtc.js';
+import { Mc146818Rtc, RTC_STATE_BYTES } from '../devices/rtc.js';
 import { I8042 } from '../devices/i8042.js';
 import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_TMR_OFFSET } from '../devices/acpi-pm.js';
 import { ResetControl } from '../devices/reset-control.js';
@@ -135,6 +135,8 @@ export class Machine extends EventEmitter implements QmpTarget {
   private readonly pio = new Bus('pio');
   private readonly mmio = new Bus('mmio');
   private readonly uartState = new SharedArrayBuffer(UART_STATE_BYTES);
+  /** The RTC's registers, which vCPU threads read too (RtcRegisters). */
+  private readonly rtcState = new SharedArrayBuffer(RTC_STATE_BYTES);
   private readonly ring = ByteRing.create();
   private uart!: Uart16550;
   private readonly rtc: Mc146818Rtc;
@@ -167,7 +169,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.exited = new Promise((resolve) => { this.resolveExited = resolve; });
     this.i8042 = new I8042({ reset: () => this.guestReset('guest-reset') });
     // The RTC's interrupt timers fire on the main thread: IRQ 8 through the current VM.
-    this.rtc = new Mc146818Rtc(undefined, { trigger: (level) => this.vm.irqLine(RTC_IRQ, level) });
+    this.rtc = new Mc146818Rtc(undefined, { trigger: (level) => this.vm.irqLine(RTC_IRQ, level), state: this.rtcState });
     this.resetControl = new ResetControl(() => this.guestReset('guest-reset'));
     this.pm = new AcpiPmBlock({
       s5SleepType: ACPI_S5_SLEEP_TYPE,
@@ -478,6 +480,7 @@ export class Machine extends EventEmitter implements QmpTarget {
         type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize,
         uartState: this.uartState, consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
         portClaims: this.pio.claimsMap(), pmTimerPort: ACPI_PM_BASE + PM_TMR_OFFSET, pmTimer32: false,
+        rtcState: this.rtcState, rtcPort: RTC_PORT,
       });
     });
   }

@@ -59,6 +59,9 @@ export interface VcpuLocalPorts {
   /** The ACPI PM timer's port (a read-only count of the host's monotonic clock), and its width. */
   pmTimerPort: number;
   pmTimer32: boolean;
+  /** The RTC's shared registers (RtcRegisters) and its index port (the data port follows). */
+  rtcState: SharedArrayBuffer;
+  rtcPort: number;
 }
 
 export type VcpuCommand =

@@ -11,6 +11,7 @@ import { VmFd } from '../kvm/vm.js';
 import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
 import { monotonicMs, pmTimerValue } from '../devices/acpi-pm.js';
+import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
@@ -33,6 +34,8 @@ let uartEnd = -1;
 let portClaims: Uint8Array | null = null;
 let pmTimerPort = -1;
 let pmTimer32 = false;
+let rtc: RtcRegisters | null = null;
+let rtcPort = -1;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -77,6 +80,8 @@ function applyCommand(cmd: VcpuCommand): void {
     portClaims = new Uint8Array(cmd.portClaims);
     pmTimerPort = cmd.pmTimerPort;
     pmTimer32 = cmd.pmTimer32;
+    rtc = new RtcRegisters(cmd.rtcState);
+    rtcPort = cmd.rtcPort;
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -127,10 +132,32 @@ function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
     }
     return true;
   }
+  if (rtc && exit.count === 1 && (exit.port === rtcPort || exit.port === rtcPort + 1)) return serveRtc(rtc, exit);
   // The port bus routes an access by its first port alone (a dword at 0xcf8 is not the reset
   // register at 0xcf9): so does this.
   if (!portClaims || portClaims[exit.port] !== 0) return false;
   if (exit.direction === 'in') exit.data.fill(0xff);
+  return true;
+}
+
+/**
+ * The RTC's index port, and reads of its data port without side effects (RtcRegisters);
+ * data writes and reads of register C go to the main thread's chip.
+ */
+function serveRtc(registers: RtcRegisters, exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
+  if (exit.port === rtcPort) {
+    if (exit.direction === 'out') registers.index = exit.data[0]!;
+    else {
+      exit.data.fill(0);
+      exit.data[0] = registers.index;
+    }
+    return true;
+  }
+  if (exit.direction === 'out') return false;
+  const value = registers.peekRegister(registers.index);
+  if (value === undefined) return false;
+  exit.data.fill(0);
+  exit.data[0] = value;
   return true;
 }
 

@@ -9,7 +9,7 @@ const CLI = 0xfa;
 const HLT = 0xf4;
 const JMP_SELF_MINUS_3 = [0xeb, 0xfc]; // jmp back to the cli
 
-/** Prints `text` on COM1, then reads the RTC seconds register (a main-thread exit) and echoes it, then halts. */
+/** Prints `text` on COM1, then reads the RTC's status register A and echoes it, then halts. */
 export function helloGuest(text: string): Uint8Array {
   const code = new GuestCode('real').movDxImm16(0x3f8);
   for (const ch of new TextEncoder().encode(text)) code.movAlImm8(ch).outDxAl();
@@ -36,8 +36,9 @@ export function powerOffGuest(text: string): Uint8Array {
 
 /**
  * Reads a port no device claims (PCI configuration data on a machine without PCI) and echoes
- * it, writes the PCI address port, then reads the ACPI PM timer twice and prints the 32-bit
- * difference, low byte first: exits a vCPU thread answers without the main thread.
+ * it, writes the PCI address port, echoes the RTC's registers A and C, then reads the ACPI PM
+ * timer twice and prints the 32-bit difference, low byte first. All but the read of register
+ * C (which clears its flags) are exits a vCPU thread answers without the main thread.
  */
 export function localPortsGuest(): Uint8Array {
   const MOV_EBX_EAX = [0x66, 0x89, 0xc3];
@@ -48,6 +49,8 @@ export function localPortsGuest(): Uint8Array {
   return Uint8Array.from([
     ...new GuestCode('real').movDxImm16(0xcfc).inAlDx().bytes(), ...echoAl(),
     ...new GuestCode('real').movDxImm16(0xcf8).movEaxImm32(0x80000000).outDxEax().bytes(),
+    ...new GuestCode('real').movAlImm8(0x0a).outImm8Al(0x70).movDxImm16(0x71).inAlDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movAlImm8(0x0c).outImm8Al(0x70).movDxImm16(0x71).inAlDx().bytes(), ...echoAl(),
     ...pmTimer(), ...MOV_EBX_EAX, ...pmTimer(), ...SUB_EAX_EBX,
     ...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl(),
     CLI, HLT, ...JMP_SELF_MINUS_3,

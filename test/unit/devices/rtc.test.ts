@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Mc146818Rtc, RTC_SECONDS, RTC_MINUTES, RTC_HOURS, RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR, RTC_CENTURY, RTC_DAY_OF_WEEK,
+  Mc146818Rtc, RtcRegisters, RTC_STATE_BYTES, RTC_SECONDS, RTC_MINUTES, RTC_HOURS, RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR, RTC_CENTURY, RTC_DAY_OF_WEEK,
   RTC_REG_A, RTC_REG_B, RTC_REG_C, RTC_REG_D, REG_A_UIP, REG_B_SET, REG_B_DM_BINARY, REG_B_24H, REG_D_VRT,
   RTC_SECONDS_ALARM, RTC_MINUTES_ALARM, RTC_HOURS_ALARM, REG_A_DIVIDER_NORMAL, REG_B_AIE, REG_B_PIE, REG_B_UIE,
   REG_C_AF, REG_C_IRQF, REG_C_PF, REG_C_UF, periodicIntervalMs,
@@ -228,4 +228,28 @@ test('reset disables the interrupts, drops the line and cancels the timer', () =
   assert.equal(armed(), 0);
   advance(5000);
   assert.deepEqual(levels, [true, false]);
+});
+
+test('registers shared with another thread: it sees the index, the set clock and the mode, and leaves register C alone', () => {
+  const state = new SharedArrayBuffer(RTC_STATE_BYTES);
+  let t = Date.parse('2026-11-25T21:07:45Z');
+  const chip = new Mc146818Rtc(() => t, { state });
+  const reader = new RtcRegisters(state, () => t);
+  chip.write(0, Uint8Array.of(0x80 | RTC_HOURS));
+  assert.equal(reader.index, RTC_HOURS, 'the index, without the NMI mask bit');
+  assert.equal(reader.peekRegister(RTC_HOURS), 0x21);
+  // The guest sets the clock an hour ahead in binary mode, through the chip.
+  chip.writeRegister(RTC_REG_B, REG_B_SET | REG_B_24H | REG_B_DM_BINARY);
+  chip.writeRegister(RTC_HOURS, 22);
+  assert.equal(reader.peekRegister(RTC_HOURS), 22, 'frozen while SET is held');
+  chip.writeRegister(RTC_REG_B, REG_B_24H | REG_B_DM_BINARY);
+  t += 60_000;
+  assert.equal(reader.peekRegister(RTC_HOURS), 22);
+  assert.equal(reader.peekRegister(RTC_MINUTES), 8, 'the offset the chip keeps runs on');
+  reader.index = 0x80 | RTC_REG_C;
+  const d = new Uint8Array(1);
+  chip.read(0, d);
+  assert.equal(d[0], RTC_REG_C, 'an index set by the reader is the chip\'s');
+  assert.equal(reader.peekRegister(RTC_REG_C), undefined, 'register C is read by the chip alone (reading clears it)');
+  assert.throws(() => new RtcRegisters(new SharedArrayBuffer(8)), /RTC state needs/);
 });
