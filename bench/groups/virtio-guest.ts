@@ -24,7 +24,10 @@ import { Writable } from 'node:stream';
 import type { BenchGroup, BenchRow } from '../main.js';
 
 const MEMORY_MIB = 256;
-const TRANSFER_MIB = 64;
+/** dd's transfer: long enough (seconds) that start-up effects and timer resolution fade. */
+const TRANSFER_MIB = 256;
+/** The range fio works over, at the start of what dd wrote. */
+const FIO_MIB = 64;
 const FIO_SECONDS = 8;
 const FIO_DEPTH = 32;
 /** Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. */
@@ -36,10 +39,10 @@ const LAB_TOOLS_DIR = 'lab-tools';
 const TOOLS_IMAGE = 'fio-tools.ext2';
 
 // Each data disk by serial: write TRANSFER_MIB with a final fsync, drop the page cache, read
-// it back; then fio random reads and writes over the same range. /proc/uptime has 10 ms
-// resolution, plenty for transfers that take a second or more.
+// it back; then fio random reads and writes over its first FIO_MIB. Each dd is timed on the
+// host, between the console lines the guest prints before and after it (ConsoleMarks): the
+// guest's own clock is not a reliable yardstick in the lab (docs/design.md, "The guest side").
 const guestScript = (withFio: boolean): string => `
-now() { cut -d' ' -f1 /proc/uptime; }
 T=
 for b in /sys/block/vd*; do [ "$(cat $b/serial)" = TOOLS ] && T=/dev/\${b##*/}; done
 mkdir -p /tools
@@ -47,15 +50,15 @@ mkdir -p /tools
 for b in /sys/block/vd*; do
   n=\${b##*/}; s=$(cat $b/serial)
   [ "$s" = TOOLS ] && continue
-  a=$(now); dd if=/dev/zero of=/dev/$n bs=1M count=${TRANSFER_MIB} conv=fsync 2>/dev/null; z=$(now)
-  echo "bench \${s}_write $a $z"
+  echo "bench-mark \${s}_write begin"; dd if=/dev/zero of=/dev/$n bs=1M count=${TRANSFER_MIB} conv=fsync 2>/dev/null
+  echo "bench-mark \${s}_write end"
   sync; echo 3 > /proc/sys/vm/drop_caches
-  a=$(now); dd if=/dev/$n of=/dev/null bs=1M count=${TRANSFER_MIB} 2>/dev/null; z=$(now)
-  echo "bench \${s}_read $a $z"
+  echo "bench-mark \${s}_read begin"; dd if=/dev/$n of=/dev/null bs=1M count=${TRANSFER_MIB} 2>/dev/null
+  echo "bench-mark \${s}_read end"
   ${withFio ? '' : 'continue'}
   for rw in randread randwrite; do
     r=$(/tools/fio.sh --name=$rw --filename=/dev/$n --rw=$rw --bs=4k --ioengine=libaio --iodepth=${FIO_DEPTH} --direct=1 \\
-      --size=${TRANSFER_MIB}M --runtime=${FIO_SECONDS} --ramp_time=1 --time_based --thread --output-format=terse 2>&1 | tail -n1)
+      --size=${FIO_MIB}M --runtime=${FIO_SECONDS} --ramp_time=1 --time_based --thread --output-format=terse 2>&1 | tail -n1)
     echo "fio \${s}_$rw $r"
   done
 done
@@ -89,12 +92,40 @@ export function benchVariants(spec = process.env.TSVIRT_BENCH_VARIANTS): Array<R
 const TERSE_READ_IOPS = 7;
 const TERSE_WRITE_IOPS = 48;
 
-/** MiB/s for each `bench` line and IOPS for each `fio` line of the guest's output. */
-export function parseGuestOutput(out: string): Rates {
-  const rates: Rates = {};
-  for (const m of out.matchAll(/^bench (\w+) ([\d.]+) ([\d.]+)\r?$/gm)) {
-    rates[m[1]!] = TRANSFER_MIB / Math.max(0.01, Number(m[3]) - Number(m[2]));
+/**
+ * When each `bench-mark NAME begin|end` line of a guest's console reached the host: fed the
+ * output as it arrives, with the time of arrival (a line split across chunks counts when its
+ * end arrives).
+ */
+export class ConsoleMarks {
+  private partial = '';
+  private readonly marks = new Map<string, { begin?: number; end?: number }>();
+
+  feed(text: string, nowMs: number): void {
+    const lines = (this.partial + text).split('\n');
+    this.partial = lines.pop()!;
+    for (const line of lines) {
+      const m = /^bench-mark (\w+) (begin|end)\r?$/.exec(line);
+      if (!m) continue;
+      const mark = this.marks.get(m[1]!) ?? {};
+      mark[m[2] as 'begin' | 'end'] = nowMs;
+      this.marks.set(m[1]!, mark);
+    }
   }
+
+  /** MiB/s of each transfer of `mib` with both marks seen. */
+  rates(mib: number): Rates {
+    const rates: Rates = {};
+    for (const [name, { begin, end }] of this.marks) {
+      if (begin !== undefined && end !== undefined) rates[name] = (mib * 1000) / Math.max(1, end - begin);
+    }
+    return rates;
+  }
+}
+
+/** MiB/s for each dd the marks timed and IOPS for each `fio` line of the guest's output. */
+export function parseGuestOutput(out: string, marks: ConsoleMarks): Rates {
+  const rates: Rates = marks.rates(TRANSFER_MIB);
   for (const m of out.matchAll(/^fio (\w+) (3;[^\r\n]*)\r?$/gm)) {
     const fields = m[2]!.split(';');
     const iops = Number(fields[m[1]!.endsWith('randread') ? TERSE_READ_IOPS : TERSE_WRITE_IOPS]);
@@ -111,6 +142,7 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
     const nodeFlags = command === process.execPath ? (env.TSVIRT_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean) : [];
     const child = spawn(command, [...nodeFlags, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let out = '';
+    const marks = new ConsoleMarks();
     let done = false;
     let closed = false;
     child.once('close', () => { closed = true; });
@@ -127,7 +159,7 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
       const kill = setTimeout(() => child.kill('SIGKILL'), 20_000);
       const settle = (): void => {
         clearTimeout(kill);
-        resolve({ rates: parseGuestOutput(out), output: out });
+        resolve({ rates: parseGuestOutput(out, marks), output: out });
       };
       // 'close': after the exit and the end of its output (a trace is printed at exit).
       if (closed) settle();
@@ -137,7 +169,9 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
     const onData = (d: Buffer): void => {
       // TSVIRT_BENCH_LIVE=1: the guests' consoles as they run, to see where a run stands.
       if (process.env.TSVIRT_BENCH_LIVE === '1') process.stderr.write(d);
-      out += d.toString('latin1');
+      const text = d.toString('latin1');
+      marks.feed(text, performance.now());
+      out += text;
       if (/tsvirt-guest: exit \d+/.test(out)) finish(null);
     };
     child.stdout.on('data', onData);
@@ -149,9 +183,13 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
   });
 }
 
-/** Fresh images for one VMM: a raw file and an empty qcow2 of the same size. */
+/**
+ * Fresh images for one VMM: a raw file and an empty qcow2 of the same size. The previous
+ * run's images go first: the lab's /tmp is memory.
+ */
 async function images(dir: string, tag: string): Promise<{ raw: string; qcow2: string }> {
   const { createQcow2 } = await import('../../src/block/qcow2/create.js');
+  for (const f of readdirSync(dir)) if (/\.(raw|qcow2)$/.test(f)) rmSync(join(dir, f), { force: true });
   const raw = join(dir, `${tag}.raw`);
   const qcow2 = join(dir, `${tag}.qcow2`);
   writeFileSync(raw, '');

@@ -2,7 +2,7 @@
 // compare (TSVIRT_BENCH_VARIANTS), with a one-line error for a malformed list.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { benchVariants, parseGuestOutput } from '../../../bench/groups/virtio-guest.js';
+import { benchVariants, ConsoleMarks, parseGuestOutput } from '../../../bench/groups/virtio-guest.js';
 
 test('TSVIRT_BENCH_VARIANTS: set-ups separated by ;, settings by ,; none means the default alone', () => {
   assert.deepEqual(benchVariants(undefined), [{}]);
@@ -12,11 +12,21 @@ test('TSVIRT_BENCH_VARIANTS: set-ups separated by ;, settings by ,; none means t
   assert.throws(() => benchVariants('NOVALUE'), /'NOVALUE' is not NAME=value/);
 });
 
-test('the guest figures: MiB/s from dd timestamps, IOPS from fio terse lines', () => {
+test('the guest figures: MiB/s from when the dd marks reached the host, IOPS from fio terse lines', () => {
   const fields = Array.from({ length: 60 }, (_, i) => String(i));
   fields[7] = '1234';
   fields[48] = '567';
   const terse = ['3', ...fields.slice(1)].join(';');
-  const rates = parseGuestOutput(`bench RAW_write 1.00 1.50\nnoise\nfio RAW_randread ${terse}\nfio RAW_randwrite ${terse}\r\n`);
-  assert.deepEqual(rates, { RAW_write: 128, RAW_randread: 1234, RAW_randwrite: 567 });
+  const marks = new ConsoleMarks();
+  // A line counts when its end arrives, split across chunks or not; an unfinished pair gives nothing.
+  marks.feed('boot noise\nbench-mark RAW_write begin\r\nbench-mark RAW_wr', 1000);
+  marks.feed('ite end\r\nbench-mark RAW_read begin\n', 3000);
+  marks.feed('bench-mark QCOW2_write begin\nbench-mark RAW_read end\n', 3500);
+  const out = `noise\nfio RAW_randread ${terse}\nfio RAW_randwrite ${terse}\r\n`;
+  const rates = parseGuestOutput(out, marks);
+  assert.equal(rates.RAW_write, 256 / 2, '256 MiB in 2 s');
+  assert.equal(rates.RAW_read, 256 / 0.5);
+  assert.equal(rates.QCOW2_write, undefined);
+  assert.equal(rates.RAW_randread, 1234);
+  assert.equal(rates.RAW_randwrite, 567);
 });
