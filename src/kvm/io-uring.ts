@@ -409,10 +409,11 @@ export class IoUring {
       const res = this.cqes.getInt32(at + 8, true);
       head = (head + 1) >>> 0;
       this.inFlight--;
+      // The entry is consumed before its callback runs: one that throws leaves the ring consistent.
+      this.cqHead[0] = head;
       // A tag from outside 1..entries is not one of ours: skipped.
       if (tag >= 1 && tag <= this.entries) this.settle(tag - 1, res);
     }
-    this.cqHead[0] = head;
   }
 
   /** The kernel refused the submission itself: the queued requests fail with its error. */
