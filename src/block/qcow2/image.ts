@@ -26,6 +26,9 @@ import {
 import { Refcounts } from './refcounts.js';
 import { decodeL2, makeCompressedEntry, makeEntry, readU32, readU64Parts, writeU64Parts, offsetOf, COMPRESSED_HI, COPIED_HI, ZERO_LO, type L2Entry } from './entries.js';
 import { compressCluster, decompressCluster } from './compression.js';
+
+/** A settled promise, for requests answered on the spot (a fill), without allocating one each time. */
+const RESOLVED: Promise<void> = Promise.resolve();
 import { L2Cache, type CachedTable } from './l2-cache.js';
 
 const ALL_SUBCLUSTERS = 0xffffffff;
@@ -540,25 +543,31 @@ export class Qcow2Image implements BlockDriver {
     }
   }
 
-  async readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
-    const length = buffers.length === 1 ? buffers[0].length : buffers.reduce((n, b) => n + b.length, 0);
-    this.checkRange(offset, BigInt(length), 'read');
-    const start = Number(offset);
-    // The commonest request of all: inside one data cluster whose table is cached. Its host
-    // offset comes straight from the table's bytes, with no entry object made.
-    const host = this.plainDataCluster(start, length);
-    if (host >= 0) return this.file.readv(host + (start % this.clusterSize), buffers);
-    // The common small request inside one cluster whose table is cached: one read of the
-    // file (or a fill), without the general walk and its bookkeeping.
-    const e = this.singleClusterEntry(start, length);
-    if (e?.kind === 'normal') return this.file.readv(e.offset + (start % this.clusterSize), buffers);
-    if (e && (e.kind === 'zero' || (e.kind === 'unallocated' && !this.backing))) {
-      for (const b of buffers) b.fill(0);
-      return;
+  // Not an async function: a suspended async call keeps its whole frame alive, hundreds of
+  // bytes per request, and the common requests below need no await of their own. So a
+  // failure must come back as a rejected promise, never as a throw.
+  readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    try {
+      const length = buffers.length === 1 ? buffers[0]!.length : buffers.reduce((n, b) => n + b.length, 0);
+      const start = Number(offset);
+      // Checked in numbers first (BigInt arithmetic allocates); the BigInt check words the error.
+      if (this.closed || start < 0 || start + length > Number(this.header.size)) this.checkRange(offset, BigInt(length), 'read');
+      // The commonest request of all: inside one data cluster whose table is cached. Its host
+      // offset comes straight from the table's bytes, with no entry object made.
+      const host = this.plainDataCluster(start, length);
+      if (host >= 0) return this.file.readv(host + (start % this.clusterSize), buffers);
+      // The common small request inside one cluster whose table is cached: one read of the
+      // file (or a fill), without the general walk and its bookkeeping.
+      const e = this.singleClusterEntry(start, length);
+      if (e?.kind === 'normal') return this.file.readv(e.offset + (start % this.clusterSize), buffers);
+      if (e && (e.kind === 'zero' || (e.kind === 'unallocated' && !this.backing))) {
+        for (const b of buffers) b.fill(0);
+        return RESOLVED;
+      }
+      return this.readFromCachedTable(start, length, buffers) ?? this.readInto(start, length, buffers);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    const fromTable = this.readFromCachedTable(start, length, buffers);
-    if (fromTable) return fromTable;
-    await this.readInto(start, length, buffers);
   }
 
   /**

@@ -83,18 +83,21 @@ async function runBench(opts: Options, operands: string[], io: ImgIO, ring: IoUr
     // One buffer per queue slot, aligned in memory (like qemu-img's) so cache=none (O_DIRECT)
     // can use it with no bounce buffer.
     const buffers = Array.from({ length: Math.min(depth, count) }, () => alignedBuffer(bufSize).fill(pattern));
-    let nextOffset = offsetValue;
+    // Offsets are walked in numbers (image sizes stay far below 2^53): BigInt arithmetic
+    // allocates, and a request's own cost is what this command measures.
+    const size = Number(imageSize);
+    const step = Number(stepValue % (imageSize === 0n ? 1n : imageSize));
+    let nextOffset = Number(offsetValue);
     let issued = 0;
     let sinceFlush = 0;
     const started = process.hrtime.bigint();
     const lane = async (buffer: Buffer): Promise<void> => {
       while (issued < count) {
         issued++;
-        const offset = nextOffset;
-        nextOffset += stepValue;
+        const offset = BigInt(nextOffset);
         // qemu-img's walk: the next offset wraps modulo the image size (a prime step thus
         // visits offsets all over the image); a request that then runs past the end fails.
-        nextOffset = imageSize === 0n ? 0n : nextOffset % imageSize;
+        nextOffset = size === 0 ? 0 : (nextOffset + step) % size;
         if (write) await driver.writev(offset, [buffer]);
         else await driver.readv(offset, [buffer]);
         if (flushInterval > 0 && ++sinceFlush >= flushInterval) {
