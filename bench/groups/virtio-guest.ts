@@ -31,7 +31,7 @@ const FIO_MIB = 64;
 const FIO_SECONDS = 8;
 const FIO_DEPTH = 32;
 /** Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. */
-const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 2) || 2);
+const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 3) || 3);
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
 const RUN_TIMEOUT_MS = 600_000;
 /** Where the probe finds the tools disk in the lab: shipped inside the project's dist/. */
