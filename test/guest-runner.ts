@@ -64,8 +64,9 @@ export async function guestTestRunner(root: string): Promise<TestRunner> {
       });
       const result = await exec().catch((err: unknown) => {
         // The emulated lab host failed under the suite: it reset (seen once with the 64-vCPU
-        // guest, no message from QEMU or the lab kernel), or its kernel reported a CPU stuck
-        // in nested-virtualization code (seen under QEMU's guests too). That says nothing of
+        // guest, no message from QEMU or the lab kernel), its kernel reported a CPU stuck
+        // in nested-virtualization code (seen under QEMU's guests too), or it never ran
+        // (silent until the boot limit). That says nothing of
         // the tests, so the suite runs once more in a fresh lab. Test failures and every
         // other lab failure stand.
         if (!(err instanceof LabError) || !err.hostFailed) throw err;

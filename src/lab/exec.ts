@@ -326,8 +326,13 @@ async function runQemu(
       // The lab stops the command itself at the limit (so results can be copied back); this
       // is the backstop should the lab not manage to.
       const overall = setTimeout(() => kill(timeoutMessage), (timeoutSeconds + TIMEOUT_GRACE_SECONDS) * 1000);
+      // A lab that printed nothing at all in that time never ran (seen once: QEMU started and
+      // the emulated machine stayed silent): a failure of the lab host, as a reset is. One
+      // that printed something and stopped short of the command failed on its own terms.
       const boot = setTimeout(() => {
-        if (bootSeconds < 0) kill(`the lab did not boot within ${bootTimeoutSeconds} s`);
+        if (bootSeconds >= 0) return;
+        const silent = consoleText.trim() === '';
+        kill(`the lab did not boot within ${bootTimeoutSeconds} s${silent ? ' (no output on its console)' : ''}`, silent);
       }, bootTimeoutSeconds * 1000);
       // While the command runs, the lab's init prints a heartbeat. Its silence means the lab
       // host stopped: seen as a lab whose CPUs sat idle for good (QEMU using no CPU at all),

@@ -169,6 +169,20 @@ test('a lab CPU without svm fails clearly: no /dev/kvm inside', async () => {
   );
 });
 
+test('a lab that stays silent until the boot limit is a LabError marked hostFailed', async () => {
+  // A 32-bit CPU: the 64-bit kernel's boot code refuses it on the VGA screen, which the lab
+  // has none of, so the serial console stays silent, as it did once for a lab that never ran.
+  await assert.rejects(
+    labExec(['true'], { cpuModel: 'qemu32', bootTimeoutSeconds: 20 }),
+    (err: unknown) => {
+      assert.ok(err instanceof LabError);
+      assert.match(err.message, /^lab: the lab did not boot within 20 s \(no output on its console\) \(lab log: /);
+      assert.equal(err.hostFailed, true);
+      return true;
+    },
+  );
+});
+
 test('a lab host that resets under the command is a LabError marked hostFailed', async () => {
   await assert.rejects(
     labExec(['reboot', '-f'], { timeoutSeconds: 120 }),
