@@ -4,19 +4,19 @@
 //   writethrough O_DSYNC (every write is durable when it completes)
 //   writeback   page cache; flush() = fdatasync
 //   unsafe      page cache; flush() does nothing
-// Vectored I/O uses Node's FileHandle.readv/writev at a position, so many requests can be in
-// flight at once: libuv runs preadv/pwritev on its thread pool (or submits them to its own
-// io_uring when the process started with UV_USE_IO_URING=1). A file opened with a `ring`
-// (`img bench`'s default engine) sends its reads and writes to that io_uring instead
-// (src/kvm/io-uring.ts). (Measured against koffi's async preadv on the same pool: 4 KiB
-// random reads at depth 32 ran at roughly 75-110k IOPS through FileHandle and 48k through
-// koffi, whose per-call marshalling costs more.)
+// Positioned reads and writes go through fs's callback API at a position, so many requests
+// can be in flight at once: libuv runs pread/pwrite and preadv/pwritev on its thread pool (or
+// submits them to its own io_uring when the process started with UV_USE_IO_URING=1). A file
+// opened with a `ring` (`img bench`'s default engine) sends its reads and writes to that
+// io_uring instead (src/kvm/io-uring.ts). (Measured against koffi's async preadv on the same
+// pool: 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS through Node's fs and 48k
+// through koffi, whose per-call marshalling costs more.)
 import { constants, read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
-import { IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';
+import { completionPromise, IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';
 
 const DIRECT_ALIGN = 4096;
 const SEEK_END = 2;
@@ -359,29 +359,19 @@ export class HostFile {
   /** One request on the ring, ended by callback inside this one promise, counted for close(). */
   private onRing(op: string, start: (done: Completion) => void): Promise<number> {
     this.rawInFlight++;
-    return new Promise((resolve, reject) => {
-      start((result) => {
-        this.rawDone();
-        if (result < 0) reject(new IoUringError(-result, op));
-        else resolve(result);
-      });
-    });
+    return completionPromise(op, start, () => this.rawDone());
   }
 
   private preadv(buffers: Uint8Array[], position: number): Promise<number> {
-    if (this.ring) return this.tracked(this.ring.readv(this.fd, buffers, position));
+    const ring = this.ring;
+    if (ring) return this.onRing('readv', (done) => ring.submitReadv(this.fd, buffers, position, done));
     return this.onPool((done) => fsReadv(this.handle.fd, buffers, position, done));
   }
 
   private pwritev(buffers: Uint8Array[], position: number): Promise<number> {
-    if (this.ring) return this.tracked(this.ring.writev(this.fd, buffers, position));
+    const ring = this.ring;
+    if (ring) return this.onRing('writev', (done) => ring.submitWritev(this.fd, buffers, position, done));
     return this.onPool((done) => fsWritev(this.handle.fd, buffers, position, done));
-  }
-
-  /** A request on the ring, counted like the pool's single-buffer ones (close waits for it). */
-  private tracked(request: Promise<number>): Promise<number> {
-    this.rawInFlight++;
-    return request.finally(() => this.rawDone());
   }
 
   private pread(buffer: Uint8Array, position: number): Promise<number> {

@@ -74,6 +74,21 @@ export class IoUringError extends Error {
 /** A request's end: the bytes moved, or minus the errno. */
 export type Completion = (result: number) => void;
 
+/**
+ * A promise of the bytes a request moves, for a request started by `start` with its
+ * completion: rejected with an IoUringError naming `op` when it fails. `settled` runs first,
+ * either way (a caller's count of requests in flight).
+ */
+export function completionPromise(op: string, start: (done: Completion) => void, settled?: () => void): Promise<number> {
+  return new Promise((resolve, reject) => {
+    start((result) => {
+      settled?.();
+      if (result < 0) reject(new IoUringError(-result, op));
+      else resolve(result);
+    });
+  });
+}
+
 /** Address of a Uint8Array's first byte, which must stay put while a request uses it. */
 export type AddressOf = (b: Uint8Array) => number;
 
@@ -181,39 +196,49 @@ export class IoUring {
     }
   }
 
-  /** pread(2) through the ring: resolves to the bytes read. */
-  read(fd: number, buffer: Uint8Array, position: number): Promise<number> {
-    return this.request(IORING_OP_READ, fd, this.addressOf(buffer), buffer.length, position, buffer, 'read');
-  }
+  // Each request has two forms: ended by a callback (submit*), for callers that wrap it in a
+  // promise of their own anyway (one promise per request, not two), and promised.
 
-  /** pwrite(2) through the ring: resolves to the bytes written. */
-  write(fd: number, buffer: Uint8Array, position: number): Promise<number> {
-    return this.request(IORING_OP_WRITE, fd, this.addressOf(buffer), buffer.length, position, buffer, 'write');
-  }
-
-  /**
-   * pread(2) through the ring, ended by a callback rather than a promise, for callers that
-   * wrap the request in a promise of their own anyway (one promise per request, not two).
-   */
+  /** pread(2) through the ring, ended by `done`. */
   submitRead(fd: number, buffer: Uint8Array, position: number, done: Completion): void {
     this.submit(IORING_OP_READ, fd, this.addressOf(buffer), buffer.length, position, buffer, done);
   }
 
-  /** pwrite(2) through the ring, ended by a callback (see submitRead). */
+  /** pwrite(2) through the ring, ended by `done`. */
   submitWrite(fd: number, buffer: Uint8Array, position: number, done: Completion): void {
     this.submit(IORING_OP_WRITE, fd, this.addressOf(buffer), buffer.length, position, buffer, done);
   }
 
+  /** preadv(2) through the ring, ended by `done`. */
+  submitReadv(fd: number, buffers: Uint8Array[], position: number, done: Completion): void {
+    const iov = this.iovecs(buffers);
+    this.submit(IORING_OP_READV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], done);
+  }
+
+  /** pwritev(2) through the ring, ended by `done`. */
+  submitWritev(fd: number, buffers: Uint8Array[], position: number, done: Completion): void {
+    const iov = this.iovecs(buffers);
+    this.submit(IORING_OP_WRITEV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], done);
+  }
+
+  /** pread(2) through the ring: resolves to the bytes read. */
+  read(fd: number, buffer: Uint8Array, position: number): Promise<number> {
+    return this.promised('read', (done) => this.submitRead(fd, buffer, position, done));
+  }
+
+  /** pwrite(2) through the ring: resolves to the bytes written. */
+  write(fd: number, buffer: Uint8Array, position: number): Promise<number> {
+    return this.promised('write', (done) => this.submitWrite(fd, buffer, position, done));
+  }
+
   /** preadv(2) through the ring. */
   readv(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
-    const iov = this.iovecs(buffers);
-    return this.request(IORING_OP_READV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], 'readv');
+    return this.promised('readv', (done) => this.submitReadv(fd, buffers, position, done));
   }
 
   /** pwritev(2) through the ring. */
   writev(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
-    const iov = this.iovecs(buffers);
-    return this.request(IORING_OP_WRITEV, fd, this.addressOf(iov), buffers.length, position, [iov, buffers.slice()], 'writev');
+    return this.promised('writev', (done) => this.submitWritev(fd, buffers, position, done));
   }
 
   /** Requests submitted or waiting to be: close() refuses while there are any. */
@@ -241,14 +266,9 @@ export class IoUring {
     return iov;
   }
 
-  private request(opcode: number, fd: number, address: number, length: number, position: number, keep: unknown, op: string): Promise<number> {
+  private promised(op: string, start: (done: Completion) => void): Promise<number> {
     if (this.closed) return Promise.reject(new Error('io_uring is closed'));
-    return new Promise<number>((resolve, reject) => {
-      this.submit(opcode, fd, address, length, position, keep, (result) => {
-        if (result < 0) reject(new IoUringError(-result, op));
-        else resolve(result);
-      });
-    });
+    return completionPromise(op, start);
   }
 
   private submit(opcode: number, fd: number, address: number, length: number, position: number, keep: unknown, done: Completion): void {

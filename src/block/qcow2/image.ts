@@ -26,10 +26,10 @@ import {
 import { Refcounts } from './refcounts.js';
 import { decodeL2, makeCompressedEntry, makeEntry, readU32, readU64Parts, writeU64Parts, offsetOf, COMPRESSED_HI, COPIED_HI, ZERO_LO, type L2Entry } from './entries.js';
 import { compressCluster, decompressCluster } from './compression.js';
+import { L2Cache, type CachedTable } from './l2-cache.js';
 
 /** A settled promise, for requests answered on the spot (a fill), without allocating one each time. */
 const RESOLVED: Promise<void> = Promise.resolve();
-import { L2Cache, type CachedTable } from './l2-cache.js';
 
 const ALL_SUBCLUSTERS = 0xffffffff;
 const DEFAULT_L2_CACHE = 1 << 20;
