@@ -82,17 +82,25 @@ test('multi-cluster reads over a backing file and a compressed cluster come out 
   }
 });
 
+/**
+ * A 32-cluster image holding `data` (8 clusters) from its start, and the file's bytes with
+ * the offsets of its L1 table and of the one L2 table, for tests that corrupt entries.
+ */
+async function imageOfEightClusters(path: string, data: Uint8Array): Promise<{ bytes: Buffer; l1: number; l2: number }> {
+  await createQcow2(path, { size: 32n * BigInt(CLUSTER), clusterSize: CLUSTER });
+  const img = await openImage(path);
+  await img.writev(0n, [data]);
+  await img.close();
+  const bytes = readFileSync(path);
+  const l1 = Number(bytes.readBigUInt64BE(40));
+  return { bytes, l1, l2: Number(bytes.readBigUInt64BE(l1) & 0x00fffffffffffe00n) };
+}
+
 test('a bad entry inside a multi-cluster read fails it, naming the guest cluster, before anything is read', async () => {
   const t = tempDir();
   try {
     const path = t.path('bad.qcow2');
-    await createQcow2(path, { size: 32n * BigInt(CLUSTER), clusterSize: CLUSTER });
-    const img = await openImage(path);
-    await img.writev(0n, [randomBytes(rng(7), 8 * CLUSTER)]);
-    await img.close();
-    const b = readFileSync(path);
-    const l1 = Number(b.readBigUInt64BE(40));
-    const l2 = Number(b.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+    const { bytes: b, l2 } = await imageOfEightClusters(path, randomBytes(rng(7), 8 * CLUSTER));
     b.writeBigUInt64BE((1n << 63n) | (1n << 45n), l2 + 5 * 8); // guest cluster 5: far past the end
     b.writeBigUInt64BE((1n << 63n) | BigInt(l2 + 512), l2 + 6 * 8); // guest cluster 6: not cluster-aligned
     writeFileSync(path, b);
@@ -117,14 +125,8 @@ test('a read inside one cluster whose table is cached reads no data through a ba
   const t = tempDir();
   try {
     const path = t.path('single.qcow2');
-    await createQcow2(path, { size: 32n * BigInt(CLUSTER), clusterSize: CLUSTER });
-    const img = await openImage(path);
     const data = randomBytes(rng(9), 8 * CLUSTER);
-    await img.writev(0n, [data]);
-    await img.close();
-    const b = readFileSync(path);
-    const l1 = Number(b.readBigUInt64BE(40));
-    const l2 = Number(b.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+    const { bytes: b, l1, l2 } = await imageOfEightClusters(path, data);
     const copied = 1n << 63n;
     b.writeBigUInt64BE(copied | (1n << 45n), l2 + 1 * 8); // past the end of the file
     b.writeBigUInt64BE(copied | BigInt(l2 + 512), l2 + 2 * 8); // not cluster-aligned

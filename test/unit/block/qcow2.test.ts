@@ -22,6 +22,12 @@ async function assertClean(filename: string): Promise<void> {
   assert.equal(r.checkErrors, 0);
 }
 
+/** The image reads back as `shadow`, and qcow2's check finds it clean. */
+async function assertHolds(filename: string, shadow: Uint8Array, message?: string): Promise<void> {
+  assert.equal(firstDifference(await readAll(filename, shadow.length), shadow), -1, message);
+  await assertClean(filename);
+}
+
 /** Random writes, zeroes and discards through the driver and into a shadow; then compare. */
 async function exercise(filename: string, shadow: Uint8Array, seed: number, ops: number, opts: { discards?: boolean } = {}): Promise<void> {
   const next = rng(seed);
@@ -85,8 +91,7 @@ test('compat 0.10 and extended L2 images handle zeroes and partial writes', asyn
       await createQcow2(f, { size: BigInt(size), ...opts });
       const shadow = new Uint8Array(size);
       await exercise(f, shadow, 99, 40);
-      assert.equal(firstDifference(await readAll(f, size), shadow), -1, name);
-      await assertClean(f);
+      await assertHolds(f, shadow, name);
       const info = await qcow2Info(f);
       assert.equal(info.formatSpecific.compat, name === 'v2' ? '0.10' : '1.1');
       assert.equal(info.formatSpecific.extendedL2, name.startsWith('extl2'));
@@ -128,8 +133,7 @@ test('concurrent writes to the same unallocated clusters never corrupt metadata 
     }
     await Promise.all([...more, ...reads]);
     await img.close();
-    assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
-    await assertClean(f);
+    await assertHolds(f, shadow, cache);
    }
   } finally {
     t.cleanup();
@@ -175,8 +179,7 @@ test('whole-cluster writes into unmapped clusters, racing with each other and wi
       }
       await Promise.all(jobs);
       await img.close();
-      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
-      await assertClean(f);
+      await assertHolds(f, shadow, cache);
     }
   } finally {
     t.cleanup();
@@ -225,8 +228,7 @@ test('partial writes into unmapped clusters without a backing file: zeroes aroun
         pos = end;
       }
       await img.close();
-      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
-      await assertClean(f);
+      await assertHolds(f, shadow, cache);
     }
   } finally {
     t.cleanup();
@@ -266,8 +268,7 @@ test('allocating writes in flight while a discard and a snapshot run: the data, 
       assert.equal(firstDifference(back, shadow), -1, cache);
       assert.deepEqual((await listSnapshots(img)).map((s) => s.name), ['mid']);
       await img.close();
-      assert.equal(firstDifference(await readAll(f, size), shadow), -1, cache);
-      await assertClean(f);
+      await assertHolds(f, shadow, cache);
     }
   } finally {
     t.cleanup();
@@ -305,8 +306,7 @@ test('backing chains: copy-on-write, depth in block status, raw backing, loops r
     assert.equal(st2.depth, 0);
     assert.equal(st2.data, true);
     await img.close();
-    assert.equal(firstDifference(await readAll(top, size), shadow), -1);
-    await assertClean(top);
+    await assertHolds(top, shadow);
     await assertClean(mid);
     // Point the base layer back at the top: a loop.
     const loopA = t.path('a.qcow2');
@@ -346,16 +346,14 @@ test('snapshots: create, list, apply and delete keep data and refcounts right', 
     await assertClean(f);
     assert.equal(firstDifference(await readAll(f, size), shadow2), -1);
     await applyQcow2Snapshot(f, 'first');
-    assert.equal(firstDifference(await readAll(f, size), shadow0), -1, 'reverted to the first snapshot');
-    await assertClean(f);
+    await assertHolds(f, shadow0, 'reverted to the first snapshot');
     await deleteQcow2Snapshot(f, '1');
     await assertClean(f);
     await applyQcow2Snapshot(f, 'second');
     assert.equal(firstDifference(await readAll(f, size), shadow1), -1, 'reverted to the second snapshot');
     await exercise(f, shadow1, 14, 10);
     await deleteQcow2Snapshot(f, 'second');
-    assert.equal(firstDifference(await readAll(f, size), shadow1), -1);
-    await assertClean(f);
+    await assertHolds(f, shadow1);
     await assert.rejects(deleteQcow2Snapshot(f, 'nope'), /no snapshot with id or name 'nope'/);
     assert.deepEqual(await listQcow2Snapshots(f), []);
   } finally {
