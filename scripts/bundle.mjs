@@ -1,22 +1,25 @@
 // Build step, run by `npm run build` after tsc: bundles what `tsvirt run` loads before the
-// guest's first KVM_RUN into one module per thread: dist/src/vmm/vmm.bundle.js (the main
-// thread's VMM: config, machine, devices, boot code, from src/vmm/startup.ts) and
-// dist/src/vmm/vcpu-worker.bundle.js (each vCPU thread); and `tsvirt img` into
-// dist/src/vmm/img.bundle.js. Under nested virtualization Node's
-// ES module loader spends about as long resolving, reading and linking each of some 50
-// modules as V8 spends compiling them; one file per thread skips most of that
+// guest's first KVM_RUN into one CommonJS file per thread: dist/src/vmm/run.bundle.cjs (the
+// run command and the main thread's VMM: config, machine, devices, boot code) and
+// dist/src/vmm/vcpu-worker.bundle.cjs (each vCPU thread); and `tsvirt img` into
+// dist/src/vmm/img.bundle.js. Under nested virtualization Node's ES module loader spends
+// about as long resolving, reading and linking each of some 50 modules as V8 spends
+// compiling them, and starting the loader at all costs a tenth of a second; one CommonJS
+// file per thread, compiled with V8's code cache (src/vmm/bundles.cts), skips both
 // (docs/design.md, boot time).
 //
-// What is loaded only on demand (virtio devices, the micro-guest) stays outside: those
-// dynamic imports are rewritten to the unbundled modules. So do the modules the run command
-// has loaded already and whose state the machine shares (the prestarted vCPU threads). Both
-// bundles sit in dist/src/vmm/ so that relative paths and the `new URL(..., import.meta.url)`
-// of the modules inside them (the vCPU worker, the generated config validator) resolve as before.
+// What the machine loads only on demand (virtio devices, QMP, the micro-guest, the lab's
+// paths) stays outside: those dynamic imports are rewritten to the unbundled modules. The
+// run command's own dynamic imports (the VMM, the prestart helpers) are part of the run
+// bundle: esbuild initialises each module on its first import, so the order of work (vCPU
+// threads started before the VMM's modules run) stays as it is unbundled. The bundles sit
+// in dist/src/vmm/ so that relative paths and the `new URL(..., import.meta.url)` of the
+// modules inside them (the vCPU worker, the generated config validator) resolve as before.
 //
 // Each bundle gets a `.inputs.json` listing the compiled files it was made from;
-// src/vmm/bundles.ts uses a bundle only while none of them is newer (a bare `tsc` after a
+// src/vmm/bundles.cts uses a bundle only while none of them is newer (a bare `tsc` after a
 // change makes the bundles stale, and the unbundled modules are used).
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, URL } from 'node:url';
 import * as esbuild from 'esbuild';
@@ -32,29 +35,34 @@ const fromBundleDir = (target) => {
 };
 
 /**
- * Keeps on-demand modules (unless `inlineDynamic`), and `shared` (paths relative to
- * dist/src), out of the bundle.
+ * Keeps CommonJS modules, and dynamic imports (unless `inlineAllDynamic`), out of the
+ * bundle, except the dynamic imports that `inlineDynamicFrom` (paths relative to dist/src)
+ * makes and `onDemand` does not name.
  */
-const outside = (shared, inlineDynamic) => ({
+const outside = (inlineDynamicFrom, onDemand, inlineAllDynamic) => ({
   name: 'outside',
   setup(build) {
     build.onResolve({ filter: /^\.\.?\// }, (args) => {
       const target = path.resolve(args.resolveDir, args.path);
-      if ((args.kind === 'dynamic-import' && !inlineDynamic) || shared.has(path.relative(path.join(dist, 'src'), target))) {
-        return { path: fromBundleDir(target), external: true };
-      }
-      return undefined;
+      // CommonJS modules stay modules of their own, one instance each in a process: the
+      // bundle loader (src/vmm/bundles.cts), which the bundles call to import what stays
+      // outside them (routeDynamicImports), as code from a code cache cannot.
+      if (target.endsWith('.cjs')) return { path: fromBundleDir(target), external: true };
+      if (args.kind !== 'dynamic-import' || inlineAllDynamic) return undefined;
+      const fromSrc = (file) => path.relative(path.join(dist, 'src'), file);
+      if (inlineDynamicFrom.has(fromSrc(args.importer)) && !onDemand.has(fromSrc(target))) return undefined;
+      return { path: fromBundleDir(target), external: true };
     });
   },
 });
 
-async function bundle(entry, name, shared, inlineDynamic = false) {
-  const outfile = path.join(outdir, `${name}.bundle.js`);
+async function bundle(entry, file, { format, inlineDynamicFrom = new Set(), onDemand = new Set(), inlineAllDynamic = false }) {
+  const outfile = path.join(outdir, file);
   const result = await esbuild.build({
     entryPoints: [path.join(dist, entry)],
     outfile,
     bundle: true,
-    format: 'esm',
+    format,
     platform: 'node',
     target: 'node20',
     // Packages stay outside: koffi loads its native addon from its own directory, and the
@@ -63,18 +71,47 @@ async function bundle(entry, name, shared, inlineDynamic = false) {
     sourcemap: true,
     metafile: true,
     logLevel: 'warning',
-    banner: { js: `// Generated by scripts/bundle.mjs from ${entry}. Do not edit.` },
-    plugins: [outside(shared, inlineDynamic)],
+    banner: { js: `// Generated by scripts/bundle.mjs from ${entry}. Do not edit.${format === 'cjs' ? BUNDLE_URL : ''}` },
+    // A CommonJS bundle has no import.meta: each module's URL is the bundle's, which sits in
+    // the same directory depth as every module it holds.
+    ...(format === 'cjs' ? { define: { 'import.meta.url': '__bundleUrl' } } : {}),
+    plugins: [outside(inlineDynamicFrom, onDemand, inlineAllDynamic)],
   });
+  if (format === 'cjs') routeDynamicImports(outfile);
   const inputs = Object.keys(result.metafile.inputs).map((p) => path.relative(dist, path.resolve(root, p)));
-  writeFileSync(path.join(outdir, `${name}.bundle.inputs.json`), `${JSON.stringify({ inputs })}\n`);
+  writeFileSync(path.join(outdir, `${file}.inputs.json`), `${JSON.stringify({ inputs })}\n`);
 }
 
-// vcpu-threads holds the threads the run command prestarted, which the machine takes over;
-// file-preload the kernel and initrd reads it started; vm-preload the VM it began to create.
-await bundle('src/vmm/startup.js', 'vmm', new Set(['vmm/vcpu-threads.js', 'vmm/file-preload.js', 'vmm/vm-preload.js', 'vmm/bundles.js', 'vmm/boot-trace.js']));
-await bundle('src/vmm/vcpu-worker.js', 'vcpu-worker', new Set());
+const BUNDLE_URL = '\nconst __bundleUrl = require("node:url").pathToFileURL(__filename).href;'
+  + '\nconst __importOutside = (specifier) => require("./bundles.cjs").importFrom(__filename, specifier);';
+
+/**
+ * A CommonJS bundle runs from V8's code cache, and code compiled from a cache cannot make a
+ * dynamic import() in Node 20 (the script's import callback is not restored with it): its
+ * import()s of what stays outside are routed through bundles.cts instead.
+ */
+function routeDynamicImports(file) {
+  const text = readFileSync(file, 'utf8');
+  const routed = text.replace(/\bimport\("/g, '__importOutside("');
+  if (/\bimport\(/.test(routed.replace(/^\s*\/\/.*$/gm, ''))) {
+    throw new Error(`${file}: an import() with a computed specifier cannot be routed; give it a literal one`);
+  }
+  writeFileSync(file, routed);
+}
+
+// Code caches of earlier bundles (bundles.cts names them after the bundle they belong to),
+// and the ES module bundles of earlier builds.
+for (const name of readdirSync(outdir)) {
+  if (name.endsWith('.v8cache') || /^vmm\.bundle\.|^vcpu-worker\.bundle\.js|\.bundle\.inputs\.json$/.test(name)) rmSync(path.join(outdir, name));
+}
+
+await bundle('src/cli/commands/run.js', 'run.bundle.cjs', {
+  format: 'cjs',
+  inlineDynamicFrom: new Set(['cli/commands/run.js']),
+  onDemand: new Set(['qmp/server.js', 'lab/paths.js']),
+});
+await bundle('src/vmm/vcpu-worker.js', 'vcpu-worker.bundle.cjs', { format: 'cjs' });
 // `tsvirt img`, every subcommand included: loading convert took 18 ms instead of 28, and a
 // whole 1 MiB convert 92-94 ms instead of 97-100 (development host). esbuild keeps the
 // subcommands' dynamic imports lazy (each module's body runs on first use).
-await bundle('src/img/main.js', 'img', new Set(), true);
+await bundle('src/img/main.js', 'img.bundle.js', { format: 'esm', inlineAllDynamic: true });

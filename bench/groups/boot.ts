@@ -123,7 +123,7 @@ async function probe(): Promise<void> {
   const { guestInitrdWith } = await import('../../src/lab/guest-image.js');
   const kernel = guestKernelPath();
   const initrd = await guestInitrdWith('sleep 5\n');
-  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../../src/cli/tsvirt.cjs', import.meta.url));
   const qemuCommon = ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1', '-nodefaults', '-no-user-config',
     '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND];
   const vmms: Record<'tsvirt' | 'qemu' | 'microvm', [string, string[]]> = {

@@ -2,7 +2,9 @@
 // The tsvirt command line: each subcommand lives in its own module under ./commands
 // and registers itself on the program; this file only assembles them. Modules load on use:
 // the start-up of `tsvirt run` is part of the guest's boot time.
+import { pathToFileURL } from 'node:url';
 import { bootTrace } from '../vmm/boot-trace.js';
+import { exitCodeFor, runCommand } from './run-command.cjs';
 
 bootTrace(`cli: started (node bootstrap done at ${performance.nodeTiming.bootstrapComplete.toFixed(1)})`);
 
@@ -12,17 +14,16 @@ export async function main(argv: string[]): Promise<number> {
     // `tsvirt run` first tries its own quick parser, so booting a guest does not wait for
     // commander and every other subcommand's module to load (see commands/run.ts).
     if (argv[0] === 'run') {
-      const { runFast } = await import('./commands/run.js');
-      const code = await runFast(argv.slice(1));
+      const code = await runCommand(argv.slice(1));
       if (code !== undefined) return code;
     }
     // `tsvirt img` parses its own arguments (qemu-img's style): commander would only hand
     // them over, after loading itself and every other subcommand (10 ms on a development host).
     if (argv[0] === 'img') {
       // The build's one-module bundle of it when current (scripts/bundle.mjs), else the modules.
-      const { freshBundle } = await import('../vmm/bundles.js');
-      const bundle = freshBundle('img');
-      const { runImg } = (bundle ? await import(bundle.href) : await import('../img/main.js')) as typeof import('../img/main.js');
+      const { freshBundle } = await import('../vmm/bundles.cjs');
+      const bundle = freshBundle('img.bundle.js');
+      const { runImg } = (bundle ? await import(pathToFileURL(bundle).href) : await import('../img/main.js')) as typeof import('../img/main.js');
       return await runImg(argv.slice(1));
     }
     commander = await import('commander');
@@ -37,12 +38,7 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (commander && err instanceof commander.CommanderError) return err.exitCode;
-    if (err instanceof Error) {
-      process.stderr.write(`tsvirt: ${err.message}\n`);
-      if (process.env.TSVIRT_DEBUG) process.stderr.write(`${err.stack}\n`);
-      return 1;
-    }
-    throw err;
+    return exitCodeFor(err);
   }
 }
 

@@ -173,7 +173,7 @@ export async function labExec(command: string[], opts: LabExecOptions = {}): Pro
       // The init goes with every run too (the later archive wins), so a lab image built by
       // an older version of this code still runs the current init.
       cpio.file('init', HOST_INIT, 0o755);
-      cpio.file('bin/tsvirt', `#!/bin/sh\nexec /usr/bin/node ${LAB_PROJECT_DIR}/dist/src/cli/main.js "$@"\n`, 0o755);
+      cpio.file('bin/tsvirt', `#!/bin/sh\nexec /usr/bin/node ${LAB_PROJECT_DIR}/dist/src/cli/tsvirt.cjs "$@"\n`, 0o755);
     });
     appendFile(initrd, projectArchive);
     const wantResults = (opts.copyBack ?? []).length > 0;

@@ -4,15 +4,14 @@
 // Written with writeSync so that lines from vCPU threads are not queued behind the main
 // thread's event loop, and so the time printed is the time the step happened.
 import { writeSync } from 'node:fs';
-import { isMainThread } from 'node:worker_threads';
+import { isMainThread, workerData } from 'node:worker_threads';
 
 const enabled = Boolean(process.env.TSVIRT_BOOT_TRACE);
 
-// Worker threads have their own performance.timeOrigin (the thread's start). The main thread
-// records the process's origin in the environment, which workers inherit, so every line is
+// Worker threads have their own performance.timeOrigin (the thread's start). A vCPU thread
+// gets the process's origin with its worker data (vcpu-threads.cts), so every line is
 // measured from the same instant.
-if (enabled && isMainThread) process.env.TSVIRT_TRACE_ORIGIN = String(performance.timeOrigin);
-const origin = Number(process.env.TSVIRT_TRACE_ORIGIN ?? performance.timeOrigin);
+const origin = isMainThread ? performance.timeOrigin : (workerData as { traceOrigin?: number } | null)?.traceOrigin ?? performance.timeOrigin;
 
 export function bootTrace(step: string): void {
   if (!enabled) return;

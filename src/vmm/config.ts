@@ -3,6 +3,7 @@
 // schema so that all three reject the same mistakes with the same one-line messages.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import type { Ajv as AjvClass, ErrorObject } from 'ajv';
 import { parseSize } from './size.js';
 import { MAX_VCPUS } from './vcpu-threads.js';
@@ -68,14 +69,17 @@ interface GeneratedValidatorModule {
 }
 
 /** The module the build writes beside this one (scripts/generate-config-validator.mjs). */
-export const GENERATED_VALIDATOR_URL = new URL('./config-validator.generated.js', import.meta.url);
+export const GENERATED_VALIDATOR_PATH = fileURLToPath(new URL('./config-validator.generated.cjs', import.meta.url));
 
-// Loaded once, with this module. The URL keeps the compiler from looking for a source file
-// (there is none: the build writes the module into dist/).
-const generated = await import(GENERATED_VALIDATOR_URL.href).then(
-  (m: GeneratedValidatorModule) => m,
-  () => null,
-);
+/** The generated validator, or null when the build has not written one. */
+function generatedValidator(): GeneratedValidatorModule | null {
+  try {
+    // CommonJS, so it loads synchronously, and from the run bundle too (vmm/bundles.cts).
+    return createRequire(import.meta.url)(GENERATED_VALIDATOR_PATH) as GeneratedValidatorModule;
+  } catch {
+    return null;
+  }
+}
 
 let validator: SchemaValidator | null = null;
 
@@ -87,6 +91,7 @@ let validator: SchemaValidator | null = null;
  */
 export function schemaValidator(): SchemaValidator {
   if (!validator) {
+    const generated = generatedValidator();
     if (generated && generated.schemaJson === JSON.stringify(machineConfigSchema)) {
       validator = generated.validate;
     } else {

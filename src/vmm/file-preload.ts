@@ -2,8 +2,8 @@
 // them can then start on the thread pool while the main thread is still loading the VMM's
 // modules, instead of after: under nested virtualization the read of a 14 MB kernel and its
 // initrd is tens of milliseconds on the way to the first KVM_RUN. Machine.create takes a
-// read started here, or reads the file itself. Like vcpu-threads.ts, this module stays
-// outside the VMM bundle, so the run command and the machine share its state.
+// read started here, or reads the file itself. The run command and the machine share this
+// module's state: both are in the run bundle, or both load the module itself.
 import { closeSync, fstatSync, openSync, read } from 'node:fs';
 
 const started = new Map<string, Promise<Uint8Array>>();

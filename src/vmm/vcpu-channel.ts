@@ -41,6 +41,8 @@ export const KICK_SIGNAL_NUMBER = 12;
 export interface VcpuWorkerData {
   index: number;
   control: SharedArrayBuffer;
+  /** The process's start (the main thread's performance.timeOrigin), for boot-trace.ts. */
+  traceOrigin: number;
 }
 
 /** The machine's console UART as the vCPU thread serves it: shared registers and output ring. */

@@ -4,8 +4,9 @@
 // builds the VM while they boot, and `tsvirt run` starts them even earlier, before it loads
 // the VMM's modules (prestartVcpuThreads), so the isolates boot on the other host CPU while
 // the main thread is busy.
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { freshBundle } from './bundles.js';
+import { freshBundle } from './bundles.cjs';
 import { CTL_COMMAND_SEQ, CTL_RUN_STATE, CTL_WORDS, PARK, QUIT, type VcpuReport, type VcpuWorkerData } from './vcpu-channel.js';
 
 export interface StartedVcpuThread {
@@ -23,24 +24,30 @@ export interface StartedVcpuThread {
 /** How long a thread asked to quit may take before it is terminated anyway. */
 const QUIT_TIMEOUT_MS = 30_000;
 
-let defaultWorkerUrl: URL | undefined;
-
-/** The vCPU thread's module: its bundle when the build made a current one (bundles.ts). */
-function workerUrl(): URL {
-  defaultWorkerUrl ??= freshBundle('vcpu-worker') ?? new URL('./vcpu-worker.js', import.meta.url);
-  return defaultWorkerUrl;
+/**
+ * What a vCPU thread runs: the build's CommonJS bundle of it when current, loaded with its
+ * code cache by a one-line entry script (bundles.cts), else the compiled module.
+ */
+function defaultWorkerEntry(): { script: string } | URL {
+  const bundle = freshBundle('vcpu-worker.bundle.cjs');
+  if (!bundle) return new URL('./vcpu-worker.js', import.meta.url);
+  const loader = fileURLToPath(new URL('./bundles.cjs', import.meta.url));
+  return { script: `require(${JSON.stringify(loader)}).runCachedBundle(${JSON.stringify(bundle)});` };
 }
 
+let defaultEntry: { script: string } | URL | undefined;
+
 /** Start one parked vCPU thread (it does nothing until attached to a vCPU). */
-export function startVcpuThread(index: number, url: URL = workerUrl()): StartedVcpuThread {
+export function startVcpuThread(index: number, url?: URL): StartedVcpuThread {
+  const entry = url ?? (defaultEntry ??= defaultWorkerEntry());
   const control = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
   control[CTL_RUN_STATE] = PARK;
-  const data: VcpuWorkerData = { index, control: control.buffer as SharedArrayBuffer };
+  const data: VcpuWorkerData = { index, control: control.buffer as SharedArrayBuffer, traceOrigin: performance.timeOrigin };
   // A vCPU thread allocates almost nothing: small heap limits keep each isolate's setup
   // cheap (in the lab, 64 vCPU threads started in 66 s with a 2 MB young generation and
   // did not start within 490 s with the default).
-  const worker = new Worker(url, {
-    workerData: data, name: `vcpu${index}`, resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 2 },
+  const worker = new Worker(entry instanceof URL ? entry : entry.script, {
+    eval: !(entry instanceof URL), workerData: data, name: `vcpu${index}`, resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 2 },
   });
   const started: StartedVcpuThread = {
     index, worker, control, ready: Promise.resolve({ thread: 0n, threadId: 0 }), onReport: () => undefined,

@@ -18,6 +18,7 @@ import {
   CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
 } from './vcpu-channel.js';
 import { bootTrace } from './boot-trace.js';
+import { codeWarmedUp } from './bundles.cjs';
 
 const data = workerData as VcpuWorkerData;
 bootTrace(`vcpu${data.index}: modules loaded`);
@@ -208,6 +209,8 @@ function loop(): void {
           if (firstUartExit) {
             firstUartExit = false;
             bootTrace(`vcpu${data.index}: first UART exit`);
+            // The exit path has run: the thread's code cache can take it in (bundles.cts).
+            codeWarmedUp();
           }
           serveUart(uart, exit);
           Atomics.add(ctl, CTL_LOCAL_EXITS, 1);

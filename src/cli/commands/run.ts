@@ -2,8 +2,11 @@
 // MachineConfig; flags given on the command line override the file. Without a kernel, the
 // lab's guest image is booted with an interactive shell (the README's demo).
 import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
 import type { Command } from 'commander';
 import type { MachineConfig } from '../../vmm/config.js';
+import { codeWarmedUp } from '../../vmm/bundles.cjs';
+import { MAX_VCPUS, prestartVcpuThreads, stopPrestartedVcpuThreads } from '../../vmm/vcpu-threads.js';
 
 export interface RunFlags {
   config?: string;
@@ -25,20 +28,12 @@ export interface RunFlags {
 }
 
 type VmmModule = typeof import('../../vmm/startup.js');
-let vmm: Promise<VmmModule> | undefined;
 
 /**
- * The VMM's main-thread modules: the build's bundle of them when it is current (one module to
- * load instead of some 50, vmm/bundles.ts), else the compiled modules.
+ * The VMM's main-thread modules. In the build's run bundle (vmm/bundles.cts) they are part
+ * of the same file, initialised here on first use; unbundled, they load as modules.
  */
-function loadVmm(): Promise<VmmModule> {
-  vmm ??= (async () => {
-    const { freshBundle } = await import('../../vmm/bundles.js');
-    const bundle = freshBundle('vmm');
-    return (bundle ? await import(bundle.href) : await import('../../vmm/startup.js')) as VmmModule;
-  })();
-  return vmm;
-}
+const loadVmm = (): Promise<VmmModule> => import('../../vmm/startup.js');
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -97,11 +92,15 @@ function expectedVcpus(flags: RunFlags, max: number): number {
   return Number.isInteger(cpus) && (cpus as number) >= 1 && (cpus as number) <= max ? cpus as number : 0;
 }
 
-async function run(flags: RunFlags): Promise<number> {
+/** How `tsvirt run` was loaded: the launcher says whether the bundle's code cache was used. */
+export interface RunLoad {
+  codeCache?: string;
+}
+
+async function run(flags: RunFlags, load: RunLoad = {}): Promise<number> {
   const { bootTrace } = await import('../../vmm/boot-trace.js');
-  bootTrace('run: flags parsed');
+  bootTrace(`run: flags parsed${load.codeCache ? ` (run bundle, code cache ${load.codeCache})` : ''}`);
   // The vCPU threads boot on another host CPU while this thread loads the VMM and builds the VM.
-  const { MAX_VCPUS, prestartVcpuThreads, stopPrestartedVcpuThreads } = await import('../../vmm/vcpu-threads.js');
   prestartVcpuThreads(expectedVcpus(flags, MAX_VCPUS));
   // The kernel and initrd are read on the thread pool meanwhile (taken by Machine.create).
   const { preloadFile } = await import('../../vmm/file-preload.js');
@@ -171,6 +170,8 @@ async function runMachine(flags: RunFlags): Promise<number> {
   process.on('SIGTERM', onSignal);
   await machine.start();
   bootTrace('run: vCPUs released');
+  // What start-up compiles is compiled now: the run bundle's code cache can take it in.
+  codeWarmedUp();
   const result = await machine.waitForExit();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
@@ -212,14 +213,13 @@ const camelCase = (name: string): string => name.replace(/-([a-z])/g, (_m, c: st
  * value) returns undefined, and the caller goes through commander, which has the final word
  * and the error messages.
  */
-export async function runFast(args: string[]): Promise<number | undefined> {
+export async function runFast(args: string[], load: RunLoad = {}): Promise<number | undefined> {
   const flags = await parseRunFlagsQuickly(args);
-  return flags === undefined ? undefined : run(flags);
+  return flags === undefined ? undefined : run(flags, load);
 }
 
 /** The quick parser behind runFast: the flags, or undefined when commander must decide. */
 export async function parseRunFlagsQuickly(args: string[]): Promise<RunFlags | undefined> {
-  const { parseArgs } = await import('node:util');
   type Spec = { type: 'string' | 'boolean'; multiple?: boolean };
   const options: Record<string, Spec> = {};
   for (const o of RUN_OPTIONS) {

@@ -105,7 +105,7 @@ test('tsvirt run boots a kernel from the command line and exits 0 when the guest
   const initrd = await guestInitrdWith(`${FACTS}\n`);
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-run-'));
   const log = join(dir, 'console.log');
-  const cli = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../../../src/cli/tsvirt.cjs', import.meta.url));
   const code = await new Promise<number>((resolve, reject) => {
     const child = spawn(process.execPath, [cli, 'run', '--kernel', guestKernelPath(), '--initrd', initrd, '--cpus', '1',
       '--memory', '256M,thp=off', '--append', APPEND, '--console', `file:${log}`, '--name', 'cli-guest'], { stdio: ['ignore', 'inherit', 'inherit'] });

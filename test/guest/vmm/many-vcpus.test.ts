@@ -21,7 +21,7 @@ test('64 vCPUs all come online', { timeout: LIMIT_MS + 20_000 }, async () => {
     'echo "fact online=$(cat /sys/devices/system/cpu/online)"',
   ].join('\n') + '\n');
   const log = join(mkdtempSync(join(tmpdir(), 'tsvirt-64-')), 'console.log');
-  const cli = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../../../src/cli/tsvirt.cjs', import.meta.url));
   const start = performance.now();
   const code = await new Promise<number>((resolve, reject) => {
     const child = spawn(process.execPath, [cli, 'run', '--kernel', guestKernelPath(), '--initrd', initrd, '--cpus', '64',

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
-import { GENERATED_VALIDATOR_URL, machineConfigSchema, schemaValidator } from '../../../src/vmm/config.js';
+import { createRequire } from 'node:module';
+import { GENERATED_VALIDATOR_PATH, machineConfigSchema, schemaValidator } from '../../../src/vmm/config.js';
 
 // Values of every kind for every key: right and wrong types, edge lengths, patterns that
 // almost match, numbers at and beyond the bounds, control characters, astral characters.
@@ -23,8 +24,8 @@ function configs(): unknown[] {
   return out;
 }
 
-test('the build generated the validator from the current schema', async () => {
-  const generated = await import(GENERATED_VALIDATOR_URL.href) as { schemaJson: string; validate: unknown };
+test('the build generated the validator from the current schema', () => {
+  const generated = createRequire(import.meta.url)(GENERATED_VALIDATOR_PATH) as { schemaJson: string; validate: unknown };
   assert.equal(generated.schemaJson, JSON.stringify(machineConfigSchema), 'run npm run build: the generated validator is stale');
   assert.equal(schemaValidator(), generated.validate, 'config.ts uses the generated validator');
 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const CLI = fileURLToPath(new URL('../../../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../../src/cli/tsvirt.cjs', import.meta.url));
 
 export function runCli(args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
