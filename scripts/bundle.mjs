@@ -2,7 +2,7 @@
 // guest's first KVM_RUN into one CommonJS file per thread: dist/src/vmm/run.bundle.cjs (the
 // run command and the main thread's VMM: config, machine, devices, boot code) and
 // dist/src/vmm/vcpu-worker.bundle.cjs (each vCPU thread); and `tsvirt img` into
-// dist/src/vmm/img.bundle.js. Under nested virtualization Node's ES module loader spends
+// dist/src/vmm/img.bundle.cjs. Under nested virtualization Node's ES module loader spends
 // about as long resolving, reading and linking each of some 50 modules as V8 spends
 // compiling them, and starting the loader at all costs a tenth of a second; one CommonJS
 // file per thread, compiled with V8's code cache (src/vmm/bundles.cts), skips both
@@ -102,7 +102,7 @@ function routeDynamicImports(file) {
 // Code caches of earlier bundles (bundles.cts names them after the bundle they belong to),
 // and the ES module bundles of earlier builds.
 for (const name of readdirSync(outdir)) {
-  if (name.endsWith('.v8cache') || /^vmm\.bundle\.|^vcpu-worker\.bundle\.js|\.bundle\.inputs\.json$/.test(name)) rmSync(path.join(outdir, name));
+  if (name.endsWith('.v8cache') || /^vmm\.bundle\.|^(img|vcpu-worker)\.bundle\.js|\.bundle\.inputs\.json$/.test(name)) rmSync(path.join(outdir, name));
 }
 
 await bundle('src/cli/commands/run.js', 'run.bundle.cjs', {
@@ -114,4 +114,4 @@ await bundle('src/vmm/vcpu-worker.js', 'vcpu-worker.bundle.cjs', { format: 'cjs'
 // `tsvirt img`, every subcommand included: loading convert took 18 ms instead of 28, and a
 // whole 1 MiB convert 92-94 ms instead of 97-100 (development host). esbuild keeps the
 // subcommands' dynamic imports lazy (each module's body runs on first use).
-await bundle('src/img/main.js', 'img.bundle.js', { format: 'esm', inlineAllDynamic: true });
+await bundle('src/img/main.js', 'img.bundle.cjs', { format: 'cjs', inlineAllDynamic: true });

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { BenchGroup, BenchRow } from '../main.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const CLI = join(ROOT, 'dist/src/cli/main.js');
+const CLI = join(ROOT, 'dist/src/cli/tsvirt.cjs');
 const DIR = join(ROOT, '.cache/bench');
 const SOURCE = join(DIR, 'img-2g-half.raw');
 const SIZE = 2 ** 31;

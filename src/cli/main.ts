@@ -2,9 +2,8 @@
 // The tsvirt command line: each subcommand lives in its own module under ./commands
 // and registers itself on the program; this file only assembles them. Modules load on use:
 // the start-up of `tsvirt run` is part of the guest's boot time.
-import { pathToFileURL } from 'node:url';
 import { bootTrace } from '../vmm/boot-trace.js';
-import { exitCodeFor, runCommand } from './run-command.cjs';
+import { exitCodeFor, imgCommand, runCommand } from './bundled-commands.cjs';
 
 bootTrace(`cli: started (node bootstrap done at ${performance.nodeTiming.bootstrapComplete.toFixed(1)})`);
 
@@ -19,13 +18,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     // `tsvirt img` parses its own arguments (qemu-img's style): commander would only hand
     // them over, after loading itself and every other subcommand (10 ms on a development host).
-    if (argv[0] === 'img') {
-      // The build's one-module bundle of it when current (scripts/bundle.mjs), else the modules.
-      const { freshBundle } = await import('../vmm/bundles.cjs');
-      const bundle = freshBundle('img.bundle.js');
-      const { runImg } = (bundle ? await import(pathToFileURL(bundle).href) : await import('../img/main.js')) as typeof import('../img/main.js');
-      return await runImg(argv.slice(1));
-    }
+    if (argv[0] === 'img') return (await imgCommand(argv.slice(1)))!;
     commander = await import('commander');
     const { commands } = await import('./commands/index.js');
     const program = new commander.Command('tsvirt')
