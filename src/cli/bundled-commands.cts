@@ -32,8 +32,9 @@ export async function imgCommand(args: string[], options: { bundleOnly?: boolean
   if (bundle) {
     const { exports } = runCachedBundle<ImgModule>(bundle);
     const code = await exports.runImg(args);
-    // The job's code paths have run: the bundle's code cache can take them in.
-    codeWarmedUp();
+    // The job's code paths have run: the bundle's code cache can take them in. Not after a
+    // failure (a usage error, say): a cache holds only what ran before it was written.
+    if (code === 0) codeWarmedUp();
     return code;
   }
   if (options.bundleOnly) return undefined;
