@@ -30,7 +30,8 @@ export async function runCommand(args: string[], options: { bundleOnly?: boolean
 export async function imgCommand(args: string[], options: { bundleOnly?: boolean } = {}): Promise<number | undefined> {
   const bundle = freshBundle('img.bundle.cjs');
   if (bundle) {
-    const { exports } = runCachedBundle<ImgModule>(bundle);
+    // One code cache per subcommand: convert and bench run different code.
+    const { exports } = runCachedBundle<ImgModule>(bundle, args[0]);
     const code = await exports.runImg(args);
     // The job's code paths have run: the bundle's code cache can take them in. Not after a
     // failure (a usage error, say): a cache holds only what ran before it was written.

@@ -40,11 +40,12 @@ export function freshBundle(file: string): string | null {
 /**
  * Where a bundle's code cache lives: beside it, named after the bundle's size and time, so a
  * rebuilt bundle never meets the cache of its predecessor (V8 checks a cache against the
- * source's length only). The build removes old caches.
+ * source's length only). The build removes old caches. `use` names one use of a bundle that
+ * has several (`tsvirt img convert`, `... bench`): each gets the cache of its own code paths.
  */
-export function codeCacheFile(bundle: string): string {
+export function codeCacheFile(bundle: string, use = ''): string {
   const { size, mtimeMs } = statSync(bundle);
-  return `${bundle}.${size}-${Math.trunc(mtimeMs)}.v8cache`;
+  return `${bundle}.${size}-${Math.trunc(mtimeMs)}${/^[a-z]+$/.test(use) ? `.${use}` : ''}.v8cache`;
 }
 
 /** The global a loaded bundle calls once its start-up code has run (see codeWarmedUp). */
@@ -59,8 +60,8 @@ export type CodeCacheUse = 'used' | 'written on warm-up';
  * it calls codeWarmedUp(): by then the functions a start-up runs are compiled, and the cache
  * holds them too. A cache that cannot be written (read-only install) is simply not kept.
  */
-export function runCachedBundle<T>(file: string): { exports: T; codeCache: CodeCacheUse } {
-  const cacheFile = codeCacheFile(file);
+export function runCachedBundle<T>(file: string, use = ''): { exports: T; codeCache: CodeCacheUse } {
+  const cacheFile = codeCacheFile(file, use);
   let cachedData: Buffer | undefined;
   try {
     cachedData = readFileSync(cacheFile);

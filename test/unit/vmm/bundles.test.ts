@@ -64,10 +64,10 @@ test('a bundle runs as CommonJS, writes its code cache once warmed up, and later
       'exports.later = () => importFrom(__filename, "./outside.mjs").then((m) => m.name);',
       'exports.warm = codeWarmedUp;',
     ].join('\n'));
-    const load = (): { codeCache: string; answer: string; later: string } => {
+    const load = (use = ''): { codeCache: string; answer: string; later: string } => {
       const script = `
         const { runCachedBundle } = require(${JSON.stringify(join(vmm, 'bundles.cjs'))});
-        const { exports, codeCache } = runCachedBundle(${JSON.stringify(bundle)});
+        const { exports, codeCache } = runCachedBundle(${JSON.stringify(bundle)}, ${JSON.stringify(use)});
         exports.later().then((later) => { exports.warm(); exports.warm(); process.stdout.write(JSON.stringify({ codeCache, answer: exports.answer(), later })); });`;
       const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
       assert.equal(r.status, 0, r.stderr);
@@ -78,6 +78,10 @@ test('a bundle runs as CommonJS, writes its code cache once warmed up, and later
     assert.ok(existsSync(codeCacheFile(bundle)), 'the cache was written');
     assert.equal(load().codeCache, 'used');
     assert.equal(load().codeCache, 'used');
+    assert.equal(load('bench').codeCache, 'written on warm-up', 'another use of the bundle has a cache of its own');
+    assert.equal(load('bench').codeCache, 'used');
+    assert.notEqual(codeCacheFile(bundle, 'bench'), codeCacheFile(bundle));
+    assert.equal(codeCacheFile(bundle, '../x'), codeCacheFile(bundle), 'a use that is not a plain word is no use');
 
     writeFileSync(bundle, `exports.answer = () => "changed"; exports.later = async () => "x"; exports.warm = () => {};\n`);
     utimesSync(bundle, 5000, 5000);
