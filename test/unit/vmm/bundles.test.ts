@@ -83,6 +83,13 @@ test('a bundle runs as CommonJS, writes its code cache once warmed up, and later
     assert.notEqual(codeCacheFile(bundle, 'bench'), codeCacheFile(bundle));
     assert.equal(codeCacheFile(bundle, '../x'), codeCacheFile(bundle), 'a use that is not a plain word is no use');
 
+    // A damaged cache is V8's to refuse: the bundle runs compiled from source and writes a good one.
+    writeFileSync(codeCacheFile(bundle), Buffer.alloc(4096, 0x5a));
+    const damaged = load();
+    assert.equal(damaged.codeCache, 'written on warm-up');
+    assert.equal(damaged.answer, `${bundle} object function`);
+    assert.equal(load().codeCache, 'used', 'the damaged cache was replaced');
+
     writeFileSync(bundle, `exports.answer = () => "changed"; exports.later = async () => "x"; exports.warm = () => {};\n`);
     utimesSync(bundle, 5000, 5000);
     const changed = load();
