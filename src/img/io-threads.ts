@@ -24,11 +24,17 @@ export function isAioEngine(name: string): name is AioEngine {
   return (AIO_ENGINES as readonly string[]).includes(name);
 }
 
-/** Whether this process is `tsvirt img <argv...>` started from the command line (not the library API). */
-function startedAs(argv: string[]): boolean {
-  const script = process.argv[1] ?? '';
-  if (basename(script) !== 'main.js' || basename(dirname(script)) !== 'cli') return false;
-  const rest = process.argv.slice(2);
+/** The command line's scripts: the `tsvirt` launcher and the ES module CLI behind it. */
+const CLI_SCRIPTS = new Set(['tsvirt.cjs', 'main.js']);
+
+/**
+ * Whether `processArgv` (this process's, by default) is `tsvirt img <argv...>` started from
+ * the command line, not the library API.
+ */
+export function startedAs(argv: string[], processArgv: readonly string[] = process.argv): boolean {
+  const script = processArgv[1] ?? '';
+  if (!CLI_SCRIPTS.has(basename(script)) || basename(dirname(script)) !== 'cli') return false;
+  const rest = processArgv.slice(2);
   return rest[0] === 'img' && rest.length === argv.length + 1 && argv.every((a, i) => rest[i + 1] === a);
 }
 
