@@ -8,26 +8,19 @@ import { codeWarmedUp, freshBundle, runCachedBundle } from '../vmm/bundles.cjs';
 type RunModule = typeof import('./commands/run.js');
 type ImgModule = typeof import('../img/main.js');
 
-/**
- * Runs `tsvirt run ARGS`; undefined when the quick parser hands the flags to commander, or
- * (`bundleOnly`) when there is no current bundle.
- */
-export async function runCommand(args: string[], options: { bundleOnly?: boolean } = {}): Promise<number | undefined> {
+/** Runs `tsvirt run ARGS`; undefined when the quick parser hands the flags to commander. */
+export async function runCommand(args: string[]): Promise<number | undefined> {
   const bundle = freshBundle('run.bundle.cjs');
   if (bundle) {
     const { exports, codeCache } = runCachedBundle<RunModule>(bundle);
     return exports.runFast(args, { codeCache });
   }
-  if (options.bundleOnly) return undefined;
   const { runFast } = await import('./commands/run.js');
   return runFast(args);
 }
 
-/**
- * Runs `tsvirt img ARGS` (it parses its own arguments, qemu-img's style); undefined
- * (`bundleOnly`) when there is no current bundle.
- */
-export async function imgCommand(args: string[], options: { bundleOnly?: boolean } = {}): Promise<number | undefined> {
+/** Runs `tsvirt img ARGS` (it parses its own arguments, qemu-img's style). */
+export async function imgCommand(args: string[]): Promise<number> {
   const bundle = freshBundle('img.bundle.cjs');
   if (bundle) {
     // One code cache per subcommand: convert and bench run different code.
@@ -38,7 +31,6 @@ export async function imgCommand(args: string[], options: { bundleOnly?: boolean
     if (code === 0) codeWarmedUp();
     return code;
   }
-  if (options.bundleOnly) return undefined;
   const { runImg } = await import('../img/main.js');
   return runImg(args);
 }

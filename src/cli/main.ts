@@ -18,7 +18,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     // `tsvirt img` parses its own arguments (qemu-img's style): commander would only hand
     // them over, after loading itself and every other subcommand (10 ms on a development host).
-    if (argv[0] === 'img') return (await imgCommand(argv.slice(1)))!;
+    if (argv[0] === 'img') return await imgCommand(argv.slice(1));
     commander = await import('commander');
     const { commands } = await import('./commands/index.js');
     const program = new commander.Command('tsvirt')

@@ -1,6 +1,6 @@
 // The build bundles what `tsvirt run` loads before the first KVM_RUN into one CommonJS file
 // per thread (scripts/bundle.mjs): run.bundle.cjs (the run command and the main thread's
-// VMM) and vcpu-worker.bundle.cjs (each vCPU thread); and `tsvirt img` into img.bundle.js.
+// VMM) and vcpu-worker.bundle.cjs (each vCPU thread); and `tsvirt img` into img.bundle.cjs.
 // Under nested virtualization Node's ES module loader costs more than the code it loads
 // (docs/design.md, boot time): a CommonJS file skips it, and V8's code cache of that file
 // (below) skips most of compiling it.
@@ -20,7 +20,7 @@ const BUNDLE_DIR = __dirname;
 const DIST_DIR = join(BUNDLE_DIR, '..', '..');
 
 /**
- * The path of bundle `file` (`run.bundle.cjs`, `vcpu-worker.bundle.cjs`, `img.bundle.js`), or
+ * The path of bundle `file` (`run.bundle.cjs`, `vcpu-worker.bundle.cjs`, `img.bundle.cjs`), or
  * null to load the modules themselves: when TSVIRT_UNBUNDLED is set (to compare or debug),
  * when there is no bundle, or when one of its inputs is newer than it (dist/ recompiled with
  * bare tsc after a change; a stale bundle would run the old code).
@@ -54,13 +54,19 @@ const SAVE_CODE_CACHE = Symbol.for('tsvirt.saveCodeCache');
 /** What runCachedBundle did with the code cache, for the boot trace. */
 export type CodeCacheUse = 'used' | 'written on warm-up';
 
+/** Bundles this thread has run, by path: like require, a second load returns the first. */
+const loaded = new Map<string, { exports: unknown; codeCache: CodeCacheUse }>();
+
 /**
  * Runs CommonJS bundle `file` as `require` would, compiled with V8's code cache when one was
  * saved for it. Without one (first run, or V8 rejected it), the bundle's code writes one when
  * it calls codeWarmedUp(): by then the functions a start-up runs are compiled, and the cache
- * holds them too. A cache that cannot be written (read-only install) is simply not kept.
+ * holds them too. A cache that cannot be written (read-only install) is simply not kept. As
+ * with require, a bundle runs once per thread: a second call returns its exports again.
  */
 export function runCachedBundle<T>(file: string, use = ''): { exports: T; codeCache: CodeCacheUse } {
+  const earlier = loaded.get(file);
+  if (earlier) return earlier as { exports: T; codeCache: CodeCacheUse };
   const cacheFile = codeCacheFile(file, use);
   let cachedData: Buffer | undefined;
   try {
@@ -86,7 +92,9 @@ export function runCachedBundle<T>(file: string, use = ''): { exports: T; codeCa
   const wrapper = script.runInThisContext() as (exports: T, require: NodeJS.Require, module: unknown, filename: string, dirname: string) => void;
   wrapper.call(module.exports, module.exports, Module.createRequire(file), module, file, dirname(file));
   module.loaded = true;
-  return { exports: module.exports, codeCache: used ? 'used' : 'written on warm-up' };
+  const result = { exports: module.exports, codeCache: used ? 'used' as const : 'written on warm-up' as const };
+  loaded.set(file, result);
+  return result;
 }
 
 /**

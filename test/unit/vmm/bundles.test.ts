@@ -68,6 +68,8 @@ test('a bundle runs as CommonJS, writes its code cache once warmed up, and later
       const script = `
         const { runCachedBundle } = require(${JSON.stringify(join(vmm, 'bundles.cjs'))});
         const { exports, codeCache } = runCachedBundle(${JSON.stringify(bundle)}, ${JSON.stringify(use)});
+        // Loaded again in the same thread, as require would: the same exports, not a second run.
+        if (runCachedBundle(${JSON.stringify(bundle)}, ${JSON.stringify(use)}).exports !== exports) throw new Error('the bundle ran twice');
         exports.later().then((later) => { exports.warm(); exports.warm(); process.stdout.write(JSON.stringify({ codeCache, answer: exports.answer(), later })); });`;
       const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
       assert.equal(r.status, 0, r.stderr);
