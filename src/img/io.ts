@@ -1,5 +1,5 @@
 // Where a subcommand writes: the process's streams normally, buffers in tests of the library API.
-import { setFlagsFromString } from 'node:v8';
+import { createRequire } from 'node:module';
 
 export interface ImgIO {
   out(text: string): void;
@@ -30,7 +30,8 @@ export const processIO: ImgIO = {
  * where JavaScript runs per cluster, measured slightly slower without it, so it keeps it.
  */
 export function optimizingCompilerOff(): void {
-  setFlagsFromString('--no-opt');
+  // node:v8 is loaded here, not at start: the other subcommands never need it.
+  (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--no-opt');
 }
 
 /** Collects output in memory; used by the library entry point and unit tests. */

@@ -12,7 +12,6 @@ import Module from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import vm from 'node:vm';
-import { threadId } from 'node:worker_threads';
 
 /** The directory the bundles are written to: this module's (dist/src/vmm/). */
 const BUNDLE_DIR = __dirname;
@@ -78,7 +77,9 @@ export function runCachedBundle<T>(file: string, use = ''): { exports: T; codeCa
   const used = cachedData !== undefined && !script.cachedDataRejected;
   if (!used) {
     (globalThis as Record<symbol, unknown>)[SAVE_CODE_CACHE] = (): void => {
-      // vCPU threads of one process may write at once: one temporary file each.
+      // vCPU threads of one process may write at once: one temporary file each. (Required
+      // here, not at the top: `tsvirt img` has no other use for node:worker_threads.)
+      const { threadId } = Module.createRequire(__filename)('node:worker_threads') as typeof import('node:worker_threads');
       const temporary = `${cacheFile}.${process.pid}-${threadId}.tmp`;
       try {
         writeFileSync(temporary, script.createCachedData());
