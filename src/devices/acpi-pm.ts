@@ -21,6 +21,15 @@ export const PM1_CNT_SLP_EN = 0x2000;
 export const PM1_CNT_SLP_TYP_SHIFT = 10;
 export const PM1_CNT_SLP_TYP_MASK = 0x1c00;
 
+/**
+ * Bytes of shared memory holding the PM1 registers (status, enable, control: 16-bit words),
+ * so a vCPU thread can answer reads of them without the main thread (readPm1Registers).
+ */
+export const PM_STATE_BYTES = 8;
+const REG_STATUS = 0;
+const REG_ENABLE = 1;
+const REG_CONTROL = 2;
+
 /** The ACPI PM timer ticks at the frequency of the old PC's colour-burst crystal divided by 4. */
 export const PM_TIMER_HZ = 3_579_545;
 
@@ -53,17 +62,51 @@ export function pmTimerValue(nowMs: number, timer32: boolean): number {
   return Number(ticks & (timer32 ? 0xffffffffn : 0xffffffn));
 }
 
+/** Byte `offset` of the PM1 event and control registers (0-5; the block's other bytes but the timer read 0). */
+function pm1Byte(regs: Uint16Array, offset: number): number {
+  const reg = (value: number, shift: number): number => (value >>> shift) & 0xff;
+  switch (offset) {
+    case 0: return reg(regs[REG_STATUS]!, 0);
+    case 1: return reg(regs[REG_STATUS]!, 8);
+    case 2: return reg(regs[REG_ENABLE]!, 0);
+    case 3: return reg(regs[REG_ENABLE]!, 8);
+    case 4: return reg(regs[REG_CONTROL]! & ~PM1_CNT_SLP_EN, 0); // SLP_EN is write-only
+    case 5: return reg(regs[REG_CONTROL]! & ~PM1_CNT_SLP_EN, 8);
+    default: return 0;
+  }
+}
+
+/**
+ * A read of the block at `offset` answered from its shared registers (`state`, as given to
+ * AcpiPmBlock), as the block itself would answer it; false when it touches the timer, which
+ * the caller reads from the clock. Reads have no side effects, so any thread may serve them;
+ * writes (which clear status bits, move the SCI or power off) stay with the block.
+ */
+export function readPm1Registers(state: SharedArrayBuffer, offset: number, data: Uint8Array): boolean {
+  if (offset < 0 || offset + data.length > PM_TMR_OFFSET) return false;
+  const regs = new Uint16Array(state, 0, 3);
+  for (let i = 0; i < data.length; i++) data[i] = pm1Byte(regs, offset + i);
+  return true;
+}
+
 export class AcpiPmBlock {
-  private status = 0;
-  private enable = 0;
-  private control = 0;
+  /** Status, enable and control, in memory vCPU threads read too (readPm1Registers). */
+  private readonly regs: Uint16Array;
   private sciLevel = false;
   private readonly now: () => number;
 
-  constructor(private readonly options: AcpiPmOptions) {
+  constructor(private readonly options: AcpiPmOptions, state = new SharedArrayBuffer(PM_STATE_BYTES)) {
     this.now = options.now ?? monotonicMs;
+    this.regs = new Uint16Array(state, 0, 3);
     this.control = PM1_CNT_SCI_EN;
   }
+
+  private get status(): number { return this.regs[REG_STATUS]!; }
+  private set status(value: number) { this.regs[REG_STATUS] = value; }
+  private get enable(): number { return this.regs[REG_ENABLE]!; }
+  private set enable(value: number) { this.regs[REG_ENABLE] = value; }
+  private get control(): number { return this.regs[REG_CONTROL]!; }
+  private set control(value: number) { this.regs[REG_CONTROL] = value; }
 
   reset(): void {
     this.status = 0;
@@ -94,18 +137,8 @@ export class AcpiPmBlock {
 
   /** The block as 16-bit registers (byte and dword accesses are split or merged here). */
   private readByte(offset: number): number {
-    const reg = (value: number, shift: number): number => (value >>> shift) & 0xff;
-    switch (offset) {
-      case 0: return reg(this.status, 0);
-      case 1: return reg(this.status, 8);
-      case 2: return reg(this.enable, 0);
-      case 3: return reg(this.enable, 8);
-      case 4: return reg(this.control & ~PM1_CNT_SLP_EN, 0); // SLP_EN is write-only
-      case 5: return reg(this.control & ~PM1_CNT_SLP_EN, 8);
-      default:
-        if (offset >= PM_TMR_OFFSET && offset < PM_TMR_OFFSET + 4) return reg(this.timerValue(), (offset - PM_TMR_OFFSET) * 8);
-        return 0;
-    }
+    if (offset >= PM_TMR_OFFSET && offset < PM_TMR_OFFSET + 4) return (this.timerValue() >>> ((offset - PM_TMR_OFFSET) * 8)) & 0xff;
+    return pm1Byte(this.regs, offset);
   }
 
   read(offset: bigint | number, data: Uint8Array): void {
@@ -154,15 +187,18 @@ export class AcpiPmBlock {
 /**
  * The GPE0 block: status bytes then enable bytes. No general-purpose event source is wired
  * yet (PCI hotplug will be one), so status reads 0; enable bits are kept so the guest reads
- * back what it wrote.
+ * back what it wrote. The bytes may live in shared memory (`state`, `length` bytes): the
+ * block has no side effects beyond them, so a vCPU thread serves it with its own AcpiGpeBlock
+ * over the same memory, and ACPI's start-up (some 50 accesses) costs the main thread nothing.
+ * A source wired later must take its events back to the main thread.
  */
 export class AcpiGpeBlock {
   private readonly status: Uint8Array;
   private readonly enable: Uint8Array;
 
-  constructor(readonly length: number) {
-    this.status = new Uint8Array(length / 2);
-    this.enable = new Uint8Array(length / 2);
+  constructor(readonly length: number, state: ArrayBufferLike = new ArrayBuffer(length)) {
+    this.status = new Uint8Array(state, 0, length / 2);
+    this.enable = new Uint8Array(state, length / 2, length / 2);
   }
 
   read(offset: bigint | number, data: Uint8Array): void {

@@ -36,6 +36,20 @@ export interface I8042Hooks {
   reset: () => void;
   /** Keyboard interrupt (IRQ1); optional, nothing raises it without a keyboard attached. */
   trigger?: IrqTrigger;
+  /**
+   * Shared memory (I8042_STATE_BYTES) the status register is published to after every
+   * change, so a vCPU thread can answer reads of port 0x64 itself (i8042StatusFrom): a
+   * driver polls it before and after each command.
+   */
+  statusState?: SharedArrayBuffer;
+}
+
+/** Bytes of shared memory for the published status register. */
+export const I8042_STATE_BYTES = 4;
+
+/** The status register (port 0x64) as an I8042 last published it to `state`. */
+export function i8042StatusFrom(state: SharedArrayBuffer): number {
+  return Atomics.load(new Uint8Array(state), 0);
 }
 
 export class I8042 {
@@ -46,7 +60,12 @@ export class I8042 {
   /** A command waiting for its data byte on port 0x60. */
   private pendingCommand: number | null = null;
 
-  constructor(private readonly hooks: I8042Hooks) {}
+  private readonly published: Uint8Array | undefined;
+
+  constructor(private readonly hooks: I8042Hooks) {
+    this.published = hooks.statusState ? new Uint8Array(hooks.statusState) : undefined;
+    this.publish();
+  }
 
   reset(): void {
     this.controlByte = CTR_SYSTEM_FLAG | CTR_KBD_INT;
@@ -54,6 +73,15 @@ export class I8042 {
     this.status = STATUS_SYSTEM_FLAG | STATUS_KEYLOCK_OFF;
     this.output.length = 0;
     this.pendingCommand = null;
+    this.publish();
+  }
+
+  private statusRegister(): number {
+    return this.status | (this.output.length > 0 ? STATUS_OUTPUT_FULL : 0);
+  }
+
+  private publish(): void {
+    if (this.published) Atomics.store(this.published, 0, this.statusRegister());
   }
 
   private reply(...bytes: number[]): void {
@@ -63,9 +91,10 @@ export class I8042 {
   read(offset: bigint | number, data: Uint8Array): void {
     data.fill(0);
     if (Number(offset) === I8042_COMMAND) {
-      data[0] = this.status | (this.output.length > 0 ? STATUS_OUTPUT_FULL : 0);
+      data[0] = this.statusRegister();
     } else {
       data[0] = this.output.shift() ?? 0;
+      this.publish();
     }
   }
 
@@ -78,6 +107,7 @@ export class I8042 {
       this.status &= ~STATUS_COMMAND;
       this.dataByte(value);
     }
+    this.publish();
   }
 
   private command(cmd: number): void {

@@ -26,8 +26,8 @@ import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
 import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
 import { Mc146818Rtc, RTC_STATE_BYTES } from '../devices/rtc.js';
-import { I8042 } from '../devices/i8042.js';
-import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_TMR_OFFSET } from '../devices/acpi-pm.js';
+import { I8042, I8042_STATE_BYTES } from '../devices/i8042.js';
+import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_STATE_BYTES, PM_TMR_OFFSET } from '../devices/acpi-pm.js';
 import { ResetControl } from '../devices/reset-control.js';
 import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
 import { waitAsync } from './atomics.js';
@@ -142,7 +142,11 @@ export class Machine extends EventEmitter implements QmpTarget {
   private readonly rtc: Mc146818Rtc;
   private readonly i8042: I8042;
   private readonly pm: AcpiPmBlock;
-  private readonly gpe = new AcpiGpeBlock(ACPI_GPE0_LENGTH);
+  /** Registers vCPU threads serve reads (or, for GPE0, all accesses) from themselves. */
+  private readonly pmState = new SharedArrayBuffer(PM_STATE_BYTES);
+  private readonly gpeState = new SharedArrayBuffer(ACPI_GPE0_LENGTH);
+  private readonly i8042State = new SharedArrayBuffer(I8042_STATE_BYTES);
+  private readonly gpe = new AcpiGpeBlock(ACPI_GPE0_LENGTH, this.gpeState);
   private readonly resetControl: ResetControl;
   private ended = false;
   private exitResult: MachineExit | null = null;
@@ -167,7 +171,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.ram = ram;
     this.kvm = kvm;
     this.exited = new Promise((resolve) => { this.resolveExited = resolve; });
-    this.i8042 = new I8042({ reset: () => this.guestReset('guest-reset') });
+    this.i8042 = new I8042({ reset: () => this.guestReset('guest-reset'), statusState: this.i8042State });
     // The RTC's interrupt timers fire on the main thread: IRQ 8 through the current VM.
     this.rtc = new Mc146818Rtc(undefined, { trigger: (level) => this.vm.irqLine(RTC_IRQ, level), state: this.rtcState });
     this.resetControl = new ResetControl(() => this.guestReset('guest-reset'));
@@ -175,7 +179,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       s5SleepType: ACPI_S5_SLEEP_TYPE,
       powerOff: () => this.guestPowerOff(),
       sci: (level) => this.vm.irqLine(ACPI_SCI_IRQ, level),
-    });
+    }, this.pmState);
     this.rtc.setMemorySize(Number(lowRamEnd(ram.size)), Number(highRamSize(ram.size)));
     this.rtc.setCpuCount(this.cpuCount);
     this.pio.insert(BigInt(COM1_PORT), BigInt(UART_PORT_COUNT), { read: (o, d) => this.uart.read(o, d), write: (o, d) => this.uart.write(o, d) }, 'serial0');
@@ -481,6 +485,8 @@ export class Machine extends EventEmitter implements QmpTarget {
         uartState: this.uartState, consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
         portClaims: this.pio.claimsMap(), pmTimerPort: ACPI_PM_BASE + PM_TMR_OFFSET, pmTimer32: false,
         rtcState: this.rtcState, rtcPort: RTC_PORT,
+        pm1Port: ACPI_PM_BASE, pmState: this.pmState, gpePort: ACPI_GPE0_PORT, gpeLength: ACPI_GPE0_LENGTH, gpeState: this.gpeState,
+        i8042StatusPort: I8042_COMMAND_PORT, i8042State: this.i8042State,
       });
     });
   }

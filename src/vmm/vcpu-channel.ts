@@ -64,6 +64,16 @@ export interface VcpuLocalPorts {
   /** The RTC's shared registers (RtcRegisters) and its index port (the data port follows). */
   rtcState: SharedArrayBuffer;
   rtcPort: number;
+  /** The ACPI PM1 block's first port and its shared registers: reads of its event and control registers. */
+  pm1Port: number;
+  pmState: SharedArrayBuffer;
+  /** The ACPI GPE0 block, served whole (it has no side effects beyond its bytes). */
+  gpePort: number;
+  gpeLength: number;
+  gpeState: SharedArrayBuffer;
+  /** The i8042's status port and the status register it publishes (I8042). */
+  i8042StatusPort: number;
+  i8042State: SharedArrayBuffer;
 }
 
 export type VcpuCommand =

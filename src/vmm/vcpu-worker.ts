@@ -10,7 +10,8 @@ import { VcpuFd, type VcpuExit } from '../kvm/vcpu.js';
 import { VmFd } from '../kvm/vm.js';
 import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
-import { monotonicMs, pmTimerValue } from '../devices/acpi-pm.js';
+import { AcpiGpeBlock, monotonicMs, PM_TMR_OFFSET, pmTimerValue, readPm1Registers } from '../devices/acpi-pm.js';
+import { i8042StatusFrom } from '../devices/i8042.js';
 import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
 import {
@@ -37,6 +38,12 @@ let pmTimerPort = -1;
 let pmTimer32 = false;
 let rtc: RtcRegisters | null = null;
 let rtcPort = -1;
+let pm1Port = -1;
+let pmState: SharedArrayBuffer | null = null;
+let gpe: AcpiGpeBlock | null = null;
+let gpePort = -1;
+let i8042StatusPort = -1;
+let i8042State: SharedArrayBuffer | null = null;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -83,6 +90,12 @@ function applyCommand(cmd: VcpuCommand): void {
     pmTimer32 = cmd.pmTimer32;
     rtc = new RtcRegisters(cmd.rtcState);
     rtcPort = cmd.rtcPort;
+    pm1Port = cmd.pm1Port;
+    pmState = cmd.pmState;
+    gpe = new AcpiGpeBlock(cmd.gpeLength, cmd.gpeState);
+    gpePort = cmd.gpePort;
+    i8042StatusPort = cmd.i8042StatusPort;
+    i8042State = cmd.i8042State;
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -122,9 +135,11 @@ function serveUart(uart: Uart16550, exit: Extract<VcpuExit, { reason: 'io' }>): 
 }
 
 /**
- * Answer a port exit that needs no device state: the PM timer (a count of the host's
- * monotonic clock, the same the main thread's ACPI block reads) and ports no device claims
- * (reads float to all ones, writes are dropped, as on the port bus). False: forward it.
+ * Answer a port exit that needs no main thread: the PM timer (a count of the host's
+ * monotonic clock, the same the main thread's ACPI block reads), registers the main thread
+ * keeps in shared memory (RTC, ACPI PM1 and GPE0, the i8042's status) where the access has no
+ * side effect, and ports no device claims (reads float to all ones, writes are dropped, as on
+ * the port bus). False: forward it.
  */
 function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
   if (exit.port === pmTimerPort && exit.direction === 'in' && exit.size === 4) {
@@ -134,6 +149,23 @@ function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
     return true;
   }
   if (rtc && exit.count === 1 && (exit.port === rtcPort || exit.port === rtcPort + 1)) return serveRtc(rtc, exit);
+  // ACPI's start-up reads the PM1 registers and programs GPE0, the i8042 driver polls the
+  // controller's status: none of these reads (nor GPE0's writes) changes anything else.
+  if (exit.count === 1) {
+    if (pmState && exit.direction === 'in' && exit.port >= pm1Port && exit.port < pm1Port + PM_TMR_OFFSET) {
+      return readPm1Registers(pmState, exit.port - pm1Port, exit.data);
+    }
+    if (gpe && exit.port >= gpePort && exit.port < gpePort + gpe.length) {
+      if (exit.direction === 'in') gpe.read(exit.port - gpePort, exit.data);
+      else gpe.write(exit.port - gpePort, exit.data);
+      return true;
+    }
+    if (i8042State && exit.direction === 'in' && exit.port === i8042StatusPort) {
+      exit.data.fill(0);
+      exit.data[0] = i8042StatusFrom(i8042State);
+      return true;
+    }
+  }
   // The port bus routes an access by its first port alone (a dword at 0xcf8 is not the reset
   // register at 0xcf9): so does this.
   if (!portClaims || portClaims[exit.port] !== 0) return false;

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Machine, MachineError } from '../../../src/vmm/machine.js';
 import { GuestRamError } from '../../../src/vmm/guest-ram.js';
 import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
-import { GUEST_ADDRESS, helloGuest, localPortsGuest, powerOffGuest, resetGuest } from './micro-guests.js';
+import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 import { waitFor } from '../../support/wait.js';
 
 const TIMEOUT = 20_000;
@@ -68,6 +68,20 @@ test('the vCPU thread answers absent ports, the PM timer and RTC reads itself', 
     const ticks = bytes.readUInt32LE(3);
     assert.ok(ticks > 0 && ticks < 3_579_545, `PM timer advanced by ${ticks} ticks`);
     assert.deepEqual(m.exitStats(), { local: 14, forwarded: 1 }, 'only the read of RTC register C went to the main thread');
+  } finally {
+    await m.stop();
+  }
+});
+
+test('the vCPU thread answers reads of the ACPI PM1 registers and the i8042 status, and GPE0 whole', { timeout: 60_000 }, async () => {
+  const m = await Machine.create({ cpus: 1, memory: '32M' }, { rawBoot: { code: acpiPortsGuest(), address: GUEST_ADDRESS } });
+  const out = collect(m);
+  try {
+    await m.start();
+    await waitFor('guest output', () => out.text().length === 4, TIMEOUT);
+    assert.deepEqual([...Buffer.from(out.text(), 'latin1')], [0x00, 0x5a, 0x14, 0x01],
+      'PM1 enable 0 after reset, the GPE0 enable byte written, i8042 status SYS|KEYLOCK, PM1 control SCI_EN');
+    assert.deepEqual(m.exitStats(), { local: 9, forwarded: 0 }, 'none of these went to the main thread');
   } finally {
     await m.stop();
   }

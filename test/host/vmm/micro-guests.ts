@@ -56,3 +56,20 @@ export function localPortsGuest(): Uint8Array {
     CLI, HLT, ...JMP_SELF_MINUS_3,
   ]);
 }
+
+/**
+ * The ports ACPI's and the i8042 driver's start-up touch most, all answered on the vCPU
+ * thread: reads the PM1 enable register (low byte), writes 0x5a to GPE0's first enable byte
+ * and reads it back, reads the i8042 status and the PM1 control register (low byte), echoing
+ * each byte read.
+ */
+export function acpiPortsGuest(): Uint8Array {
+  const echoAl = (): number[] => [...new GuestCode('real').movDxImm16(0x3f8).outDxAl().bytes()];
+  return Uint8Array.from([
+    ...new GuestCode('real').movDxImm16(0x602).inAxDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movDxImm16(0x628).movAlImm8(0x5a).outDxAl().inAlDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movDxImm16(0x64).inAlDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movDxImm16(0x604).inAxDx().bytes(), ...echoAl(),
+    CLI, HLT, ...JMP_SELF_MINUS_3,
+  ]);
+}
