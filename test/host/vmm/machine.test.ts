@@ -53,13 +53,23 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
   assert.deepEqual(events, ['stop', 'resume', 'reset:host-qmp-system-reset', 'shutdown:host-signal', 'exit:host-stop']);
 });
 
-test('the vCPU thread answers absent ports, the PM timer and RTC reads itself', { timeout: 60_000 }, async () => {
-  const m = await Machine.create({ cpus: 1, memory: '64M' }, { rawBoot: { code: localPortsGuest(), address: GUEST_ADDRESS } });
+/** Start a one-vCPU machine on a micro-guest and wait for `length` bytes of its output. */
+async function runUntilOutput(code: Uint8Array, length: number): Promise<{ m: Machine; bytes: Buffer }> {
+  const m = await Machine.create({ cpus: 1, memory: '32M' }, { rawBoot: { code, address: GUEST_ADDRESS } });
   const out = collect(m);
+  await m.start();
   try {
-    await m.start();
-    await waitFor('guest output', () => out.text().length === 7, TIMEOUT);
-    const bytes = Buffer.from(out.text(), 'latin1');
+    await waitFor('guest output', () => out.text().length === length, TIMEOUT);
+  } catch (err) {
+    await m.stop();
+    throw err;
+  }
+  return { m, bytes: Buffer.from(out.text(), 'latin1') };
+}
+
+test('the vCPU thread answers absent ports, the PM timer and RTC reads itself', { timeout: 60_000 }, async () => {
+  const { m, bytes } = await runUntilOutput(localPortsGuest(), 7);
+  try {
     assert.equal(bytes[0], 0xff, 'a read of a port nobody claims floats to all ones');
     assert.equal(bytes[1], 0x26, 'RTC register A after reset');
     // The periodic flag comes and goes with the default rate; IRQF stays clear, nothing being enabled.
@@ -74,12 +84,9 @@ test('the vCPU thread answers absent ports, the PM timer and RTC reads itself', 
 });
 
 test('the vCPU thread answers reads of the ACPI PM1 registers and the i8042 status, and GPE0 whole', { timeout: 60_000 }, async () => {
-  const m = await Machine.create({ cpus: 1, memory: '32M' }, { rawBoot: { code: acpiPortsGuest(), address: GUEST_ADDRESS } });
-  const out = collect(m);
+  const { m, bytes } = await runUntilOutput(acpiPortsGuest(), 4);
   try {
-    await m.start();
-    await waitFor('guest output', () => out.text().length === 4, TIMEOUT);
-    assert.deepEqual([...Buffer.from(out.text(), 'latin1')], [0x00, 0x5a, 0x14, 0x01],
+    assert.deepEqual([...bytes], [0x00, 0x5a, 0x14, 0x01],
       'PM1 enable 0 after reset, the GPE0 enable byte written, i8042 status SYS|KEYLOCK, PM1 control SCI_EN');
     assert.deepEqual(m.exitStats(), { local: 9, forwarded: 0 }, 'none of these went to the main thread');
   } finally {
