@@ -76,15 +76,19 @@ function pm1Byte(regs: Uint16Array, offset: number): number {
   }
 }
 
+/** The PM1 registers in `state` (PM_STATE_BYTES, as given to AcpiPmBlock): status, enable, control. */
+export function pm1Registers(state: SharedArrayBuffer): Uint16Array {
+  return new Uint16Array(state, 0, 3);
+}
+
 /**
- * A read of the block at `offset` answered from its shared registers (`state`, as given to
- * AcpiPmBlock), as the block itself would answer it; false when it touches the timer, which
- * the caller reads from the clock. Reads have no side effects, so any thread may serve them;
- * writes (which clear status bits, move the SCI or power off) stay with the block.
+ * A read of the block at `offset` answered from its shared registers (pm1Registers), as the
+ * block itself would answer it; false when it touches the timer, which the caller reads from
+ * the clock. Reads have no side effects, so any thread may serve them; writes (which clear
+ * status bits, move the SCI or power off) stay with the block.
  */
-export function readPm1Registers(state: SharedArrayBuffer, offset: number, data: Uint8Array): boolean {
+export function readPm1Registers(regs: Uint16Array, offset: number, data: Uint8Array): boolean {
   if (offset < 0 || offset + data.length > PM_TMR_OFFSET) return false;
-  const regs = new Uint16Array(state, 0, 3);
   for (let i = 0; i < data.length; i++) data[i] = pm1Byte(regs, offset + i);
   return true;
 }
@@ -97,7 +101,7 @@ export class AcpiPmBlock {
 
   constructor(private readonly options: AcpiPmOptions, state = new SharedArrayBuffer(PM_STATE_BYTES)) {
     this.now = options.now ?? monotonicMs;
-    this.regs = new Uint16Array(state, 0, 3);
+    this.regs = pm1Registers(state);
     this.control = PM1_CNT_SCI_EN;
   }
 

@@ -47,9 +47,9 @@ export interface I8042Hooks {
 /** Bytes of shared memory for the published status register. */
 export const I8042_STATE_BYTES = 4;
 
-/** The status register (port 0x64) as an I8042 last published it to `state`. */
-export function i8042StatusFrom(state: SharedArrayBuffer): number {
-  return Atomics.load(new Uint8Array(state), 0);
+/** The status register (port 0x64) as an I8042 last published it, read through a byte view of its statusState. */
+export function i8042StatusFrom(published: Uint8Array): number {
+  return Atomics.load(published, 0);
 }
 
 export class I8042 {

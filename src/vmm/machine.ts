@@ -27,7 +27,7 @@ import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
 import { Mc146818Rtc, RTC_STATE_BYTES } from '../devices/rtc.js';
 import { I8042, I8042_STATE_BYTES } from '../devices/i8042.js';
-import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_STATE_BYTES, PM_TMR_OFFSET } from '../devices/acpi-pm.js';
+import { AcpiGpeBlock, AcpiPmBlock, PM_BLOCK_LENGTH, PM_STATE_BYTES } from '../devices/acpi-pm.js';
 import { ResetControl } from '../devices/reset-control.js';
 import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
 import { waitAsync } from './atomics.js';
@@ -483,7 +483,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       this.command(t, {
         type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize,
         uartState: this.uartState, consoleRing: this.ring.buffer, uartPort: COM1_PORT, uartIrq: COM1_IRQ,
-        portClaims: this.pio.claimsMap(), pmTimerPort: ACPI_PM_BASE + PM_TMR_OFFSET, pmTimer32: false,
+        portClaims: this.pio.claimsMap(), pmTimer32: false,
         rtcState: this.rtcState, rtcPort: RTC_PORT,
         pm1Port: ACPI_PM_BASE, pmState: this.pmState, gpePort: ACPI_GPE0_PORT, gpeLength: ACPI_GPE0_LENGTH, gpeState: this.gpeState,
         i8042StatusPort: I8042_COMMAND_PORT, i8042State: this.i8042State,

@@ -58,13 +58,15 @@ export interface VcpuUartBinding {
 export interface VcpuLocalPorts {
   /** The port bus's claims map (Bus.claimsMap): a port marked 0 has no device. */
   portClaims: SharedArrayBuffer;
-  /** The ACPI PM timer's port (a read-only count of the host's monotonic clock), and its width. */
-  pmTimerPort: number;
+  /** Whether the ACPI PM timer (in the PM1 block below) counts 32 bits rather than 24. */
   pmTimer32: boolean;
   /** The RTC's shared registers (RtcRegisters) and its index port (the data port follows). */
   rtcState: SharedArrayBuffer;
   rtcPort: number;
-  /** The ACPI PM1 block's first port and its shared registers: reads of its event and control registers. */
+  /**
+   * The ACPI PM1 block's first port and its shared registers: reads of its event and control
+   * registers, and of its timer (a count of the host's monotonic clock).
+   */
   pm1Port: number;
   pmState: SharedArrayBuffer;
   /** The ACPI GPE0 block, served whole (it has no side effects beyond its bytes). */

@@ -10,7 +10,7 @@ import { VcpuFd, type VcpuExit } from '../kvm/vcpu.js';
 import { VmFd } from '../kvm/vm.js';
 import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
-import { AcpiGpeBlock, monotonicMs, PM_TMR_OFFSET, pmTimerValue, readPm1Registers } from '../devices/acpi-pm.js';
+import { AcpiGpeBlock, monotonicMs, pm1Registers, PM_TMR_OFFSET, pmTimerValue, readPm1Registers } from '../devices/acpi-pm.js';
 import { i8042StatusFrom } from '../devices/i8042.js';
 import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
@@ -39,11 +39,11 @@ let pmTimer32 = false;
 let rtc: RtcRegisters | null = null;
 let rtcPort = -1;
 let pm1Port = -1;
-let pmState: SharedArrayBuffer | null = null;
+let pm1: Uint16Array | null = null;
 let gpe: AcpiGpeBlock | null = null;
 let gpePort = -1;
 let i8042StatusPort = -1;
-let i8042State: SharedArrayBuffer | null = null;
+let i8042Status: Uint8Array | null = null;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -86,16 +86,16 @@ function applyCommand(cmd: VcpuCommand): void {
     uartPort = cmd.uartPort;
     uartEnd = cmd.uartPort + 8;
     portClaims = new Uint8Array(cmd.portClaims);
-    pmTimerPort = cmd.pmTimerPort;
     pmTimer32 = cmd.pmTimer32;
     rtc = new RtcRegisters(cmd.rtcState);
     rtcPort = cmd.rtcPort;
     pm1Port = cmd.pm1Port;
-    pmState = cmd.pmState;
+    pmTimerPort = cmd.pm1Port + PM_TMR_OFFSET;
+    pm1 = pm1Registers(cmd.pmState);
     gpe = new AcpiGpeBlock(cmd.gpeLength, cmd.gpeState);
     gpePort = cmd.gpePort;
     i8042StatusPort = cmd.i8042StatusPort;
-    i8042State = cmd.i8042State;
+    i8042Status = new Uint8Array(cmd.i8042State);
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -152,17 +152,17 @@ function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
   // ACPI's start-up reads the PM1 registers and programs GPE0, the i8042 driver polls the
   // controller's status: none of these reads (nor GPE0's writes) changes anything else.
   if (exit.count === 1) {
-    if (pmState && exit.direction === 'in' && exit.port >= pm1Port && exit.port < pm1Port + PM_TMR_OFFSET) {
-      return readPm1Registers(pmState, exit.port - pm1Port, exit.data);
+    if (pm1 && exit.direction === 'in' && exit.port >= pm1Port && exit.port < pmTimerPort) {
+      return readPm1Registers(pm1, exit.port - pm1Port, exit.data);
     }
     if (gpe && exit.port >= gpePort && exit.port < gpePort + gpe.length) {
       if (exit.direction === 'in') gpe.read(exit.port - gpePort, exit.data);
       else gpe.write(exit.port - gpePort, exit.data);
       return true;
     }
-    if (i8042State && exit.direction === 'in' && exit.port === i8042StatusPort) {
+    if (i8042Status && exit.direction === 'in' && exit.port === i8042StatusPort) {
       exit.data.fill(0);
-      exit.data[0] = i8042StatusFrom(i8042State);
+      exit.data[0] = i8042StatusFrom(i8042Status);
       return true;
     }
   }
