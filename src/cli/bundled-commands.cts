@@ -27,8 +27,12 @@ export async function imgCommand(args: string[]): Promise<number> {
     const { exports } = runCachedBundle<ImgModule>(bundle, args[0]);
     const code = await exports.runImg(args);
     // The job's code paths have run: the bundle's code cache can take them in. Not after a
-    // failure (a usage error, say): a cache holds only what ran before it was written.
-    if (code === 0) codeWarmedUp();
+    // failure (a usage error, say): a cache holds only what ran before it was written. V8
+    // takes a cache only under the flags it was made with: the ones the process started with.
+    if (code === 0) {
+      exports.restoreCompilerFlags();
+      codeWarmedUp();
+    }
     return code;
   }
   const { runImg } = await import('../img/main.js');

@@ -21,6 +21,9 @@ export const processIO: ImgIO = {
   bulkCopyOnly: optimizingCompilerOff,
 };
 
+/** Whether optimizingCompilerOff switched the optimizer off (and so restoreCompilerFlags must switch it back). */
+let compilerSwitchedOff = false;
+
 /**
  * Turns V8's optimizing compiler (TurboFan) off for the rest of the process. For a copy of
  * a few seconds its background compilations cost more CPU than the code they produce saves,
@@ -30,8 +33,23 @@ export const processIO: ImgIO = {
  * where JavaScript runs per cluster, measured slightly slower without it, so it keeps it.
  */
 export function optimizingCompilerOff(): void {
+  // Already off from the command line: nothing to switch, and nothing to switch back.
+  if (compilerSwitchedOff || process.execArgv.includes('--no-opt')) return;
   // node:v8 is loaded here, not at start: the other subcommands never need it.
   (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--no-opt');
+  compilerSwitchedOff = true;
+}
+
+/**
+ * Puts V8's flags back as the process started, after optimizingCompilerOff. The command line
+ * calls it before it writes the bundle's code cache: V8 stamps a cache with the flags in force
+ * when it is made and refuses it under any others, so a cache made with the optimizer off
+ * would be refused, and made again, by every later convert.
+ */
+export function restoreCompilerFlags(): void {
+  if (!compilerSwitchedOff) return;
+  (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--opt');
+  compilerSwitchedOff = false;
 }
 
 /** Collects output in memory; used by the library entry point and unit tests. */

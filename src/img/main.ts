@@ -3,6 +3,8 @@
 import { ImgError, oneLine } from './errors.js';
 import { processIO, type ImgIO } from './io.js';
 
+export { restoreCompilerFlags } from './io.js';
+
 export type Subcommand = (argv: string[], io: ImgIO) => Promise<number>;
 
 // Each subcommand's module is loaded when it runs: a command line pays only for the one it uses.

@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,9 +40,10 @@ test('convert asks for the bulk-copy set-up unless it compresses', async () => {
 test('the command line\'s bulk-copy set-up keeps V8 from optimizing functions', () => {
   const io = fileURLToPath(new URL('../../../src/img/io.js', import.meta.url));
   // %GetOptimizationStatus bit 4 (16): the function runs optimized code.
-  const probe = (hook: boolean): number => {
-    const script = `import { processIO } from ${JSON.stringify(io)};
+  const probe = (hook: boolean, restored = false): number => {
+    const script = `import { processIO, restoreCompilerFlags } from ${JSON.stringify(io)};
       ${hook ? 'processIO.bulkCopyOnly();' : ''}
+      ${restored ? 'restoreCompilerFlags();' : ''}
       function hot(x) { return x * 2 + 1; }
       %PrepareFunctionForOptimization(hot); hot(1); hot(2);
       %OptimizeFunctionOnNextCall(hot); hot(3);
@@ -52,4 +54,37 @@ test('the command line\'s bulk-copy set-up keeps V8 from optimizing functions', 
   };
   assert.notEqual(probe(false) & 16, 0, 'control: without the hook the function is optimized');
   assert.equal(probe(true) & 16, 0);
+  assert.notEqual(probe(true, true) & 16, 0, 'restoreCompilerFlags puts the optimizer back');
+});
+
+// V8 refuses a code cache made under other flags than the running ones: a cache written while
+// the optimizer was off would be refused, and written again, by every convert after it.
+test('an uncompressed convert from the command line keeps the code cache it wrote', (t) => {
+  const dist = fileURLToPath(new URL('../../../', import.meta.url));
+  const bundle = join(dist, 'src/vmm/img.bundle.cjs');
+  if (!existsSync(bundle)) {
+    t.skip('no img bundle in this build');
+    return;
+  }
+  const { codeCacheFile } = createRequire(import.meta.url)(join(dist, 'src/vmm/bundles.cjs')) as typeof import('../../../src/vmm/bundles.cjs');
+  const cache = codeCacheFile(bundle, 'convert');
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bulk-cache-'));
+  try {
+    const source = join(dir, 'src.raw');
+    writeFileSync(source, Buffer.alloc(1 << 20, 7));
+    const convert = (): void => {
+      rmSync(join(dir, 'out.qcow2'), { force: true });
+      const r = spawnSync(process.execPath, [join(dist, 'src/cli/tsvirt.cjs'), 'img', 'convert', '-f', 'raw', '-O', 'qcow2', source, join(dir, 'out.qcow2')], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+    };
+    convert(); // writes the cache if no earlier run did
+    convert();
+    const before = statSync(cache);
+    convert();
+    const after = statSync(cache);
+    // A cache written again is a new file (written aside, then renamed over the old one).
+    assert.deepEqual([after.ino, after.mtimeMs], [before.ino, before.mtimeMs]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
