@@ -1,5 +1,5 @@
-// How PCI devices raise interrupts. The VMM implements this with KVM (KVM_SIGNAL_MSI or an
-// irqfd with GSI routing for MSI, KVM_IRQ_LINE for the IOAPIC pins); tests record calls.
+// How PCI devices raise interrupts. The VMM implements this with KVM (an irqfd with GSI routing
+// for MSI, KVM_IRQ_LINE for the IOAPIC pins: pci/kvm-interrupts.ts); tests record calls.
 
 export interface InterruptSink {
   /** Deliver one MSI: the 64-bit address and 32-bit data the guest programmed. */

@@ -12,7 +12,7 @@ import type { Bus } from '../devices/bus.js';
 import { defaultPciHostConfig, type DsdtPart, type PciHostConfig } from '../arch/x86/acpi/dsdt.js';
 import { PCI_MMIO32_SIZE, PCI_MMIO32_START, PCIE_ECAM_START, pciMmio64Window } from '../arch/x86/layout.js';
 import { pciRoutingDsdtPart } from '../pci/acpi.js';
-import { kvmInterruptSink } from '../pci/kvm-interrupts.js';
+import { KvmInterruptSink } from '../pci/kvm-interrupts.js';
 import type { LogLine } from '../pci/interrupt.js';
 import {
   attachVirtioDevices, type AttachedVirtio, type VirtioConfig,
@@ -89,19 +89,21 @@ export class MachineVirtio {
     private readonly disks: OpenDisk[],
     private readonly registrar: KvmNotifyRegistrar,
     private readonly watcher: EventfdWatcher,
+    private readonly interrupts: KvmInterruptSink,
   ) {}
 
   /** Open the disks and sockets and plug every device into a new host bridge. */
   static async attach(hooks: VirtioMachineHooks, config: VirtioConfig): Promise<MachineVirtio> {
     const watcher = createEventfdWatcher();
     const registrar = new KvmNotifyRegistrar(hooks.vm, watcher);
+    const interrupts = new KvmInterruptSink(hooks.vm, hooks.log);
     const disks: OpenDisk[] = [];
     try {
       const attached = await attachVirtioDevices({
         memory: hooks.memory,
         pioBus: hooks.pioBus,
         mmioBus: hooks.mmioBus,
-        interrupts: kvmInterruptSink(hooks.vm),
+        interrupts,
         layout: { ecam: ECAM_BUS0, mmio32: { base: PCI_MMIO32_START, size: PCI_MMIO32_SIZE } },
         ioeventfds: registrar,
         vcpuCount: hooks.vcpuCount,
@@ -116,7 +118,7 @@ export class MachineVirtio {
         ...(hooks.log ? { log: hooks.log } : {}),
         ...(hooks.console ? { console: hooks.console } : {}),
       }, config);
-      return new MachineVirtio(attached, disks, registrar, watcher);
+      return new MachineVirtio(attached, disks, registrar, watcher, interrupts);
     } catch (err) {
       // attachVirtioDevices closed what it opened; only the watcher is left.
       await watcher.close();
@@ -132,9 +134,10 @@ export class MachineVirtio {
     };
   }
 
-  /** Machine reset: devices back to power-on state, doorbells off the old VM. Call before it closes. */
+  /** Machine reset: devices back to power-on state, doorbells and irqfds off the old VM. Call before it closes. */
   reset(): void {
     this.attached.bridge.reset();
+    this.interrupts.release();
   }
 
   /** After a werror=stop pause is resumed: retry the parked requests. */
@@ -142,10 +145,11 @@ export class MachineVirtio {
     this.attached.resumeAfterIoError();
   }
 
-  /** Close images and sockets, drop the ioeventfds (before the VM closes) and stop the eventfd watcher. */
+  /** Close images and sockets, drop the ioeventfds and irqfds (before the VM closes) and stop the eventfd watcher. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.registrar.closeAll();
+      this.interrupts.release();
       try {
         await this.attached.close();
       } finally {

@@ -8,6 +8,7 @@ import {
 import { close, EFD_NONBLOCK, eventfd, readNonBlocking, write } from '../../../src/kvm/libc.js';
 import { createMicroVm, GuestCode } from '../../../src/kvm/microguest.js';
 import { dirtyBitmapBytes } from '../../../src/kvm/vm.js';
+import { KvmInterruptSink } from '../../../src/pci/kvm-interrupts.js';
 
 function signal(fd: number): void {
   const one = new Uint8Array(8);
@@ -43,6 +44,35 @@ test('irqfd: KVM consumes writes to a registered eventfd; after unregistering it
   } finally {
     micro.close();
     for (const fd of [irq, level, resample]) close(fd);
+  }
+});
+
+test('the interrupt sink: an MSI through its irqfd reaches the LAPIC, and the PIC and IOAPIC lines keep their routes', { timeout: 30_000 }, async () => {
+  const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
+  const sink = new KvmInterruptSink(micro.vm);
+  try {
+    const lapic = micro.vcpu.getLapic();
+    new DataView(lapic.buffer, lapic.byteOffset).setUint32(0xf0, 0x1ff, true); // SVR: software-enabled
+    micro.vcpu.setLapic(lapic);
+    const requested = (vector: number): boolean => {
+      const state = micro.vcpu.getLapic();
+      return ((new DataView(state.buffer, state.byteOffset).getUint32(0x200 + (vector >> 5) * 0x10, true) >>> (vector & 31)) & 1) === 1;
+    };
+    sink.signalMsi(0xfee0_0000n, 0x41); // fixed delivery of vector 0x41 to APIC 0
+    assert.equal(sink.routedCount, 1, 'delivered through a route and an irqfd');
+    for (let i = 0; i < 100 && !requested(0x41); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(requested(0x41), true, 'vector 0x41 pending in the LAPIC');
+    assert.equal(requested(0x52), false, 'control: a vector nobody sent');
+
+    // The sink replaced KVM's routing table: ISA and PCI lines must still land where they did.
+    sink.setIntx(4, true);
+    assert.equal(micro.vm.getIrqchip(KVM_IRQCHIP_PIC_MASTER)[1]! & (1 << 4), 1 << 4, 'GSI 4: master PIC pin 4');
+    sink.setIntx(17, true);
+    const ioapic = micro.vm.getIrqchip(KVM_IRQCHIP_IOAPIC);
+    assert.equal(new DataView(ioapic.buffer, ioapic.byteOffset).getUint32(16, true) & (1 << 17), 1 << 17, 'GSI 17: IOAPIC pin 17');
+  } finally {
+    sink.release();
+    micro.close();
   }
 });
 
