@@ -48,6 +48,12 @@ export function irqchipRoutes(): GsiRoute[] {
 
 interface MsiRoute { gsi: number; fd: number; address: bigint; data: number }
 
+/**
+ * TSVIRT_MSI_IRQFD=0 sends every MSI with KVM_SIGNAL_MSI instead: for comparisons, and for a
+ * KVM whose irqfds misbehave.
+ */
+const IRQFD = process.env.TSVIRT_MSI_IRQFD !== '0';
+
 /** An eventfd's increment of one, as irqfd reads it. */
 const ONE = new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0]);
 
@@ -74,7 +80,7 @@ export class KvmInterruptSink implements InterruptSink {
       this.release();
       this.routedVm = vm;
     }
-    if (!this.signalOnly) {
+    if (!this.signalOnly && IRQFD) {
       const route = this.routes.get(`${address}:${data}`) ?? this.route(vm, address, data);
       if (route) {
         write(route.fd, ONE);
