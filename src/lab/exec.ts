@@ -107,9 +107,9 @@ function commandScript(command: string[], opts: LabExecOptions): string {
     TERM: process.env.TERM ?? 'dumb',
     TSVIRT_IN_LAB: '1',
     TSVIRT_PLACEMENT: 'direct',
-    // MSIs through KVM_SIGNAL_MSI instead of irqfds: the lab's emulated SVM locks its kernel
-    // up under irqfd-raised interrupts at benchmark rates (docs/design.md, "When the lab itself
-    // fails"). A command may set it back.
+    // MSIs through KVM_SIGNAL_MSI instead of irqfds: the lab's kernel locked up more often
+    // under irqfd-raised interrupts (docs/design.md, "When the lab itself fails"). A command
+    // may set it back.
     TSVIRT_MSI_IRQFD: '0',
     // Inside, stdout and stderr are serial terminals; colour only if ours is a terminal too.
     ...(colourWanted(opts) ? {} : { NO_COLOR: '1' }),
