@@ -8,6 +8,7 @@
 // message through KVM_SIGNAL_MSI instead. INTx drives the in-kernel IOAPIC with KVM_IRQ_LINE.
 // Structural on purpose (any object with these methods, a VmFd included), so tests and
 // other back ends can stand in.
+import { KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from '../kvm/abi.js';
 import { close, EFD_NONBLOCK, eventfd, write } from '../kvm/libc.js';
 import type { GsiRoute, MsiMessage } from '../kvm/types.js';
 import type { InterruptSink, LogLine } from './interrupt.js';
@@ -20,9 +21,6 @@ export interface KvmIrqTarget {
   unregisterIrqfd(eventfd: number, gsi: number): void;
 }
 
-const KVM_IRQCHIP_PIC_MASTER = 0;
-const KVM_IRQCHIP_PIC_SLAVE = 1;
-const KVM_IRQCHIP_IOAPIC = 2;
 /** GSIs 0-23 are the PIC and IOAPIC pins; MSI routes take the ones after them. */
 const FIRST_MSI_GSI = 24;
 /**
