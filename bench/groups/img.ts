@@ -87,7 +87,7 @@ async function run(): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   const out = (name: string): string => join(DIR, name);
   // The machine is shared and noisy (other work can take both cores for seconds): every row
-  // alternates our run and qemu-img's RUNS times and keeps each side's best.
+  // alternates our run and qemu-img's several times (QUICK_RUNS or RUNS) and keeps each side's best.
   const convertRow = (name: string, args: (dst: string) => string[], dstExt: string, runs = QUICK_RUNS): void => {
     let mine = Infinity;
     let ref = Infinity;

@@ -35,8 +35,7 @@ let compilerSwitchedOff = false;
 export function optimizingCompilerOff(): void {
   // Already off from the command line: nothing to switch, and nothing to switch back.
   if (compilerSwitchedOff || process.execArgv.includes('--no-opt')) return;
-  // node:v8 is loaded here, not at start: the other subcommands never need it.
-  (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--no-opt');
+  setV8Flags('--no-opt');
   compilerSwitchedOff = true;
 }
 
@@ -48,8 +47,13 @@ export function optimizingCompilerOff(): void {
  */
 export function restoreCompilerFlags(): void {
   if (!compilerSwitchedOff) return;
-  (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--opt');
+  setV8Flags('--opt');
   compilerSwitchedOff = false;
+}
+
+function setV8Flags(flags: string): void {
+  // node:v8 is loaded here, not at start: the other subcommands never need it.
+  (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString(flags);
 }
 
 /** Collects output in memory; used by the library entry point and unit tests. */
