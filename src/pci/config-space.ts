@@ -57,10 +57,10 @@ export interface PciIdentity {
 }
 
 export class PciConfigSpace {
-  readonly bytes = new Uint8Array(PCI_CONFIG_SPACE_SIZE);
+  private storage: Uint8Array = new Uint8Array(PCI_CONFIG_SPACE_SIZE);
   private readonly writable = new Uint8Array(PCI_CONFIG_SPACE_SIZE);
   private readonly writeOneToClear = new Uint8Array(PCI_CONFIG_SPACE_SIZE);
-  private readonly view = new DataView(this.bytes.buffer);
+  private view: DataView = new DataView(this.storage.buffer);
   readonly bars: (BarDefinition | undefined)[] = new Array(6).fill(undefined);
   private lastCapability = 0;
   private nextCapabilityOffset = 0x40;
@@ -81,6 +81,21 @@ export class PciConfigSpace {
     this.setWritable(PCI_INTERRUPT_LINE, 1, 0xff);
     // Error status bits (parity, aborts, SERR) are cleared by writing ones.
     this.writeOneToClear[PCI_STATUS + 1] = 0xf9;
+  }
+
+  /** The registers' bytes (the masks are kept apart). */
+  get bytes(): Uint8Array { return this.storage; }
+
+  /**
+   * Keep the registers in `storage` (PCI_CONFIG_SPACE_SIZE bytes) from now on, starting with
+   * their current contents. The host bridge moves each plugged function's registers into
+   * memory its vCPU threads share, so they answer config reads without the main thread.
+   */
+  moveTo(storage: Uint8Array): void {
+    if (storage.length !== PCI_CONFIG_SPACE_SIZE) throw new Error(`config space storage must be ${PCI_CONFIG_SPACE_SIZE} bytes, not ${storage.length}`);
+    storage.set(this.storage);
+    this.storage = storage;
+    this.view = new DataView(storage.buffer, storage.byteOffset, storage.byteLength);
   }
 
   getU8(offset: number): number { return this.view.getUint8(offset); }

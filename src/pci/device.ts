@@ -1,6 +1,7 @@
 // What the host bridge needs from a PCI function: its config space, a handler per BAR, and
 // a hook after guest config writes. The bridge hands each device an interrupt line.
 import type { BusDevice } from '../devices/bus.js';
+import type { ConfigReadHook } from './config-mirror.js';
 import type { PciConfigSpace } from './config-space.js';
 
 export interface PciSlotContext {
@@ -23,6 +24,12 @@ export interface PciDevice {
    * else (virtio's PCI_CFG access capability) refreshes `config` here.
    */
   configWillRead?(offset: number, length: number): void;
+  /**
+   * The bytes configWillRead refreshes. Reads elsewhere in config space then need no hook,
+   * and vCPU threads serve them from shared memory; without it, every read of a device
+   * with configWillRead goes to the main thread.
+   */
+  readonly configReadHook?: ConfigReadHook;
   /** Called after every guest write to config space, with the masks already applied. */
   configWritten?(offset: number, length: number): void;
   /**

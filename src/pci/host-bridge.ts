@@ -11,6 +11,7 @@ import {
   PCI_BAR0, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PCI_INTERRUPT_LINE,
   PCI_STATUS, PCI_STATUS_INTERRUPT, PciConfigSpace,
 } from './config-space.js';
+import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciConfigMirror, readLe, writeLe } from './config-mirror.js';
 import type { PciDevice, PciSlotContext } from './device.js';
 import { hex, type InterruptSink, type LogLine, logToStderr } from './interrupt.js';
 
@@ -108,7 +109,8 @@ export class PciHostBridge {
   private readonly slots: (Plugged | undefined)[] = new Array(PCI_SLOTS).fill(undefined);
   private readonly asserted = new Map<number, Set<number>>();
   private readonly log: LogLine;
-  private configAddress = 0;
+  /** Every function's registers and the 0xCF8 latch, in memory vCPU threads read (config-mirror.ts). */
+  private readonly mirror = new PciConfigMirror();
   private barsAssigned = false;
 
   constructor(private readonly options: PciHostBridgeOptions) {
@@ -117,9 +119,15 @@ export class PciHostBridge {
     options.mmioBus.insert(options.ecam.base, options.ecam.size, this.ecamRegion, 'pci-ecam');
     // Only 0xCF8 itself: a dword access there reaches us whole, while the byte port 0xCF9 stays
     // free for the machine's reset control register.
-    options.pioBus.insert(0xcf8n, 1n, this.configAddressPort, 'pci-config-address');
-    options.pioBus.insert(0xcfcn, 4n, this.configDataPort, 'pci-config-data');
+    options.pioBus.insert(BigInt(PCI_CONFIG_ADDRESS_PORT), 1n, this.configAddressPort, 'pci-config-address');
+    options.pioBus.insert(BigInt(PCI_CONFIG_DATA_PORT), 4n, this.configDataPort, 'pci-config-data');
   }
+
+  /** The shared config space (PciConfigMirror) for vCPU threads to serve config reads from. */
+  get configMirror(): SharedArrayBuffer { return this.mirror.buffer; }
+
+  private get configAddress(): number { return this.mirror.address; }
+  private set configAddress(value: number) { this.mirror.address = value; }
 
   /**
    * Plug `device` into `slot`, or the lowest free slot when none is asked for. Callers that
@@ -144,6 +152,8 @@ export class PciHostBridge {
   private plug(device: PciDevice, slot: number): void {
     const plugged: Plugged = { device, slot, mapped: new Array(6).fill(undefined), intxLevel: false };
     this.slots[slot] = plugged;
+    device.config.moveTo(this.mirror.slotStorage(slot));
+    this.mirror.plugged(slot, device.configWillRead ? device.configReadHook ?? 'all' : undefined);
     const pin = device.config.getU8(0x3d);
     if (pin >= 1 && pin <= 4) device.config.setU8(PCI_INTERRUPT_LINE, intxGsi(slot, pin));
     const context: PciSlotContext = {
@@ -363,14 +373,4 @@ export class PciHostBridge {
     }
     return out;
   }
-}
-
-function readLe(data: Uint8Array): number {
-  let v = 0;
-  for (let i = data.length - 1; i >= 0; i--) v = v * 256 + data[i]!;
-  return v >>> 0;
-}
-
-function writeLe(data: Uint8Array, value: number): void {
-  for (let i = 0; i < data.length; i++) data[i] = (value >>> (i * 8)) & 0xff;
 }

@@ -142,6 +142,11 @@ export class VirtioPciDevice implements PciDevice {
     return { region, offset: BigInt(offset), length };
   }
 
+  /** Only the PCI_CFG window's data bytes are computed on read (configWillRead). */
+  get configReadHook(): { offset: number; length: number } {
+    return { offset: this.pciCfgCap + 16, length: 4 };
+  }
+
   configWillRead(offset: number, length: number): void {
     const data = this.pciCfgCap + 16;
     if (offset >= data + 4 || offset + length <= data) return;

@@ -487,6 +487,7 @@ export class Machine extends EventEmitter implements QmpTarget {
         rtcState: this.rtcState, rtcPort: RTC_PORT,
         pm1Port: ACPI_PM_BASE, pmState: this.pmState, gpePort: ACPI_GPE0_PORT, gpeLength: ACPI_GPE0_LENGTH, gpeState: this.gpeState,
         i8042StatusPort: I8042_COMMAND_PORT, i8042State: this.i8042State,
+        ...(this.virtio ? { pciConfig: this.virtio.pciConfigMirror } : {}),
       });
     });
   }

@@ -76,6 +76,8 @@ export interface VcpuLocalPorts {
   /** The i8042's status port and the status register it publishes (I8042). */
   i8042StatusPort: number;
   i8042State: SharedArrayBuffer;
+  /** With a PCI host bridge: its shared config space and 0xCF8 latch (PciConfigMirror). */
+  pciConfig?: SharedArrayBuffer;
 }
 
 export type VcpuCommand =

@@ -12,6 +12,7 @@ import { munmap, pthreadSelf } from '../kvm/libc.js';
 import { Uart16550 } from '../devices/uart.js';
 import { AcpiGpeBlock, monotonicMs, pm1Registers, PM_TMR_OFFSET, pmTimerValue, readPm1Registers } from '../devices/acpi-pm.js';
 import { i8042StatusFrom } from '../devices/i8042.js';
+import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciConfigMirror } from '../pci/config-mirror.js';
 import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
 import {
@@ -44,6 +45,7 @@ let gpe: AcpiGpeBlock | null = null;
 let gpePort = -1;
 let i8042StatusPort = -1;
 let i8042Status: Uint8Array | null = null;
+let pciConfig: PciConfigMirror | null = null;
 
 function report(r: VcpuReport): void {
   port.postMessage(r);
@@ -96,6 +98,7 @@ function applyCommand(cmd: VcpuCommand): void {
     gpePort = cmd.gpePort;
     i8042StatusPort = cmd.i8042StatusPort;
     i8042Status = new Uint8Array(cmd.i8042State);
+    pciConfig = cmd.pciConfig ? new PciConfigMirror(cmd.pciConfig) : null;
   } else if (cmd.type === 'detach' && vcpu) {
     munmap(vcpu.runAddress, vcpu.mmapSize);
     vcpu = null;
@@ -137,8 +140,8 @@ function serveUart(uart: Uart16550, exit: Extract<VcpuExit, { reason: 'io' }>): 
 /**
  * Answer a port exit that needs no main thread: the PM timer (a count of the host's
  * monotonic clock, the same the main thread's ACPI block reads), registers the main thread
- * keeps in shared memory (RTC, ACPI PM1 and GPE0, the i8042's status) where the access has no
- * side effect, and ports no device claims (reads float to all ones, writes are dropped, as on
+ * keeps in shared memory (RTC, ACPI PM1 and GPE0, the i8042's status, PCI config space)
+ * where the access has no side effect, and ports no device claims (reads float to all ones, writes are dropped, as on
  * the port bus). False: forward it.
  */
 function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
@@ -158,6 +161,11 @@ function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
     if (gpe && exit.port >= gpePort && exit.port < gpePort + gpe.length) {
       if (exit.direction === 'in') gpe.read(exit.port - gpePort, exit.data);
       else gpe.write(exit.port - gpePort, exit.data);
+      return true;
+    }
+    // PCI config reads and the address latch (Linux uses the ports for the first 256 bytes).
+    if (pciConfig && exit.port >= PCI_CONFIG_ADDRESS_PORT && exit.port <= PCI_CONFIG_DATA_PORT + 3
+      && pciConfig.servePort(exit.port, exit.direction === 'in', exit.data)) {
       return true;
     }
     if (i8042Status && exit.direction === 'in' && exit.port === i8042StatusPort) {

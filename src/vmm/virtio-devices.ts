@@ -134,6 +134,11 @@ export class MachineVirtio {
     };
   }
 
+  /** The host bridge's shared config space, for vCPU threads to serve config reads (PciConfigMirror). */
+  get pciConfigMirror(): SharedArrayBuffer {
+    return this.attached.bridge.configMirror;
+  }
+
   /** Machine reset: devices back to power-on state, doorbells and irqfds off the old VM. Call before it closes. */
   reset(): void {
     this.attached.bridge.reset();

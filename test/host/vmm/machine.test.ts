@@ -5,9 +5,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine, MachineError } from '../../../src/vmm/machine.js';
+import type { MachineConfig } from '../../../src/vmm/config.js';
 import { GuestRamError } from '../../../src/vmm/guest-ram.js';
 import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
-import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, powerOffGuest, resetGuest } from './micro-guests.js';
+import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, pciConfigGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 import { waitFor } from '../../support/wait.js';
 
 const TIMEOUT = 20_000;
@@ -54,8 +55,8 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
 });
 
 /** Start a one-vCPU machine on a micro-guest and wait for `length` bytes of its output. */
-async function runUntilOutput(code: Uint8Array, length: number): Promise<{ m: Machine; bytes: Buffer }> {
-  const m = await Machine.create({ cpus: 1, memory: '32M' }, { rawBoot: { code, address: GUEST_ADDRESS } });
+async function runUntilOutput(code: Uint8Array, length: number, config: Partial<MachineConfig> = {}): Promise<{ m: Machine; bytes: Buffer }> {
+  const m = await Machine.create({ cpus: 1, memory: '32M', ...config }, { rawBoot: { code, address: GUEST_ADDRESS } });
   const out = collect(m);
   await m.start();
   try {
@@ -89,6 +90,17 @@ test('the vCPU thread answers reads of the ACPI PM1 registers and the i8042 stat
     assert.deepEqual([...bytes], [0x00, 0x5a, 0x14, 0x01],
       'PM1 enable 0 after reset, the GPE0 enable byte written, i8042 status SYS|KEYLOCK, PM1 control SCI_EN');
     assert.deepEqual(m.exitStats(), { local: 9, forwarded: 0 }, 'none of these went to the main thread');
+  } finally {
+    await m.stop();
+  }
+});
+
+test('the vCPU thread answers PCI config reads and the 0xCF8 latch from the bridge’s shared config space', { timeout: 60_000 }, async () => {
+  const { m, bytes } = await runUntilOutput(pciConfigGuest(), 10, { rng: true });
+  try {
+    assert.deepEqual([...bytes], [0x36, 0x1b, 0x08, 0x00, 0xf4, 0x1a, 0x44, 0x10, 0x00, 0x80],
+      'host bridge 1b36:0008, virtio-rng 1af4:1044 in slot 1, its base class 0x00 (unclassified), the latch\'s enable bit');
+    assert.deepEqual(m.exitStats(), { local: 17, forwarded: 0 }, 'none of these went to the main thread');
   } finally {
     await m.stop();
   }

@@ -73,3 +73,24 @@ export function acpiPortsGuest(): Uint8Array {
     CLI, HLT, ...JMP_SELF_MINUS_3,
   ]);
 }
+
+/**
+ * PCI configuration reads through the legacy ports, as Linux makes them: latches the
+ * vendor/device dword of slot 0 (the host bridge) and of slot 1, reading each as a dword
+ * and echoing its four bytes; then reads the class byte of slot 1 (register 0x0b) through
+ * the fourth data port, and the latch itself back (its top byte).
+ */
+export function pciConfigGuest(): Uint8Array {
+  const SHR_EAX_8 = [0x66, 0xc1, 0xe8, 0x08];
+  const echoAl = (): number[] => [...new GuestCode('real').movDxImm16(0x3f8).outDxAl().bytes()];
+  const echoEax = (): number[] => [...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl(), ...SHR_EAX_8, ...echoAl()];
+  const latch = (address: number): number[] => [...new GuestCode('real').movDxImm16(0xcf8).movEaxImm32(address).outDxEax().bytes()];
+  const readDword = (): number[] => [...new GuestCode('real').movDxImm16(0xcfc).inEaxDx().bytes()];
+  return Uint8Array.from([
+    ...latch(0x80000000), ...readDword(), ...echoEax(),
+    ...latch(0x80000800), ...readDword(), ...echoEax(),
+    ...latch(0x80000808), ...new GuestCode('real').movDxImm16(0xcff).inAlDx().bytes(), ...echoAl(),
+    ...new GuestCode('real').movDxImm16(0xcf8).inEaxDx().bytes(), ...SHR_EAX_8, ...SHR_EAX_8, ...SHR_EAX_8, ...echoAl(),
+    CLI, HLT, ...JMP_SELF_MINUS_3,
+  ]);
+}
