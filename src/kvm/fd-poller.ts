@@ -72,7 +72,9 @@ export class FdPoller {
     this.wakeFd = eventfd(0, EFD_NONBLOCK);
     epollCtl(this.epollFd, EPOLL_CTL_ADD, this.wakeFd, EPOLLIN, WAKE_TOKEN);
     const input: PollerWorkerInput = { epollFd: this.epollFd, waitMs: 1000, stamp };
-    this.worker = new Worker(new URL('./fd-poller-worker.js', import.meta.url), { workerData: input });
+    // Named through its directory: from the run bundle (dist/src/vmm/) this module's URL is
+    // the bundle's, one directory over.
+    this.worker = new Worker(new URL('../kvm/fd-poller-worker.js', import.meta.url), { workerData: input });
     // The poller alone must not keep the process alive.
     this.worker.unref();
     this.worker.on('message', (report: Array<bigint | number>) => this.dispatch(report));

@@ -208,10 +208,11 @@ const camelCase = (name: string): string => name.replace(/-([a-z])/g, (_m, c: st
 /**
  * `tsvirt run ARGS` without commander: loading commander and every subcommand's module is a
  * visible part of the boot time under nested virtualization, and `run` is the command whose
- * start-up is measured. Node's own parseArgs reads the same option table; anything it does
- * not take plainly (help, an unknown or malformed option, an argument, `--rng` without a
- * value) returns undefined, and the caller goes through commander, which has the final word
- * and the error messages.
+ * start-up is measured. Node's own parseArgs reads the same option table; options whose
+ * value is optional (`--rng [spec]`) are picked out first by commander's rule. Anything it
+ * does not take plainly (help, an unknown or malformed option, an argument) returns
+ * undefined, and the caller goes through commander, which has the final word and the error
+ * messages.
  */
 export async function runFast(args: string[], load: RunLoad = {}): Promise<number | undefined> {
   const flags = await parseRunFlagsQuickly(args);
@@ -222,23 +223,57 @@ export async function runFast(args: string[], load: RunLoad = {}): Promise<numbe
 export async function parseRunFlagsQuickly(args: string[]): Promise<RunFlags | undefined> {
   type Spec = { type: 'string' | 'boolean'; multiple?: boolean };
   const options: Record<string, Spec> = {};
+  const optional = new Set<string>();
   for (const o of RUN_OPTIONS) {
     const m = /^--([a-z-]+)(?: ([<[])\w+[>\]])?$/.exec(o.flags)!;
-    if (m[2] === '[') continue; // optional values: commander's rules
-    options[m[1]!] = m[2] ? { type: 'string', ...(o.repeatable ? { multiple: true } : {}) } : { type: 'boolean' };
+    if (m[2] === '[') optional.add(m[1]!);
+    else options[m[1]!] = m[2] ? { type: 'string', ...(o.repeatable ? { multiple: true } : {}) } : { type: 'boolean' };
   }
+  const { rest, values: optionalValues } = takeOptionalValues(args, optional, options);
   let parsed: ReturnType<typeof parseArgs>;
   try {
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: false });
+    parsed = parseArgs({ args: rest, options, strict: true, allowPositionals: false });
   } catch {
     return undefined;
   }
   const flags: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries(parsed.values)) {
+  for (const [name, value] of [...Object.entries(parsed.values), ...optionalValues]) {
     if (name.startsWith('no-')) flags[camelCase(name.slice(3))] = false;
     else flags[camelCase(name)] = value;
   }
   return flags as RunFlags;
+}
+
+/**
+ * Takes the options whose value is optional out of `args`, by commander's rule: `--opt=V`
+ * and `--opt V` (V not starting with '-') give V, a bare `--opt` gives true, the last one
+ * counts. The value of an option that requires one is never mistaken for an option, and
+ * nothing after `--` is looked at.
+ */
+function takeOptionalValues(args: string[], optional: Set<string>, options: Record<string, { type: string }>):
+  { rest: string[]; values: Array<[string, string | true]> } {
+  const rest: string[] = [];
+  const values = new Map<string, string | true>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === '--') {
+      rest.push(...args.slice(i));
+      break;
+    }
+    const eq = arg.indexOf('=');
+    const name = arg.startsWith('--') ? arg.slice(2, eq < 0 ? undefined : eq) : '';
+    if (!optional.has(name)) {
+      rest.push(arg);
+      // A required value is the next argument whatever it looks like: keep them together.
+      if (eq < 0 && options[name]?.type === 'string' && i + 1 < args.length) rest.push(args[++i]!);
+      continue;
+    }
+    values.delete(name);
+    if (eq >= 0) values.set(name, arg.slice(eq + 1));
+    else if (i + 1 < args.length && !args[i + 1]!.startsWith('-')) values.set(name, args[++i]!);
+    else values.set(name, true);
+  }
+  return { rest, values: [...values] };
 }
 
 /** Adds `run` to the program; `action` is what runs with the parsed flags (tests replace it). */

@@ -24,6 +24,9 @@ test('the quick parser reads command lines as commander does', async () => {
     ['--config', 'vm.json', '--memory-backend', 'hugetlbfs:/dev/hugepages', '--console-device', 'serial'],
     ['--qmp', 'unix:/a,server=on', '--qmp', 'tcp:127.0.0.1:4444,server=on', '--disk', 'a.img', '--channel', 'name=x,path=/s'],
     ['--kernel', 'a', '--kernel', 'b'],
+    // An optional value: bare, given, after the option's =, before another option, repeated.
+    ['--rng'], ['--rng', 'rate=1/1'], ['--rng=rate=1/1'], ['--rng', '--kernel', 'x'], ['--kernel', 'x', '--rng'],
+    ['--disk', 'a.img', '--rng', '--disk', 'b.img'], ['--rng', 'rate=1/1', '--rng'], ['--append', 'quiet', '--rng', 'rate=2/1'],
   ];
   for (const args of lines) {
     const quick = await parseRunFlagsQuickly(args);
@@ -32,8 +35,8 @@ test('the quick parser reads command lines as commander does', async () => {
   }
 });
 
-test('the quick parser leaves help, mistakes and optional values to commander', async () => {
-  for (const args of [['--help'], ['-h'], ['--kernal', 'x'], ['--kernel'], ['extra'], ['--rng'], ['--rng', 'rate=1/1'], ['--no-reboot=1']]) {
+test('the quick parser leaves help and mistakes to commander', async () => {
+  for (const args of [['--help'], ['-h'], ['--kernal', 'x'], ['--kernel'], ['extra'], ['--no-reboot=1'], ['--rng', 'x', 'extra'], ['--', '--rng']]) {
     assert.equal(await parseRunFlagsQuickly(args), undefined, JSON.stringify(args));
   }
 });
