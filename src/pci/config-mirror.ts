@@ -13,21 +13,36 @@ import { PCI_CONFIG_SPACE_SIZE } from './config-space.js';
 export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
 export const PCI_CONFIG_DATA_PORT = 0xcfc;
 /** Bus 0's device slots. */
-export const PCI_MIRROR_SLOTS = 32;
+export const PCI_SLOTS = 32;
 
 const LATCH = 0;
 /** Per slot: ABSENT, SERVED or FORWARDED. */
 const FLAGS = 4;
 /** Per slot: the [start, end) of the bytes whose reads go to the main thread (u16 each). */
-const HOOKED = FLAGS + PCI_MIRROR_SLOTS;
+const HOOKED = FLAGS + PCI_SLOTS;
 const STORAGE = PCI_CONFIG_SPACE_SIZE;
-const BYTES = STORAGE + PCI_MIRROR_SLOTS * PCI_CONFIG_SPACE_SIZE;
+const BYTES = STORAGE + PCI_SLOTS * PCI_CONFIG_SPACE_SIZE;
 
 const ABSENT = 0;
 const SERVED = 1;
 const FORWARDED = 2;
 /** Type-1 reads reach the first 256 bytes; longer offsets (AMD's extension bits) go to the bridge. */
 const LEGACY_REACH = 256;
+
+/** Where a type-1 config cycle goes. */
+export interface ConfigTarget { bus: number; slot: number; fn: number; reg: number }
+
+/**
+ * The target of an access at `offset` (0-3) into the data ports, of `length` bytes, under
+ * the 0xCF8 latch `address`; undefined when it makes no config cycle (enable bit clear, or
+ * past the data window). Bits 27:24 extend the register number (AMD-style), so the legacy
+ * ports reach extended config too.
+ */
+export function configTarget(address: number, offset: number, length: number): ConfigTarget | undefined {
+  if (!(address & 0x80000000) || offset + length > 4) return undefined;
+  const reg = ((address & 0xfc) | ((address >>> 16) & 0xf00)) + offset;
+  return { bus: (address >>> 16) & 0xff, slot: (address >>> 11) & 31, fn: (address >>> 8) & 7, reg };
+}
 
 /** The bytes of a function's config space that the main thread must produce on each read. */
 export interface ConfigReadHook { offset: number; length: number }
@@ -44,7 +59,7 @@ export class PciConfigMirror {
     if (this.buffer.byteLength !== BYTES) throw new Error(`PCI config mirror: ${this.buffer.byteLength} bytes, expected ${BYTES}`);
     this.words = new Int32Array(this.buffer, 0, 1);
     this.bytes = new Uint8Array(this.buffer);
-    this.hooked = new DataView(this.buffer, HOOKED, 4 * PCI_MIRROR_SLOTS);
+    this.hooked = new DataView(this.buffer, HOOKED, 4 * PCI_SLOTS);
   }
 
   /** The 0xCF8 latch: enable bit, bus, device, function and register of the next data access. */
@@ -78,24 +93,19 @@ export class PciConfigMirror {
       return true;
     }
     if (!isRead || port < PCI_CONFIG_DATA_PORT || port > PCI_CONFIG_DATA_PORT + 3) return false;
-    const offset = port - PCI_CONFIG_DATA_PORT;
-    const a = this.address;
-    // No config cycle (enable bit clear, or an access past the data window): all ones.
-    if (!(a & 0x80000000) || offset + data.length > 4) {
+    const t = configTarget(this.address, port - PCI_CONFIG_DATA_PORT, data.length);
+    if (!t) {
       data.fill(0xff);
       return true;
     }
-    if (a & 0x0f000000) return false; // extended register number: the bridge's business
-    const bus = (a >>> 16) & 0xff;
-    const slot = (a >>> 11) & 31;
-    const fn = (a >>> 8) & 7;
-    const flags = bus === 0 && fn === 0 ? Atomics.load(this.bytes, FLAGS + slot) : ABSENT;
+    const flags = t.bus === 0 && t.fn === 0 ? Atomics.load(this.bytes, FLAGS + t.slot) : ABSENT;
     if (flags === ABSENT) {
       data.fill(0xff);
       return true;
     }
     if (flags === FORWARDED) return false;
-    const reg = (a & 0xfc) + offset;
+    const { slot, reg } = t;
+    // Past the first 256 bytes (the extension bits): the bridge's business.
     if (reg + data.length > LEGACY_REACH) return false;
     const start = this.hooked.getUint16(slot * 4, true);
     const end = this.hooked.getUint16(slot * 4 + 2, true);

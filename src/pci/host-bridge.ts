@@ -11,11 +11,11 @@ import {
   PCI_BAR0, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PCI_INTERRUPT_LINE,
   PCI_STATUS, PCI_STATUS_INTERRUPT, PciConfigSpace,
 } from './config-space.js';
-import { PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciConfigMirror, readLe, writeLe } from './config-mirror.js';
+import { configTarget, PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PCI_SLOTS, PciConfigMirror, readLe, writeLe } from './config-mirror.js';
 import type { PciDevice, PciSlotContext } from './device.js';
 import { hex, type InterruptSink, type LogLine, logToStderr } from './interrupt.js';
 
-export const PCI_SLOTS = 32;
+export { PCI_SLOTS };
 export const PCI_INTX_GSI_BASE = 16;
 
 /** The IOAPIC GSI that slot `slot`'s pin `pin` (1..4 = INTA#..INTD#) is wired to. */
@@ -276,21 +276,13 @@ export class PciHostBridge {
     },
   };
 
-  private legacyTarget(offset: bigint, length: number): { bus: number; slot: number; fn: number; reg: number } | undefined {
-    const a = this.configAddress;
-    if (!(a & 0x80000000) || Number(offset) + length > 4) return undefined;
-    // Bits 27:24 extend the register number (AMD-style) so the legacy ports reach extended config too.
-    const reg = ((a & 0xfc) | ((a >>> 16) & 0xf00)) + Number(offset);
-    return { bus: (a >>> 16) & 0xff, slot: (a >>> 11) & 31, fn: (a >>> 8) & 7, reg };
-  }
-
   private readonly configDataPort: BusDevice = {
     read: (offset, data) => {
-      const t = this.legacyTarget(offset, data.length);
+      const t = configTarget(this.configAddress, Number(offset), data.length);
       writeLe(data, t ? this.configRead(t.bus, t.slot, t.fn, t.reg, data.length) : 0xffffffff);
     },
     write: (offset, data) => {
-      const t = this.legacyTarget(offset, data.length);
+      const t = configTarget(this.configAddress, Number(offset), data.length);
       if (t) this.configWrite(t.bus, t.slot, t.fn, t.reg, data.length, readLe(data));
     },
   };

@@ -148,13 +148,13 @@ export class VirtioPciDevice implements PciDevice {
   }
 
   configWillRead(offset: number, length: number): void {
-    const data = this.pciCfgCap + 16;
-    if (offset >= data + 4 || offset + length <= data) return;
+    const { offset: data, length: window } = this.configReadHook;
+    if (offset >= data + window || offset + length <= data) return;
     const access = this.pciCfgAccess();
     if (!access) return;
     const bytes = new Uint8Array(access.length);
     access.region.read(access.offset, bytes);
-    this.config.bytes.fill(0, data, data + 4);
+    this.config.bytes.fill(0, data, data + window);
     this.config.bytes.set(bytes, data);
   }
 

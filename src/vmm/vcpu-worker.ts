@@ -141,8 +141,8 @@ function serveUart(uart: Uart16550, exit: Extract<VcpuExit, { reason: 'io' }>): 
  * Answer a port exit that needs no main thread: the PM timer (a count of the host's
  * monotonic clock, the same the main thread's ACPI block reads), registers the main thread
  * keeps in shared memory (RTC, ACPI PM1 and GPE0, the i8042's status, PCI config space)
- * where the access has no side effect, and ports no device claims (reads float to all ones, writes are dropped, as on
- * the port bus). False: forward it.
+ * where the access has no side effect, and ports no device claims (reads float to all ones,
+ * writes are dropped, as on the port bus). False: forward it.
  */
 function serveLocalPort(exit: Extract<VcpuExit, { reason: 'io' }>): boolean {
   if (exit.port === pmTimerPort && exit.direction === 'in' && exit.size === 4) {
