@@ -21,7 +21,7 @@ function nativeAddon(): Koffi | undefined {
   // is the cheap tell (a musl system has ld-musl instead).
   if (!existsSync('/lib64/ld-linux-x86-64.so.2')) return undefined;
   try {
-    const addon = require('@koromix/koffi-linux-x64/linux_x64/koffi.node') as Koffi & { version?: string };
+    const addon = require('@koromix/koffi-linux-x64/linux_x64/koffi.node') as Koffi;
     return typeof addon.load === 'function' ? addon : undefined;
   } catch {
     return undefined;
