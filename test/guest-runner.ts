@@ -43,6 +43,9 @@ export function translateArgs(root: string, args: string[], toLabPath: (root: st
   return { args: out, copyBack };
 }
 
+/** Runs of the guest suite in a fresh lab when the lab host itself fails (see below). */
+const LAB_HOST_ATTEMPTS = 3;
+
 export async function guestTestRunner(root: string): Promise<TestRunner> {
   const { placementVerdict } = await import('../src/lab/placement.js');
   const verdict = await placementVerdict();
@@ -62,17 +65,22 @@ export async function guestTestRunner(root: string): Promise<TestRunner> {
       const exec = (): ReturnType<typeof labExec> => labExec(['node', ...t.args], {
         copyBack: t.copyBack, timeoutSeconds: labSuiteTimeoutSeconds(), root: resolve(root),
       });
-      const result = await exec().catch((err: unknown) => {
-        // The emulated lab host failed under the suite: it reset (seen once with the 64-vCPU
-        // guest, no message from QEMU or the lab kernel), its kernel reported a CPU stuck
-        // in nested-virtualization code (seen under QEMU's guests too), or it never ran
-        // (silent until the boot limit). That says nothing of
-        // the tests, so the suite runs once more in a fresh lab. Test failures and every
-        // other lab failure stand.
-        if (!(err instanceof LabError) || !err.hostFailed) throw err;
-        process.stdout.write(`guest suite: ${err.message}; the lab host failed under the suite, running it once more\n`);
-        return exec();
-      });
+      // The emulated lab host can fail under the suite: it reset (seen once with the 64-vCPU
+      // guest, no message from QEMU or the lab kernel), its kernel reported a CPU stuck in
+      // nested-virtualization code (seen under QEMU's guests too), or it never ran (silent
+      // until the boot limit). That says nothing of the tests, so the suite runs again in a
+      // fresh lab, up to LAB_HOST_ATTEMPTS times in all: on a busy day two failures in a row
+      // were seen, the first a soft lockup in QEMU's own process. Test failures and every
+      // other lab failure stand.
+      let result: Awaited<ReturnType<typeof labExec>> | undefined;
+      for (let attempt = 1; !result; attempt++) {
+        try {
+          result = await exec();
+        } catch (err) {
+          if (!(err instanceof LabError) || !err.hostFailed || attempt >= LAB_HOST_ATTEMPTS) throw err;
+          process.stdout.write(`guest suite: ${err.message}; the lab host failed under the suite, running it again (attempt ${attempt + 1} of ${LAB_HOST_ATTEMPTS})\n`);
+        }
+      }
       process.stdout.write(`(lab: booted in ${result.bootSeconds.toFixed(1)} s, ran ${result.totalSeconds.toFixed(1)} s in all)\n`);
       return result.exitCode;
     } catch (err) {
