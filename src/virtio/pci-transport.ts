@@ -126,9 +126,19 @@ export class VirtioPciDevice implements PciDevice {
     this.config.setWritable(this.pciCfgCap + 4, 1, 0xff);
     this.config.setWritable(this.pciCfgCap + 8, 8, 0xffffffffffffffffn);
     this.config.setWritable(this.pciCfgCap + 16, 4, 0xffffffff);
+    this.configReadHook = { offset: this.pciCfgCap + 16, length: 4 };
   }
 
   private readonly pciCfgCap: number;
+
+  /** Only the PCI_CFG window's data bytes are computed on read (configWillRead). */
+  readonly configReadHook: { offset: number; length: number };
+
+  /** Whether config bytes [offset, offset+length) touch the PCI_CFG window's data. */
+  private touchesPciCfgData(offset: number, length: number): boolean {
+    const { offset: data, length: window } = this.configReadHook;
+    return offset < data + window && offset + length > data;
+  }
 
   /** The BAR access the PCI_CFG window describes, if it is a valid one. */
   private pciCfgAccess(): { region: BusDevice; offset: bigint; length: number } | undefined {
@@ -142,14 +152,9 @@ export class VirtioPciDevice implements PciDevice {
     return { region, offset: BigInt(offset), length };
   }
 
-  /** Only the PCI_CFG window's data bytes are computed on read (configWillRead). */
-  get configReadHook(): { offset: number; length: number } {
-    return { offset: this.pciCfgCap + 16, length: 4 };
-  }
-
   configWillRead(offset: number, length: number): void {
+    if (!this.touchesPciCfgData(offset, length)) return;
     const { offset: data, length: window } = this.configReadHook;
-    if (offset >= data + window || offset + length <= data) return;
     const access = this.pciCfgAccess();
     if (!access) return;
     const bytes = new Uint8Array(access.length);
@@ -191,9 +196,9 @@ export class VirtioPciDevice implements PciDevice {
 
   configWritten(offset: number, length: number): void {
     this.msix.configWritten(offset, length);
-    const data = this.pciCfgCap + 16;
-    if (offset < data + 4 && offset + length > data) {
+    if (this.touchesPciCfgData(offset, length)) {
       const access = this.pciCfgAccess();
+      const data = this.configReadHook.offset;
       if (access) access.region.write(access.offset, this.config.bytes.slice(data, data + access.length));
     }
   }
