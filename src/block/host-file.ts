@@ -13,7 +13,7 @@
 // through koffi, whose per-call marshalling costs more.)
 import { constants, read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import koffi from 'koffi';
+import { koffi } from '../kvm/ffi.js';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
 import { completionPromise, IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';

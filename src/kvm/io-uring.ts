@@ -8,7 +8,7 @@
 // own io_uring, UV_USE_IO_URING=1, hands submissions to a kernel polling thread and learns
 // of completions through epoll: a hop each way.) Not for the VMM, whose event loop serves
 // devices and the monitor and must never block on one disk.
-import koffi from 'koffi';
+import { koffi } from './ffi.js';
 import { close as closeFd, errnoName, mmap, munmap, nativeView, strerror, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE } from './libc.js';
 
 const SYS_IO_URING_SETUP = 425;

@@ -4,7 +4,7 @@
 // koffi loads in worker_threads too, so every thread that imports this module gets
 // its own bindings to the same process-wide libc.
 import { constants as osConstants } from 'node:os';
-import koffi from 'koffi';
+import { koffi } from './ffi.js';
 
 const libc = koffi.load('libc.so.6');
 

@@ -9,7 +9,7 @@ import {
   kvm_pit_state2,
   kvm_userspace_memory_region, type KvmCapName,
 } from './abi.js';
-import koffi from 'koffi';
+import { koffi } from './ffi.js';
 import { decodeBytes, encode, encodeToBytes, offsetOf } from './layout.js';
 import { close, ioctlPointer, ioctlValue } from './libc.js';
 import type { GsiRoute, IoEventFd, KvmClockData, KvmPitState2, MsiMessage, UserMemoryRegion } from './types.js';

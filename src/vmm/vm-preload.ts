@@ -5,7 +5,7 @@
 // the VM it made. Like file-preload.ts, this module stays outside the VMM bundle, so the run
 // command and the machine share its state.
 import { closeSync, constants, openSync } from 'node:fs';
-import koffi from 'koffi';
+import { koffi } from '../kvm/ffi.js';
 
 /** _IO(KVMIO, 0x01); a unit test checks it against the ABI table in src/kvm/abi.ts. */
 export const KVM_CREATE_VM_REQUEST = 0xae01;
