@@ -9,7 +9,7 @@ import { isMainThread, workerData } from 'node:worker_threads';
 const enabled = Boolean(process.env.TSVIRT_BOOT_TRACE);
 
 // Worker threads have their own performance.timeOrigin (the thread's start). A vCPU thread
-// gets the process's origin with its worker data (vcpu-threads.ts), so every line is
+// gets the process's origin with its worker data (vcpu-threads.cts), so every line is
 // measured from the same instant.
 const origin = isMainThread ? performance.timeOrigin : (workerData as { traceOrigin?: number } | null)?.traceOrigin ?? performance.timeOrigin;
 

@@ -1,7 +1,7 @@
 // The machine config's JSON schema, alone in a module with no schema compiler behind it: the
 // build compiles it with ajv into a standalone validator (scripts/generate-config-validator.mjs),
 // and config.ts loads only that at run time.
-import { MAX_VCPUS } from './vcpu-threads.js';
+import { MAX_VCPUS } from './vcpu-threads.cjs';
 import { virtioConfigSchemaProperties } from './virtio-config.js';
 
 /** How the schema is compiled, at build time (the generated validator) and at run time (its fallback). */

@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Ajv as AjvClass, ErrorObject } from 'ajv';
 import { parseSize } from './size.js';
-import { MAX_VCPUS } from './vcpu-threads.js';
+import { MAX_VCPUS } from './vcpu-threads.cjs';
 import { machineConfigSchema, SCHEMA_COMPILER_OPTIONS } from './config-schema.js';
 import { parseVirtioConfig, type VirtioMachineConfig } from './virtio-config.js';
 

@@ -10,7 +10,7 @@ import type { VmFd } from '../kvm/index.js';
 import { fallocate, madvise, MADV_DONTNEED } from '../kvm/libc.js';
 import { guestMemoryRegions } from '../arch/x86/layout.js';
 import { HostMemoryLimitError, HostRam, type HostRegion } from '../memory/host-ram.js';
-import type { RegionGuestMemory } from '../memory/region-memory.js';
+import { RegionGuestMemory } from '../memory/region-memory.js';
 import { formatSize } from './size.js';
 
 export interface GuestRamOptions {
@@ -43,8 +43,10 @@ export class GuestRam {
       offset += l.size;
       return l;
     });
+    // One view of each region, shared by the slots and the memory: every view of guest RAM
+    // counts as V8 external memory, and each 64 MiB more of it can start a garbage collection.
     this.regions = host.regions(layout);
-    this.memory = host.guestMemory(layout);
+    this.memory = new RegionGuestMemory(this.regions);
   }
 
   /**

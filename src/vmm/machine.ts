@@ -38,7 +38,7 @@ import { ConsoleStream } from './console.js';
 import { setupVcpu } from './cpu-setup.js';
 import { resolveCpuModel, type ResolvedCpuModel } from './cpu-model.js';
 import { GuestRam } from './guest-ram.js';
-import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.js';
+import { stopVcpuThread, takeVcpuThreads, type StartedVcpuThread } from './vcpu-threads.cjs';
 import { takePreloadedFile } from './file-preload.js';
 import { takePreloadedVm } from './vm-preload.js';
 import { parseVirtioConfig, wantsVirtio } from './virtio-config.js';

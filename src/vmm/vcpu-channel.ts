@@ -8,26 +8,12 @@
 // have mapped. Commands that are rare (attach a vCPU fd, quit) travel as messages; the
 // vCPU thread reads them synchronously while parked.
 
-/** Desired state, written by the main thread. */
-export const CTL_RUN_STATE = 0;
-/** 1 while the vCPU thread is parked (not in KVM_RUN), written by the vCPU thread. */
-export const CTL_PARKED = 1;
-/** Incremented by the vCPU thread for each exit it hands to the main thread. */
-export const CTL_EXIT_SEQ = 2;
-/** Set to EXIT_SEQ by the main thread when that exit is complete. */
-export const CTL_DONE_SEQ = 3;
-/** Incremented by the main thread whenever RUN_STATE changes or a command is posted. */
-export const CTL_COMMAND_SEQ = 4;
-/** Statistics: exits handled on the vCPU thread / handed to the main thread. */
-export const CTL_LOCAL_EXITS = 5;
-export const CTL_FORWARDED_EXITS = 6;
-/** The vCPU thread's Linux thread id (for QMP query-cpus-fast). */
-export const CTL_THREAD_ID = 7;
-export const CTL_WORDS = 8;
-
-export const RUN = 0;
-export const PARK = 1;
-export const QUIT = 2;
+// The control block's layout and run states live in a CommonJS module, so that the `tsvirt`
+// launcher can start vCPU threads before any ES module loads (vcpu-threads.cts).
+export {
+  CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
+  CTL_THREAD_ID, CTL_WORDS, PARK, QUIT, RUN,
+} from './vcpu-control.cjs';
 
 /** Signal that kicks a vCPU thread out of KVM_RUN (see Machine for why a handler exists). */
 export const KICK_SIGNAL = 'SIGUSR2';

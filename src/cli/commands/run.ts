@@ -1,12 +1,11 @@
 // `tsvirt run`: boot a Linux guest. Flags and a JSON config file (--config) describe the same
 // MachineConfig; flags given on the command line override the file. Without a kernel, the
 // lab's guest image is booted with an interactive shell (the README's demo).
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Command } from 'commander';
 import type { MachineConfig } from '../../vmm/config.js';
 import { codeWarmedUp } from '../../vmm/bundles.cjs';
-import { MAX_VCPUS, prestartVcpuThreads, stopPrestartedVcpuThreads } from '../../vmm/vcpu-threads.js';
+import { prestartVcpuThreads, stopPrestartedVcpuThreads, vcpuCountHint } from '../../vmm/vcpu-threads.cjs';
 
 export interface RunFlags {
   config?: string;
@@ -74,24 +73,6 @@ async function flagsToConfig(flags: RunFlags): Promise<MachineConfig> {
   return out as MachineConfig;
 }
 
-/**
- * The vCPU count the machine will most likely have, known before the config is validated:
- * what --cpus or the config file says, else 1. Only a hint (a wrong guess costs a thread
- * started for nothing, or one started later); 0 when it is not a sane count.
- */
-function expectedVcpus(flags: RunFlags, max: number): number {
-  let cpus: unknown = 1;
-  if (flags.cpus !== undefined) cpus = Number(flags.cpus);
-  else if (flags.config !== undefined) {
-    try {
-      cpus = (JSON.parse(readFileSync(flags.config, 'utf8')) as { cpus?: unknown }).cpus ?? 1;
-    } catch {
-      return 0; // reported properly when the file is loaded
-    }
-  }
-  return Number.isInteger(cpus) && (cpus as number) >= 1 && (cpus as number) <= max ? cpus as number : 0;
-}
-
 /** How `tsvirt run` was loaded: the launcher says whether the bundle's code cache was used. */
 export interface RunLoad {
   codeCache?: string;
@@ -101,7 +82,7 @@ async function run(flags: RunFlags, load: RunLoad = {}): Promise<number> {
   const { bootTrace } = await import('../../vmm/boot-trace.js');
   bootTrace(`run: flags parsed${load.codeCache ? ` (run bundle, code cache ${load.codeCache})` : ''}`);
   // The vCPU threads boot on another host CPU while this thread loads the VMM and builds the VM.
-  prestartVcpuThreads(expectedVcpus(flags, MAX_VCPUS));
+  prestartVcpuThreads(vcpuCountHint(flags.cpus, flags.config));
   // The kernel and initrd are read on the thread pool meanwhile (taken by Machine.create).
   const { preloadFile } = await import('../../vmm/file-preload.js');
   if (flags.kernel !== undefined) preloadFile(flags.kernel);

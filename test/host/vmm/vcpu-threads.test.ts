@@ -1,4 +1,4 @@
-// vCPU threads start before their machine exists (src/vmm/vcpu-threads.ts), so a start-up
+// vCPU threads start before their machine exists (src/vmm/vcpu-threads.cts), so a start-up
 // that fails can have to end threads that are still loading their modules. Terminating a
 // thread in the middle of one of koffi's native calls can abort the whole process ("FATAL
 // ERROR ... napi_throw", seen once in the CLI error-path tests); stopVcpuThread asks the
@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const threadsModule = fileURLToPath(new URL('../../../src/vmm/vcpu-threads.js', import.meta.url));
+const threadsModule = fileURLToPath(new URL('../../../src/vmm/vcpu-threads.cjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'tsvirt-threads-'));
 
 /** Runs `source` as a module file (workers inherit the parent's flags, so no --eval). */

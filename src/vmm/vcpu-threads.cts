@@ -3,11 +3,16 @@
 // in it depends on the machine until `attach`, so the machine starts its threads first and
 // builds the VM while they boot, and `tsvirt run` starts them even earlier, before it loads
 // the VMM's modules (prestartVcpuThreads), so the isolates boot on the other host CPU while
-// the main thread is busy.
-import { fileURLToPath } from 'node:url';
+// the main thread is busy. The `tsvirt` launcher starts them earlier still, before it loads
+// the run bundle (prestartForRunArgs): CommonJS, like the launcher, so that this module and
+// its thread registry are one instance for the launcher, the bundle and the ES modules.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { freshBundle } from './bundles.cjs';
-import { CTL_COMMAND_SEQ, CTL_RUN_STATE, CTL_WORDS, PARK, QUIT, type VcpuReport, type VcpuWorkerData } from './vcpu-channel.js';
+import { CTL_COMMAND_SEQ, CTL_RUN_STATE, CTL_WORDS, PARK, QUIT } from './vcpu-control.cjs';
+import type { VcpuReport, VcpuWorkerData } from './vcpu-channel.js' with { 'resolution-mode': 'import' };
 
 export interface StartedVcpuThread {
   index: number;
@@ -30,8 +35,8 @@ const QUIT_TIMEOUT_MS = 30_000;
  */
 function defaultWorkerEntry(): { script: string } | URL {
   const bundle = freshBundle('vcpu-worker.bundle.cjs');
-  if (!bundle) return new URL('./vcpu-worker.js', import.meta.url);
-  const loader = fileURLToPath(new URL('./bundles.cjs', import.meta.url));
+  if (!bundle) return pathToFileURL(join(__dirname, 'vcpu-worker.js'));
+  const loader = join(__dirname, 'bundles.cjs');
   return { script: `require(${JSON.stringify(loader)}).runCachedBundle(${JSON.stringify(bundle)});` };
 }
 
@@ -78,6 +83,48 @@ export function startVcpuThread(index: number, url?: URL): StartedVcpuThread {
 export const MAX_VCPUS = 255;
 
 const prestarted = new Map<number, StartedVcpuThread>();
+
+/**
+ * The vCPU count a machine will most likely have, known before its config is validated:
+ * `cpus` (the --cpus flag), else what the config file says, else 1. Only a hint (a wrong
+ * guess costs a thread started for nothing, or one started later); 0 when it is not a
+ * sane count or the file cannot be read (that is reported when the config is loaded).
+ */
+export function vcpuCountHint(cpus: string | undefined, configFile: string | undefined): number {
+  let count: unknown = 1;
+  if (cpus !== undefined) count = Number(cpus);
+  else if (configFile !== undefined) {
+    try {
+      count = (JSON.parse(readFileSync(configFile, 'utf8')) as { cpus?: unknown }).cpus ?? 1;
+    } catch {
+      return 0;
+    }
+  }
+  return Number.isInteger(count) && (count as number) >= 1 && (count as number) <= MAX_VCPUS ? count as number : 0;
+}
+
+/**
+ * The vCPU count `tsvirt run ARGS` will most likely ask for, read from --cpus and --config
+ * the simple way, for the launcher (the run command parses its flags properly later, and
+ * starts what this missed). 0 for a request for help, which starts no machine.
+ */
+export function vcpuCountFromRunArgs(args: readonly string[]): number {
+  const value = (name: string): string | undefined => {
+    let found: string | undefined;
+    for (let i = 0; i < args.length && args[i] !== '--'; i++) {
+      if (args[i] === name) found = args[i + 1];
+      else if (args[i]!.startsWith(`${name}=`)) found = args[i]!.slice(name.length + 1);
+    }
+    return found;
+  };
+  if (args.some((a) => a === '--help' || a === '-h')) return 0;
+  return vcpuCountHint(value('--cpus'), value('--config'));
+}
+
+/** For the launcher: prestart the threads `tsvirt run ARGS` will most likely need. */
+export function prestartForRunArgs(args: readonly string[]): void {
+  prestartVcpuThreads(vcpuCountFromRunArgs(args));
+}
 
 /**
  * Start vCPU threads 0..count-1 now, for the next machine this process creates with the
