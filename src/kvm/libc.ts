@@ -18,7 +18,7 @@ export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `errno ${errno}`;
 }
 
-const strerrorC = libc.func('const char *strerror(int errnum)');
+const strerrorC = lazyFunc('const char *strerror(int errnum)');
 
 /** The C library's description of an errno ("File exists"). */
 export function strerror(errno: number): string {
@@ -112,25 +112,38 @@ export const E2BIG = osConstants.errno.E2BIG;
 /** The MAP_FAILED pointer ((void *)-1) as koffi returns it. */
 const MAP_FAILED = 0xffffffffffffffffn;
 
-const openC = libc.func('int open(const char *path, int flags, ...)');
-const closeC = libc.func('int close(int fd)');
-const readC = libc.func('intptr_t read(int fd, void *buf, size_t count)');
-const writeC = libc.func('intptr_t write(int fd, const void *buf, size_t count)');
-const ioctlC = libc.func('int ioctl(int fd, unsigned long request, ...)');
-const mmapC = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
-const munmapC = libc.func('int munmap(void *addr, size_t length)');
-const madviseC = libc.func('int madvise(void *addr, size_t length, int advice)');
-const memfdCreateC = libc.func('int memfd_create(const char *name, unsigned int flags)');
-const ftruncateC = libc.func('int ftruncate(int fd, int64_t length)');
-const fallocateC = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
-const eventfdC = libc.func('int eventfd(unsigned int initval, int flags)');
-const fcntlC = libc.func('int fcntl(int fd, int cmd, ...)');
-const epollCreate1C = libc.func('int epoll_create1(int flags)');
-const epollCtlC = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)');
-const epollWaitC = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
-const pthreadSelfC = libc.func('void *pthread_self(void)');
-const pthreadKillC = libc.func('int pthread_kill(void *thread, int sig)');
-const getpidC = libc.func('int getpid(void)');
+type LibcFunction = ReturnType<typeof libc.func>;
+
+/**
+ * A libc function declared on its first call. koffi parses each prototype when it is
+ * declared, about a millisecond apiece under nested virtualization, and every thread that
+ * loads this module (the main thread and each vCPU thread, on the way to the guest's first
+ * KVM_RUN) would otherwise pay for all of them, used or not.
+ */
+function lazyFunc(prototype: string): LibcFunction {
+  let declared: LibcFunction | undefined;
+  return ((...args: unknown[]) => (declared ??= libc.func(prototype))(...args)) as LibcFunction;
+}
+
+const openC = lazyFunc('int open(const char *path, int flags, ...)');
+const closeC = lazyFunc('int close(int fd)');
+const readC = lazyFunc('intptr_t read(int fd, void *buf, size_t count)');
+const writeC = lazyFunc('intptr_t write(int fd, const void *buf, size_t count)');
+const ioctlC = lazyFunc('int ioctl(int fd, unsigned long request, ...)');
+const mmapC = lazyFunc('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
+const munmapC = lazyFunc('int munmap(void *addr, size_t length)');
+const madviseC = lazyFunc('int madvise(void *addr, size_t length, int advice)');
+const memfdCreateC = lazyFunc('int memfd_create(const char *name, unsigned int flags)');
+const ftruncateC = lazyFunc('int ftruncate(int fd, int64_t length)');
+const fallocateC = lazyFunc('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+const eventfdC = lazyFunc('int eventfd(unsigned int initval, int flags)');
+const fcntlC = lazyFunc('int fcntl(int fd, int cmd, ...)');
+const epollCreate1C = lazyFunc('int epoll_create1(int flags)');
+const epollCtlC = lazyFunc('int epoll_ctl(int epfd, int op, int fd, void *event)');
+const epollWaitC = lazyFunc('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
+const pthreadSelfC = lazyFunc('void *pthread_self(void)');
+const pthreadKillC = lazyFunc('int pthread_kill(void *thread, int sig)');
+const getpidC = lazyFunc('int getpid(void)');
 
 // Every descriptor made here (open, memfd, eventfd, epoll) is close-on-exec, so child
 // processes the stack spawns (QEMU for comparisons, helpers) never inherit VM or RAM fds.
