@@ -18,9 +18,10 @@ const PROBE_TIMEOUT_MS = 180_000;
 /**
  * Boots per VMM. The lab shares two host cores with whatever else runs, so one boot can be
  * seconds off; the VMMs take turns round by round (a load change hits all of them) and each
- * reports its median boot.
+ * reports its median boot. Five rounds: with three, single boots half a second apart on
+ * both sides moved the ratio by 0.1 from one run to the next.
  */
-const ROUNDS = 3;
+const ROUNDS = 5;
 
 interface Sample {
   /** Milliseconds from spawn to the userspace line. */
