@@ -17,13 +17,8 @@ import { labBuilt, labFiles, LabImageMissingError, projectRoot } from './paths.j
 import { addProjectTree, LAB_PROJECT_DIR } from './project-tree.js';
 
 export const QEMU = 'qemu-system-x86_64';
-/**
- * The CPU model: qemu64 plus AMD SVM (for kvm_amd) with nested paging, and the SSE levels
- * Node.js needs. Without `npt` the lab's KVM shadows every nested guest's page tables: a
- * Linux guest took 5.5-8 s to reach userspace instead of about 3.9 s (docs/design.md, "When the
- * lab itself fails").
- */
-export const LAB_CPU = 'qemu64,+svm,+npt,+ssse3,+sse4.1,+sse4.2,+popcnt';
+/** The CPU model: qemu64 plus AMD SVM (for kvm_amd) and the SSE levels Node.js needs. */
+export const LAB_CPU = 'qemu64,+svm,+ssse3,+sse4.1,+sse4.2,+popcnt';
 
 const DEFAULT_TIMEOUT_SECONDS = 600;
 /** Time the lab gets after an in-lab timeout to stop the command, copy back and power off. */
