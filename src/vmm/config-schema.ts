@@ -27,6 +27,7 @@ export const machineConfigSchema = {
     memoryBackend: { type: 'string', pattern: '^(memfd|hugetlbfs:.+)$' },
     cpu: { type: 'string', minLength: 1 },
     console: { type: 'string', pattern: '^(stdio|none|file:.+|socket:.+)$' },
+    kernelCache: { type: 'boolean' },
     noReboot: { type: 'boolean' },
     name: { type: 'string', minLength: 1, pattern: '^[^\\x00-\\x1f]+$' },
     qmp: { type: 'array', items: { type: 'string', minLength: 1 } },

@@ -34,6 +34,12 @@ export interface MachineConfig extends VirtioMachineConfig {
   cpu?: string;
   /** Serial console (default "stdio"). */
   console?: ConsoleSpec;
+  /**
+   * Unpack a bzImage's compressed kernel in the VMM, once, and keep it in the kernel cache
+   * (vmm/kernel-cache.ts), instead of letting the guest decompress it at every boot
+   * (default true).
+   */
+  kernelCache?: boolean;
   /** Guest reboot ends the VM instead of restarting it (QEMU's -no-reboot). */
   noReboot?: boolean;
   /** VM name (QMP query-name, thread names). */

@@ -21,7 +21,9 @@ import {
   ACPI_GPE0_LENGTH, ACPI_GPE0_PORT, ACPI_PM_BASE, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_SCI_IRQ, COM1_IRQ, COM1_PORT,
   I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
 } from '../arch/x86/layout.js';
-import { loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
+import { isBzImage, loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
+import { KernelPayloadError } from '../arch/x86/kernel-payload.js';
+import { unpackedKernelFor, type UnpackedKernel } from './kernel-cache.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
 import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
@@ -89,6 +91,8 @@ interface VcpuThread extends StartedVcpuThread {
 
 interface Boot {
   kernel?: Uint8Array;
+  /** The bzImage's payload, unpacked by the VMM (kernel-cache.ts); released once loaded. */
+  unpacked?: UnpackedKernel;
   initrd?: Uint8Array;
   cmdline: string;
   raw?: RawBoot;
@@ -119,6 +123,12 @@ export class Machine extends EventEmitter implements QmpTarget {
   private madeUuid: string | undefined;
   readonly console = new ConsoleStream();
   readonly cpuCount: number;
+  /**
+   * How far KASLR moved the kernel's virtual base at the last boot, when the VMM unpacked and
+   * placed the kernel itself (MachineConfig.kernelCache); undefined when the kernel's own
+   * decompressor did it, or with nokaslr.
+   */
+  kaslrOffset: bigint | undefined;
   readonly memorySize: bigint;
 
   /** The machine's UUID (QMP query-uuid), made on first use. */
@@ -202,6 +212,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     const kvm = Kvm.open();
     let started: StartedVcpuThread[] = [];
     let ram: GuestRam | undefined;
+    let unpacked: UnpackedKernel | undefined;
     // A VM `tsvirt run` began to create (vm-preload.ts): closed here unless the machine adopts it.
     let vmAhead = takePreloadedVm();
     try {
@@ -215,6 +226,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       // One wait for both: a VM `tsvirt run` began to create, and the kernel and initrd reads.
       const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
+      unpacked = boot.unpacked = unpackKernel(valid, boot);
+      if (unpacked) bootTrace(`create: kernel payload ${unpacked.fresh ? 'unpacked and cached' : 'mapped from the kernel cache'}`);
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -252,6 +265,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       await Promise.all(started.map(stopVcpuThread));
       const unadopted = await vmAhead?.catch(() => undefined);
       if (unadopted !== undefined) closeSync(unadopted);
+      unpacked?.release();
       ram?.close();
       kvm.close();
       throw err;
@@ -392,7 +406,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     });
 
     const mem = this.ram.memory;
-    let entry: { regs: ReturnType<typeof loadLinux>['regs']; sregs: ReturnType<typeof loadLinux>['sregs'] } | null = null;
+    let entry: Pick<ReturnType<typeof loadLinux>, 'regs' | 'sregs'> | null = null;
     if (this.boot.raw) {
       mem.write(BigInt(this.boot.raw.address), this.boot.raw.code);
     } else {
@@ -403,16 +417,23 @@ export class Machine extends EventEmitter implements QmpTarget {
       });
       bootTrace('buildVm: ACPI tables');
       try {
-        entry = loadLinux(mem, {
+        const loaded = loadLinux(mem, {
           kernel: this.boot.kernel!,
           ...(this.boot.initrd ? { initrd: this.boot.initrd } : {}),
+          ...(this.boot.unpacked ? { unpackedKernel: this.boot.unpacked.bytes } : {}),
           cmdline: this.boot.cmdline,
           memorySize: this.memorySize,
           rsdpAddress: acpi.rsdp,
         });
+        entry = loaded;
+        this.kaslrOffset = loaded.kaslrOffset;
       } catch (err) {
         if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
         throw err;
+      } finally {
+        // Loaded (or failed): a reset maps the cached copy again (see doReset).
+        this.boot.unpacked?.release();
+        delete this.boot.unpacked;
       }
     }
 
@@ -655,6 +676,8 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.resetControl.reset();
     // Before the old VM goes: the PCI reset takes the queue doorbells off it.
     this.virtio?.reset();
+    // The kernel is placed anew, with a new KASLR base: from the cache, mapped again.
+    this.boot.unpacked = unpackKernel(this.config, this.boot);
     this.buildVm();
     this.attachVcpus();
     // The old vCPU and VM descriptors go once the threads took the new ones.
@@ -763,6 +786,21 @@ async function readFile(path: string, what: string): Promise<Uint8Array> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     throw new MachineError(`${what} ${path}: cannot read (${code ?? (err as Error).message})`);
+  }
+}
+
+/**
+ * The bzImage's payload unpacked by the VMM (kernel-cache.ts), unless the config turns that
+ * off or the kernel is not a bzImage this VMM unpacks; a payload that does not decode is an
+ * error naming the kernel file.
+ */
+function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | undefined {
+  if (!boot.kernel || !config.kernel || config.kernelCache === false || !isBzImage(boot.kernel)) return undefined;
+  try {
+    return unpackedKernelFor(config.kernel, boot.kernel);
+  } catch (err) {
+    if (err instanceof KernelPayloadError) throw new MachineError(`kernel ${config.kernel}: ${err.message}`);
+    throw err;
   }
 }
 

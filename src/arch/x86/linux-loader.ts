@@ -1,8 +1,10 @@
 // Loads a Linux kernel (bzImage or ELF vmlinux) and its initrd into guest memory, fills the
 // boot_params "zero page" and returns the 64-bit boot CPU state, following the x86 Linux
 // boot protocol (64-bit entry: paging on, identity-mapped, RSI = boot_params).
+import { randomInt } from 'node:crypto';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { BootRegs, BootSregs, bootRegs, setupLongMode } from './boot-state.js';
+import { relocationStub, virtualSlots } from './kaslr.js';
 import {
   BDA_BASE_MEMORY_KB, BDA_EBDA_SEGMENT, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
 } from './layout.js';
@@ -14,10 +16,18 @@ export interface LoadLinuxOptions {
   memorySize: bigint;
   /** Guest address of the ACPI RSDP; passed in boot_params so Linux need not scan for it. */
   rsdpAddress?: bigint;
+  /**
+   * The bzImage's payload already unpacked (kernel-payload.ts): the ELF kernel and its
+   * relocation table. The kernel is then placed and randomized here, and entered at its own
+   * 64-bit entry, instead of by its decompressor in the guest.
+   */
+  unpackedKernel?: Uint8Array;
+  /** Picks the kernel's KASLR slot, 0 <= slot < slots (crypto-random unless a test fixes it). */
+  kaslrSlot?: (slots: number) => number;
 }
 
 export interface LoadedLinux {
-  /** Guest-physical address of the 64-bit entry point. */
+  /** Guest-physical address where the boot vCPU starts: the 64-bit entry point, or the KASLR relocation stub that jumps there. */
   entry: bigint;
   /** Guest-physical address of boot_params (also in regs.rsi). */
   bootParams: bigint;
@@ -34,6 +44,8 @@ export interface LoadedLinux {
    * XEN_ELFNOTE_PHYS32_ENTRY note (informational; this loader boots the 64-bit entry).
    */
   pvhEntry?: bigint;
+  /** For a bzImage unpacked by the loader: how far KASLR moved the kernel's virtual base (0 with nokaslr). */
+  kaslrOffset?: bigint;
 }
 
 /** A kernel or initrd the loader cannot use; the message names the problem in one line. */
@@ -79,6 +91,8 @@ const HDR_INIT_SIZE = 0x260;
 const BOOT_FLAG_MAGIC = 0xaa55;
 const HDRS_MAGIC = 0x53726448; // "HdrS" little-endian
 const LOADED_HIGH = 0x01;
+/** loadflags: the kernel's virtual base was randomized (the kernel then randomizes its memory layout too). */
+const KASLR_FLAG = 0x02;
 const XLF_KERNEL_64 = 0x01;
 /** Boot protocol 2.06 added cmdline_size; everything this loader relies on is there. */
 const MIN_PROTOCOL = 0x0206;
@@ -191,6 +205,10 @@ interface PlacedKernel {
   header?: Uint8Array;
   headerFields?: SetupHeader;
   pvhEntry?: bigint;
+  /** ELF kernels: where the ELF file's last structure ends (a relocation table may follow). */
+  fileEnd?: number;
+  /** Set when the loader randomized the kernel's virtual base (KASLR). */
+  kaslrOffset?: bigint;
 }
 
 function loadBzImage(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
@@ -200,15 +218,7 @@ function loadBzImage(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): Plac
   // Every common loader puts the protected-mode kernel at 1 MiB; a relocatable kernel then
   // moves itself to an aligned address (at least pref_address) before decompressing.
   const start = KERNEL_LOAD_ADDRESS;
-  const imageEnd = start + BigInt(payload.length);
-  // While decompressing the kernel occupies init_size bytes from its run address.
-  const runAddress = hdr.prefAddress > start ? hdr.prefAddress : start;
-  const bootEnd = runAddress + hdr.initSize;
-  const end = bootEnd > imageEnd ? bootEnd : imageEnd;
-  if (end > lowEnd) {
-    throw new KernelLoadError(
-      `guest memory is too small for the kernel: it needs RAM up to ${hex(end)}, low RAM ends at ${hex(lowEnd)}`);
-  }
+  const end = bootFootprintEnd(hdr, start + BigInt(payload.length), lowEnd);
   mem.write(start, payload);
   return {
     kind: 'bzImage',
@@ -219,6 +229,73 @@ function loadBzImage(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): Plac
     initrdAddrMax: hdr.initrdAddrMax,
     header: kernel.subarray(BP_SETUP_HEADER, BP_SETUP_HEADER + hdr.headerLength),
     headerFields: hdr,
+  };
+}
+
+/**
+ * Where the memory a bzImage kernel needs while it boots ends: its image, or init_size bytes
+ * from the address it runs at (at least pref_address), whichever reaches further.
+ */
+function bootFootprintEnd(hdr: SetupHeader, imageEnd: bigint, lowEnd: bigint): bigint {
+  const runAddress = hdr.prefAddress > KERNEL_LOAD_ADDRESS ? hdr.prefAddress : KERNEL_LOAD_ADDRESS;
+  const bootEnd = runAddress + hdr.initSize;
+  const end = bootEnd > imageEnd ? bootEnd : imageEnd;
+  if (end > lowEnd) {
+    throw new KernelLoadError(
+      `guest memory is too small for the kernel: it needs RAM up to ${hex(end)}, low RAM ends at ${hex(lowEnd)}`);
+  }
+  return end;
+}
+
+/**
+ * A bzImage whose payload the VMM unpacked: its ELF kernel goes where the ELF asks (the
+ * decompressor's default, pref_address), and the guest starts at the kernel's own 64-bit
+ * entry with the bzImage's setup header in boot_params. Unless the command line says
+ * nokaslr, the kernel's virtual base is randomized first: the guest starts at a stub that
+ * applies the relocation table after the ELF image (kaslr.ts), then enters the kernel.
+ */
+function loadUnpackedBzImage(
+  mem: GuestMemory, kernel: Uint8Array, unpacked: Uint8Array, lowEnd: bigint, cmdline: string, pickSlot: (slots: number) => number,
+): PlacedKernel {
+  const hdr = parseSetupHeader(kernel);
+  const elf = loadElf(mem, unpacked, lowEnd);
+  const end = bootFootprintEnd(hdr, elf.end, lowEnd);
+  const tableStart = elf.fileEnd!;
+  // Three zero terminators at least: a kernel built without KASLR has no table at all.
+  const hasTable = unpacked.length - tableStart >= 12;
+  let kaslrOffset: bigint | undefined;
+  let entry = elf.entry;
+  if (hdr.relocatable && hasTable && !/(^|\s)nokaslr(\s|$)/.test(cmdline)) {
+    // The decompressor's choice: any aligned base from the link address up to
+    // KERNEL_IMAGE_SIZE that leaves room for the unpacked image, uniformly.
+    const alignment = BigInt(hdr.kernelAlignment || 0x200000);
+    const imageSize = BigInt(unpacked.length) > elf.end - elf.start ? BigInt(unpacked.length) : elf.end - elf.start;
+    kaslrOffset = BigInt(pickSlot(virtualSlots(elf.start, imageSize, alignment))) * alignment;
+    if (kaslrOffset > 0n) {
+      // The table and the code that applies it go in the boot footprint above the image,
+      // memory the kernel takes back once it runs.
+      const table = unpacked.subarray(tableStart);
+      const tableAt = (elf.end + PAGE - 1n) & ~(PAGE - 1n);
+      const stubAt = (tableAt + BigInt(table.length) + 15n) & ~15n;
+      const stub = relocationStub({ tableEnd: tableAt + BigInt(table.length), delta: kaslrOffset, kernelEntry: elf.entry });
+      if (stubAt + BigInt(stub.length) > end) {
+        throw new KernelLoadError(`no room for the kernel's ${table.length}-byte relocation table below ${hex(end)} (set kernelCache to false)`);
+      }
+      mem.write(tableAt, table);
+      mem.write(stubAt, stub);
+      entry = stubAt;
+    }
+  }
+  return {
+    kind: 'bzImage',
+    entry,
+    start: elf.start,
+    end,
+    cmdlineSize: hdr.cmdlineSize,
+    initrdAddrMax: hdr.initrdAddrMax,
+    header: kernel.subarray(BP_SETUP_HEADER, BP_SETUP_HEADER + hdr.headerLength),
+    headerFields: hdr,
+    ...(kaslrOffset !== undefined ? { kaslrOffset } : {}),
   };
 }
 
@@ -268,6 +345,10 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
   }
   let start = -1n;
   let end = 0n;
+  // Where the file's last structure ends: program headers, segments, section headers.
+  let fileEnd = phoff + phnum * phentsize;
+  const shEnd = Number(u64(kernel, 40)) + u16(kernel, 58) * u16(kernel, 60);
+  if (shEnd <= kernel.length && shEnd > fileEnd) fileEnd = shEnd;
   const segments: { paddr: bigint; offset: number; filesz: number; memsz: bigint }[] = [];
   let pvhEntry: bigint | undefined;
   for (let i = 0; i < phnum; i++) {
@@ -293,6 +374,7 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
         `ELF kernel segment ${i} at ${hex(paddr)} (+${hex(memsz)}) does not fit in low RAM ending at ${hex(lowEnd)}`);
     }
     segments.push({ paddr, offset: Number(offset), filesz: Number(filesz), memsz });
+    if (Number(offset + filesz) > fileEnd) fileEnd = Number(offset + filesz);
     if (start < 0n || paddr < start) start = paddr;
     if (paddr + memsz > end) end = paddr + memsz;
   }
@@ -312,6 +394,7 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
     end,
     cmdlineSize: CMDLINE_MAX_SIZE - 1,
     initrdAddrMax: DEFAULT_INITRD_ADDR_MAX,
+    fileEnd,
     ...(pvhEntry !== undefined ? { pvhEntry } : {}),
   };
 }
@@ -348,6 +431,8 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
   let placed: PlacedKernel;
   if (kernel.length >= 4 && u32(kernel, 0) === ELF_MAGIC) {
     placed = loadElf(mem, kernel, lowEnd);
+  } else if (isBzImage(kernel) && opts.unpackedKernel) {
+    placed = loadUnpackedBzImage(mem, kernel, opts.unpackedKernel, lowEnd, opts.cmdline, opts.kaslrSlot ?? randomInt);
   } else if (isBzImage(kernel)) {
     placed = loadBzImage(mem, kernel, lowEnd);
   } else if (kernel.length < HDR_MAGIC + 4) {
@@ -388,7 +473,7 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
   }
   bp.setUint16(HDR_VID_MODE, VID_MODE_NORMAL, true);
   bp.setUint8(HDR_TYPE_OF_LOADER, TYPE_OF_LOADER_UNDEFINED);
-  bp.setUint8(HDR_LOADFLAGS, bp.getUint8(HDR_LOADFLAGS) | LOADED_HIGH);
+  bp.setUint8(HDR_LOADFLAGS, bp.getUint8(HDR_LOADFLAGS) | LOADED_HIGH | (placed.kaslrOffset !== undefined ? KASLR_FLAG : 0));
   bp.setUint32(HDR_CMD_LINE_PTR, Number(CMDLINE_START & 0xffffffffn), true);
   bp.setUint32(BP_EXT_CMD_LINE_PTR, Number(CMDLINE_START >> 32n), true);
   if (initrd) {
@@ -417,5 +502,6 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
     kernelEnd: placed.end,
     ...(initrd ? { initrd } : {}),
     ...(placed.pvhEntry !== undefined ? { pvhEntry: placed.pvhEntry } : {}),
+    ...(placed.kaslrOffset !== undefined ? { kaslrOffset: placed.kaslrOffset } : {}),
   };
 }

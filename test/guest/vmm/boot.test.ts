@@ -25,10 +25,15 @@ const FACTS = [
   'dmesg | grep -q "x2apic enabled" && echo "fact x2apic=enabled"',
   'echo "fact flags=$(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)"',
   'echo "fact clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"',
+  'echo "fact ktext=$(grep -w _text /proc/kallsyms | cut -d" " -f1)"',
 ].join('\n');
+/** Where the kernel's text starts without KASLR (__START_KERNEL_map + 16 MiB). */
+const LINKED_TEXT = 0xffffffff81000000n;
 
 interface Boot {
   exit: MachineExit;
+  /** The machine's KASLR offset (see Machine.kaslrOffset). */
+  kaslrOffset: bigint | undefined;
   output: string;
   facts: Map<string, string>;
   resets: number;
@@ -62,7 +67,7 @@ async function boot(config: MachineConfig, script: string, untilOutput?: (out: s
   clearTimeout(timer);
   const up = output.indexOf(GUEST_USERSPACE_LINE) >= 0;
   process.stdout.write(`# ${config.cpus ?? 1} vCPUs: created in ${((created - t0) / 1000).toFixed(1)} s, ran ${((performance.now() - created) / 1000).toFixed(1)} s${up ? '' : ' (no userspace)'}\n`);
-  return { exit, output, facts: facts(output), resets };
+  return { exit, output, facts: facts(output), resets, kaslrOffset: machine.kaslrOffset };
 }
 
 let hostFlags: string[] = [];
@@ -76,6 +81,10 @@ test('8 vCPUs: Linux boots to userspace, sees all CPUs, runs x2APIC and powers o
   assert.equal(r.facts.get('online'), '0-7');
   assert.equal(r.facts.get('x2apic'), 'enabled');
   assert.equal(r.facts.get('clocksource'), 'kvm-clock');
+  // The kernel was unpacked by tsvirt (the kernel cache) and randomized by its relocation
+  // stub: the guest's kernel text is where the chosen offset put it.
+  assert.ok(r.kaslrOffset !== undefined, 'tsvirt placed the kernel and chose a KASLR offset');
+  assert.equal(r.facts.get('ktext'), (LINKED_TEXT + r.kaslrOffset).toString(16));
   hostFlags = r.facts.get('flags')!.split(/\s+/);
   assert.ok(hostFlags.includes('x2apic') && hostFlags.includes('hypervisor'));
 });
@@ -108,7 +117,7 @@ test('tsvirt run boots a kernel from the command line and exits 0 when the guest
   const cli = fileURLToPath(new URL('../../../src/cli/tsvirt.cjs', import.meta.url));
   const code = await new Promise<number>((resolve, reject) => {
     const child = spawn(process.execPath, [cli, 'run', '--kernel', guestKernelPath(), '--initrd', initrd, '--cpus', '1',
-      '--memory', '256M,thp=off', '--append', APPEND, '--console', `file:${log}`, '--name', 'cli-guest'], { stdio: ['ignore', 'inherit', 'inherit'] });
+      '--memory', '256M,thp=off', '--append', `${APPEND} nokaslr`, '--console', `file:${log}`, '--name', 'cli-guest'], { stdio: ['ignore', 'inherit', 'inherit'] });
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('tsvirt run did not end')); }, BOOT_TIMEOUT_MS);
     child.on('exit', (c) => { clearTimeout(timer); resolve(c ?? 1); });
   });
@@ -116,6 +125,8 @@ test('tsvirt run boots a kernel from the command line and exits 0 when the guest
   assert.equal(code, 0, output.slice(-2000));
   assert.ok(output.includes('tsvirt-guest: exit 0'));
   assert.equal(facts(output).get('cpus'), '1');
+  // nokaslr: the kernel tsvirt unpacked runs where it was linked.
+  assert.equal(facts(output).get('ktext'), LINKED_TEXT.toString(16));
 });
 
 test('RTC: the guest reads wall time, and an alarm set through /sys/class/rtc fires IRQ 8', { timeout: BOOT_TIMEOUT_MS + 10_000 }, async () => {

@@ -10,6 +10,8 @@ import { GuestRamError } from '../../../src/vmm/guest-ram.js';
 import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
 import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, pciConfigGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 import { waitFor } from '../../support/wait.js';
+import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
+import { debianCloudKernel } from '../../unit/arch/debian-kernel.js';
 
 const TIMEOUT = 20_000;
 
@@ -167,6 +169,37 @@ test('a corrupt or missing kernel file is a clear error naming it, before anythi
   await assert.rejects(Machine.create({ kernel: tiny, memory: '32M' }), /kernel .*tiny: kernel image is truncated/);
   await assert.rejects(Machine.create({ kernel: join(dir, 'absent'), memory: '32M' }), /kernel .*absent: cannot read \(ENOENT\)/);
   await assert.rejects(Machine.create({ kernel: corrupt, initrd: join(dir, 'none.img'), memory: '32M' }), /initrd .*none\.img: cannot read \(ENOENT\)/);
+});
+
+test('a bzImage whose compressed kernel does not unpack is an error naming the file, unless the guest is left to unpack it', { timeout: 60_000 }, async (t) => {
+  const k = debianCloudKernel();
+  if ('reason' in k) {
+    t.skip(k.reason);
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kernel-'));
+  const broken = join(dir, 'vmlinuz-broken');
+  const bytes = new Uint8Array(k.bytes);
+  // The first LZ4 block claims more bytes than the payload holds: nothing decodes.
+  const payload = bzImagePayload(bytes)!;
+  new DataView(payload.buffer, payload.byteOffset).setUint32(4, 0x7fffffff, true);
+  writeFileSync(broken, bytes);
+  const saved = process.env.TSVIRT_CACHE_DIR;
+  process.env.TSVIRT_CACHE_DIR = join(dir, 'cache');
+  try {
+    await assert.rejects(Machine.create({ kernel: broken, memory: '128M' }), (err: Error) => {
+      assert.ok(err instanceof MachineError);
+      assert.match(err.message, new RegExp(`^kernel ${broken}: the kernel's lz4 payload unpacked to 0 bytes, its trailer says \\d+$`));
+      return true;
+    });
+    // kernelCache: false leaves the payload to the kernel's own decompressor in the guest.
+    const m = await Machine.create({ kernel: broken, memory: '128M', kernelCache: false });
+    assert.equal(m.kaslrOffset, undefined);
+    await m.stop();
+  } finally {
+    if (saved === undefined) delete process.env.TSVIRT_CACHE_DIR;
+    else process.env.TSVIRT_CACHE_DIR = saved;
+  }
 });
 
 test('a memory size the host cannot give fails before the guest starts', { timeout: 30_000 }, async () => {

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bzImagePayload, unpackPayload } from '../../../src/arch/x86/kernel-payload.js';
 
 const root = fileURLToPath(new URL('../../../..', import.meta.url));
 const ownCache = join(root, '.cache', 'arch-kernel');
@@ -52,43 +53,9 @@ export function debianCloudKernel(): { bytes: Uint8Array; path: string } | { rea
   return { bytes: new Uint8Array(readFileSync(path)), path };
 }
 
-/**
- * The ELF vmlinux inside a bzImage whose payload is LZ4-compressed (Debian's x86 kernels):
- * the payload is in the LZ4 legacy frame format, blocks of LZ4 sequences.
- */
+/** The ELF vmlinux (and its relocation table) inside a bzImage, unpacked as tsvirt does it. */
 export function extractVmlinux(bzImage: Uint8Array): Uint8Array {
-  const dv = new DataView(bzImage.buffer, bzImage.byteOffset, bzImage.byteLength);
-  const setupSize = ((bzImage[0x1f1] || 4) + 1) * 512;
-  const payloadOffset = setupSize + dv.getUint32(0x248, true);
-  const payloadLength = dv.getUint32(0x24c, true);
-  const payload = bzImage.subarray(payloadOffset, payloadOffset + payloadLength);
-  const pv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-  if (pv.getUint32(0, true) !== 0x184c2102) throw new Error('bzImage payload is not LZ4 legacy-framed');
-  // The kernel build appends the decompressed size as a little-endian u32.
-  const out = new Uint8Array(pv.getUint32(payload.length - 4, true));
-  let o = 0;
-  let p = 4;
-  while (p + 4 <= payload.length - 4 && o < out.length) {
-    const blockSize = pv.getUint32(p, true);
-    p += 4;
-    if (blockSize === 0x184c2102) continue; // a new legacy frame starts
-    const end = p + blockSize;
-    while (p < end) {
-      const token = payload[p++]!;
-      let literals = token >> 4;
-      if (literals === 15) { let b; do { b = payload[p++]!; literals += b; } while (b === 255); }
-      out.set(payload.subarray(p, p + literals), o);
-      o += literals;
-      p += literals;
-      if (p >= end) break; // the last sequence has literals only
-      const offset = payload[p]! | (payload[p + 1]! << 8);
-      p += 2;
-      let match = token & 15;
-      if (match === 15) { let b; do { b = payload[p++]!; match += b; } while (b === 255); }
-      match += 4;
-      for (let i = 0; i < match; i++, o++) out[o] = out[o - offset]!; // may overlap: byte by byte
-    }
-  }
-  if (o !== out.length) throw new Error(`LZ4 payload decompressed to ${o} bytes, expected ${out.length}`);
-  return out;
+  const payload = bzImagePayload(bzImage);
+  if (!payload) throw new Error('the bzImage header locates no payload');
+  return unpackPayload(payload);
 }

@@ -49,6 +49,7 @@ test('schema: unknown key and bad values give one-line errors naming them', () =
   oneLine(() => validateConfig({ console: 'tty' }), /console: must be "stdio", "none", "file:PATH" or "socket:PATH"/);
   oneLine(() => validateConfig({ memoryBackend: 'hugetlbfs:' }), /memoryBackend: must be "memfd" or "hugetlbfs:PATH"/);
   oneLine(() => validateConfig({ noReboot: 'yes' }), /noReboot: must be boolean/);
+  oneLine(() => validateConfig({ kernelCache: 'off' }), /kernelCache: must be boolean/);
   oneLine(() => validateConfig({ qmp: ['unix:/x', 3] }), /qmp\.1: must be string/);
   oneLine(() => validateConfig([]), /config: must be object/);
   const ok = validateConfig({ kernel: 'vmlinuz', cpus: 8, memory: '2G', thp: false, console: 'file:/tmp/c', qmp: ['tcp:127.0.0.1:4444'] });

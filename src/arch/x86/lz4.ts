@@ -1,0 +1,102 @@
+// LZ4 in the "legacy" frame format, the format of a bzImage's payload when the kernel was
+// built with CONFIG_KERNEL_LZ4: a 4-byte magic, then blocks of at most 8 MiB of output, each
+// a 4-byte little-endian compressed length and one LZ4 block. The kernel's build appends the
+// uncompressed length after the last block. Written from the LZ4 block format description:
+// a block is a run of sequences, each a token (literal length, match length), the literals,
+// and a 2-byte offset back into the output to copy the match from.
+
+export const LZ4_LEGACY_MAGIC = 0x184c2102;
+const MIN_MATCH = 4;
+
+/** Compressed data that does not decode; the message says where. */
+export class Lz4Error extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'Lz4Error';
+  }
+}
+
+function u32(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
+
+/**
+ * Decodes a legacy LZ4 stream into `out` (which must be large enough: the caller knows the
+ * length from the kernel's appended size) and returns the number of bytes written. Input
+ * after the last whole block (the appended size) is ignored, as the kernel's decoder does.
+ */
+export function lz4LegacyDecode(src: Uint8Array, out: Uint8Array): number {
+  if (src.length < 4 || u32(src, 0) !== LZ4_LEGACY_MAGIC) throw new Lz4Error('not an LZ4 legacy stream (bad magic)');
+  let ip = 4;
+  let op = 0;
+  while (ip + 4 <= src.length) {
+    const blockSize = u32(src, ip);
+    // A second stream may follow (concatenated frames); anything that is not a whole block ends the data.
+    if (blockSize === LZ4_LEGACY_MAGIC) {
+      ip += 4;
+      continue;
+    }
+    if (blockSize === 0 || ip + 4 + blockSize > src.length) break;
+    ip += 4;
+    op = decodeBlock(src, ip, ip + blockSize, out, op);
+    ip += blockSize;
+  }
+  return op;
+}
+
+/** One LZ4 block from src[start, end) into out at `op`; returns the new output position. */
+function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Array, op: number): number {
+  const blockStart = op;
+  const outEnd = out.length;
+  let ip = start;
+  for (;;) {
+    const token = src[ip++]!;
+    let literals = token >>> 4;
+    if (literals === 15) {
+      let b: number;
+      do {
+        if (ip >= end) throw new Lz4Error(`LZ4 block at input offset ${start} ends inside a literal length`);
+        b = src[ip++]!;
+        literals += b;
+      } while (b === 255);
+    }
+    if (ip + literals > end) throw new Lz4Error(`LZ4 block at input offset ${start}: literals run past the block's end`);
+    if (op + literals > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
+    // Short runs by hand: a typed-array call costs more than copying a few bytes.
+    if (literals < 32) {
+      for (let i = 0; i < literals; i++) out[op + i] = src[ip + i]!;
+    } else {
+      out.set(src.subarray(ip, ip + literals), op);
+    }
+    ip += literals;
+    op += literals;
+    if (ip >= end) break; // the last sequence has literals only
+    if (ip + 2 > end) throw new Lz4Error(`LZ4 block at input offset ${start} ends inside a match offset`);
+    const offset = src[ip]! | (src[ip + 1]! << 8);
+    ip += 2;
+    // Legacy blocks are independent: a match reaches back only into its own block's output.
+    if (offset === 0 || offset > op - blockStart) {
+      throw new Lz4Error(`LZ4 block at input offset ${start}: match offset ${offset} points before the block's output`);
+    }
+    let length = token & 15;
+    if (length === 15) {
+      let b: number;
+      do {
+        if (ip >= end) throw new Lz4Error(`LZ4 block at input offset ${start} ends inside a match length`);
+        b = src[ip++]!;
+        length += b;
+      } while (b === 255);
+    }
+    length += MIN_MATCH;
+    if (op + length > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
+    let from = op - offset;
+    if (offset >= length && length >= 32) {
+      out.copyWithin(op, from, from + length);
+      op += length;
+    } else {
+      // Overlapping (offset < length) repeats the last `offset` bytes: byte by byte, in order.
+      for (let i = 0; i < length; i++) out[op++] = out[from++]!;
+    }
+  }
+  return op;
+}

@@ -1,0 +1,112 @@
+// Unpacked bzImage payloads, kept between runs (see arch/x86/kernel-payload.ts for why the
+// VMM unpacks the kernel at all). Unpacking costs more than the guest's own decompressor
+// (JavaScript against the guest's native code), so it pays only from the second boot of the
+// same kernel on: the first boot unpacks and stores the result; later boots map it.
+//
+// An entry is named by the kernel file's identity: its real path, device, inode, size and
+// change time. Any rewrite of the kernel changes the change time, so a stale entry is never
+// used; entries are written under a temporary name and renamed, so a reader never sees half
+// of one. Where the cache cannot be written, nothing is unpacked and the guest decompresses
+// its kernel as usual.
+import { createHash } from 'node:crypto';
+import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
+import { MAP_PRIVATE, mmap, munmap, nativeView, PROT_READ } from '../kvm/libc.js';
+
+export interface UnpackedKernel {
+  /** The ELF kernel and its relocation table. */
+  readonly bytes: Uint8Array;
+  /** Whether this run unpacked it (false: it came from the cache). */
+  readonly fresh: boolean;
+  /** Ends the mapping of a cached entry (a no-op for a fresh one). */
+  release(): void;
+}
+
+/** Where unpacked kernels are kept: $TSVIRT_CACHE_DIR, else the user's cache directory. */
+export function kernelCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.TSVIRT_CACHE_DIR ?? join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'tsvirt');
+  return join(base, 'kernels');
+}
+
+/** The cache file for the kernel at `path` as it is now. */
+function entryPath(dir: string, path: string): string {
+  const st = statSync(path, { bigint: true });
+  const identity = [realpathSync(path), st.dev, st.ino, st.size, st.ctimeNs].join('\0');
+  return join(dir, `${createHash('sha256').update(identity).digest('hex').slice(0, 32)}.vmlinux`);
+}
+
+/**
+ * Creates `dir` and its missing parents, one at a time; false when it cannot be made or
+ * written. (Node's recursive mkdir never returns for a path inside /proc.)
+ */
+function makeWritableDir(dir: string): boolean {
+  const missing: string[] = [];
+  for (let d = dir; !existsSync(d); d = dirname(d)) {
+    if (missing.length > 64 || dirname(d) === d) return false;
+    missing.unshift(d);
+  }
+  try {
+    for (const d of missing) mkdirSync(d);
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Maps a cache entry read-only; undefined when it is missing or not an ELF file. */
+function mapEntry(file: string): UnpackedKernel | undefined {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size < 64) return undefined;
+    const address = mmap(size, PROT_READ, MAP_PRIVATE, fd);
+    const bytes = new Uint8Array(nativeView(address, size));
+    if (bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
+      munmap(address, size);
+      return undefined;
+    }
+    let mapped = true;
+    return {
+      bytes, fresh: false,
+      release: () => {
+        if (mapped) munmap(address, size);
+        mapped = false;
+      },
+    };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * The unpacked payload of the bzImage `kernel` (read from `path`): from the cache, or
+ * unpacked now and stored. Undefined when the payload is compressed in a way this VMM does
+ * not unpack, or the cache directory cannot be written: the guest then decompresses it.
+ * Throws KernelPayloadError when the payload does not decode.
+ */
+export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernelCacheDir()): UnpackedKernel | undefined {
+  const payload = bzImagePayload(kernel);
+  if (!payload || !canUnpack(payloadCompression(payload))) return undefined;
+  const file = entryPath(dir, path);
+  const cached = mapEntry(file);
+  if (cached) return cached;
+  if (!makeWritableDir(dir)) return undefined;
+  const bytes = unpackPayload(payload);
+  const temporary = `${file}.${process.pid}.tmp`;
+  try {
+    writeFileSync(temporary, bytes);
+    renameSync(temporary, file);
+  } catch {
+    // A full disk, say: this boot uses what it unpacked; the next one tries again.
+    rmSync(temporary, { force: true });
+  }
+  return { bytes, fresh: true, release: () => undefined };
+}

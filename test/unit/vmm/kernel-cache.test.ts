@@ -1,0 +1,67 @@
+// The kernel cache: a bzImage's payload unpacked once, mapped from the cache afterwards, never
+// used once the kernel file changed, and left to the guest where the cache cannot be written.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { kernelCacheDir, unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
+import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
+import { debianCloudKernel } from '../arch/debian-kernel.js';
+
+test('the cache directory: TSVIRT_CACHE_DIR, else XDG_CACHE_HOME, else ~/.cache', () => {
+  assert.equal(kernelCacheDir({ TSVIRT_CACHE_DIR: '/c' }), '/c/kernels');
+  assert.equal(kernelCacheDir({ XDG_CACHE_HOME: '/x' }), '/x/tsvirt/kernels');
+  assert.match(kernelCacheDir({}), /\/\.cache\/tsvirt\/kernels$/);
+});
+
+test('a kernel is unpacked once, then mapped from the cache until its file changes', (t) => {
+  const k = debianCloudKernel();
+  if ('reason' in k) {
+    t.skip(k.reason);
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
+  const cache = join(dir, 'cache', 'kernels');
+  const kernel = join(dir, 'vmlinuz');
+  copyFileSync(k.path, kernel);
+
+  const first = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(first.fresh, true);
+  const entries = readdirSync(cache);
+  assert.equal(entries.length, 1);
+  assert.match(entries[0]!, /^[0-9a-f]{32}\.vmlinux$/);
+  const second = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(second.fresh, false, 'mapped from the cache');
+  assert.ok(Buffer.from(second.bytes).equals(Buffer.from(first.bytes)));
+  second.release();
+  second.release(); // a second release is harmless
+
+  // The same bytes written again: the change time moved, so the entry is not trusted.
+  writeFileSync(kernel, readFileSync(kernel));
+  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
+  assert.equal(readdirSync(cache).length, 2);
+
+  // A damaged entry (cut short) is not an ELF image: unpacked again.
+  for (const name of readdirSync(cache)) truncateSync(join(cache, name), 10);
+  const again = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(again.fresh, true);
+  assert.ok(Buffer.from(again.bytes).equals(Buffer.from(first.bytes)));
+});
+
+test('no unpacking where the cache cannot be written, nor for payloads left to the guest', (t) => {
+  const k = debianCloudKernel();
+  if ('reason' in k) {
+    t.skip(k.reason);
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
+  const kernel = join(dir, 'vmlinuz');
+  copyFileSync(k.path, kernel);
+  // Inside /proc nothing can be created (and Node's recursive mkdir would never return there).
+  assert.equal(unpackedKernelFor(kernel, k.bytes, '/proc/tsvirt-no-cache/kernels'), undefined);
+  // A payload whose magic says xz: the guest's decompressor handles it.
+  const xz = new Uint8Array(k.bytes);
+  bzImagePayload(xz)!.set([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+  assert.equal(unpackedKernelFor(kernel, xz, join(dir, 'cache')), undefined);
+});
