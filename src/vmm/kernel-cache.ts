@@ -3,17 +3,16 @@
 // (JavaScript against the guest's native code), so it pays only from the second boot of the
 // same kernel on: the first boot unpacks and stores the result; later boots map it.
 //
-// An entry is named by the kernel file's identity: its real path, device, inode, size and
-// change time. Any rewrite of the kernel changes the change time, so a stale entry is never
+// An entry is named by the kernel file's identity: its device, inode, size and change time
+// (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite of the kernel changes the change time, so a stale entry is never
 // used; entries are written under a temporary name and renamed, so a reader never sees half
 // of one. Where the cache cannot be written, nothing is unpacked and the guest decompresses
 // its kernel as usual.
-import { createHash } from 'node:crypto';
-import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
-import { MAP_PRIVATE, mmap, munmap, nativeView, PROT_READ } from '../kvm/libc.js';
+import { MAP_POPULATE, MAP_PRIVATE, mmap, munmap, nativeView, PROT_READ } from '../kvm/libc.js';
 
 export interface UnpackedKernel {
   /** The ELF kernel and its relocation table. */
@@ -24,17 +23,16 @@ export interface UnpackedKernel {
   release(): void;
 }
 
-/** Where unpacked kernels are kept: $TSVIRT_CACHE_DIR, else the user's cache directory. */
+/** Where unpacked kernels are kept: $TSVIRT_CACHE (the same variable moves the lab's images), else the user's cache directory. */
 export function kernelCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.TSVIRT_CACHE_DIR ?? join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'tsvirt');
+  const base = env.TSVIRT_CACHE ?? join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'tsvirt');
   return join(base, 'kernels');
 }
 
 /** The cache file for the kernel at `path` as it is now. */
 function entryPath(dir: string, path: string): string {
   const st = statSync(path, { bigint: true });
-  const identity = [realpathSync(path), st.dev, st.ino, st.size, st.ctimeNs].join('\0');
-  return join(dir, `${createHash('sha256').update(identity).digest('hex').slice(0, 32)}.vmlinux`);
+  return join(dir, `${st.dev.toString(16)}-${st.ino.toString(16)}-${st.size.toString(16)}-${st.ctimeNs.toString(16)}.vmlinux`);
 }
 
 /**
@@ -67,7 +65,8 @@ function mapEntry(file: string): UnpackedKernel | undefined {
   try {
     const size = fstatSync(fd).size;
     if (size < 64) return undefined;
-    const address = mmap(size, PROT_READ, MAP_PRIVATE, fd);
+    // Populated in one call: faulting in 13 000 pages one by one cost more than the copy out of them.
+    const address = mmap(size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd);
     const bytes = new Uint8Array(nativeView(address, size));
     if (bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
       munmap(address, size);

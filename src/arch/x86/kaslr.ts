@@ -10,6 +10,8 @@
 // guest code does the patching before it enters the kernel. The physical address stays where
 // the ELF image asks (the decompressor may also move it; we do not).
 
+import { closeSync, openSync, readSync } from 'node:fs';
+
 /** How far into the kernel mapping the image may be moved (KERNEL_IMAGE_SIZE with KASLR on x86-64). */
 export const KERNEL_IMAGE_SIZE = 1n << 30n;
 
@@ -21,6 +23,22 @@ export const KERNEL_IMAGE_SIZE = 1n << 30n;
 export function virtualSlots(loadAddress: bigint, imageSize: bigint, alignment: bigint): number {
   if (alignment <= 0n || loadAddress + imageSize > KERNEL_IMAGE_SIZE) return 1;
   return Number((KERNEL_IMAGE_SIZE - loadAddress - imageSize) / alignment) + 1;
+}
+
+/**
+ * A uniformly random slot, 0 <= slot < slots, from the kernel's random source. (/dev/urandom
+ * rather than node:crypto, which costs tens of milliseconds to load in a nested start-up;
+ * the modulo's bias over 2^32 is below one in a million for the few hundred slots there are.)
+ */
+export function randomSlot(slots: number): number {
+  const bytes = new Uint8Array(4);
+  const fd = openSync('/dev/urandom', 'r');
+  try {
+    readSync(fd, bytes, 0, 4, null);
+  } finally {
+    closeSync(fd);
+  }
+  return new DataView(bytes.buffer).getUint32(0, true) % slots;
 }
 
 export interface RelocationStubOptions {

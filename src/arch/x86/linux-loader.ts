@@ -1,10 +1,9 @@
 // Loads a Linux kernel (bzImage or ELF vmlinux) and its initrd into guest memory, fills the
 // boot_params "zero page" and returns the 64-bit boot CPU state, following the x86 Linux
 // boot protocol (64-bit entry: paging on, identity-mapped, RSI = boot_params).
-import { randomInt } from 'node:crypto';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import { BootRegs, BootSregs, bootRegs, setupLongMode } from './boot-state.js';
-import { relocationStub, virtualSlots } from './kaslr.js';
+import { randomSlot, relocationStub, virtualSlots } from './kaslr.js';
 import {
   BDA_BASE_MEMORY_KB, BDA_EBDA_SEGMENT, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
 } from './layout.js';
@@ -432,7 +431,7 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
   if (kernel.length >= 4 && u32(kernel, 0) === ELF_MAGIC) {
     placed = loadElf(mem, kernel, lowEnd);
   } else if (isBzImage(kernel) && opts.unpackedKernel) {
-    placed = loadUnpackedBzImage(mem, kernel, opts.unpackedKernel, lowEnd, opts.cmdline, opts.kaslrSlot ?? randomInt);
+    placed = loadUnpackedBzImage(mem, kernel, opts.unpackedKernel, lowEnd, opts.cmdline, opts.kaslrSlot ?? randomSlot);
   } else if (isBzImage(kernel)) {
     placed = loadBzImage(mem, kernel, lowEnd);
   } else if (kernel.length < HDR_MAGIC + 4) {

@@ -184,8 +184,8 @@ test('a bzImage whose compressed kernel does not unpack is an error naming the f
   const payload = bzImagePayload(bytes)!;
   new DataView(payload.buffer, payload.byteOffset).setUint32(4, 0x7fffffff, true);
   writeFileSync(broken, bytes);
-  const saved = process.env.TSVIRT_CACHE_DIR;
-  process.env.TSVIRT_CACHE_DIR = join(dir, 'cache');
+  const saved = process.env.TSVIRT_CACHE;
+  process.env.TSVIRT_CACHE = join(dir, 'cache');
   try {
     await assert.rejects(Machine.create({ kernel: broken, memory: '128M' }), (err: Error) => {
       assert.ok(err instanceof MachineError);
@@ -197,8 +197,8 @@ test('a bzImage whose compressed kernel does not unpack is an error naming the f
     assert.equal(m.kaslrOffset, undefined);
     await m.stop();
   } finally {
-    if (saved === undefined) delete process.env.TSVIRT_CACHE_DIR;
-    else process.env.TSVIRT_CACHE_DIR = saved;
+    if (saved === undefined) delete process.env.TSVIRT_CACHE;
+    else process.env.TSVIRT_CACHE = saved;
   }
 });
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { Lz4Error, lz4LegacyDecode } from '../../../src/arch/x86/lz4.js';
 import { bzImagePayload, KernelPayloadError, payloadCompression, unpackPayload } from '../../../src/arch/x86/kernel-payload.js';
-import { KERNEL_IMAGE_SIZE, relocationStub, virtualSlots } from '../../../src/arch/x86/kaslr.js';
+import { KERNEL_IMAGE_SIZE, randomSlot, relocationStub, virtualSlots } from '../../../src/arch/x86/kaslr.js';
 import { loadLinux } from '../../../src/arch/x86/linux-loader.js';
 import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { ZERO_PAGE_START } from '../../../src/arch/x86/layout.js';
@@ -90,6 +90,9 @@ test('KASLR: the slots span the kernel mapping; the stub disassembles to the rel
   // 16 MiB link address, 34 MiB image, 2 MiB steps: (1 GiB - 50 MiB) / 2 MiB + 1.
   assert.equal(virtualSlots(16n << 20n, 34n << 20n, 2n << 20n), 488);
   assert.equal(virtualSlots(16n << 20n, KERNEL_IMAGE_SIZE, 2n << 20n), 1, 'no room: the base stays');
+  const draws = Array.from({ length: 200 }, () => randomSlot(479));
+  assert.ok(draws.every((d) => Number.isInteger(d) && d >= 0 && d < 479));
+  assert.ok(new Set(draws).size > 100, 'spread over the slots');
   const stub = relocationStub({ tableEnd: 0x3300000n, delta: 0x2a00000n, kernelEntry: 0x1000000n });
   const file = join(dir, 'stub.bin');
   writeFileSync(file, stub);
