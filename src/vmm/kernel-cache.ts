@@ -1,25 +1,25 @@
 // Unpacked bzImage payloads, kept between runs (see arch/x86/kernel-payload.ts for why the
 // VMM unpacks the kernel at all). Unpacking costs more than the guest's own decompressor
 // (JavaScript against the guest's native code), so it pays only from the second boot of the
-// same kernel on: the first boot unpacks and stores the result; later boots map it.
+// same kernel on: the first boot unpacks and stores the result; later boots read it from there.
 //
 // An entry is named by the kernel file's identity: its device, inode, size and change time
 // (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite of the kernel changes the change time, so a stale entry is never
 // used; entries are written under a temporary name and renamed, so a reader never sees half
 // of one. Where the cache cannot be written, nothing is unpacked and the guest decompresses
 // its kernel as usual.
-import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
-import { MAP_POPULATE, MAP_PRIVATE, mmap, munmap, nativeView, PROT_READ } from '../kvm/libc.js';
+import { type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
 
 export interface UnpackedKernel {
-  /** The ELF kernel and its relocation table. */
-  readonly bytes: Uint8Array;
+  /** The ELF kernel and its relocation table: in memory when fresh, else read from the entry. */
+  readonly image: KernelImage;
   /** Whether this run unpacked it (false: it came from the cache). */
   readonly fresh: boolean;
-  /** Ends the mapping of a cached entry (a no-op for a fresh one). */
+  /** Closes a cached entry (a no-op for a fresh one). */
   release(): void;
 }
 
@@ -54,35 +54,48 @@ function makeWritableDir(dir: string): boolean {
   }
 }
 
-/** Maps a cache entry read-only; undefined when it is missing or not an ELF file. */
-function mapEntry(file: string): UnpackedKernel | undefined {
+/** Opens a cache entry; undefined when it is missing or not an ELF file. */
+function openEntry(file: string): UnpackedKernel | undefined {
   let fd: number;
   try {
     fd = openSync(file, 'r');
   } catch {
     return undefined;
   }
-  try {
-    const size = fstatSync(fd).size;
-    if (size < 64) return undefined;
-    // Populated in one call: faulting in 13 000 pages one by one cost more than the copy out of them.
-    const address = mmap(size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd);
-    const bytes = new Uint8Array(nativeView(address, size));
-    if (bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
-      munmap(address, size);
-      return undefined;
-    }
-    let mapped = true;
-    return {
-      bytes, fresh: false,
-      release: () => {
-        if (mapped) munmap(address, size);
-        mapped = false;
-      },
-    };
-  } finally {
+  const size = fstatSync(fd).size;
+  const read = (offset: number, length: number): Uint8Array => {
+    const out = new Uint8Array(length);
+    if (readSync(fd, out, 0, length, offset) !== length) throw new Error(`kernel cache entry ${file}: cut short at ${offset}+${length}`);
+    return out;
+  };
+  if (size < 64 || !isElf(read(0, 4))) {
     closeSync(fd);
+    return undefined;
   }
+  let open = true;
+  return {
+    fresh: false,
+    image: {
+      length: size,
+      read,
+      // Straight from the page cache into guest memory, in one system call per segment.
+      copyTo: (into, offset) => {
+        for (let done = 0; done < into.length;) {
+          const n = readSync(fd, into, done, into.length - done, offset + done);
+          if (n === 0) throw new Error(`kernel cache entry ${file}: cut short at ${offset + done}`);
+          done += n;
+        }
+      },
+    },
+    release: () => {
+      if (open) closeSync(fd);
+      open = false;
+    },
+  };
+}
+
+function isElf(b: Uint8Array): boolean {
+  return b[0] === 0x7f && b[1] === 0x45 && b[2] === 0x4c && b[3] === 0x46;
 }
 
 /**
@@ -95,7 +108,7 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
   const payload = bzImagePayload(kernel);
   if (!payload || !canUnpack(payloadCompression(payload))) return undefined;
   const file = entryPath(dir, path);
-  const cached = mapEntry(file);
+  const cached = openEntry(file);
   if (cached) return cached;
   if (!makeWritableDir(dir)) return undefined;
   const bytes = unpackPayload(payload);
@@ -107,5 +120,5 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
     // A full disk, say: this boot uses what it unpacked; the next one tries again.
     rmSync(temporary, { force: true });
   }
-  return { bytes, fresh: true, release: () => undefined };
+  return { image: kernelImageOf(bytes), fresh: true, release: () => undefined };
 }

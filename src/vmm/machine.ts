@@ -227,7 +227,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
       unpacked = boot.unpacked = unpackKernel(valid, boot);
-      if (unpacked) bootTrace(`create: kernel payload ${unpacked.fresh ? 'unpacked and cached' : 'mapped from the kernel cache'}`);
+      if (unpacked) bootTrace(`create: kernel payload ${unpacked.fresh ? 'unpacked and cached' : 'read from the kernel cache'}`);
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -420,7 +420,7 @@ export class Machine extends EventEmitter implements QmpTarget {
         const loaded = loadLinux(mem, {
           kernel: this.boot.kernel!,
           ...(this.boot.initrd ? { initrd: this.boot.initrd } : {}),
-          ...(this.boot.unpacked ? { unpackedKernel: this.boot.unpacked.bytes } : {}),
+          ...(this.boot.unpacked ? { unpackedKernel: this.boot.unpacked.image } : {}),
           cmdline: this.boot.cmdline,
           memorySize: this.memorySize,
           rsdpAddress: acpi.rsdp,
@@ -431,7 +431,7 @@ export class Machine extends EventEmitter implements QmpTarget {
         if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
         throw err;
       } finally {
-        // Loaded (or failed): a reset maps the cached copy again (see doReset).
+        // Loaded (or failed): a reset opens the cached copy again (see doReset).
         this.boot.unpacked?.release();
         delete this.boot.unpacked;
       }
@@ -676,7 +676,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.resetControl.reset();
     // Before the old VM goes: the PCI reset takes the queue doorbells off it.
     this.virtio?.reset();
-    // The kernel is placed anew, with a new KASLR base: from the cache, mapped again.
+    // The kernel is placed anew, with a new KASLR base: read from the cache again.
     this.boot.unpacked = unpackKernel(this.config, this.boot);
     this.buildVm();
     this.attachVcpus();

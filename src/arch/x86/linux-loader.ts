@@ -20,7 +20,7 @@ export interface LoadLinuxOptions {
    * relocation table. The kernel is then placed and randomized here, and entered at its own
    * 64-bit entry, instead of by its decompressor in the guest.
    */
-  unpackedKernel?: Uint8Array;
+  unpackedKernel?: Uint8Array | KernelImage;
   /** Picks the kernel's KASLR slot, 0 <= slot < slots (crypto-random unless a test fixes it). */
   kaslrSlot?: (slots: number) => number;
 }
@@ -45,6 +45,28 @@ export interface LoadedLinux {
   pvhEntry?: bigint;
   /** For a bzImage unpacked by the loader: how far KASLR moved the kernel's virtual base (0 with nokaslr). */
   kaslrOffset?: bigint;
+}
+
+/**
+ * The bytes of an ELF kernel, in memory or in a file. A file's segments are read straight
+ * into guest memory: no view of the whole file is made (an external buffer of 50 MB costs V8
+ * a garbage collection, and mapping it costs a page fault per page).
+ */
+export interface KernelImage {
+  readonly length: number;
+  /** `length` bytes from `offset` (headers, notes, a relocation table: small reads). */
+  read(offset: number, length: number): Uint8Array;
+  /** Fills `into` with the bytes from `offset` on. */
+  copyTo(into: Uint8Array, offset: number): void;
+}
+
+/** A KernelImage over bytes in memory. */
+export function kernelImageOf(bytes: Uint8Array): KernelImage {
+  return {
+    length: bytes.length,
+    read: (offset, length) => bytes.subarray(offset, offset + length),
+    copyTo: (into, offset) => into.set(bytes.subarray(offset, offset + into.length)),
+  };
 }
 
 /** A kernel or initrd the loader cannot use; the message names the problem in one line. */
@@ -254,7 +276,7 @@ function bootFootprintEnd(hdr: SetupHeader, imageEnd: bigint, lowEnd: bigint): b
  * applies the relocation table after the ELF image (kaslr.ts), then enters the kernel.
  */
 function loadUnpackedBzImage(
-  mem: GuestMemory, kernel: Uint8Array, unpacked: Uint8Array, lowEnd: bigint, cmdline: string, pickSlot: (slots: number) => number,
+  mem: GuestMemory, kernel: Uint8Array, unpacked: KernelImage, lowEnd: bigint, cmdline: string, pickSlot: (slots: number) => number,
 ): PlacedKernel {
   const hdr = parseSetupHeader(kernel);
   const elf = loadElf(mem, unpacked, lowEnd);
@@ -273,7 +295,7 @@ function loadUnpackedBzImage(
     if (kaslrOffset > 0n) {
       // The table and the code that applies it go in the boot footprint above the image,
       // memory the kernel takes back once it runs.
-      const table = unpacked.subarray(tableStart);
+      const table = unpacked.read(tableStart, unpacked.length - tableStart);
       const tableAt = (elf.end + PAGE - 1n) & ~(PAGE - 1n);
       const stubAt = (tableAt + BigInt(table.length) + 15n) & ~15n;
       const stub = relocationStub({ tableEnd: tableAt + BigInt(table.length), delta: kaslrOffset, kernelEntry: elf.entry });
@@ -329,8 +351,9 @@ function findPvhEntry(kernel: Uint8Array, offset: number, size: number): bigint 
 }
 
 /** Loads the PT_LOAD segments of an ELF64 x86-64 vmlinux at their physical addresses. */
-function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKernel {
-  if (kernel.length < 64) throw new KernelLoadError(`ELF kernel is truncated: ${kernel.length} bytes, no ELF header`);
+function loadElf(mem: GuestMemory, image: KernelImage, lowEnd: bigint): PlacedKernel {
+  if (image.length < 64) throw new KernelLoadError(`ELF kernel is truncated: ${image.length} bytes, no ELF header`);
+  const kernel = image.read(0, 64);
   if (kernel[4] !== ELFCLASS64) throw new KernelLoadError(`ELF kernel is not 64-bit (EI_CLASS ${kernel[4]})`);
   if (kernel[5] !== ELFDATA2LSB) throw new KernelLoadError(`ELF kernel is not little-endian (EI_DATA ${kernel[5]})`);
   const machine = u16(kernel, 18);
@@ -339,33 +362,34 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
   const phoff = Number(u64(kernel, 32));
   const phentsize = u16(kernel, 54);
   const phnum = u16(kernel, 56);
-  if (phentsize < 56 || phoff + phnum * phentsize > kernel.length) {
-    throw new KernelLoadError(`ELF kernel is truncated: program headers end beyond ${kernel.length} bytes`);
+  if (phentsize < 56 || phoff + phnum * phentsize > image.length) {
+    throw new KernelLoadError(`ELF kernel is truncated: program headers end beyond ${image.length} bytes`);
   }
+  const headers = image.read(phoff, phnum * phentsize);
   let start = -1n;
   let end = 0n;
   // Where the file's last structure ends: program headers, segments, section headers.
   let fileEnd = phoff + phnum * phentsize;
   const shEnd = Number(u64(kernel, 40)) + u16(kernel, 58) * u16(kernel, 60);
-  if (shEnd <= kernel.length && shEnd > fileEnd) fileEnd = shEnd;
+  if (shEnd <= image.length && shEnd > fileEnd) fileEnd = shEnd;
   const segments: { paddr: bigint; offset: number; filesz: number; memsz: bigint }[] = [];
   let pvhEntry: bigint | undefined;
   for (let i = 0; i < phnum; i++) {
-    const ph = phoff + i * phentsize;
-    const type = u32(kernel, ph);
+    const ph = i * phentsize;
+    const type = u32(headers, ph);
     if (type === PT_NOTE && pvhEntry === undefined) {
-      const noteOffset = u64(kernel, ph + 8);
-      const noteSize = u64(kernel, ph + 32);
-      if (noteOffset + noteSize <= BigInt(kernel.length)) pvhEntry = findPvhEntry(kernel, Number(noteOffset), Number(noteSize));
+      const noteOffset = u64(headers, ph + 8);
+      const noteSize = u64(headers, ph + 32);
+      if (noteOffset + noteSize <= BigInt(image.length)) pvhEntry = findPvhEntry(image.read(Number(noteOffset), Number(noteSize)), 0, Number(noteSize));
     }
     if (type !== PT_LOAD) continue;
-    const offset = u64(kernel, ph + 8);
-    const paddr = u64(kernel, ph + 24);
-    const filesz = u64(kernel, ph + 32);
-    const memsz = u64(kernel, ph + 40);
-    if (offset + filesz > BigInt(kernel.length)) {
+    const offset = u64(headers, ph + 8);
+    const paddr = u64(headers, ph + 24);
+    const filesz = u64(headers, ph + 32);
+    const memsz = u64(headers, ph + 40);
+    if (offset + filesz > BigInt(image.length)) {
       throw new KernelLoadError(
-        `ELF kernel is truncated: segment ${i} needs file bytes up to ${hex(offset + filesz)}, file has ${hex(kernel.length)}`);
+        `ELF kernel is truncated: segment ${i} needs file bytes up to ${hex(offset + filesz)}, file has ${hex(image.length)}`);
     }
     if (filesz > memsz) throw new KernelLoadError(`ELF kernel segment ${i} is corrupt: file size exceeds memory size`);
     if (paddr + memsz > lowEnd) {
@@ -382,7 +406,7 @@ function loadElf(mem: GuestMemory, kernel: Uint8Array, lowEnd: bigint): PlacedKe
     throw new KernelLoadError(`ELF kernel entry point ${hex(entry)} lies outside its loaded segments`);
   }
   for (const s of segments) {
-    mem.write(s.paddr, kernel.subarray(s.offset, s.offset + s.filesz));
+    image.copyTo(mem.slice(s.paddr, s.filesz), s.offset);
     // Zero the .bss part explicitly: guest RAM may hold an earlier boot's bytes.
     if (s.memsz > BigInt(s.filesz)) mem.slice(s.paddr + BigInt(s.filesz), Number(s.memsz) - s.filesz).fill(0);
   }
@@ -429,9 +453,10 @@ export function loadLinux(mem: GuestMemory, opts: LoadLinuxOptions): LoadedLinux
   const kernel = opts.kernel;
   let placed: PlacedKernel;
   if (kernel.length >= 4 && u32(kernel, 0) === ELF_MAGIC) {
-    placed = loadElf(mem, kernel, lowEnd);
+    placed = loadElf(mem, kernelImageOf(kernel), lowEnd);
   } else if (isBzImage(kernel) && opts.unpackedKernel) {
-    placed = loadUnpackedBzImage(mem, kernel, opts.unpackedKernel, lowEnd, opts.cmdline, opts.kaslrSlot ?? randomSlot);
+    const unpacked = opts.unpackedKernel instanceof Uint8Array ? kernelImageOf(opts.unpackedKernel) : opts.unpackedKernel;
+    placed = loadUnpackedBzImage(mem, kernel, unpacked, lowEnd, opts.cmdline, opts.kaslrSlot ?? randomSlot);
   } else if (isBzImage(kernel)) {
     placed = loadBzImage(mem, kernel, lowEnd);
   } else if (kernel.length < HDR_MAGIC + 4) {
