@@ -8,18 +8,27 @@
 // used; entries are written under a temporary name and renamed, so a reader never sees half
 // of one. Where the cache cannot be written, nothing is unpacked and the guest decompresses
 // its kernel as usual.
-import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, read, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
-import { type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
+import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 
 export interface UnpackedKernel {
   /** The ELF kernel and its relocation table: in memory when fresh, else read from the entry. */
   readonly image: KernelImage;
   /** Whether this run unpacked it (false: it came from the cache). */
   readonly fresh: boolean;
-  /** Closes a cached entry (a no-op for a fresh one). */
+  /**
+   * Starts reading the kernel's segments into guest memory on the thread pool, while the
+   * rest of the machine is built (a cached entry; a fresh one is in memory already). The
+   * loader's copies of those ranges then find them under way and do nothing.
+   */
+  prefetch(memory: GuestMemory): void;
+  /** Resolves once the reads prefetch() started are done; rejects, naming the entry, if one failed. */
+  settled(): Promise<void>;
+  /** Closes a cached entry (a no-op for a fresh one); call it after settled(). */
   release(): void;
 }
 
@@ -63,35 +72,66 @@ function openEntry(file: string): UnpackedKernel | undefined {
     return undefined;
   }
   const size = fstatSync(fd).size;
-  const read = (offset: number, length: number): Uint8Array => {
+  const readBytes = (offset: number, length: number): Uint8Array => {
     const out = new Uint8Array(length);
     if (readSync(fd, out, 0, length, offset) !== length) throw new Error(`kernel cache entry ${file}: cut short at ${offset}+${length}`);
     return out;
   };
-  if (size < 64 || !isElf(read(0, 4))) {
+  if (size < 64 || !isElf(readBytes(0, 4))) {
     closeSync(fd);
     return undefined;
   }
   let open = true;
+  /** Reads under way, by guest-memory view: what the loader's copyTo() then skips. */
+  const underWay: { into: Uint8Array; offset: number }[] = [];
+  const reads: Promise<void>[] = [];
+  const image: KernelImage = {
+    length: size,
+    read: readBytes,
+    // Straight from the page cache into guest memory, in one system call per segment.
+    copyTo: (into, offset) => {
+      if (underWay.some((r) => r.offset === offset && r.into.buffer === into.buffer && r.into.byteOffset === into.byteOffset && r.into.length === into.length)) return;
+      for (let done = 0; done < into.length;) {
+        const n = readSync(fd, into, done, into.length - done, offset + done);
+        if (n === 0) throw new Error(`kernel cache entry ${file}: cut short at ${offset + done}`);
+        done += n;
+      }
+    },
+  };
   return {
     fresh: false,
-    image: {
-      length: size,
-      read,
-      // Straight from the page cache into guest memory, in one system call per segment.
-      copyTo: (into, offset) => {
-        for (let done = 0; done < into.length;) {
-          const n = readSync(fd, into, done, into.length - done, offset + done);
-          if (n === 0) throw new Error(`kernel cache entry ${file}: cut short at ${offset + done}`);
-          done += n;
-        }
-      },
+    image,
+    prefetch: (memory) => {
+      for (const { offset, paddr, length } of elfSegmentPlacements(image)) {
+        const into = memory.sliceInside(paddr, length);
+        if (!into) continue; // the loader reports a segment outside RAM
+        underWay.push({ into, offset });
+        reads.push(readAll(fd, into, offset, file));
+      }
+    },
+    settled: async () => {
+      await Promise.all(reads);
     },
     release: () => {
       if (open) closeSync(fd);
       open = false;
     },
   };
+}
+
+/** Fills `into` from the file at `offset`, on the thread pool. */
+function readAll(fd: number, into: Uint8Array, offset: number, file: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const next = (done: number): void => {
+      read(fd, into, done, into.length - done, offset + done, (err, n) => {
+        if (err) reject(new Error(`kernel cache entry ${file}: ${err.message}`));
+        else if (n === 0) reject(new Error(`kernel cache entry ${file}: cut short at ${offset + done}`));
+        else if (done + n < into.length) next(done + n);
+        else resolve();
+      });
+    };
+    next(0);
+  });
 }
 
 function isElf(b: Uint8Array): boolean {
@@ -120,5 +160,5 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
     // A full disk, say: this boot uses what it unpacked; the next one tries again.
     rmSync(temporary, { force: true });
   }
-  return { image: kernelImageOf(bytes), fresh: true, release: () => undefined };
+  return { image: kernelImageOf(bytes), fresh: true, prefetch: () => undefined, settled: async () => undefined, release: () => undefined };
 }

@@ -238,6 +238,8 @@ export class Machine extends EventEmitter implements QmpTarget {
         ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
       });
       bootTrace('create: guest RAM allocated');
+      // The kernel's segments are read on the thread pool while the VM is built.
+      unpacked?.prefetch(ram.memory);
       const machine = new Machine(valid, boot, model, ram, kvm);
       machine.threads = started.map((t) => Object.assign(t, { thread: 0n, threadId: 0 }));
       try {
@@ -253,8 +255,8 @@ export class Machine extends EventEmitter implements QmpTarget {
         vmAhead = undefined;
         machine.buildVm(preloadedVm);
         bootTrace('create: VM built (irqchip, RAM slots, ACPI, kernel, vCPUs)');
-        await machine.adoptThreads();
-        bootTrace('create: vCPU threads ready');
+        await Promise.all([machine.adoptThreads(), machine.kernelLoaded()]);
+        bootTrace('create: vCPU threads ready, kernel in place');
       } catch (err) {
         machine.disposePartial();
         throw err;
@@ -265,6 +267,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       await Promise.all(started.map(stopVcpuThread));
       const unadopted = await vmAhead?.catch(() => undefined);
       if (unadopted !== undefined) closeSync(unadopted);
+      // Prefetched kernel reads write into guest RAM: they finish before it is unmapped.
+      await unpacked?.settled().catch(() => undefined);
       unpacked?.release();
       ram?.close();
       kvm.close();
@@ -387,6 +391,23 @@ export class Machine extends EventEmitter implements QmpTarget {
    * A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. The
    * first build may adopt a VM `tsvirt run` created ahead (vm-preload.ts).
    */
+  /**
+   * Waits for the kernel reads still under way (a cached kernel's segments, prefetched), then
+   * closes the cached copy: a reset opens it again (doReset).
+   */
+  private async kernelLoaded(): Promise<void> {
+    const unpacked = this.boot.unpacked;
+    if (!unpacked) return;
+    try {
+      await unpacked.settled();
+    } catch (err) {
+      throw new MachineError(`kernel ${this.config.kernel}: ${(err as Error).message}`);
+    } finally {
+      unpacked.release();
+      delete this.boot.unpacked;
+    }
+  }
+
   private buildVm(preloadedVm?: number): void {
     const vm = preloadedVm !== undefined ? this.kvm.adoptVm(preloadedVm) : this.kvm.createVm();
     this.vm = vm;
@@ -430,10 +451,6 @@ export class Machine extends EventEmitter implements QmpTarget {
       } catch (err) {
         if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
         throw err;
-      } finally {
-        // Loaded (or failed): a reset opens the cached copy again (see doReset).
-        this.boot.unpacked?.release();
-        delete this.boot.unpacked;
       }
     }
 
@@ -679,6 +696,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     // The kernel is placed anew, with a new KASLR base: read from the cache again.
     this.boot.unpacked = unpackKernel(this.config, this.boot);
     this.buildVm();
+    await this.kernelLoaded();
     this.attachVcpus();
     // The old vCPU and VM descriptors go once the threads took the new ones.
     setTimeout(() => {

@@ -350,15 +350,23 @@ function findPvhEntry(kernel: Uint8Array, offset: number, size: number): bigint 
   return undefined;
 }
 
-/** Loads the PT_LOAD segments of an ELF64 x86-64 vmlinux at their physical addresses. */
-function loadElf(mem: GuestMemory, image: KernelImage, lowEnd: bigint): PlacedKernel {
+/** One program header of an ELF kernel, as read. */
+interface ProgramHeader {
+  type: number;
+  offset: bigint;
+  paddr: bigint;
+  filesz: bigint;
+  memsz: bigint;
+}
+
+/** The ELF header's fields the loader uses and the program headers (checked by loadElf). */
+function readElfHeaders(image: KernelImage): { entry: bigint; headersEnd: number; shEnd: number; program: ProgramHeader[] } {
   if (image.length < 64) throw new KernelLoadError(`ELF kernel is truncated: ${image.length} bytes, no ELF header`);
   const kernel = image.read(0, 64);
   if (kernel[4] !== ELFCLASS64) throw new KernelLoadError(`ELF kernel is not 64-bit (EI_CLASS ${kernel[4]})`);
   if (kernel[5] !== ELFDATA2LSB) throw new KernelLoadError(`ELF kernel is not little-endian (EI_DATA ${kernel[5]})`);
   const machine = u16(kernel, 18);
   if (machine !== EM_X86_64) throw new KernelLoadError(`ELF kernel is not x86-64 (e_machine ${machine})`);
-  const entry = u64(kernel, 24);
   const phoff = Number(u64(kernel, 32));
   const phentsize = u16(kernel, 54);
   const phnum = u16(kernel, 56);
@@ -366,27 +374,43 @@ function loadElf(mem: GuestMemory, image: KernelImage, lowEnd: bigint): PlacedKe
     throw new KernelLoadError(`ELF kernel is truncated: program headers end beyond ${image.length} bytes`);
   }
   const headers = image.read(phoff, phnum * phentsize);
+  const program: ProgramHeader[] = [];
+  for (let ph = 0; ph < phnum * phentsize; ph += phentsize) {
+    program.push({
+      type: u32(headers, ph), offset: u64(headers, ph + 8), paddr: u64(headers, ph + 24),
+      filesz: u64(headers, ph + 32), memsz: u64(headers, ph + 40),
+    });
+  }
+  const shEnd = Number(u64(kernel, 40)) + u16(kernel, 58) * u16(kernel, 60);
+  return { entry: u64(kernel, 24), headersEnd: phoff + phnum * phentsize, shEnd, program };
+}
+
+/**
+ * Where an ELF kernel's file bytes go in guest memory: [file offset, guest address, length]
+ * of each loadable segment, unchecked (loadLinux checks them). Lets a caller start reading
+ * them before the rest of the machine is built.
+ */
+export function elfSegmentPlacements(image: KernelImage): { offset: number; paddr: bigint; length: number }[] {
+  return readElfHeaders(image).program
+    .filter((p) => p.type === PT_LOAD && p.filesz > 0n && p.offset + p.filesz <= BigInt(image.length))
+    .map((p) => ({ offset: Number(p.offset), paddr: p.paddr, length: Number(p.filesz) }));
+}
+
+/** Loads the PT_LOAD segments of an ELF64 x86-64 vmlinux at their physical addresses. */
+function loadElf(mem: GuestMemory, image: KernelImage, lowEnd: bigint): PlacedKernel {
+  const { entry, headersEnd, shEnd, program } = readElfHeaders(image);
   let start = -1n;
   let end = 0n;
   // Where the file's last structure ends: program headers, segments, section headers.
-  let fileEnd = phoff + phnum * phentsize;
-  const shEnd = Number(u64(kernel, 40)) + u16(kernel, 58) * u16(kernel, 60);
-  if (shEnd <= image.length && shEnd > fileEnd) fileEnd = shEnd;
+  let fileEnd = shEnd <= image.length && shEnd > headersEnd ? shEnd : headersEnd;
   const segments: { paddr: bigint; offset: number; filesz: number; memsz: bigint }[] = [];
   let pvhEntry: bigint | undefined;
-  for (let i = 0; i < phnum; i++) {
-    const ph = i * phentsize;
-    const type = u32(headers, ph);
+  for (const [i, { type, offset, paddr, filesz, memsz }] of program.entries()) {
     if (type === PT_NOTE && pvhEntry === undefined) {
-      const noteOffset = u64(headers, ph + 8);
-      const noteSize = u64(headers, ph + 32);
-      if (noteOffset + noteSize <= BigInt(image.length)) pvhEntry = findPvhEntry(image.read(Number(noteOffset), Number(noteSize)), 0, Number(noteSize));
+      // A note segment's size is its file size.
+      if (offset + filesz <= BigInt(image.length)) pvhEntry = findPvhEntry(image.read(Number(offset), Number(filesz)), 0, Number(filesz));
     }
     if (type !== PT_LOAD) continue;
-    const offset = u64(headers, ph + 8);
-    const paddr = u64(headers, ph + 24);
-    const filesz = u64(headers, ph + 32);
-    const memsz = u64(headers, ph + 40);
     if (offset + filesz > BigInt(image.length)) {
       throw new KernelLoadError(
         `ELF kernel is truncated: segment ${i} needs file bytes up to ${hex(offset + filesz)}, file has ${hex(image.length)}`);

@@ -44,6 +44,25 @@ export function lz4LegacyDecode(src: Uint8Array, out: Uint8Array): number {
   return op;
 }
 
+/** Where the last lengthExtension() stopped reading (a second result, without an allocation per call). */
+let extensionEnd = 0;
+
+/**
+ * The bytes a length of 15 in a token continues with, summed: each byte of 255 means another
+ * follows. Reads from `ip`, and leaves the position after them in extensionEnd.
+ */
+function lengthExtension(src: Uint8Array, ip: number, end: number, blockStart: number, what: 'literal' | 'match'): number {
+  let sum = 0;
+  let b: number;
+  do {
+    if (ip >= end) throw new Lz4Error(`LZ4 block at input offset ${blockStart} ends inside a ${what} length`);
+    b = src[ip++]!;
+    sum += b;
+  } while (b === 255);
+  extensionEnd = ip;
+  return sum;
+}
+
 /** One LZ4 block from src[start, end) into out at `op`; returns the new output position. */
 function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Array, op: number): number {
   const blockStart = op;
@@ -53,12 +72,8 @@ function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Arra
     const token = src[ip++]!;
     let literals = token >>> 4;
     if (literals === 15) {
-      let b: number;
-      do {
-        if (ip >= end) throw new Lz4Error(`LZ4 block at input offset ${start} ends inside a literal length`);
-        b = src[ip++]!;
-        literals += b;
-      } while (b === 255);
+      literals += lengthExtension(src, ip, end, start, 'literal');
+      ip = extensionEnd;
     }
     if (ip + literals > end) throw new Lz4Error(`LZ4 block at input offset ${start}: literals run past the block's end`);
     if (op + literals > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
@@ -80,12 +95,8 @@ function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Arra
     }
     let length = token & 15;
     if (length === 15) {
-      let b: number;
-      do {
-        if (ip >= end) throw new Lz4Error(`LZ4 block at input offset ${start} ends inside a match length`);
-        b = src[ip++]!;
-        length += b;
-      } while (b === 255);
+      length += lengthExtension(src, ip, end, start, 'match');
+      ip = extensionEnd;
     }
     length += MIN_MATCH;
     if (op + length > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);

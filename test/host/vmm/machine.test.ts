@@ -11,7 +11,7 @@ import { hostMemoryLimit } from '../../../src/memory/host-ram.js';
 import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, pciConfigGuest, powerOffGuest, resetGuest } from './micro-guests.js';
 import { waitFor } from '../../support/wait.js';
 import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
-import { debianCloudKernel } from '../../unit/arch/debian-kernel.js';
+import { debianKernelOrSkip } from '../../unit/arch/debian-kernel.js';
 
 const TIMEOUT = 20_000;
 
@@ -172,11 +172,8 @@ test('a corrupt or missing kernel file is a clear error naming it, before anythi
 });
 
 test('a bzImage whose compressed kernel does not unpack is an error naming the file, unless the guest is left to unpack it', { timeout: 60_000 }, async (t) => {
-  const k = debianCloudKernel();
-  if ('reason' in k) {
-    t.skip(k.reason);
-    return;
-  }
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kernel-'));
   const broken = join(dir, 'vmlinuz-broken');
   const bytes = new Uint8Array(k.bytes);

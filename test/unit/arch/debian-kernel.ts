@@ -1,6 +1,7 @@
 // Finds Debian's cloud kernel (a real bzImage) for the loader tests: the lab's cached copy,
 // or our own cache, or else downloads the package once with apt-get into .cache.
 import { execFileSync } from 'node:child_process';
+import type { TestContext } from 'node:test';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,6 +52,14 @@ export function debianCloudKernel(): { bytes: Uint8Array; path: string } | { rea
   }
   if (!path) return { reason: 'Debian cloud kernel package held no boot/vmlinuz-*' };
   return { bytes: new Uint8Array(readFileSync(path)), path };
+}
+
+/** The kernel for a test, or undefined after skipping the test with the reason there is none. */
+export function debianKernelOrSkip(t: TestContext): { bytes: Uint8Array; path: string } | undefined {
+  const k = debianCloudKernel();
+  if (!('reason' in k)) return k;
+  t.skip(k.reason);
+  return undefined;
 }
 
 /** The ELF vmlinux (and its relocation table) inside a bzImage, unpacked as tsvirt does it. */

@@ -14,7 +14,7 @@ import { KERNEL_IMAGE_SIZE, randomSlot, relocationStub, virtualSlots } from '../
 import { loadLinux } from '../../../src/arch/x86/linux-loader.js';
 import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { ZERO_PAGE_START } from '../../../src/arch/x86/layout.js';
-import { debianCloudKernel } from './debian-kernel.js';
+import { debianKernelOrSkip } from './debian-kernel.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvirt-unpack-'));
 
@@ -109,11 +109,8 @@ test('KASLR: the slots span the kernel mapping; the stub disassembles to the rel
 });
 
 test('the Debian bzImage unpacked by tsvirt: placed at 16 MiB, entered through the relocation stub with KASLR', (t) => {
-  const k = debianCloudKernel();
-  if ('reason' in k) {
-    t.skip(k.reason);
-    return;
-  }
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
   const unpacked = unpackPayload(bzImagePayload(k.bytes)!);
   const reference = join(dir, 'vmlinux');
   // Debian's own unlz4 over the payload (trailer left off) gives the same bytes.

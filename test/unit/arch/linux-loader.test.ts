@@ -4,7 +4,7 @@ import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { KernelLoadError, loadLinux, parseSetupHeader, placeInitrd } from '../../../src/arch/x86/linux-loader.js';
 import { e820Map, CMDLINE_START, ZERO_PAGE_START, PML4_START } from '../../../src/arch/x86/layout.js';
 import { BOOT_CS_SELECTOR, BOOT_DS_SELECTOR } from '../../../src/arch/x86/boot-state.js';
-import { debianCloudKernel, extractVmlinux } from './debian-kernel.js';
+import { debianKernelOrSkip, extractVmlinux } from './debian-kernel.js';
 
 const MiB = 1 << 20;
 
@@ -73,11 +73,8 @@ function translate(mem: RegionGuestMemory, cr3: bigint, va: bigint): bigint {
 const decoder = new TextDecoder();
 
 test('parses and loads the real Debian cloud bzImage', (t) => {
-  const k = debianCloudKernel();
-  if ('reason' in k) {
-    t.skip(k.reason);
-    return;
-  }
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
   const kernel = k.bytes;
   const hdr = parseSetupHeader(kernel);
   assert.ok(hdr.version >= 0x0206);
@@ -236,11 +233,8 @@ test('a guest above 3 GiB gets the initrd below initrd_addr_max and RAM above 4 
 });
 
 test('loads the ELF vmlinux inside the Debian bzImage at its physical addresses', (t) => {
-  const k = debianCloudKernel();
-  if ('reason' in k) {
-    t.skip(k.reason);
-    return;
-  }
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
   const vmlinux = extractVmlinux(k.bytes);
   const dv = new DataView(vmlinux.buffer, vmlinux.byteOffset, vmlinux.byteLength);
   assert.equal(dv.getUint32(0, false), 0x7f454c46, 'ELF magic');
