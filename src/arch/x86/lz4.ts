@@ -101,12 +101,22 @@ function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Arra
     length += MIN_MATCH;
     if (op + length > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
     let from = op - offset;
-    if (offset >= length && length >= 32) {
+    if (length < 32) {
+      // Byte by byte, in order: also right when the match overlaps what it writes.
+      for (let i = 0; i < length; i++) out[op++] = out[from++]!;
+    } else if (offset >= length) {
       out.copyWithin(op, from, from + length);
       op += length;
     } else {
-      // Overlapping (offset < length) repeats the last `offset` bytes: byte by byte, in order.
-      for (let i = 0; i < length; i++) out[op++] = out[from++]!;
+      // A long overlapping match repeats the last `offset` bytes (long runs of zeroes, the
+      // kernel's padding): one period, then the copy doubles itself.
+      out.copyWithin(op, from, op);
+      for (let done = offset; done < length;) {
+        const n = Math.min(done, length - done);
+        out.copyWithin(op + done, op, op + n);
+        done += n;
+      }
+      op += length;
     }
   }
   return op;
