@@ -388,10 +388,6 @@ export class Machine extends EventEmitter implements QmpTarget {
   // ---- construction -------------------------------------------------------------------
 
   /**
-   * A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. The
-   * first build may adopt a VM `tsvirt run` created ahead (vm-preload.ts).
-   */
-  /**
    * Waits for the kernel reads still under way (a cached kernel's segments, prefetched), then
    * closes the cached copy: a reset opens it again (doReset).
    */
@@ -408,6 +404,10 @@ export class Machine extends EventEmitter implements QmpTarget {
     }
   }
 
+  /**
+   * A fresh VM: irqchip, PIT, RAM slots, firmware tables, kernel, vCPUs in boot state. The
+   * first build may adopt a VM `tsvirt run` created ahead (vm-preload.ts).
+   */
   private buildVm(preloadedVm?: number): void {
     const vm = preloadedVm !== undefined ? this.kvm.adoptVm(preloadedVm) : this.kvm.createVm();
     this.vm = vm;
@@ -695,7 +695,12 @@ export class Machine extends EventEmitter implements QmpTarget {
     this.virtio?.reset();
     // The kernel is placed anew, with a new KASLR base: read from the cache again.
     this.boot.unpacked = unpackKernel(this.config, this.boot);
-    this.buildVm();
+    try {
+      this.buildVm();
+    } catch (err) {
+      await this.kernelLoaded().catch(() => undefined); // the cached copy is closed all the same
+      throw err;
+    }
     await this.kernelLoaded();
     this.attachVcpus();
     // The old vCPU and VM descriptors go once the threads took the new ones.

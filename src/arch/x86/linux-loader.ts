@@ -21,7 +21,7 @@ export interface LoadLinuxOptions {
    * 64-bit entry, instead of by its decompressor in the guest.
    */
   unpackedKernel?: Uint8Array | KernelImage;
-  /** Picks the kernel's KASLR slot, 0 <= slot < slots (crypto-random unless a test fixes it). */
+  /** Picks the kernel's KASLR slot, 0 <= slot < slots (randomSlot, from /dev/urandom, unless a test fixes it). */
   kaslrSlot?: (slots: number) => number;
 }
 
@@ -295,14 +295,14 @@ function loadUnpackedBzImage(
     if (kaslrOffset > 0n) {
       // The table and the code that applies it go in the boot footprint above the image,
       // memory the kernel takes back once it runs.
-      const table = unpacked.read(tableStart, unpacked.length - tableStart);
+      const tableLength = unpacked.length - tableStart;
       const tableAt = (elf.end + PAGE - 1n) & ~(PAGE - 1n);
-      const stubAt = (tableAt + BigInt(table.length) + 15n) & ~15n;
-      const stub = relocationStub({ tableEnd: tableAt + BigInt(table.length), delta: kaslrOffset, kernelEntry: elf.entry });
+      const stubAt = (tableAt + BigInt(tableLength) + 15n) & ~15n;
+      const stub = relocationStub({ tableEnd: tableAt + BigInt(tableLength), delta: kaslrOffset, kernelEntry: elf.entry });
       if (stubAt + BigInt(stub.length) > end) {
-        throw new KernelLoadError(`no room for the kernel's ${table.length}-byte relocation table below ${hex(end)} (set kernelCache to false)`);
+        throw new KernelLoadError(`no room for the kernel's ${tableLength}-byte relocation table below ${hex(end)} (set kernelCache to false)`);
       }
-      mem.write(tableAt, table);
+      unpacked.copyTo(mem.slice(tableAt, tableLength), tableStart);
       mem.write(stubAt, stub);
       entry = stubAt;
     }

@@ -140,6 +140,19 @@ test('the Debian bzImage unpacked by tsvirt: placed at 16 MiB, entered through t
   const placedStub = kaslr.mem.slice(kaslr.out.entry, stub.length);
   assert.deepEqual(placedStub.subarray(30), stub.subarray(30), 'the stub, jumping to the ELF entry');
   assert.equal(loadflags(kaslr.mem) & 0x02, 0x02, 'KASLR_FLAG set');
+  // The relocation table (what follows the ELF file's section headers) sits on the page after
+  // the image, ending where the stub begins (16-byte aligned).
+  const dv = new DataView(unpacked.buffer, unpacked.byteOffset);
+  const tableStart = Number(dv.getBigUint64(40, true)) + dv.getUint16(58, true) * dv.getUint16(60, true);
+  let imageEnd = 0n;
+  for (let i = 0; i < dv.getUint16(56, true); i++) {
+    const ph = Number(dv.getBigUint64(32, true)) + i * dv.getUint16(54, true);
+    if (dv.getUint32(ph, true) === 1) imageEnd = [imageEnd, dv.getBigUint64(ph + 24, true) + dv.getBigUint64(ph + 40, true)].reduce((x, y) => (x > y ? x : y));
+  }
+  const tableAt = (imageEnd + 4095n) & ~4095n;
+  const table = unpacked.subarray(tableStart);
+  assert.ok(Buffer.from(kaslr.mem.slice(tableAt, table.length)).equals(Buffer.from(table)), 'the relocation table in guest memory');
+  assert.equal(kaslr.out.entry, (tableAt + BigInt(table.length) + 15n) & ~15n);
   // The kernel's text is the ELF's first segment, unrelocated: the guest's stub patches it.
   assert.deepEqual(kaslr.mem.slice(0x1000000n, 4096), unpacked.subarray(0x200000, 0x200000 + 4096));
 
