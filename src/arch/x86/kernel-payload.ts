@@ -8,6 +8,7 @@
 // linux-loader.ts places and relocates as the decompressor would have.
 import { gunzipSync } from 'node:zlib';
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from './lz4.js';
+import { u16, u32 } from './le-bytes.js';
 
 const HDR_SETUP_SECTS = 0x1f1;
 const HDR_VERSION = 0x206;
@@ -26,13 +27,6 @@ export class KernelPayloadError extends Error {
     super(message);
     this.name = 'KernelPayloadError';
   }
-}
-
-function u16(b: Uint8Array, at: number): number {
-  return b[at]! | (b[at + 1]! << 8);
-}
-function u32(b: Uint8Array, at: number): number {
-  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
 }
 
 /** The compressed payload of a bzImage, or undefined when its header does not locate one. */

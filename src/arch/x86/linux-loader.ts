@@ -7,6 +7,7 @@ import { randomSlot, relocationStub, virtualSlots } from './kaslr.js';
 import {
   BDA_BASE_MEMORY_KB, BDA_EBDA_SEGMENT, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, E820Entry, KERNEL_LOAD_ADDRESS, ZERO_PAGE_START, e820Map, lowRamEnd,
 } from './layout.js';
+import { u16, u32, u64 } from './le-bytes.js';
 
 export interface LoadLinuxOptions {
   kernel: Uint8Array;
@@ -142,15 +143,6 @@ export interface SetupHeader {
   headerLength: number;
 }
 
-function u16(b: Uint8Array, off: number): number {
-  return b[off]! | (b[off + 1]! << 8);
-}
-function u32(b: Uint8Array, off: number): number {
-  return (b[off]! | (b[off + 1]! << 8) | (b[off + 2]! << 16) | (b[off + 3]! << 24)) >>> 0;
-}
-function u64(b: Uint8Array, off: number): bigint {
-  return BigInt(u32(b, off)) | (BigInt(u32(b, off + 4)) << 32n);
-}
 function hex(v: bigint | number): string {
   return `0x${v.toString(16)}`;
 }

@@ -5,6 +5,8 @@
 // a block is a run of sequences, each a token (literal length, match length), the literals,
 // and a 2-byte offset back into the output to copy the match from.
 
+import { u32 } from './le-bytes.js';
+
 export const LZ4_LEGACY_MAGIC = 0x184c2102;
 const MIN_MATCH = 4;
 
@@ -14,10 +16,6 @@ export class Lz4Error extends Error {
     super(message);
     this.name = 'Lz4Error';
   }
-}
-
-function u32(b: Uint8Array, at: number): number {
-  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
 }
 
 /**
