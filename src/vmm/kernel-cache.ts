@@ -4,11 +4,15 @@
 // same kernel on: the first boot unpacks and stores the result; later boots read it from there.
 //
 // An entry is named by the kernel file's identity: its device, inode, size and change time
-// (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite of the kernel changes the change time, so a stale entry is never
-// used; entries are written under a temporary name and renamed, so a reader never sees half
-// of one. Where the cache cannot be written, nothing is unpacked and the guest decompresses
-// its kernel as usual.
-import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, read, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+// (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite
+// of the kernel changes the change time, so a stale entry is never used. Entries are written
+// under a temporary name and renamed, so a reader never sees half of one. The cache keeps the
+// most recently unpacked kernels (KERNEL_CACHE_ENTRIES). Where it cannot be written, nothing
+// is unpacked and the guest decompresses its kernel as usual.
+import {
+  accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync,
+  writeFileSync,
+} from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
@@ -61,6 +65,17 @@ function makeWritableDir(dir: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** How many unpacked kernels the cache keeps (some 50 MB each): the most recently unpacked. */
+export const KERNEL_CACHE_ENTRIES = 8;
+
+/** Removes the oldest entries beyond KERNEL_CACHE_ENTRIES, never `keep` (the one just written). */
+function pruneEntries(dir: string, keep: string): void {
+  const entries = readdirSync(dir).filter((n) => n.endsWith('.vmlinux')).map((n) => join(dir, n))
+    .map((path) => ({ path, mtime: statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
+    .sort((a, b) => b.mtime - a.mtime);
+  for (const { path } of entries.slice(KERNEL_CACHE_ENTRIES)) if (path !== keep) rmSync(path, { force: true });
 }
 
 /** Opens a cache entry; undefined when it is missing or not an ELF file. */
@@ -156,6 +171,7 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
   try {
     writeFileSync(temporary, bytes);
     renameSync(temporary, file);
+    pruneEntries(dir, file);
   } catch {
     // A full disk, say: this boot uses what it unpacked; the next one tries again.
     rmSync(temporary, { force: true });

@@ -2,10 +2,10 @@
 // used once the kernel file changed, and left to the guest where the cache cannot be written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { kernelCacheDir, unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
+import { KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
 import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
 import { type KernelImage, loadLinux } from '../../../src/arch/x86/linux-loader.js';
 import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
@@ -67,6 +67,28 @@ test('a kernel is unpacked once, then read from the cache until its file changes
   const again = unpackedKernelFor(kernel, k.bytes, cache)!;
   assert.equal(again.fresh, true);
   assert.ok(Buffer.from(all(again.image)).equals(Buffer.from(all(first.image))));
+});
+
+test('the cache keeps the most recently unpacked kernels', (t) => {
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
+  const cache = join(dir, 'kernels');
+  mkdirSync(cache);
+  // Older entries of other kernels (their contents do not matter to the pruning).
+  for (let i = 0; i < KERNEL_CACHE_ENTRIES + 2; i++) {
+    const old = join(cache, `old-${i}.vmlinux`);
+    writeFileSync(old, 'x');
+    utimesSync(old, 1000 + i, 1000 + i);
+  }
+  const kernel = join(dir, 'vmlinuz');
+  copyFileSync(k.path, kernel);
+  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
+  const left = readdirSync(cache).sort();
+  assert.equal(left.length, KERNEL_CACHE_ENTRIES);
+  assert.ok(!left.includes('old-0.vmlinux') && !left.includes('old-1.vmlinux') && !left.includes('old-2.vmlinux'), 'the oldest went');
+  assert.ok(left.includes(`old-${KERNEL_CACHE_ENTRIES + 1}.vmlinux`), 'newer ones stay');
+  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, false, 'the new entry stays');
 });
 
 test('no unpacking where the cache cannot be written, nor for payloads left to the guest', (t) => {
