@@ -15,7 +15,7 @@ import {
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { bzImagePayload, canUnpack, payloadCompression, unpackPayload } from '../arch/x86/kernel-payload.js';
+import { bzImagePayload, canUnpack, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
 import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
@@ -164,7 +164,9 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
   if (!payload || !canUnpack(payloadCompression(payload))) return undefined;
   const file = entryPath(dir, path);
   const cached = openEntry(file);
-  if (cached) return cached;
+  // An entry cut short (a full disk, a crash of another writer's filesystem) is unpacked again.
+  if (cached && cached.image.length === unpackedLength(payload)) return cached;
+  cached?.release();
   if (!makeWritableDir(dir)) return undefined;
   const bytes = unpackPayload(payload);
   const temporary = `${file}.${process.pid}.tmp`;

@@ -58,6 +58,14 @@ export function canUnpack(compression: PayloadCompression): boolean {
 }
 
 /**
+ * The length the payload unpacks to, from its trailer: the kernel's build appends it to an
+ * LZ4 payload, and gzip ends with it (modulo 2^32, which no kernel reaches).
+ */
+export function unpackedLength(payload: Uint8Array): number {
+  return payload.length < 4 ? 0 : u32(payload, payload.length - 4);
+}
+
+/**
  * The payload unpacked: the kernel's ELF image, then its relocation table when it has one.
  * Throws KernelPayloadError for a payload that does not decode, or one compressed in a way
  * canUnpack() refuses.
@@ -74,7 +82,7 @@ export function unpackPayload(payload: Uint8Array): Uint8Array {
   if (compression !== 'lz4') throw new KernelPayloadError(`the kernel's payload is ${compression}-compressed: only lz4 and gzip are unpacked here`);
   // The kernel's build appends the unpacked length to an LZ4 payload.
   if (payload.length < 8) throw new KernelPayloadError('the kernel\'s lz4 payload is truncated');
-  const length = u32(payload, payload.length - 4);
+  const length = unpackedLength(payload);
   if (length === 0 || length > MAX_UNPACKED) throw new KernelPayloadError(`the kernel's lz4 payload claims an unpacked size of ${length} bytes`);
   const out = new Uint8Array(length);
   let written: number;

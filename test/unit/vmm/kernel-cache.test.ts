@@ -62,6 +62,9 @@ test('a kernel is unpacked once, then read from the cache until its file changes
   assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
   assert.equal(readdirSync(cache).length, 2);
 
+  // An entry cut to half its length (still an ELF header) is unpacked again.
+  for (const name of readdirSync(cache)) truncateSync(join(cache, name), first.image.length / 2);
+  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
   // A damaged entry (cut short) is not an ELF image: unpacked again.
   for (const name of readdirSync(cache)) truncateSync(join(cache, name), 10);
   const again = unpackedKernelFor(kernel, k.bytes, cache)!;
