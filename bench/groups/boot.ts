@@ -153,18 +153,16 @@ async function probe(): Promise<void> {
   }
   const samples: Record<string, Sample[]> = {};
   const first: Record<string, Sample> = {};
-  const all: [string, [string, string[], NodeJS.ProcessEnv?]][] = [...Object.entries(vmms), ...Object.entries(variants)];
+  // Every tsvirt variant starts with an empty kernel cache of this run's own.
+  const cacheDir = mkdtempSync(join(tmpdir(), 'tsvirt-boot-bench-'));
+  const all = [...Object.entries(vmms), ...Object.entries(variants)].map(([name, [command, args, env]]) =>
+    [name, command, args, command === process.execPath ? { ...env, TSVIRT_CACHE: cacheDir } : env] as const);
   // A first round of its own, for every VMM: the files' first reads, tsvirt's code caches
   // and its kernel cache (it unpacks a kernel it has not seen) are paid there. It is
   // reported on its own row, and the rounds after it are the steady state.
-  const cacheDir = mkdtempSync(join(tmpdir(), 'tsvirt-boot-bench-'));
-  for (const [name, [command, args, env]] of all) {
-    first[name] = await measure(command, args, command === process.execPath ? { ...env, TSVIRT_CACHE: cacheDir } : env);
-  }
+  for (const [name, command, args, env] of all) first[name] = await measure(command, args, env);
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [name, [command, args, env]] of all) {
-      (samples[name] ??= []).push(await measure(command, args, command === process.execPath ? { ...env, TSVIRT_CACHE: cacheDir } : env));
-    }
+    for (const [name, command, args, env] of all) (samples[name] ??= []).push(await measure(command, args, env));
   }
   rmSync(cacheDir, { recursive: true, force: true });
   const results = {

@@ -9,33 +9,36 @@ import { closeSync, fstatSync, openSync, read } from 'node:fs';
 const started = new Map<string, Promise<Uint8Array>>();
 
 /**
+ * Fills `into` from `fd` at `position` on the thread pool, read after read until it is full
+ * or the file ends; resolves to the number of bytes read.
+ */
+export function readFully(fd: number, into: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const next = (done: number): void => {
+      if (done === into.length) return resolve(done);
+      read(fd, into, done, into.length - done, position + done, (err, n) => {
+        if (err) reject(err);
+        else if (n === 0) resolve(done);
+        else next(done + n);
+      });
+    };
+    next(0);
+  });
+}
+
+/**
  * The whole file in one read on the thread pool. fs.readFile reads in 512 KiB pieces, each
  * waiting for a turn of the main thread's event loop, which is busy loading modules.
  */
-function readWhole(path: string): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    let fd: number;
-    let buffer: Buffer;
-    try {
-      fd = openSync(path, 'r');
-      buffer = Buffer.allocUnsafe(fstatSync(fd).size);
-    } catch (err) {
-      reject(err as Error);
-      return;
-    }
-    const next = (done: number): void => {
-      read(fd, buffer, done, buffer.length - done, done, (err, n) => {
-        if (!err && n > 0 && done + n < buffer.length) return next(done + n);
-        closeSync(fd);
-        if (err) reject(err);
-        else resolve(new Uint8Array(buffer.buffer, buffer.byteOffset, done + n));
-      });
-    };
-    if (buffer.length === 0) {
-      closeSync(fd);
-      resolve(new Uint8Array(0));
-    } else next(0);
-  });
+async function readWhole(path: string): Promise<Uint8Array> {
+  const fd = openSync(path, 'r');
+  try {
+    const buffer = Buffer.allocUnsafe(fstatSync(fd).size);
+    const n = await readFully(fd, buffer, 0);
+    return new Uint8Array(buffer.buffer, buffer.byteOffset, n);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Start reading `path` in the background (once per path). */

@@ -10,7 +10,7 @@
 // most recently unpacked kernels (KERNEL_CACHE_ENTRIES). Where it cannot be written, nothing
 // is unpacked and the guest decompresses its kernel as usual.
 import {
-  accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync,
+  accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync,
   writeFileSync,
 } from 'node:fs';
 import { homedir } from 'node:os';
@@ -18,6 +18,7 @@ import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
 import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { readFully } from './file-preload.js';
 
 export interface UnpackedKernel {
   /** The ELF kernel and its relocation table: in memory when fresh, else read from the entry. */
@@ -121,7 +122,10 @@ function openEntry(file: string): UnpackedKernel | undefined {
         const into = memory.sliceInside(paddr, length);
         if (!into) continue; // the loader reports a segment outside RAM
         underWay.push({ into, offset });
-        reads.push(readAll(fd, into, offset, file));
+        reads.push(readFully(fd, into, offset).then(
+          (n) => { if (n < into.length) throw new Error(`kernel cache entry ${file}: cut short at ${offset + n}`); },
+          (err: Error) => { throw new Error(`kernel cache entry ${file}: ${err.message}`); },
+        ));
       }
     },
     settled: async () => {
@@ -132,21 +136,6 @@ function openEntry(file: string): UnpackedKernel | undefined {
       open = false;
     },
   };
-}
-
-/** Fills `into` from the file at `offset`, on the thread pool. */
-function readAll(fd: number, into: Uint8Array, offset: number, file: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const next = (done: number): void => {
-      read(fd, into, done, into.length - done, offset + done, (err, n) => {
-        if (err) reject(new Error(`kernel cache entry ${file}: ${err.message}`));
-        else if (n === 0) reject(new Error(`kernel cache entry ${file}: cut short at ${offset + done}`));
-        else if (done + n < into.length) next(done + n);
-        else resolve();
-      });
-    };
-    next(0);
-  });
 }
 
 function isElf(b: Uint8Array): boolean {

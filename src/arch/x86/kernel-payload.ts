@@ -8,10 +8,9 @@
 // linux-loader.ts places and relocates as the decompressor would have.
 import { gunzipSync } from 'node:zlib';
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from './lz4.js';
-import { u16, u32 } from './le-bytes.js';
+import { u32 } from './le-bytes.js';
+import { KernelLoadError, parseSetupHeader } from './linux-loader.js';
 
-const HDR_SETUP_SECTS = 0x1f1;
-const HDR_VERSION = 0x206;
 const HDR_PAYLOAD_OFFSET = 0x248;
 const HDR_PAYLOAD_LENGTH = 0x24c;
 /** payload_offset and payload_length came with boot protocol 2.08. */
@@ -29,11 +28,20 @@ export class KernelPayloadError extends Error {
   }
 }
 
-/** The compressed payload of a bzImage, or undefined when its header does not locate one. */
+/**
+ * The compressed payload of a bzImage, or undefined when its header does not locate one
+ * (a header the loader refuses locates none: the loader reports it).
+ */
 export function bzImagePayload(kernel: Uint8Array): Uint8Array | undefined {
-  if (kernel.length < 0x270 || u16(kernel, HDR_VERSION) < PAYLOAD_PROTOCOL) return undefined;
-  const setupSects = kernel[HDR_SETUP_SECTS]! === 0 ? 4 : kernel[HDR_SETUP_SECTS]!;
-  const start = (setupSects + 1) * 512 + u32(kernel, HDR_PAYLOAD_OFFSET);
+  let hdr: ReturnType<typeof parseSetupHeader>;
+  try {
+    hdr = parseSetupHeader(kernel);
+  } catch (err) {
+    if (err instanceof KernelLoadError) return undefined;
+    throw err;
+  }
+  if (hdr.version < PAYLOAD_PROTOCOL) return undefined;
+  const start = (hdr.setupSects + 1) * 512 + u32(kernel, HDR_PAYLOAD_OFFSET);
   const length = u32(kernel, HDR_PAYLOAD_LENGTH);
   if (length === 0 || start + length > kernel.length) return undefined;
   return kernel.subarray(start, start + length);
