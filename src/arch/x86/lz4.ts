@@ -20,8 +20,10 @@ export class Lz4Error extends Error {
 
 /**
  * Decodes a legacy LZ4 stream into `out` (which must be large enough: the caller knows the
- * length from the kernel's appended size) and returns the number of bytes written. Input
- * after the last whole block (the appended size) is ignored, as the kernel's decoder does.
+ * length from the kernel's appended size) and returns the number of bytes decoded. Bytes of
+ * `out` past that count may have been written too (see decodeBlock): a caller that expects
+ * a length checks the count, as unpackPayload does. Input after the last whole block (the
+ * appended size) is ignored, as the kernel's decoder does.
  */
 export function lz4LegacyDecode(src: Uint8Array, out: Uint8Array): number {
   if (src.length < 4 || u32(src, 0) !== LZ4_LEGACY_MAGIC) throw new Lz4Error('not an LZ4 legacy stream (bad magic)');
@@ -61,10 +63,22 @@ function lengthExtension(src: Uint8Array, ip: number, end: number, blockStart: n
   return sum;
 }
 
-/** One LZ4 block from src[start, end) into out at `op`; returns the new output position. */
+/**
+ * One LZ4 block from src[start, end) into out at `op`; returns the new output position.
+ *
+ * Short literal runs and short matches are copied eight bytes at a time, through DataViews,
+ * and may write up to 15 bytes past their own end ("wild" copies, as LZ4's reference
+ * decoder does). That is safe because bytes past the current output position are never
+ * read (a match reads only behind it) and are written again, in order, by what follows; the
+ * copies stay inside `out`, and a stream that stops short of `out`'s end is an error the
+ * caller reports. Near either buffer's end, and for overlapping matches closer than eight
+ * bytes, the copies go byte by byte.
+ */
 function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Array, op: number): number {
   const blockStart = op;
   const outEnd = out.length;
+  const input = new DataView(src.buffer, src.byteOffset, src.length);
+  const output = new DataView(out.buffer, out.byteOffset, out.length);
   let ip = start;
   for (;;) {
     const token = src[ip++]!;
@@ -75,8 +89,15 @@ function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Arra
     }
     if (ip + literals > end) throw new Lz4Error(`LZ4 block at input offset ${start}: literals run past the block's end`);
     if (op + literals > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
-    // Short runs by hand: a typed-array call costs more than copying a few bytes.
-    if (literals < 32) {
+    if (literals <= 16 && ip + 16 <= end && op + 16 <= outEnd) {
+      output.setUint32(op, input.getUint32(ip, true), true);
+      output.setUint32(op + 4, input.getUint32(ip + 4, true), true);
+      if (literals > 8) {
+        output.setUint32(op + 8, input.getUint32(ip + 8, true), true);
+        output.setUint32(op + 12, input.getUint32(ip + 12, true), true);
+      }
+    } else if (literals < 32) {
+      // Short runs by hand: a typed-array call costs more than copying a few bytes.
       for (let i = 0; i < literals; i++) out[op + i] = src[ip + i]!;
     } else {
       out.set(src.subarray(ip, ip + literals), op);
@@ -99,7 +120,14 @@ function decodeBlock(src: Uint8Array, start: number, end: number, out: Uint8Arra
     length += MIN_MATCH;
     if (op + length > outEnd) throw new Lz4Error(`LZ4 stream decodes to more than the ${outEnd} bytes expected`);
     let from = op - offset;
-    if (length < 32) {
+    if (offset >= 8 && length <= 32 && op + 32 <= outEnd) {
+      // Each eight bytes read lie wholly behind the eight being written (offset >= 8).
+      for (let i = 0; i < length; i += 8) {
+        output.setUint32(op + i, output.getUint32(from + i, true), true);
+        output.setUint32(op + i + 4, output.getUint32(from + i + 4, true), true);
+      }
+      op += length;
+    } else if (length < 32) {
       // Byte by byte, in order: also right when the match overlaps what it writes.
       for (let i = 0; i < length; i++) out[op++] = out[from++]!;
     } else if (offset >= length) {

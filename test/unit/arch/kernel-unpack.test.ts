@@ -54,6 +54,30 @@ test('LZ4: streams made by Debian\'s lz4 tool decode to their input, over severa
   assert.ok(Buffer.from(unpackPayload(kernelPayload(data))).equals(Buffer.from(data)));
 });
 
+test('LZ4: short streams decode exactly, into outputs of exactly their size (the eight-byte copies near both ends)', () => {
+  // Sizes around the copies' widths, contents from incompressible to runs with short and long
+  // repeat distances: every literal and match shape meets the end of its buffers somewhere.
+  const shapes: ((i: number, seed: number) => number)[] = [
+    (_i, seed) => seed >>> 24,
+    (i) => i % 5,
+    (i, seed) => (i % 64 < 40 ? i % 11 : seed >>> 24),
+    (i) => (i % 300 < 200 ? 0 : i & 0xff),
+  ];
+  for (const size of [1, 5, 8, 12, 15, 16, 17, 24, 31, 32, 33, 40, 47, 64, 100, 257, 1000, 4099, 70_001]) {
+    shapes.forEach((shape, which) => {
+      const data = new Uint8Array(size);
+      let seed = size * 31 + which;
+      for (let i = 0; i < size; i++) {
+        seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+        data[i] = shape(i, seed);
+      }
+      const out = new Uint8Array(size);
+      assert.equal(lz4LegacyDecode(lz4Legacy(data), out), size, `size ${size}, shape ${which}`);
+      assert.ok(Buffer.from(out).equals(Buffer.from(data)), `size ${size}, shape ${which}`);
+    });
+  }
+});
+
 test('LZ4: damaged streams fail with one line saying where, never writing past the output', () => {
   const data = sampleData(1 << 20);
   const good = lz4Legacy(data);
