@@ -34,6 +34,7 @@ import { ResetControl } from '../devices/reset-control.js';
 import type { QmpBlockInfo, QmpCpuInfo, QmpPciDevice, QmpTarget, RunState } from '../qmp/target.js';
 import { waitAsync } from './atomics.js';
 import { bootTrace, bootTraceEnabled } from './boot-trace.js';
+import { MainThreadVcpu } from './main-thread-vcpu.js';
 import { ByteRing } from './byte-ring.js';
 import { ConfigError, MAX_VCPUS, memoryBytes, validateConfig, type MachineConfig } from './config.js';
 import { ConsoleStream } from './console.js';
@@ -49,7 +50,7 @@ import { parseVirtioConfig, wantsVirtio } from './virtio-config.js';
 import type { MachineVirtio } from './virtio-devices.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
-  CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport,
+  CTL_THREAD_ID, describeExit, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport,
 } from './vcpu-channel.js';
 
 /** Something to boot instead of Linux: raw real-mode code (tests, tiny guests). */
@@ -65,6 +66,12 @@ export interface MachineOptions {
   rawBoot?: RawBoot;
   /** Where the vCPU worker module is (defaults to the compiled vcpu-worker.js beside this file). */
   workerUrl?: URL;
+  /**
+   * A one-vCPU machine runs its vCPU on the main thread until the vCPU's thread is up
+   * (main-thread-vcpu.ts); false waits for the thread before the first instruction, as a
+   * machine with more vCPUs always does. Default true.
+   */
+  earlyVcpu?: boolean;
 }
 
 export interface MachineExit {
@@ -87,7 +94,17 @@ export class MachineError extends Error {
 interface VcpuThread extends StartedVcpuThread {
   thread: bigint;
   threadId: number;
+  /** The thread is up and has the vCPU; until then vCPU 0 may run on the main thread (earlyVcpu). */
+  adopted: boolean;
 }
+
+/**
+ * Whether vCPU 0 of a one-vCPU machine runs on the main thread until its thread is up
+ * (main-thread-vcpu.ts). With more vCPUs the machine waits for every thread first: the guest
+ * gives an application processor a few seconds to answer its start-up IPI, and a thread that
+ * boots late under load must not miss that. TSVIRT_EARLY_VCPU=0 turns it off (comparisons).
+ */
+const EARLY_VCPU = process.env.TSVIRT_EARLY_VCPU !== '0';
 
 interface Boot {
   kernel?: Uint8Array;
@@ -167,6 +184,12 @@ export class Machine extends EventEmitter implements QmpTarget {
   private inputTimer: NodeJS.Timeout | null = null;
   /** PCI host bridge and virtio devices, when the config asks for any (virtio-devices.ts). */
   private virtio: MachineVirtio | null = null;
+  /** vCPU 0 running on the main thread while its thread starts (adoptWhenReady). */
+  private earlyVcpu: MainThreadVcpu | null = null;
+  /** That vCPU stopped on an exit (reset, power-off, error): the thread must not run it on. */
+  private earlyVcpuStopped = false;
+  /** Exits taken on the main thread by earlyVcpu (exitStats). */
+  private mainThreadExits = 0;
 
   private constructor(
     readonly config: MachineConfig,
@@ -241,7 +264,7 @@ export class Machine extends EventEmitter implements QmpTarget {
       // The kernel's segments are read on the thread pool while the VM is built.
       unpacked?.prefetch(ram.memory);
       const machine = new Machine(valid, boot, model, ram, kvm);
-      machine.threads = started.map((t) => Object.assign(t, { thread: 0n, threadId: 0 }));
+      machine.threads = started.map((t) => Object.assign(t, { thread: 0n, threadId: 0, adopted: false }));
       try {
         if (wantsVirtio(valid)) {
           const { consoleStreamPort, MachineVirtio } = await import('./virtio-devices.js');
@@ -255,8 +278,14 @@ export class Machine extends EventEmitter implements QmpTarget {
         vmAhead = undefined;
         machine.buildVm(preloadedVm);
         bootTrace('create: VM built (irqchip, RAM slots, ACPI, kernel, vCPUs)');
-        await Promise.all([machine.adoptThreads(), machine.kernelLoaded()]);
-        bootTrace('create: vCPU threads ready, kernel in place');
+        if (cpus === 1 && EARLY_VCPU && options.earlyVcpu !== false) {
+          await machine.kernelLoaded();
+          machine.adoptWhenReady(machine.threads[0]!);
+          bootTrace('create: kernel in place (vCPU 0 runs on the main thread until its thread is up)');
+        } else {
+          await Promise.all([machine.adoptThreads(), machine.kernelLoaded()]);
+          bootTrace('create: vCPU threads ready, kernel in place');
+        }
       } catch (err) {
         machine.disposePartial();
         throw err;
@@ -289,15 +318,18 @@ export class Machine extends EventEmitter implements QmpTarget {
     return this.exited;
   }
 
-  /** Exit counts, for diagnostics and benchmarks. */
-  exitStats(): { local: number; forwarded: number } {
+  /**
+   * Exit counts, for diagnostics and benchmarks: served on vCPU threads (local), handed from
+   * them to the main thread (forwarded), and taken on the main thread while vCPU 0 ran there.
+   */
+  exitStats(): { local: number; forwarded: number; mainThread: number } {
     let local = 0;
     let forwarded = 0;
     for (const t of this.threads) {
       local += Atomics.load(t.control, CTL_LOCAL_EXITS);
       forwarded += Atomics.load(t.control, CTL_FORWARDED_EXITS);
     }
-    return { local, forwarded };
+    return { local, forwarded, mainThread: this.mainThreadExits };
   }
 
   /** Let the vCPUs run. */
@@ -501,9 +533,34 @@ export class Machine extends EventEmitter implements QmpTarget {
       }
       t.thread = up.thread;
       t.threadId = up.threadId;
+      t.adopted = true;
       t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
     }));
     this.attachVcpus();
+  }
+
+  /**
+   * The one-vCPU machine's way: vCPU 0 runs on the main thread (releaseVcpus) until its
+   * thread is up; then, between two lifecycle operations, the main thread lets go of it and
+   * the thread takes it, running or parked as the machine is.
+   */
+  private adoptWhenReady(t: VcpuThread): void {
+    installKickHandler();
+    t.onReport = (m) => this.onVcpuReport(m);
+    this.serveExits(t);
+    t.ready.then((up) => this.serialise(async () => {
+      if (this.ended) return;
+      await this.earlyVcpu?.stop();
+      this.earlyVcpu = null;
+      if (this.ended) return;
+      t.thread = up.thread;
+      t.threadId = up.threadId;
+      t.adopted = true;
+      t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
+      this.attachVcpus();
+      bootTrace(`vcpu${t.index}: thread took over from the main thread`);
+      if (this.state === 'running' && !this.earlyVcpuStopped) this.setDesired(t, RUN);
+    }), (err: Error) => this.fatal(`vCPU ${t.index} thread failed to start: ${err.message}`));
   }
 
   /** Undo a half-built machine (create failed): threads, vCPU and VM descriptors. */
@@ -517,6 +574,7 @@ export class Machine extends EventEmitter implements QmpTarget {
 
   private attachVcpus(): void {
     this.threads.forEach((t, i) => {
+      if (!t.adopted) return; // it gets the vCPU of the moment when it is up (adoptWhenReady)
       const vcpu = this.vcpus[i]!;
       this.command(t, {
         type: 'attach', vmFd: this.vm.fd, vcpuFd: vcpu.fd, id: i, mmapSize: vcpu.mmapSize,
@@ -568,7 +626,11 @@ export class Machine extends EventEmitter implements QmpTarget {
   private completeExit(index: number): void {
     const vcpu = this.vcpus[index];
     if (!vcpu) return;
-    const exit = vcpu.decodeExit();
+    this.serveExit(vcpu.decodeExit());
+  }
+
+  /** Completes a port or MMIO exit through the devices (forwarded, or taken on the main thread). */
+  private serveExit(exit: VcpuExit): void {
     if (firstExits && firstExits.size < 64) {
       const key = exitSource(exit, true);
       if (!firstExits.has(key)) {
@@ -656,14 +718,45 @@ export class Machine extends EventEmitter implements QmpTarget {
   }
 
   private releaseVcpus(): void {
-    for (const t of this.threads) this.setDesired(t, RUN);
+    for (const t of this.threads) {
+      if (t.adopted) this.setDesired(t, RUN);
+      else this.runVcpuOnMainThread(t.index);
+    }
+  }
+
+  /** vCPU `index` runs on the main thread until its thread is up (main-thread-vcpu.ts). */
+  private runVcpuOnMainThread(index: number): void {
+    const vcpu = this.vcpus[index];
+    if (this.earlyVcpu || !vcpu) return;
+    this.earlyVcpuStopped = false;
+    this.earlyVcpu = new MainThreadVcpu(vcpu, {
+      serve: (exit) => {
+        this.mainThreadExits++;
+        try {
+          this.serveExit(exit);
+        } catch (err) {
+          this.fatal(`vCPU ${index}: device emulation failed: ${(err as Error).message}`);
+        }
+      },
+      stopped: (exit) => {
+        this.earlyVcpuStopped = true;
+        this.onVcpuReport({ type: 'stopped', index, reason: exit.reason, detail: describeExit(exit) });
+      },
+      failed: (err) => {
+        this.earlyVcpuStopped = true;
+        this.onVcpuReport({ type: 'error', index, message: err.message });
+      },
+    });
   }
 
   /** Bring every vCPU out of KVM_RUN and wait until all are parked. */
   private async parkVcpus(): Promise<void> {
+    await this.earlyVcpu?.stop();
+    this.earlyVcpu = null;
     for (const t of this.threads) this.setDesired(t, PARK);
     const deadline = Date.now() + PARK_TIMEOUT_MS;
     for (const t of this.threads) {
+      if (!t.adopted) continue; // still starting: it has no vCPU to run
       const vcpu = this.vcpus[t.index];
       while (Atomics.load(t.control, CTL_PARKED) !== 1) {
         if (vcpu) vcpu.immediateExit = true;
@@ -678,7 +771,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (this.ended) return;
     const wasPaused = this.state === 'paused';
     await this.parkVcpus();
-    for (const t of this.threads) this.command(t, { type: 'detach' });
+    for (const t of this.threads) if (t.adopted) this.command(t, { type: 'detach' });
     // Detach is applied by each parked thread before it runs again; wait for it to be taken.
     await new Promise((resolve) => setTimeout(resolve, 0));
     const oldVm = this.vm;
@@ -734,6 +827,9 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (shutdown) this.emit('shutdown', shutdown);
     this.ended = true;
     this.exitResult = result;
+    // Not waited for: on the main thread, it is between two KVM_RUN calls now.
+    void this.earlyVcpu?.stop();
+    this.earlyVcpu = null;
     if (this.inputTimer) clearInterval(this.inputTimer);
     this.rtc.stop();
     this.console.deliverOutput(this.ring.drain());

@@ -8,6 +8,8 @@
 // have mapped. Commands that are rare (attach a vCPU fd, quit) travel as messages; the
 // vCPU thread reads them synchronously while parked.
 
+import type { VcpuExit } from '../kvm/vcpu.js';
+
 // The control block's layout and run states live in a CommonJS module, so that the `tsvirt`
 // launcher can start vCPU threads before any ES module loads (vcpu-threads.cts).
 export {
@@ -75,3 +77,8 @@ export type VcpuReport =
   | { type: 'ready'; index: number; thread: bigint; threadId: number }
   | { type: 'stopped'; index: number; reason: string; detail: string }
   | { type: 'error'; index: number; message: string };
+
+/** A stopping exit as a 'stopped' report's detail: JSON, with addresses in hex. */
+export function describeExit(exit: VcpuExit): string {
+  return JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v));
+}

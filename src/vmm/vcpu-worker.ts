@@ -17,7 +17,7 @@ import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
-  CTL_THREAD_ID, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
+  CTL_THREAD_ID, describeExit, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
 } from './vcpu-channel.js';
 import { bootTrace } from './boot-trace.js';
 import { codeWarmedUp } from './bundles.cjs';
@@ -215,10 +215,6 @@ function forward(): void {
   Atomics.add(ctl, CTL_FORWARDED_EXITS, 1);
 }
 
-function describe(exit: VcpuExit): string {
-  return JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v));
-}
-
 function loop(): void {
   nameThread(data.index);
   report({ type: 'ready', index: data.index, thread: pthreadSelf(), threadId: threadId() });
@@ -269,7 +265,7 @@ function loop(): void {
         // A kick (pause, stop) or a spurious wake-up: the loop head decides.
         break;
       default:
-        report({ type: 'stopped', index: data.index, reason: exit.reason, detail: describe(exit) });
+        report({ type: 'stopped', index: data.index, reason: exit.reason, detail: describeExit(exit) });
         Atomics.store(ctl, CTL_RUN_STATE, PARK);
     }
   }

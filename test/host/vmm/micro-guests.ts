@@ -94,3 +94,18 @@ export function pciConfigGuest(): Uint8Array {
     CLI, HLT, ...JMP_SELF_MINUS_3,
   ]);
 }
+
+/**
+ * Writes the UART's scratch register for ever, counting in AL: an exit per instruction,
+ * served where vCPU 0 runs (the main thread, or its vCPU thread).
+ */
+export function scratchLoopGuest(): Uint8Array {
+  const INC_AL = [0xfe, 0xc0];
+  const JMP_BACK_5 = [0xeb, 0xfb]; // to the out, over inc al
+  return Uint8Array.from([...new GuestCode('real').movDxImm16(0x3ff).bytes(), ...new GuestCode('real').outDxAl().bytes(), ...INC_AL, ...JMP_BACK_5]);
+}
+
+/** Spins without a single exit: only a signal brings its vCPU out of KVM_RUN. */
+export function spinGuest(): Uint8Array {
+  return Uint8Array.from([0xeb, 0xfe]); // jmp self
+}
