@@ -14,20 +14,18 @@
 import { constants, read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { koffi } from '../kvm/ffi.js';
+import { seekDataOrHole } from '../kvm/libc.js';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
 import { completionPromise, IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';
 
 const DIRECT_ALIGN = 4096;
 const SEEK_END = 2;
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const RWF_NOWAIT = 0x08;
 const EAGAIN = 11;
-const ENXIO = 6;
 /** Largest read tried on the spot: bigger copies would hold up the event loop. */
 const CACHED_READ_MAX = 128 * 1024;
 /** Most buffers one on-the-spot read takes. */
@@ -157,14 +155,7 @@ export async function createEmptyFile(filename: string): Promise<void> {
   await handle.close();
 }
 
-/**
- * lseek(2) on any descriptor with SEEK_DATA or SEEK_HOLE: the offset found; -1n when there is
- * no data at or after `offset` (ENXIO), -2n when the call failed otherwise (nothing is known).
- */
-export function seekDataOrHole(fd: number, offset: bigint, what: 'data' | 'hole'): bigint {
-  const r = BigInt(getLibc().lseek(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
-  return r >= 0n ? r : koffi.errno() === ENXIO ? -1n : -2n;
-}
+export { seekDataOrHole };
 
 export interface HostFileOptions {
   readOnly?: boolean;

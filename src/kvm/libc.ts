@@ -108,6 +108,9 @@ export const EPOLL_EVENT_SIZE = 12;
 export const EINTR = osConstants.errno.EINTR;
 export const EAGAIN = osConstants.errno.EAGAIN;
 export const E2BIG = osConstants.errno.E2BIG;
+const ENXIO = osConstants.errno.ENXIO;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 
 /** The MAP_FAILED pointer ((void *)-1) as koffi returns it. */
 const MAP_FAILED = 0xffffffffffffffffn;
@@ -144,6 +147,7 @@ const epollWaitC = lazyFunc('int epoll_wait(int epfd, void *events, int maxevent
 const pthreadSelfC = lazyFunc('void *pthread_self(void)');
 const pthreadKillC = lazyFunc('int pthread_kill(void *thread, int sig)');
 const getpidC = lazyFunc('int getpid(void)');
+const lseekC = lazyFunc('int64_t lseek(int fd, int64_t offset, int whence)');
 
 // Every descriptor made here (open, memfd, eventfd, epoll) is close-on-exec, so child
 // processes the stack spawns (QEMU for comparisons, helpers) never inherit VM or RAM fds.
@@ -294,6 +298,15 @@ export function pthreadKill(thread: bigint, signal: number): void {
   const result = pthreadKillC(thread, signal) as number;
   // pthread_kill returns the error number instead of setting errno.
   if (result !== 0) throw new SyscallError('pthread_kill', result, `signal ${signal}`);
+}
+
+/**
+ * lseek(2) on any descriptor with SEEK_DATA or SEEK_HOLE: the offset found; -1n when there is
+ * no data at or after `offset` (ENXIO), -2n when the call failed otherwise (nothing is known).
+ */
+export function seekDataOrHole(fd: number, offset: bigint, what: 'data' | 'hole'): bigint {
+  const r = BigInt(lseekC(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
+  return r >= 0n ? r : koffi.errno() === ENXIO ? -1n : -2n;
 }
 
 export function getpid(): number {

@@ -10,14 +10,15 @@
 // most recently unpacked kernels (KERNEL_CACHE_ENTRIES). Where it cannot be written, nothing
 // is unpacked and the guest decompresses its kernel as usual.
 import {
-  accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync,
-  writeFileSync,
+  accessSync, closeSync, constants, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync,
+  statSync, writeSync,
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { bzImagePayload, canUnpack, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
 import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { seekDataOrHole } from '../kvm/libc.js';
 import { readFully } from './file-preload.js';
 
 export interface UnpackedKernel {
@@ -28,7 +29,8 @@ export interface UnpackedKernel {
   /**
    * Starts reading the kernel's segments into guest memory on the thread pool, while the
    * rest of the machine is built (a cached entry; a fresh one is in memory already). The
-   * loader's copies of those ranges then find them under way and do nothing.
+   * loader's copies of those ranges then find them under way and do nothing. The memory must
+   * read as zero (a new machine's): the entry's holes, its zero pages, are not read.
    */
   prefetch(memory: GuestMemory): void;
   /** Resolves once the reads prefetch() started are done; rejects, naming the entry, if one failed. */
@@ -79,6 +81,51 @@ function pruneEntries(dir: string, keep: string): void {
   for (const { path } of entries.slice(KERNEL_CACHE_ENTRIES)) if (path !== keep) rmSync(path, { force: true });
 }
 
+const PAGE = 4096;
+const ZERO_PAGE = Buffer.alloc(PAGE);
+/** The prefetch reads a segment in pieces of this size, so that the pool's threads share a large one. */
+const PREFETCH_PIECE = 4 << 20;
+
+/**
+ * Writes `bytes` to a new `file`, leaving its all-zero pages out as holes: a third of a
+ * kernel's pages are zero (.bss, .brk, its scratch area), which the cache then neither
+ * stores nor reads back into a new machine's RAM (which is zero already).
+ */
+function writeSparse(file: string, bytes: Uint8Array): void {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  const zero = (at: number): boolean => b.compare(ZERO_PAGE, 0, Math.min(PAGE, b.length - at), at, Math.min(at + PAGE, b.length)) === 0;
+  const fd = openSync(file, 'w');
+  try {
+    ftruncateSync(fd, b.length);
+    for (let at = 0; at < b.length;) {
+      while (at < b.length && zero(at)) at += PAGE;
+      let end = at;
+      while (end < b.length && !zero(end)) end += PAGE;
+      end = Math.min(end, b.length);
+      for (let done = at; done < end;) done += writeSync(fd, b, done, end - done, done);
+      at = end;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The stretches of [offset, offset+length) of `fd` that hold data (all of it where the file system cannot tell). */
+function dataRuns(fd: number, offset: number, length: number): [number, number][] {
+  const end = offset + length;
+  const runs: [number, number][] = [];
+  for (let at = offset; at < end;) {
+    const data = seekDataOrHole(fd, BigInt(at), 'data');
+    if (data === -2n) return [...runs, [at, end]];
+    if (data === -1n || data >= BigInt(end)) break;
+    const hole = seekDataOrHole(fd, data, 'hole');
+    const stop = hole < 0n || hole > BigInt(end) ? end : Number(hole);
+    runs.push([Number(data), stop]);
+    at = stop;
+  }
+  return runs;
+}
+
 /** Opens a cache entry; undefined when it is missing or not an ELF file. */
 function openEntry(file: string): UnpackedKernel | undefined {
   let fd: number;
@@ -122,10 +169,15 @@ function openEntry(file: string): UnpackedKernel | undefined {
         const into = memory.sliceInside(paddr, length);
         if (!into) continue; // the loader reports a segment outside RAM
         underWay.push({ into, offset });
-        reads.push(readFully(fd, into, offset).then(
-          (n) => { if (n < into.length) throw new Error(`kernel cache entry ${file}: cut short at ${offset + n}`); },
-          (err: Error) => { throw new Error(`kernel cache entry ${file}: ${err.message}`); },
-        ));
+        for (const [start, stop] of dataRuns(fd, offset, length)) {
+          for (let at = start; at < stop; at += PREFETCH_PIECE) {
+            const piece = into.subarray(at - offset, Math.min(stop, at + PREFETCH_PIECE) - offset);
+            reads.push(readFully(fd, piece, at).then(
+              (n) => { if (n < piece.length) throw new Error(`kernel cache entry ${file}: cut short at ${at + n}`); },
+              (err: Error) => { throw new Error(`kernel cache entry ${file}: ${err.message}`); },
+            ));
+          }
+        }
       }
     },
     settled: async () => {
@@ -160,7 +212,7 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
   const bytes = unpackPayload(payload);
   const temporary = `${file}.${process.pid}.tmp`;
   try {
-    writeFileSync(temporary, bytes);
+    writeSparse(temporary, bytes);
     renameSync(temporary, file);
     pruneEntries(dir, file);
   } catch {

@@ -2,7 +2,7 @@
 // used once the kernel file changed, and left to the guest where the cache cannot be written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
@@ -32,6 +32,10 @@ test('a kernel is unpacked once, then read from the cache until its file changes
   const entries = readdirSync(cache);
   assert.equal(entries.length, 1);
   assert.match(entries[0]!, /^[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\.vmlinux$/, 'named by device, inode, size and change time');
+  // The kernel's zero pages (.bss, its scratch area) are holes in the entry, not stored.
+  const stored = statSync(join(cache, entries[0]!));
+  assert.equal(stored.size, first.image.length);
+  assert.ok(stored.blocks * 512 < stored.size * 0.8, `${stored.blocks * 512} bytes stored for ${stored.size}`);
   const second = unpackedKernelFor(kernel, k.bytes, cache)!;
   assert.equal(second.fresh, false, 'read from the cache');
   assert.equal(second.image.length, first.image.length);
@@ -44,7 +48,8 @@ test('a kernel is unpacked once, then read from the cache until its file changes
   second.release(); // a second release is harmless
 
   // Prefetched: the segments are read on the thread pool while the loader runs, and the
-  // loader's own copies of them are skipped; once settled, guest memory holds the kernel.
+  // loader's own copies of them are skipped; once settled, guest memory holds the kernel
+  // (the entry's holes left as the memory's zeroes).
   const third = unpackedKernelFor(kernel, k.bytes, cache)!;
   const memorySize = 128n << 20n;
   const mem = RegionGuestMemory.ofSize(Number(memorySize));
