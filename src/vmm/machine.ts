@@ -23,7 +23,7 @@ import {
 } from '../arch/x86/layout.js';
 import { isBzImage, loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
 import { KernelPayloadError } from '../arch/x86/kernel-payload.js';
-import { unpackedKernelFor, type UnpackedKernel } from './kernel-cache.js';
+import { cachedKernelFor, fillKernelCacheInBackground, type UnpackedKernel } from './kernel-cache.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
 import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
@@ -115,6 +115,8 @@ interface Boot {
   raw?: RawBoot;
   /** For a raw boot: puts the boot vCPU in real mode at the code (loaded only then). */
   enterRealMode?: (vcpu: VcpuFd, address: number) => void;
+  /** The kernel cache being filled for this kernel, in the background (unpackKernel). */
+  kernelFill?: Promise<void>;
 }
 
 const PARK_TIMEOUT_MS = 5000;
@@ -250,7 +252,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
       unpacked = boot.unpacked = unpackKernel(valid, boot);
-      if (unpacked) bootTrace(`create: kernel payload ${unpacked.fresh ? 'unpacked and cached' : 'read from the kernel cache'}`);
+      if (unpacked) bootTrace('create: kernel payload read from the kernel cache');
+      else if (boot.kernelFill) bootTrace('create: kernel payload left to the guest, the kernel cache filling meanwhile');
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -290,6 +293,8 @@ export class Machine extends EventEmitter implements QmpTarget {
         machine.disposePartial();
         throw err;
       }
+      // Only now: an error it reports ends the machine, which must be whole by then.
+      machine.watchKernelFill();
       return machine;
     } catch (err) {
       // Asked to quit, not terminated: a thread may still be loading its modules.
@@ -334,6 +339,8 @@ export class Machine extends EventEmitter implements QmpTarget {
 
   /** Let the vCPUs run. */
   async start(): Promise<void> {
+    // Ended before it started (a kernel found corrupt in the meantime): waitForExit() says why.
+    if (this.ended) return;
     if (this.state !== 'prelaunch') throw new MachineError(`cannot start a machine that is ${this.state}`);
     this.startOutputPump();
     this.setRunState('running');
@@ -385,7 +392,8 @@ export class Machine extends EventEmitter implements QmpTarget {
   cpus(): QmpCpuInfo[] {
     return this.threads.map((t) => ({
       cpuIndex: t.index,
-      threadId: Atomics.load(t.control, CTL_THREAD_ID) || t.threadId,
+      // While vCPU 0 runs on the main thread (earlyVcpu), that thread's id is the process's.
+      threadId: Atomics.load(t.control, CTL_THREAD_ID) || t.threadId || (!t.adopted && this.earlyVcpu ? process.pid : 0),
       qomPath: `/machine/unattached/device[${t.index}]`,
       socketId: 0,
       coreId: t.index,
@@ -561,6 +569,19 @@ export class Machine extends EventEmitter implements QmpTarget {
       bootTrace(`vcpu${t.index}: thread took over from the main thread`);
       if (this.state === 'running' && !this.earlyVcpuStopped) this.setDesired(t, RUN);
     }), (err: Error) => this.fatal(`vCPU ${t.index} thread failed to start: ${err.message}`));
+  }
+
+  /**
+   * A payload that does not decode ends the machine with an error naming the kernel file: the
+   * guest's own decompressor, which has the same payload, stops with nothing on the console
+   * but its own message.
+   */
+  private watchKernelFill(): void {
+    this.boot.kernelFill?.catch((err: Error) => {
+      // A turn later: a fill that failed at once must not end the machine before its creator
+      // has had the chance to listen for the report.
+      if (err instanceof KernelPayloadError) setImmediate(() => this.fatal(`kernel ${this.config.kernel}: ${err.message}`));
+    });
   }
 
   /** Undo a half-built machine (create failed): threads, vCPU and VM descriptors. */
@@ -787,7 +808,9 @@ export class Machine extends EventEmitter implements QmpTarget {
     // Before the old VM goes: the PCI reset takes the queue doorbells off it.
     this.virtio?.reset();
     // The kernel is placed anew, with a new KASLR base: read from the cache again.
+    const fillBefore = this.boot.kernelFill;
     this.boot.unpacked = unpackKernel(this.config, this.boot);
+    if (this.boot.kernelFill !== fillBefore) this.watchKernelFill();
     try {
       this.buildVm();
     } catch (err) {
@@ -915,12 +938,16 @@ async function readFile(path: string, what: string): Promise<Uint8Array> {
  */
 function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | undefined {
   if (!boot.kernel || !config.kernel || config.kernelCache === false || !isBzImage(boot.kernel)) return undefined;
-  try {
-    return unpackedKernelFor(config.kernel, boot.kernel);
-  } catch (err) {
-    if (err instanceof KernelPayloadError) throw new MachineError(`kernel ${config.kernel}: ${err.message}`);
-    throw err;
+  const cached = cachedKernelFor(config.kernel, boot.kernel);
+  if (cached) return cached;
+  // Not in the cache yet: the guest decompresses its kernel this time, and the cache is
+  // filled on a thread of its own for the next boot (see Machine.watchKernelFill).
+  const fill = fillKernelCacheInBackground(config.kernel, boot.kernel);
+  if (fill) {
+    fill.catch(() => undefined); // whoever watches it sees the error; nobody else must have to
+    boot.kernelFill = fill;
   }
+  return undefined;
 }
 
 async function readBoot(config: MachineConfig, options: MachineOptions): Promise<Boot> {

@@ -16,6 +16,7 @@ import type { VcpuExit, VcpuFd } from '../kvm/vcpu.js';
 import { installKickHandler, KICK_SIGNAL_NUMBER } from '../kvm/kick.js';
 import { ThreadTimer } from '../kvm/thread-timer.js';
 import { bootTrace } from './boot-trace.js';
+import { runsOnAfter } from './vcpu-channel.js';
 
 /** How long the guest runs before the event loop gets a turn, at most. */
 export const SLICE_MS = 10;
@@ -62,18 +63,10 @@ export class MainThreadVcpu {
           this.hooks.failed(err as Error);
           return;
         }
-        switch (exit.reason) {
-          case 'io':
-          case 'mmio':
-            this.hooks.serve(exit);
-            break;
-          case 'intr':
-          case 'irq_window_open':
-          case 'hlt':
-            break;
-          default:
-            this.hooks.stopped(exit);
-            return;
+        if (exit.reason === 'io' || exit.reason === 'mmio') this.hooks.serve(exit);
+        else if (!runsOnAfter(exit)) {
+          this.hooks.stopped(exit);
+          return;
         }
         if (exit.reason === 'intr' || performance.now() - sliceStart >= SLICE_MS) {
           await new Promise<void>((resolve) => setImmediate(resolve));

@@ -78,6 +78,14 @@ export type VcpuReport =
   | { type: 'stopped'; index: number; reason: string; detail: string }
   | { type: 'error'; index: number; message: string };
 
+/**
+ * Exits after which a vCPU simply runs again: a kick (pause, stop) or a spurious wake-up, an
+ * open interrupt window, a halt KVM handed back. The run loop's head decides what comes next.
+ */
+export function runsOnAfter(exit: VcpuExit): boolean {
+  return exit.reason === 'intr' || exit.reason === 'irq_window_open' || exit.reason === 'hlt';
+}
+
 /** A stopping exit as a 'stopped' report's detail: JSON, with addresses in hex. */
 export function describeExit(exit: VcpuExit): string {
   return JSON.stringify(exit, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? [...v] : v));

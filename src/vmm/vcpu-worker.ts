@@ -17,7 +17,7 @@ import { RtcRegisters } from '../devices/rtc.js';
 import { ByteRing } from './byte-ring.js';
 import {
   CTL_COMMAND_SEQ, CTL_DONE_SEQ, CTL_EXIT_SEQ, CTL_FORWARDED_EXITS, CTL_LOCAL_EXITS, CTL_PARKED, CTL_RUN_STATE,
-  CTL_THREAD_ID, describeExit, PARK, QUIT, RUN, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
+  CTL_THREAD_ID, describeExit, PARK, QUIT, RUN, runsOnAfter, type VcpuCommand, type VcpuReport, type VcpuWorkerData,
 } from './vcpu-channel.js';
 import { bootTrace } from './boot-trace.js';
 import { codeWarmedUp } from './bundles.cjs';
@@ -259,12 +259,8 @@ function loop(): void {
       case 'mmio':
         forward();
         break;
-      case 'intr':
-      case 'irq_window_open':
-      case 'hlt':
-        // A kick (pause, stop) or a spurious wake-up: the loop head decides.
-        break;
       default:
+        if (runsOnAfter(exit)) break;
         report({ type: 'stopped', index: data.index, reason: exit.reason, detail: describeExit(exit) });
         Atomics.store(ctl, CTL_RUN_STATE, PARK);
     }

@@ -23,6 +23,7 @@ test('one vCPU: the guest starts on the main thread, pauses and resumes there, a
     await m.start();
     await waitFor('exits on the main thread', () => m.exitStats().mainThread > 100, TIMEOUT);
     assert.equal(m.exitStats().local, 0, 'the thread is not up yet');
+    assert.equal(m.cpus()[0]!.threadId, process.pid, 'QMP reports the main thread as the vCPU\'s');
     await m.pause();
     const paused = m.exitStats().mainThread;
     await sleep(50);
@@ -34,6 +35,8 @@ test('one vCPU: the guest starts on the main thread, pauses and resumes there, a
     await sleep(100);
     assert.equal(m.exitStats().mainThread, handedOver, 'no exits on the main thread once the thread has the vCPU');
     assert.equal(m.exitStats().forwarded, 0);
+    const threadId = m.cpus()[0]!.threadId;
+    assert.ok(threadId > 0 && threadId !== process.pid, `the vCPU thread's own id once it has the vCPU: ${threadId}`);
   } finally {
     await m.stop();
   }

@@ -2,11 +2,13 @@
 // used once the kernel file changed, and left to the guest where the cache cannot be written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
-import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
+import {
+  cachedKernelFor, fillKernelCacheInBackground, KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor,
+} from '../../../src/vmm/kernel-cache.js';
+import { bzImagePayload, KernelPayloadError } from '../../../src/arch/x86/kernel-payload.js';
 import { type KernelImage, loadLinux } from '../../../src/arch/x86/linux-loader.js';
 import { RegionGuestMemory } from '../../../src/memory/region-memory.js';
 import { debianKernelOrSkip } from '../arch/debian-kernel.js';
@@ -111,4 +113,41 @@ test('no unpacking where the cache cannot be written, nor for payloads left to t
   const xz = new Uint8Array(k.bytes);
   bzImagePayload(xz)!.set([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
   assert.equal(unpackedKernelFor(kernel, xz, join(dir, 'cache')), undefined);
+});
+
+test('filled in the background: one thread per kernel, the entry then found; a payload that does not decode is the error', async (t) => {
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
+  const cache = join(dir, 'kernels');
+  const kernel = join(dir, 'vmlinuz');
+  copyFileSync(k.path, kernel);
+  assert.equal(cachedKernelFor(kernel, k.bytes, cache), undefined, 'nothing cached yet');
+  assert.ok(!existsSync(cache), 'looking does not unpack');
+  const fill = fillKernelCacheInBackground(kernel, k.bytes, cache)!;
+  assert.equal(fillKernelCacheInBackground(kernel, k.bytes, cache), fill, 'a second boot of the same kernel joins the fill under way');
+  await fill;
+  const cached = cachedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(cached.fresh, false);
+  assert.ok(Buffer.from(all(cached.image)).equals(Buffer.from(all(unpackedKernelFor(kernel, k.bytes, join(dir, 'other'))!.image))));
+  cached.release();
+
+  // The first LZ4 block claims more bytes than the payload holds.
+  const broken = join(dir, 'vmlinuz-broken');
+  const bytes = new Uint8Array(k.bytes);
+  new DataView(bzImagePayload(bytes)!.buffer, bzImagePayload(bytes)!.byteOffset).setUint32(4, 0x7fffffff, true);
+  writeFileSync(broken, bytes);
+  await assert.rejects(fillKernelCacheInBackground(broken, bytes, cache)!, (err: Error) => {
+    assert.ok(err instanceof KernelPayloadError);
+    assert.match(err.message, /^the kernel's lz4 payload unpacked to 0 bytes, its trailer says \d+$/);
+    return true;
+  });
+  assert.equal(cachedKernelFor(broken, bytes, cache), undefined);
+  assert.ok(!readdirSync(cache).some((n) => n.endsWith('.tmp')), 'no temporary left behind');
+
+  // Nothing to fill: a payload left to the guest, a cache that cannot be written.
+  const xz = new Uint8Array(k.bytes);
+  bzImagePayload(xz)!.set([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+  assert.equal(fillKernelCacheInBackground(kernel, xz, cache), undefined);
+  assert.equal(fillKernelCacheInBackground(kernel, k.bytes, '/proc/tsvirt-no-cache/kernels'), undefined);
 });
