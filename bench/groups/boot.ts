@@ -159,8 +159,9 @@ async function probe(): Promise<void> {
   const all = [...Object.entries(vmms), ...Object.entries(variants)].map(([name, [command, args, env]]) =>
     [name, command, args, command === process.execPath ? { ...env, TSVIRT_CACHE: cacheDir } : env] as const);
   // A first round of its own, for every VMM: the files' first reads, tsvirt's code caches
-  // and its kernel cache (it unpacks a kernel it has not seen) are paid there. It is
-  // reported on its own row, and the rounds after it are the steady state.
+  // and its kernel cache (a kernel it has not seen is its own decompressor's while tsvirt
+  // fills the cache) are paid there. It is reported on its own row, and the rounds after it
+  // are the steady state.
   for (const [name, command, args, env] of all) first[name] = await measure(command, args, env);
   for (let round = 0; round < ROUNDS; round++) {
     for (const [name, command, args, env] of all) (samples[name] ??= []).push(await measure(command, args, env));
@@ -205,7 +206,7 @@ export const group: BenchGroup = {
     return [
       { name: 'boot to userspace vs QEMU -M pc', ours: r.tsvirt.bootMs / 1000, reference: r.qemu.bootMs / 1000, unit: 's', higherIsBetter: false },
       { name: 'boot to userspace vs QEMU -M microvm', ours: r.tsvirt.bootMs / 1000, reference: r.microvm.bootMs / 1000, unit: 's', higherIsBetter: false },
-      // The first round: tsvirt unpacks the kernel into an empty kernel cache then.
+      // The first round: tsvirt's kernel cache is empty then (the guest decompresses, the cache fills).
       { name: 'first boot of a kernel vs QEMU -M pc (one boot each)', ours: r.first.tsvirt.bootMs / 1000, reference: r.first.qemu.bootMs / 1000, unit: 's', higherIsBetter: false },
       { name: 'VMM RSS besides guest RAM vs QEMU -M pc', ours: r.tsvirt.vmmRssKiB / 1024, reference: r.qemu.vmmRssKiB / 1024, unit: 'MiB', higherIsBetter: false },
       { name: 'VMM RSS besides guest RAM vs QEMU -M microvm', ours: r.tsvirt.vmmRssKiB / 1024, reference: r.microvm.vmmRssKiB / 1024, unit: 'MiB', higherIsBetter: false },
