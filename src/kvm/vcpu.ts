@@ -11,7 +11,7 @@ import {
   close, EINTR, ioctlPointer, ioctlPointerRaw, ioctlValue, KvmError, MAP_SHARED, mmap, munmap, nativeView,
   PROT_READ, PROT_WRITE,
 } from './libc.js';
-import { decodeCpuidEntries } from './cpuid-list.js';
+import { decodeCpuidEntries, encodeCpuidEntries } from './cpuid-list.js';
 import type { CpuidEntry, KvmDebugRegs, KvmFpu, KvmRegs, KvmSregs, KvmVcpuEvents, MsrEntry, Xcr } from './types.js';
 
 /** Why KVM_RUN returned, with the run page's union decoded for that reason. */
@@ -265,13 +265,7 @@ export class VcpuFd {
   }
 
   setCpuid2(entries: readonly CpuidEntry[]): void {
-    const bytes = new Uint8Array(kvm_cpuid2.size + entries.length * kvm_cpuid_entry2.size);
-    const view = new DataView(bytes.buffer);
-    view.setUint32(0, entries.length, true);
-    entries.forEach((e, i) => {
-      bytes.set(encodeToBytes(kvm_cpuid_entry2, e), kvm_cpuid2.size + i * kvm_cpuid_entry2.size);
-    });
-    ioctlPointer(this.fd, IOCTLS.KVM_SET_CPUID2, bytes, 'KVM_SET_CPUID2');
+    ioctlPointer(this.fd, IOCTLS.KVM_SET_CPUID2, encodeCpuidEntries(entries), 'KVM_SET_CPUID2');
   }
   getCpuid2(maxEntries = 256): CpuidEntry[] {
     const bytes = new Uint8Array(kvm_cpuid2.size + maxEntries * kvm_cpuid_entry2.size);

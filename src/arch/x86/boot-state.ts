@@ -119,26 +119,33 @@ export function writeGdt(mem: GuestMemory): { gdt: DescriptorTable; idt: Descrip
   };
 }
 
-const PTE_PRESENT = 1n;
-const PTE_WRITABLE = 2n;
-const PTE_PAGE_SIZE = 1n << 7n;
+const PTE_PRESENT = 1;
+const PTE_WRITABLE = 2;
+const PTE_PAGE_SIZE = 1 << 7;
 
 /**
  * Identity page tables for the first PD_COUNT GiB using 2 MiB pages (1 GiB pages need a
- * CPU feature the guest's CPU model may lack). Returns the value for CR3.
+ * CPU feature the guest's CPU model may lack). Returns the value for CR3. The PML4, the PDPT
+ * and the directories lie one after the other: built in one buffer with plain numbers (every
+ * entry is below 2^32, and a boot's start-up should not spend its time on BigInt arithmetic
+ * for 2048 entries) and written at once.
  */
 export function writeIdentityPageTables(mem: GuestMemory): bigint {
-  mem.slice(PML4_START, 4096).fill(0);
-  mem.slice(PDPT_START, 4096).fill(0);
-  mem.writeU64(PML4_START, PDPT_START | PTE_PRESENT | PTE_WRITABLE);
+  const tables = new DataView(new ArrayBuffer((2 + PD_COUNT) * 4096));
+  const at = (table: bigint): number => Number(table - PML4_START);
+  const entry = (offset: number, value: number): void => {
+    tables.setUint32(offset, value % 2 ** 32, true);
+    tables.setUint32(offset + 4, Math.floor(value / 2 ** 32), true);
+  };
+  entry(0, Number(PDPT_START) | PTE_PRESENT | PTE_WRITABLE);
   for (let d = 0; d < PD_COUNT; d++) {
     const pd = PD_START + BigInt(d * 4096);
-    mem.writeU64(PDPT_START + BigInt(d * 8), pd | PTE_PRESENT | PTE_WRITABLE);
+    entry(at(PDPT_START) + d * 8, Number(pd) | PTE_PRESENT | PTE_WRITABLE);
     for (let i = 0; i < 512; i++) {
-      const physical = (BigInt(d) << 30n) | (BigInt(i) << 21n);
-      mem.writeU64(pd + BigInt(i * 8), physical | PTE_PRESENT | PTE_WRITABLE | PTE_PAGE_SIZE);
+      entry(at(pd) + i * 8, (d * 2 ** 30 + i * 2 ** 21) + (PTE_PRESENT | PTE_WRITABLE | PTE_PAGE_SIZE));
     }
   }
+  mem.write(PML4_START, new Uint8Array(tables.buffer));
   return PML4_START;
 }
 

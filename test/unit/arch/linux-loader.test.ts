@@ -67,6 +67,7 @@ function translate(mem: RegionGuestMemory, cr3: bigint, va: bigint): bigint {
   const pde = mem.readU64((pdpte & 0xffffffffff000n) + ((va >> 21n) & 511n) * 8n);
   assert.ok(pde & 1n);
   assert.ok(pde & 0x80n, 'expected a 2 MiB page');
+  assert.ok(pml4e & pdpte & pde & 2n, 'writable at every level');
   return (pde & 0xfffffffe00000n) | (va & 0x1fffffn);
 }
 
