@@ -1,7 +1,8 @@
 // Unpacked bzImage payloads, kept between runs (see arch/x86/kernel-payload.ts for why the
 // VMM unpacks the kernel at all). Unpacking costs more than the guest's own decompressor
 // (JavaScript against the guest's native code), so it pays only from the second boot of the
-// same kernel on: the first boot unpacks and stores the result; later boots read it from there.
+// same kernel on: the first boot leaves the payload to the guest while a thread of its own
+// unpacks it into the cache (fillKernelCacheInBackground); later boots read it from there.
 //
 // An entry is named by the kernel file's identity: its device, inode, size and change time
 // (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite
