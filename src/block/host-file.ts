@@ -14,13 +14,12 @@
 import { constants, read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { koffi } from '../kvm/ffi.js';
-import { seekDataOrHole } from '../kvm/libc.js';
+import { lseek, SEEK_END, seekDataOrHole } from '../kvm/libc.js';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
 import { completionPromise, IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';
 
 const DIRECT_ALIGN = 4096;
-const SEEK_END = 2;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -39,7 +38,6 @@ interface Libc {
   fallocate: CFunction;
   preadv2: CFunction;
   memchr: CFunction;
-  lseek: CFunction;
 }
 let libc: Libc | undefined;
 function getLibc(): Libc {
@@ -51,7 +49,6 @@ function getLibc(): Libc {
       // memchr on a one-byte search hands back the buffer's own address: the only way to
       // learn where V8 put a buffer, needed to carve O_DIRECT-aligned windows out of it.
       memchr: lib.func('void *memchr(void *s, int c, size_t n)'),
-      lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
     };
   }
   return libc;
@@ -155,8 +152,6 @@ export async function createEmptyFile(filename: string): Promise<void> {
   await handle.close();
 }
 
-export { seekDataOrHole };
-
 export interface HostFileOptions {
   readOnly?: boolean;
   cache?: CacheMode;
@@ -215,7 +210,7 @@ export class HostFile {
   async length(): Promise<bigint> {
     if (this.isBlockDevice) {
       // A block device reports size 0 in stat; seeking to its end tells its size.
-      const end = BigInt(getLibc().lseek(this.fd, 0n, SEEK_END) as number | bigint);
+      const end = lseek(this.fd, 0n, SEEK_END);
       if (end < 0n) throw new BlockError(this.filename, 'cannot determine the block device size');
       return end;
     }

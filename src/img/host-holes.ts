@@ -1,7 +1,7 @@
 // Where a host file has holes. qemu asks the file under a qcow2 image too: a data cluster whose
 // host range is a hole (preallocation=metadata) reads as zeroes, and map/measure report it so.
 import { openSync, closeSync } from 'node:fs';
-import { seekDataOrHole } from '../block/host-file.js';
+import { seekDataOrHole } from '../kvm/libc.js';
 
 /** An open host file answering "is [offset, offset+length) a hole, and up to where?". */
 export class HostHoles {

@@ -109,6 +109,7 @@ export const EINTR = osConstants.errno.EINTR;
 export const EAGAIN = osConstants.errno.EAGAIN;
 export const E2BIG = osConstants.errno.E2BIG;
 const ENXIO = osConstants.errno.ENXIO;
+export const SEEK_END = 2;
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 
@@ -123,7 +124,7 @@ type LibcFunction = ReturnType<typeof libc.func>;
  * loads this module (the main thread and each vCPU thread, on the way to the guest's first
  * KVM_RUN) would otherwise pay for all of them, used or not.
  */
-function lazyFunc(prototype: string): LibcFunction {
+export function lazyFunc(prototype: string): LibcFunction {
   let declared: LibcFunction | undefined;
   return ((...args: unknown[]) => (declared ??= libc.func(prototype))(...args)) as LibcFunction;
 }
@@ -300,12 +301,17 @@ export function pthreadKill(thread: bigint, signal: number): void {
   if (result !== 0) throw new SyscallError('pthread_kill', result, `signal ${signal}`);
 }
 
+/** lseek(2): the resulting offset, or -1n when the call failed (errno says why). */
+export function lseek(fd: number, offset: bigint, whence: number): bigint {
+  return BigInt(lseekC(fd, offset, whence) as number | bigint);
+}
+
 /**
  * lseek(2) on any descriptor with SEEK_DATA or SEEK_HOLE: the offset found; -1n when there is
  * no data at or after `offset` (ENXIO), -2n when the call failed otherwise (nothing is known).
  */
 export function seekDataOrHole(fd: number, offset: bigint, what: 'data' | 'hole'): bigint {
-  const r = BigInt(lseekC(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE) as number | bigint);
+  const r = lseek(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE);
   return r >= 0n ? r : koffi.errno() === ENXIO ? -1n : -2n;
 }
 

@@ -3,26 +3,12 @@
 // loop between guest slices (src/vmm/main-thread-vcpu.ts). The signal needs a handler, or it
 // ends the process: kick.ts's installKickHandler() for SIGUSR2.
 import { koffi } from './ffi.js';
-import { SyscallError } from './libc.js';
+import { lazyFunc, SyscallError } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
-
-let calls: {
-  gettid: (...args: unknown[]) => unknown;
-  timerCreate: (...args: unknown[]) => unknown;
-  timerSettime: (...args: unknown[]) => unknown;
-  timerDelete: (...args: unknown[]) => unknown;
-} | undefined;
-
-/** Declared on first use: the prototypes are parsed only by a process that needs them. */
-function libcCalls(): NonNullable<typeof calls> {
-  return calls ??= {
-    gettid: libc.func('int gettid(void)'),
-    timerCreate: libc.func('int timer_create(int clockid, void *sevp, void *timerid)'),
-    timerSettime: libc.func('int timer_settime(void *timerid, int flags, void *newValue, void *oldValue)'),
-    timerDelete: libc.func('int timer_delete(void *timerid)'),
-  };
-}
+const gettidC = lazyFunc('int gettid(void)');
+const timerCreateC = lazyFunc('int timer_create(int clockid, void *sevp, void *timerid)');
+const timerSettimeC = lazyFunc('int timer_settime(void *timerid, int flags, void *newValue, void *oldValue)');
+const timerDeleteC = lazyFunc('int timer_delete(void *timerid)');
 
 const CLOCK_MONOTONIC = 1;
 const SIGEV_THREAD_ID = 4;
@@ -38,13 +24,12 @@ export class ThreadTimer {
 
   /** Every `intervalMs`, send `signal` to the calling thread, until stop(). */
   static start(signal: number, intervalMs: number): ThreadTimer {
-    const c = libcCalls();
     const event = new DataView(new ArrayBuffer(SIGEVENT_BYTES));
     event.setInt32(8, signal, true);
     event.setInt32(12, SIGEV_THREAD_ID, true);
-    event.setInt32(16, c.gettid() as number, true);
+    event.setInt32(16, gettidC() as number, true);
     const idOut = new Uint8Array(8);
-    if ((c.timerCreate(CLOCK_MONOTONIC, new Uint8Array(event.buffer), idOut) as number) < 0) {
+    if ((timerCreateC(CLOCK_MONOTONIC, new Uint8Array(event.buffer), idOut) as number) < 0) {
       throw new SyscallError('timer_create', koffi.errno(), `signal ${signal} to this thread`);
     }
     const timer = new ThreadTimer(new DataView(idOut.buffer).getBigUint64(0, true));
@@ -54,7 +39,7 @@ export class ThreadTimer {
       spec.setBigInt64(at, ns / 1_000_000_000n, true);
       spec.setBigInt64(at + 8, ns % 1_000_000_000n, true);
     }
-    if ((c.timerSettime(timer.id, 0, new Uint8Array(spec.buffer), null) as number) < 0) {
+    if ((timerSettimeC(timer.id, 0, new Uint8Array(spec.buffer), null) as number) < 0) {
       const errno = koffi.errno();
       timer.stop();
       throw new SyscallError('timer_settime', errno, `every ${intervalMs} ms`);
@@ -66,6 +51,6 @@ export class ThreadTimer {
   stop(): void {
     if (!this.live) return;
     this.live = false;
-    libcCalls().timerDelete(this.id);
+    timerDeleteC(this.id);
   }
 }

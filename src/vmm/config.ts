@@ -36,8 +36,8 @@ export interface MachineConfig extends VirtioMachineConfig {
   console?: ConsoleSpec;
   /**
    * Unpack a bzImage's compressed kernel in the VMM, once, and keep it in the kernel cache
-   * (vmm/kernel-cache.ts), instead of letting the guest decompress it at every boot
-   * (default true).
+   * (vmm/kernel-cache.ts), instead of letting the guest decompress it at every boot: the
+   * first boot of a kernel is still its own decompressor's while the cache fills (default true).
    */
   kernelCache?: boolean;
   /** Guest reboot ends the VM instead of restarting it (QEMU's -no-reboot). */

@@ -527,11 +527,7 @@ export class Machine extends EventEmitter implements QmpTarget {
 
   /** Wait for the vCPU threads started in create() and give each its vCPU. */
   private async adoptThreads(): Promise<void> {
-    installKickHandler();
-    for (const t of this.threads) {
-      t.onReport = (m) => this.onVcpuReport(m);
-      this.serveExits(t);
-    }
+    for (const t of this.threads) this.listenTo(t);
     await Promise.all(this.threads.map(async (t) => {
       let up: { thread: bigint; threadId: number };
       try {
@@ -539,12 +535,24 @@ export class Machine extends EventEmitter implements QmpTarget {
       } catch (err) {
         throw new MachineError(`vCPU ${t.index} thread failed to start: ${(err as Error).message}`);
       }
-      t.thread = up.thread;
-      t.threadId = up.threadId;
-      t.adopted = true;
-      t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
+      this.adopt(t, up);
     }));
     this.attachVcpus();
+  }
+
+  /** Takes a thread's reports and serves the exits it hands over (from before it is up). */
+  private listenTo(t: VcpuThread): void {
+    installKickHandler();
+    t.onReport = (m) => this.onVcpuReport(m);
+    this.serveExits(t);
+  }
+
+  /** A thread that is up becomes the machine's: attachVcpus() then gives it its vCPU. */
+  private adopt(t: VcpuThread, up: { thread: bigint; threadId: number }): void {
+    t.thread = up.thread;
+    t.threadId = up.threadId;
+    t.adopted = true;
+    t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
   }
 
   /**
@@ -553,18 +561,13 @@ export class Machine extends EventEmitter implements QmpTarget {
    * the thread takes it, running or parked as the machine is.
    */
   private adoptWhenReady(t: VcpuThread): void {
-    installKickHandler();
-    t.onReport = (m) => this.onVcpuReport(m);
-    this.serveExits(t);
+    this.listenTo(t);
     t.ready.then((up) => this.serialise(async () => {
       if (this.ended) return;
       await this.earlyVcpu?.stop();
       this.earlyVcpu = null;
       if (this.ended) return;
-      t.thread = up.thread;
-      t.threadId = up.threadId;
-      t.adopted = true;
-      t.worker.on('error', (err) => this.fatal(`vCPU ${t.index} thread crashed: ${err.message}`));
+      this.adopt(t, up);
       this.attachVcpus();
       bootTrace(`vcpu${t.index}: thread took over from the main thread`);
       if (this.state === 'running' && !this.earlyVcpuStopped) this.setDesired(t, RUN);
