@@ -22,6 +22,7 @@ import {
   I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
 } from '../arch/x86/layout.js';
 import { isBzImage, loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
+import { elideLockPrefixes, kernelElidesLocks, lockPrefixSites, type LockPrefixSites } from '../arch/x86/smp-locks.js';
 import { KernelPayloadError } from '../arch/x86/kernel-payload.js';
 import { cachedKernelFor, fillKernelCacheInBackground, type UnpackedKernel } from './kernel-cache.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
@@ -149,6 +150,13 @@ export class Machine extends EventEmitter implements QmpTarget {
    */
   kaslrOffset: bigint | undefined;
   readonly memorySize: bigint;
+  /**
+   * How many lock prefixes of the kernel the VMM turned into DS prefixes at the last boot,
+   * as a kernel on one CPU does itself (smp-locks.ts); 0 when the kernel was left to do it.
+   */
+  lockPrefixesElided = 0;
+  /** Lock prefixes to elide once the placed kernel's text is in RAM (kernelLoaded). */
+  private lockSites: LockPrefixSites | undefined;
 
   /** The machine's UUID (QMP query-uuid), made on first use. */
   get uuid(): string {
@@ -436,6 +444,11 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (!unpacked) return;
     try {
       await unpacked.settled();
+      // Only once the text is in RAM: the prefetch may still have been reading it.
+      const sites = this.lockSites;
+      this.lockSites = undefined;
+      this.lockPrefixesElided = sites ? elideLockPrefixes(this.ram.memory, sites) : 0;
+      if (sites) bootTrace(`create: ${this.lockPrefixesElided} lock prefixes of the kernel elided for one CPU`);
     } catch (err) {
       throw new MachineError(`kernel ${this.config.kernel}: ${(err as Error).message}`);
     } finally {
@@ -488,6 +501,10 @@ export class Machine extends EventEmitter implements QmpTarget {
         });
         entry = loaded;
         this.kaslrOffset = loaded.kaslrOffset;
+        // The kernel placed from the cache on one CPU: its lock prefixes are elided before it
+        // runs, as it would elide them itself at a high price under shadow paging (smp-locks.ts).
+        const image = this.boot.unpacked?.image;
+        this.lockSites = image && kernelElidesLocks(this.cpuCount, this.boot.cmdline) ? lockPrefixSites(image) : undefined;
       } catch (err) {
         if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
         throw err;

@@ -12,6 +12,7 @@ import { acpiPortsGuest, GUEST_ADDRESS, helloGuest, localPortsGuest, pciConfigGu
 import { waitFor } from '../../support/wait.js';
 import { bzImagePayload } from '../../../src/arch/x86/kernel-payload.js';
 import { debianKernelOrSkip } from '../../unit/arch/debian-kernel.js';
+import { fillKernelCache } from '../../../src/vmm/kernel-cache.js';
 
 const TIMEOUT = 20_000;
 
@@ -202,6 +203,31 @@ test('a bzImage whose compressed kernel does not unpack ends the machine with an
     assert.equal(left.kaslrOffset, undefined);
     await left.stop();
     assert.equal((await left.waitForExit()).code, 0);
+  } finally {
+    if (saved === undefined) delete process.env.TSVIRT_CACHE;
+    else process.env.TSVIRT_CACHE = saved;
+  }
+});
+
+test('a kernel placed from the cache on one CPU has its lock prefixes elided before it runs; on two, with noreplace-smp or unpacked by the guest, not', { timeout: 60_000 }, async (t) => {
+  const k = debianKernelOrSkip(t);
+  if (!k) return;
+  const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kernel-'));
+  const saved = process.env.TSVIRT_CACHE;
+  process.env.TSVIRT_CACHE = join(dir, 'cache');
+  try {
+    assert.ok(fillKernelCache(k.path, k.bytes), 'the kernel cache takes the kernel');
+    const elided = async (config: Partial<MachineConfig>): Promise<number> => {
+      const m = await Machine.create({ kernel: k.path, memory: '128M', ...config });
+      const count = m.lockPrefixesElided;
+      await m.stop();
+      await m.waitForExit();
+      return count;
+    };
+    assert.ok(await elided({}) > 1000, 'one CPU');
+    assert.equal(await elided({ cpus: 2 }), 0, 'two CPUs keep their locks');
+    assert.equal(await elided({ append: 'console=ttyS0 noreplace-smp' }), 0, 'the kernel told to keep them');
+    assert.equal(await elided({ kernelCache: false }), 0, 'the guest unpacks and places the kernel itself');
   } finally {
     if (saved === undefined) delete process.env.TSVIRT_CACHE;
     else process.env.TSVIRT_CACHE = saved;
