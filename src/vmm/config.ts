@@ -36,8 +36,9 @@ export interface MachineConfig extends VirtioMachineConfig {
   console?: ConsoleSpec;
   /**
    * Unpack a bzImage's compressed kernel in the VMM, once, and keep it in the kernel cache
-   * (vmm/kernel-cache.ts), instead of letting the guest decompress it at every boot: the
-   * first boot of a kernel is still its own decompressor's while the cache fills (default true).
+   * (vmm/kernel-cache.ts), instead of letting the guest decompress it at every boot. A kernel
+   * placed from the cache on one CPU also has its lock prefixes elided by the VMM, as the
+   * kernel would elide them itself (arch/x86/smp-locks.ts). Default true.
    */
   kernelCache?: boolean;
   /** Guest reboot ends the VM instead of restarting it (QEMU's -no-reboot). */

@@ -1,8 +1,9 @@
 // Unpacked bzImage payloads, kept between runs (see arch/x86/kernel-payload.ts for why the
-// VMM unpacks the kernel at all). Unpacking costs more than the guest's own decompressor
-// (JavaScript against the guest's native code), so it pays only from the second boot of the
-// same kernel on: the first boot leaves the payload to the guest while a thread of its own
+// VMM unpacks the kernel at all). The first boot of a kernel waits while a thread of its own
 // unpacks it into the cache (fillKernelCacheInBackground); later boots read it from there.
+// Unpacking takes longer than the guest's own decompressor (JavaScript against the guest's
+// native code), but a kernel the VMM places also has its lock prefixes elided on one CPU
+// (arch/x86/smp-locks.ts), which saves the guest far more under nested virtualization.
 //
 // An entry is named by the kernel file's identity: its device, inode, size and change time
 // (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite
@@ -264,10 +265,9 @@ export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernel
 const fills = new Map<string, Promise<void>>();
 
 /**
- * Fills the cache entry for `kernel` (read from `path`) on a thread of its own, for the boots
- * that come after this one: unpacking takes longer than the guest's own decompressor (0.06 s
- * on a host that runs guests natively, 0.7 s under nested virtualization, against 0.45 s
- * for the guest's), so the first boot leaves it to the guest and does not wait. Undefined
+ * Fills the cache entry for `kernel` (read from `path`) on a thread of its own, while the
+ * machine is built (0.06 s on a host that runs guests natively, 0.7 s under nested
+ * virtualization, against 0.45 s for the guest's own decompressor). Undefined
  * when there is nothing to fill (a payload left to the guest, a cache that cannot be
  * written). The promise rejects with KernelPayloadError when the payload does not decode;
  * the thread does not keep the process alive.

@@ -116,8 +116,6 @@ interface Boot {
   raw?: RawBoot;
   /** For a raw boot: puts the boot vCPU in real mode at the code (loaded only then). */
   enterRealMode?: (vcpu: VcpuFd, address: number) => void;
-  /** The kernel cache being filled for this kernel, in the background (unpackKernel). */
-  kernelFill?: Promise<void>;
 }
 
 const PARK_TIMEOUT_MS = 5000;
@@ -259,9 +257,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       // One wait for both: a VM `tsvirt run` began to create, and the kernel and initrd reads.
       const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
-      unpacked = boot.unpacked = unpackKernel(valid, boot);
-      if (unpacked) bootTrace('create: kernel payload read from the kernel cache');
-      else if (boot.kernelFill) bootTrace('create: kernel payload left to the guest, the kernel cache filling meanwhile');
+      // A kernel not in the cache yet is unpacked into it on a thread of its own meanwhile.
+      const placing = unpackKernel(valid, boot);
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -272,6 +269,8 @@ export class Machine extends EventEmitter implements QmpTarget {
         ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
       });
       bootTrace('create: guest RAM allocated');
+      unpacked = boot.unpacked = await placing;
+      if (unpacked) bootTrace('create: kernel payload read from the kernel cache');
       // The kernel's segments are read on the thread pool while the VM is built.
       unpacked?.prefetch(ram.memory);
       const machine = new Machine(valid, boot, model, ram, kvm);
@@ -301,8 +300,6 @@ export class Machine extends EventEmitter implements QmpTarget {
         machine.disposePartial();
         throw err;
       }
-      // Only now: an error it reports ends the machine, which must be whole by then.
-      machine.watchKernelFill();
       return machine;
     } catch (err) {
       // Asked to quit, not terminated: a thread may still be loading its modules.
@@ -591,19 +588,6 @@ export class Machine extends EventEmitter implements QmpTarget {
     }), (err: Error) => this.fatal(`vCPU ${t.index} thread failed to start: ${err.message}`));
   }
 
-  /**
-   * A payload that does not decode ends the machine with an error naming the kernel file: the
-   * guest's own decompressor, which has the same payload, stops with nothing on the console
-   * but its own message.
-   */
-  private watchKernelFill(): void {
-    this.boot.kernelFill?.catch((err: Error) => {
-      // A turn later: a fill that failed at once must not end the machine before its creator
-      // has had the chance to listen for the report.
-      if (err instanceof KernelPayloadError) setImmediate(() => this.fatal(`kernel ${this.config.kernel}: ${err.message}`));
-    });
-  }
-
   /** Undo a half-built machine (create failed): threads, vCPU and VM descriptors. */
   private disposePartial(): void {
     this.ended = true;
@@ -828,9 +812,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     // Before the old VM goes: the PCI reset takes the queue doorbells off it.
     this.virtio?.reset();
     // The kernel is placed anew, with a new KASLR base: read from the cache again.
-    const fillBefore = this.boot.kernelFill;
-    this.boot.unpacked = unpackKernel(this.config, this.boot);
-    if (this.boot.kernelFill !== fillBefore) this.watchKernelFill();
+    this.boot.unpacked = await unpackKernel(this.config, this.boot);
     try {
       this.buildVm();
     } catch (err) {
@@ -953,21 +935,27 @@ async function readFile(path: string, what: string): Promise<Uint8Array> {
 
 /**
  * The bzImage's payload unpacked by the VMM (kernel-cache.ts), unless the config turns that
- * off or the kernel is not a bzImage this VMM unpacks; a payload that does not decode is an
- * error naming the kernel file.
+ * off or the kernel is not a bzImage this VMM unpacks. A kernel not in the cache yet is
+ * unpacked into it first, on a thread of its own (the promise): waiting for that costs a
+ * first boot less than the guest's own decompression and lock patching (smp-locks.ts) would.
+ * A payload that does not decode is an error naming the kernel file; a cache entry that
+ * could not be written leaves the kernel to the guest's decompressor.
  */
-function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | undefined {
+function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | Promise<UnpackedKernel | undefined> | undefined {
   if (!boot.kernel || !config.kernel || config.kernelCache === false || !isBzImage(boot.kernel)) return undefined;
-  const cached = cachedKernelFor(config.kernel, boot.kernel);
+  const path = config.kernel;
+  const kernel = boot.kernel;
+  const cached = cachedKernelFor(path, kernel);
   if (cached) return cached;
-  // Not in the cache yet: the guest decompresses its kernel this time, and the cache is
-  // filled on a thread of its own for the next boot (see Machine.watchKernelFill).
-  const fill = fillKernelCacheInBackground(config.kernel, boot.kernel);
-  if (fill) {
-    fill.catch(() => undefined); // whoever watches it sees the error; nobody else must have to
-    boot.kernelFill = fill;
-  }
-  return undefined;
+  const fill = fillKernelCacheInBackground(path, kernel);
+  if (!fill) return undefined; // a cache that cannot be written, or a payload left to the guest
+  return fill.then(
+    () => cachedKernelFor(path, kernel),
+    (err: Error) => {
+      if (err instanceof KernelPayloadError) throw new MachineError(`kernel ${path}: ${err.message}`);
+      return undefined;
+    },
+  );
 }
 
 async function readBoot(config: MachineConfig, options: MachineOptions): Promise<Boot> {
