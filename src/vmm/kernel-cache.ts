@@ -1,9 +1,9 @@
 // Unpacked bzImage payloads, kept between runs (see arch/x86/kernel-payload.ts for why the
-// VMM unpacks the kernel at all). The first boot of a kernel waits while a thread of its own
-// unpacks it into the cache (fillKernelCacheInBackground); later boots read it from there.
-// Unpacking takes longer than the guest's own decompressor (JavaScript against the guest's
-// native code), but a kernel the VMM places also has its lock prefixes elided on one CPU
-// (arch/x86/smp-locks.ts), which saves the guest far more under nested virtualization.
+// VMM unpacks the kernel at all). The first boot of a kernel unpacks it and writes its entry
+// on the thread pool while the kernel boots (unpackedKernelFor); later boots read it from
+// there. Unpacking takes longer than the guest's own decompressor (JavaScript against the
+// guest's native code), but a kernel the VMM places also has its lock prefixes elided on one
+// CPU (arch/x86/smp-locks.ts), which saves the guest far more under nested virtualization.
 //
 // An entry is named by the kernel file's identity: its device, inode, size and change time
 // (no hash: node:crypto costs tens of milliseconds to load in a nested start-up). Any rewrite
@@ -17,8 +17,9 @@ import {
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Worker, threadId } from 'node:worker_threads';
-import { bzImagePayload, canUnpack, KernelPayloadError, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
+import { open } from 'node:fs/promises';
+import { threadId } from 'node:worker_threads';
+import { bzImagePayload, canUnpack, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
 import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { seekDataOrHole } from '../kvm/libc.js';
@@ -40,6 +41,8 @@ export interface UnpackedKernel {
   settled(): Promise<void>;
   /** Closes a cached entry (a no-op for a fresh one); call it after settled(). */
   release(): void;
+  /** A fresh one: resolves once its cache entry is written (or could not be: nothing is reported). */
+  readonly stored?: Promise<void>;
 }
 
 /** Where unpacked kernels are kept: $TSVIRT_CACHE (the same variable moves the lab's images), else the user's cache directory. */
@@ -104,21 +107,44 @@ const PREFETCH_PIECE = 4 << 20;
  */
 function writeSparse(file: string, bytes: Uint8Array): void {
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-  const zero = (at: number): boolean => b.compare(ZERO_PAGE, 0, Math.min(PAGE, b.length - at), at, Math.min(at + PAGE, b.length)) === 0;
   const fd = openSync(file, 'w');
   try {
     ftruncateSync(fd, b.length);
-    for (let at = 0; at < b.length;) {
-      while (at < b.length && zero(at)) at += PAGE;
-      let end = at;
-      while (end < b.length && !zero(end)) end += PAGE;
-      end = Math.min(end, b.length);
+    for (const [at, end] of nonZeroRuns(b)) {
       for (let done = at; done < end;) done += writeSync(fd, b, done, end - done, done);
-      at = end;
     }
   } finally {
     closeSync(fd);
   }
+}
+
+/** writeSparse on the thread pool, for an entry written while its kernel boots. */
+async function writeSparseInBackground(file: string, bytes: Uint8Array): Promise<void> {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  const handle = await open(file, 'w');
+  try {
+    await handle.truncate(b.length);
+    for (const [at, end] of nonZeroRuns(b)) {
+      for (let done = at; done < end;) done += (await handle.write(b, done, end - done, done)).bytesWritten;
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The [start, end) stretches of whole pages (the last one may be short) that are not all zero. */
+function nonZeroRuns(b: Buffer): [number, number][] {
+  const zero = (at: number): boolean => b.compare(ZERO_PAGE, 0, Math.min(PAGE, b.length - at), at, Math.min(at + PAGE, b.length)) === 0;
+  const runs: [number, number][] = [];
+  for (let at = 0; at < b.length;) {
+    while (at < b.length && zero(at)) at += PAGE;
+    let end = at;
+    while (end < b.length && !zero(end)) end += PAGE;
+    end = Math.min(end, b.length);
+    if (end > at) runs.push([at, end]);
+    at = end;
+  }
+  return runs;
 }
 
 /** The stretches of [offset, offset+length) of `fd` that hold data (all of it where the file system cannot tell). */
@@ -225,6 +251,12 @@ export function cachedKernelFor(path: string, kernel: Uint8Array, dir = kernelCa
   return undefined;
 }
 
+/** A temporary name for an entry being written: unique to this writer, in this process and thread. */
+let writers = 0;
+function temporaryFor(file: string): string {
+  return `${file}.${process.pid}-${threadId}-${++writers}.tmp`;
+}
+
 /**
  * Unpacks the payload of `kernel` (read from `path`) into a new cache entry; returns the
  * unpacked bytes, or undefined when there is nothing this VMM unpacks or the directory cannot
@@ -235,7 +267,7 @@ export function fillKernelCache(path: string, kernel: Uint8Array, dir = kernelCa
   if (!payload || !makeWritableDir(dir)) return undefined;
   const file = entryPath(dir, path);
   const bytes = unpackPayload(payload);
-  const temporary = `${file}.${process.pid}-${threadId}.tmp`;
+  const temporary = temporaryFor(file);
   try {
     writeSparse(temporary, bytes);
     renameSync(temporary, file);
@@ -247,56 +279,34 @@ export function fillKernelCache(path: string, kernel: Uint8Array, dir = kernelCa
   return bytes;
 }
 
+/** Writes a fresh entry on the thread pool; a failure (a full disk, say) leaves it to the next boot. */
+async function storeEntry(dir: string, file: string, bytes: Uint8Array): Promise<void> {
+  const temporary = temporaryFor(file);
+  try {
+    await writeSparseInBackground(temporary, bytes);
+    renameSync(temporary, file);
+    pruneEntries(dir, file);
+  } catch {
+    rmSync(temporary, { force: true });
+  }
+}
+
 /**
  * The unpacked payload of the bzImage `kernel` (read from `path`): from the cache, or
- * unpacked now and stored. Undefined when the payload is compressed in a way this VMM does
- * not unpack, or the cache directory cannot be written: the guest then decompresses it.
- * Throws KernelPayloadError when the payload does not decode.
+ * unpacked now (0.06 s on a host that runs guests natively, 0.7 s under nested
+ * virtualization, against 0.45 s for the guest's own decompressor), its entry then written
+ * on the thread pool while the kernel boots (`stored`). Undefined when the payload is
+ * compressed in a way this VMM does not unpack, or the cache directory cannot be written:
+ * the guest then decompresses it. Throws KernelPayloadError when the payload does not decode.
  */
 export function unpackedKernelFor(path: string, kernel: Uint8Array, dir = kernelCacheDir()): UnpackedKernel | undefined {
   const cached = cachedKernelFor(path, kernel, dir);
   if (cached) return cached;
-  const bytes = fillKernelCache(path, kernel, dir);
-  if (!bytes) return undefined;
-  return { image: kernelImageOf(bytes), fresh: true, prefetch: () => undefined, settled: async () => undefined, release: () => undefined };
-}
-
-/** Fills under way in this process, by entry: a kernel is unpacked once however many machines boot it. */
-const fills = new Map<string, Promise<void>>();
-
-/**
- * Fills the cache entry for `kernel` (read from `path`) on a thread of its own, while the
- * machine is built (0.06 s on a host that runs guests natively, 0.7 s under nested
- * virtualization, against 0.45 s for the guest's own decompressor). Undefined
- * when there is nothing to fill (a payload left to the guest, a cache that cannot be
- * written). The promise rejects with KernelPayloadError when the payload does not decode;
- * the thread does not keep the process alive.
- */
-export function fillKernelCacheInBackground(path: string, kernel: Uint8Array, dir = kernelCacheDir()): Promise<void> | undefined {
-  if (!unpackablePayload(kernel) || !makeWritableDir(dir)) return undefined;
-  const file = entryPath(dir, path);
-  let fill = fills.get(file);
-  if (!fill) {
-    fill = new Promise<void>((resolve, reject) => {
-      const worker = new Worker(new URL('./kernel-fill-worker.js', import.meta.url), { workerData: { path, dir } satisfies KernelFillRequest });
-      worker.unref();
-      worker.once('message', (m: KernelFillResult) => (m.error === undefined ? resolve() : reject(new KernelPayloadError(m.error))));
-      worker.once('error', reject);
-      worker.once('exit', () => reject(new Error('the kernel cache fill ended without a result')));
-    });
-    const settled = (): void => { fills.delete(file); };
-    fill.then(settled, settled);
-    fills.set(file, fill);
-  }
-  return fill;
-}
-
-/** What kernel-fill-worker.ts is asked to do, and what it answers. */
-export interface KernelFillRequest {
-  path: string;
-  dir: string;
-}
-export interface KernelFillResult {
-  /** The payload's KernelPayloadError message, when it does not decode. */
-  error?: string;
+  const payload = unpackablePayload(kernel);
+  if (!payload || !makeWritableDir(dir)) return undefined;
+  const bytes = unpackPayload(payload);
+  return {
+    image: kernelImageOf(bytes), fresh: true, prefetch: () => undefined, settled: async () => undefined, release: () => undefined,
+    stored: storeEntry(dir, entryPath(dir, path), bytes),
+  };
 }

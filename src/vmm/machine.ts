@@ -24,7 +24,7 @@ import {
 import { isBzImage, loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
 import { elideLockPrefixes, kernelElidesLocks, lockPrefixSites, type LockPrefixSites } from '../arch/x86/smp-locks.js';
 import { KernelPayloadError } from '../arch/x86/kernel-payload.js';
-import { cachedKernelFor, fillKernelCacheInBackground, type UnpackedKernel } from './kernel-cache.js';
+import { type UnpackedKernel, unpackedKernelFor } from './kernel-cache.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
 import { Bus } from '../devices/bus.js';
 import { Uart16550, UART_STATE_BYTES } from '../devices/uart.js';
@@ -257,8 +257,8 @@ export class Machine extends EventEmitter implements QmpTarget {
       // One wait for both: a VM `tsvirt run` began to create, and the kernel and initrd reads.
       const [boot, preloadedVm] = await Promise.all([readBoot(valid, options), vmAhead]);
       if (boot.raw) boot.enterRealMode = (await import('../kvm/microguest.js')).setupRealMode;
-      // A kernel not in the cache yet is unpacked into it on a thread of its own meanwhile.
-      const placing = unpackKernel(valid, boot);
+      unpacked = boot.unpacked = unpackKernel(valid, boot);
+      if (unpacked) bootTrace(`create: kernel payload ${unpacked.fresh ? 'unpacked (its cache entry is written meanwhile)' : 'read from the kernel cache'}`);
       const size = memoryBytes(valid);
       bootTrace('create: kernel and initrd read');
       const model = resolveCpuModel(kvm, valid.cpu ?? 'host');
@@ -269,8 +269,6 @@ export class Machine extends EventEmitter implements QmpTarget {
         ...(backend.startsWith('hugetlbfs:') ? { hugetlbfsPath: backend.slice('hugetlbfs:'.length) } : {}),
       });
       bootTrace('create: guest RAM allocated');
-      unpacked = boot.unpacked = await placing;
-      if (unpacked) bootTrace('create: kernel payload read from the kernel cache');
       // The kernel's segments are read on the thread pool while the VM is built.
       unpacked?.prefetch(ram.memory);
       const machine = new Machine(valid, boot, model, ram, kvm);
@@ -812,7 +810,7 @@ export class Machine extends EventEmitter implements QmpTarget {
     // Before the old VM goes: the PCI reset takes the queue doorbells off it.
     this.virtio?.reset();
     // The kernel is placed anew, with a new KASLR base: read from the cache again.
-    this.boot.unpacked = await unpackKernel(this.config, this.boot);
+    this.boot.unpacked = unpackKernel(this.config, this.boot);
     try {
       this.buildVm();
     } catch (err) {
@@ -935,27 +933,18 @@ async function readFile(path: string, what: string): Promise<Uint8Array> {
 
 /**
  * The bzImage's payload unpacked by the VMM (kernel-cache.ts), unless the config turns that
- * off or the kernel is not a bzImage this VMM unpacks. A kernel not in the cache yet is
- * unpacked into it first, on a thread of its own (the promise): waiting for that costs a
- * first boot less than the guest's own decompression and lock patching (smp-locks.ts) would.
- * A payload that does not decode is an error naming the kernel file; a cache entry that
- * could not be written leaves the kernel to the guest's decompressor.
+ * off or the kernel is not a bzImage this VMM unpacks. A kernel's first boot unpacks it here
+ * and waits: that costs it less than the guest's own decompression and lock patching would
+ * (smp-locks.ts). A payload that does not decode is an error naming the kernel file.
  */
-function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | Promise<UnpackedKernel | undefined> | undefined {
+function unpackKernel(config: MachineConfig, boot: Boot): UnpackedKernel | undefined {
   if (!boot.kernel || !config.kernel || config.kernelCache === false || !isBzImage(boot.kernel)) return undefined;
-  const path = config.kernel;
-  const kernel = boot.kernel;
-  const cached = cachedKernelFor(path, kernel);
-  if (cached) return cached;
-  const fill = fillKernelCacheInBackground(path, kernel);
-  if (!fill) return undefined; // a cache that cannot be written, or a payload left to the guest
-  return fill.then(
-    () => cachedKernelFor(path, kernel),
-    (err: Error) => {
-      if (err instanceof KernelPayloadError) throw new MachineError(`kernel ${path}: ${err.message}`);
-      return undefined;
-    },
-  );
+  try {
+    return unpackedKernelFor(config.kernel, boot.kernel);
+  } catch (err) {
+    if (err instanceof KernelPayloadError) throw new MachineError(`kernel ${config.kernel}: ${err.message}`);
+    throw err;
+  }
 }
 
 async function readBoot(config: MachineConfig, options: MachineOptions): Promise<Boot> {

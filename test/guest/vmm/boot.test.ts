@@ -12,7 +12,7 @@ import type { MachineConfig } from '../../../src/vmm/config.js';
 import { guestKernelPath } from '../../../src/lab/paths.js';
 import { GUEST_USERSPACE_LINE, guestInitrdWith } from '../../../src/lab/guest-image.js';
 import { watchForStalls } from '../../support/stall-watchdog.js';
-import { cachedKernelFor, fillKernelCacheInBackground } from '../../../src/vmm/kernel-cache.js';
+import { unpackedKernelFor } from '../../../src/vmm/kernel-cache.js';
 
 watchForStalls(); // a blocked main thread fails this file with a diagnosis instead of hanging the suite
 
@@ -33,10 +33,9 @@ const FACTS = [
 // way tsvirt places the kernel and chooses its KASLR offset.
 before(async () => {
   const kernel = guestKernelPath();
-  const bytes = readFileSync(kernel);
-  const cached = cachedKernelFor(kernel, bytes);
-  if (cached) cached.release();
-  else await fillKernelCacheInBackground(kernel, bytes);
+  const unpacked = unpackedKernelFor(kernel, readFileSync(kernel));
+  await unpacked?.stored;
+  unpacked?.release();
 });
 
 /** Where the kernel's text starts without KASLR (__START_KERNEL_map + 16 MiB). */

@@ -1,12 +1,13 @@
-// The kernel cache: a bzImage's payload unpacked once, read from the cache afterwards, never
-// used once the kernel file changed, and left to the guest where the cache cannot be written.
+// The kernel cache: a bzImage's payload unpacked once (its entry written in the background),
+// read from the cache afterwards, never used once the kernel file changed, and left to the
+// guest where the cache cannot be written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  cachedKernelFor, fillKernelCacheInBackground, KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor,
+  cachedKernelFor, fillKernelCache, KERNEL_CACHE_ENTRIES, kernelCacheDir, unpackedKernelFor,
 } from '../../../src/vmm/kernel-cache.js';
 import { bzImagePayload, KernelPayloadError } from '../../../src/arch/x86/kernel-payload.js';
 import { type KernelImage, loadLinux } from '../../../src/arch/x86/linux-loader.js';
@@ -31,6 +32,7 @@ test('a kernel is unpacked once, then read from the cache until its file changes
 
   const first = unpackedKernelFor(kernel, k.bytes, cache)!;
   assert.equal(first.fresh, true);
+  await first.stored;
   const entries = readdirSync(cache);
   assert.equal(entries.length, 1);
   assert.match(entries[0]!, /^[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\.vmlinux$/, 'named by device, inode, size and change time');
@@ -66,20 +68,25 @@ test('a kernel is unpacked once, then read from the cache until its file changes
 
   // The same bytes written again: the change time moved, so the entry is not trusted.
   writeFileSync(kernel, readFileSync(kernel));
-  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
+  const rewritten = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(rewritten.fresh, true);
+  await rewritten.stored;
   assert.equal(readdirSync(cache).length, 2);
 
   // An entry cut to half its length (still an ELF header) is unpacked again.
   for (const name of readdirSync(cache)) truncateSync(join(cache, name), first.image.length / 2);
-  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
+  const halved = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(halved.fresh, true);
+  await halved.stored;
   // A damaged entry (cut short) is not an ELF image: unpacked again.
   for (const name of readdirSync(cache)) truncateSync(join(cache, name), 10);
   const again = unpackedKernelFor(kernel, k.bytes, cache)!;
   assert.equal(again.fresh, true);
+  await again.stored;
   assert.ok(Buffer.from(all(again.image)).equals(Buffer.from(all(first.image))));
 });
 
-test('the cache keeps the most recently unpacked kernels', (t) => {
+test('the cache keeps the most recently unpacked kernels', async (t) => {
   const k = debianKernelOrSkip(t);
   if (!k) return;
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
@@ -93,7 +100,9 @@ test('the cache keeps the most recently unpacked kernels', (t) => {
   }
   const kernel = join(dir, 'vmlinuz');
   copyFileSync(k.path, kernel);
-  assert.equal(unpackedKernelFor(kernel, k.bytes, cache)!.fresh, true);
+  const fresh = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.equal(fresh.fresh, true);
+  await fresh.stored;
   const left = readdirSync(cache).sort();
   assert.equal(left.length, KERNEL_CACHE_ENTRIES);
   assert.ok(!left.includes('old-0.vmlinux') && !left.includes('old-1.vmlinux') && !left.includes('old-2.vmlinux'), 'the oldest went');
@@ -115,7 +124,7 @@ test('no unpacking where the cache cannot be written, nor for payloads left to t
   assert.equal(unpackedKernelFor(kernel, xz, join(dir, 'cache')), undefined);
 });
 
-test('filled in the background: one thread per kernel, the entry then found; a payload that does not decode is the error', async (t) => {
+test('a first boot: unpacked at once, its entry written while it boots; two at once do not collide; a payload that does not decode is the error', async (t) => {
   const k = debianKernelOrSkip(t);
   if (!k) return;
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-kcache-'));
@@ -124,12 +133,17 @@ test('filled in the background: one thread per kernel, the entry then found; a p
   copyFileSync(k.path, kernel);
   assert.equal(cachedKernelFor(kernel, k.bytes, cache), undefined, 'nothing cached yet');
   assert.ok(!existsSync(cache), 'looking does not unpack');
-  const fill = fillKernelCacheInBackground(kernel, k.bytes, cache)!;
-  assert.equal(fillKernelCacheInBackground(kernel, k.bytes, cache), fill, 'a second boot of the same kernel joins the fill under way');
-  await fill;
+  // Two machines booting the same kernel in one process: each unpacks, both entries land whole.
+  const one = unpackedKernelFor(kernel, k.bytes, cache)!;
+  const two = unpackedKernelFor(kernel, k.bytes, cache)!;
+  assert.ok(one.fresh && two.fresh);
+  await Promise.all([one.stored, two.stored]);
+  assert.deepEqual(readdirSync(cache).filter((n) => n.endsWith('.tmp')), [], 'no temporary left behind');
   const cached = cachedKernelFor(kernel, k.bytes, cache)!;
   assert.equal(cached.fresh, false);
-  assert.ok(Buffer.from(all(cached.image)).equals(Buffer.from(all(unpackedKernelFor(kernel, k.bytes, join(dir, 'other'))!.image))));
+  assert.ok(Buffer.from(all(cached.image)).equals(Buffer.from(all(one.image))));
+  // The same bytes as the synchronous fill of another cache.
+  assert.ok(Buffer.from(all(cached.image)).equals(Buffer.from(fillKernelCache(kernel, k.bytes, join(dir, 'other'))!)));
   cached.release();
 
   // The first LZ4 block claims more bytes than the payload holds.
@@ -137,17 +151,11 @@ test('filled in the background: one thread per kernel, the entry then found; a p
   const bytes = new Uint8Array(k.bytes);
   new DataView(bzImagePayload(bytes)!.buffer, bzImagePayload(bytes)!.byteOffset).setUint32(4, 0x7fffffff, true);
   writeFileSync(broken, bytes);
-  await assert.rejects(fillKernelCacheInBackground(broken, bytes, cache)!, (err: Error) => {
+  assert.throws(() => unpackedKernelFor(broken, bytes, cache), (err: Error) => {
     assert.ok(err instanceof KernelPayloadError);
     assert.match(err.message, /^the kernel's lz4 payload unpacked to 0 bytes, its trailer says \d+$/);
     return true;
   });
   assert.equal(cachedKernelFor(broken, bytes, cache), undefined);
   assert.ok(!readdirSync(cache).some((n) => n.endsWith('.tmp')), 'no temporary left behind');
-
-  // Nothing to fill: a payload left to the guest, a cache that cannot be written.
-  const xz = new Uint8Array(k.bytes);
-  bzImagePayload(xz)!.set([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
-  assert.equal(fillKernelCacheInBackground(kernel, xz, cache), undefined);
-  assert.equal(fillKernelCacheInBackground(kernel, k.bytes, '/proc/tsvirt-no-cache/kernels'), undefined);
 });
