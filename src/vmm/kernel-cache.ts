@@ -12,12 +12,11 @@
 // most recently unpacked kernels (KERNEL_CACHE_ENTRIES). Where it cannot be written, nothing
 // is unpacked and the guest decompresses its kernel as usual.
 import {
-  accessSync, closeSync, constants, existsSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync,
-  statSync, writeSync,
+  accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync,
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { open } from 'node:fs/promises';
+import { open as openFile } from 'node:fs/promises';
 import { threadId } from 'node:worker_threads';
 import { bzImagePayload, canUnpack, payloadCompression, unpackedLength, unpackPayload } from '../arch/x86/kernel-payload.js';
 import { elfSegmentPlacements, type KernelImage, kernelImageOf } from '../arch/x86/linux-loader.js';
@@ -105,23 +104,9 @@ const PREFETCH_PIECE = 4 << 20;
  * kernel's pages are zero (.bss, .brk, its scratch area), which the cache then neither
  * stores nor reads back into a new machine's RAM (which is zero already).
  */
-function writeSparse(file: string, bytes: Uint8Array): void {
+async function writeSparse(file: string, bytes: Uint8Array): Promise<void> {
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-  const fd = openSync(file, 'w');
-  try {
-    ftruncateSync(fd, b.length);
-    for (const [at, end] of nonZeroRuns(b)) {
-      for (let done = at; done < end;) done += writeSync(fd, b, done, end - done, done);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** writeSparse on the thread pool, for an entry written while its kernel boots. */
-async function writeSparseInBackground(file: string, bytes: Uint8Array): Promise<void> {
-  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-  const handle = await open(file, 'w');
+  const handle = await openFile(file, 'w');
   try {
     await handle.truncate(b.length);
     for (const [at, end] of nonZeroRuns(b)) {
@@ -257,33 +242,11 @@ function temporaryFor(file: string): string {
   return `${file}.${process.pid}-${threadId}-${++writers}.tmp`;
 }
 
-/**
- * Unpacks the payload of `kernel` (read from `path`) into a new cache entry; returns the
- * unpacked bytes, or undefined when there is nothing this VMM unpacks or the directory cannot
- * be written. Throws KernelPayloadError when the payload does not decode.
- */
-export function fillKernelCache(path: string, kernel: Uint8Array, dir = kernelCacheDir()): Uint8Array | undefined {
-  const payload = unpackablePayload(kernel);
-  if (!payload || !makeWritableDir(dir)) return undefined;
-  const file = entryPath(dir, path);
-  const bytes = unpackPayload(payload);
-  const temporary = temporaryFor(file);
-  try {
-    writeSparse(temporary, bytes);
-    renameSync(temporary, file);
-    pruneEntries(dir, file);
-  } catch {
-    // A full disk, say: the next boot tries again.
-    rmSync(temporary, { force: true });
-  }
-  return bytes;
-}
-
 /** Writes a fresh entry on the thread pool; a failure (a full disk, say) leaves it to the next boot. */
 async function storeEntry(dir: string, file: string, bytes: Uint8Array): Promise<void> {
   const temporary = temporaryFor(file);
   try {
-    await writeSparseInBackground(temporary, bytes);
+    await writeSparse(temporary, bytes);
     renameSync(temporary, file);
     pruneEntries(dir, file);
   } catch {
