@@ -856,7 +856,6 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (this.inputTimer) clearInterval(this.inputTimer);
     this.rtc.stop();
     this.console.deliverOutput(this.ring.drain());
-    const stopping: Promise<void>[] = [];
     for (const t of this.threads) {
       this.setDesired(t, QUIT);
       // An exit handed over that nobody will serve now: release it, so the thread sees QUIT.
@@ -871,20 +870,14 @@ export class Machine extends EventEmitter implements QmpTarget {
       if (t.thread) kickThread(t.thread);
       // Asked to quit, not terminated: terminating a thread inside one of koffi's native
       // calls (its own munmap on the way out, say) can abort the whole process.
-      stopping.push(stopVcpuThread(t));
+      void stopVcpuThread(t);
     }
+    for (const v of this.vcpus) { try { v.close(); } catch { /* gone */ } }
     // Usually closed by end() already; a panic ends here directly (doorbells go synchronously).
     void this.virtio?.close().catch(() => undefined);
-    // The descriptors go once every thread has: a thread on its way into KVM_RUN would
-    // otherwise call it on a closed number, which a machine made meantime may have been
-    // given for a vCPU of its own, and run (and block in) that vCPU instead of leaving.
-    const { vcpus, vm, ram, kvm } = this;
-    void Promise.allSettled(stopping).then(() => {
-      for (const v of vcpus) { try { v.close(); } catch { /* gone */ } }
-      try { vm.close(); } catch { /* gone */ }
-      ram.close();
-      kvm.close();
-    });
+    try { this.vm.close(); } catch { /* gone */ }
+    this.ram.close();
+    this.kvm.close();
     this.console.finish();
     if (exitCounts) {
       const top = [...exitCounts].sort((a, b) => b[1] - a[1]).slice(0, 12);
