@@ -28,32 +28,37 @@ test('a machine runs its guest, pauses, resumes, resets and stops, with events',
     m.on(e, (info?: { guest?: boolean; reason?: string }) => events.push(info?.reason ? `${e}:${info.reason}` : e));
   }
   const out = collect(m);
-  assert.equal(m.runState(), 'prelaunch');
-  assert.equal(m.name, 'micro');
-  assert.match(m.uuid, /^[0-9a-f-]{36}$/);
-  await m.start();
-  assert.equal(m.runState(), 'running');
-  // "Hi\n" then the RTC's status register A (0x26 = '&').
-  await waitFor('guest output', () => out.text() === 'Hi\n&', TIMEOUT);
-  assert.deepEqual(m.exitStats(), { local: 6, forwarded: 0, mainThread: 0 }, 'console and RTC reads are served on the vCPU thread');
+  // A failed step must not leave the machine running: its vCPU threads would keep this file's process alive.
+  try {
+    assert.equal(m.runState(), 'prelaunch');
+    assert.equal(m.name, 'micro');
+    assert.match(m.uuid, /^[0-9a-f-]{36}$/);
+    await m.start();
+    assert.equal(m.runState(), 'running');
+    // "Hi\n" then the RTC's status register A (0x26 = '&').
+    await waitFor('guest output', () => out.text() === 'Hi\n&', TIMEOUT);
+    assert.deepEqual(m.exitStats(), { local: 6, forwarded: 0, mainThread: 0 }, 'console and RTC reads are served on the vCPU thread');
 
-  await m.pause();
-  assert.equal(m.runState(), 'paused');
-  await m.resume();
-  assert.equal(m.runState(), 'running');
-  const cpus = m.cpus();
-  assert.deepEqual(cpus.map((c) => c.cpuIndex), [0, 1]);
-  assert.ok(cpus.every((c) => c.threadId > 0 && c.threadId !== process.pid), 'each vCPU has its own thread');
-  assert.notEqual(cpus[0]!.threadId, cpus[1]!.threadId);
+    await m.pause();
+    assert.equal(m.runState(), 'paused');
+    await m.resume();
+    assert.equal(m.runState(), 'running');
+    const cpus = m.cpus();
+    assert.deepEqual(cpus.map((c) => c.cpuIndex), [0, 1]);
+    assert.ok(cpus.every((c) => c.threadId > 0 && c.threadId !== process.pid), 'each vCPU has its own thread');
+    assert.notEqual(cpus[0]!.threadId, cpus[1]!.threadId);
 
-  await m.reset();
-  await waitFor('output after reset', () => out.text() === 'Hi\n&Hi\n&', TIMEOUT);
-  assert.equal(m.runState(), 'running');
-  await m.stop();
-  const exit = await m.waitForExit();
-  assert.deepEqual(exit, { code: 0, reason: 'host-stop' });
-  assert.equal(m.runState(), 'shutdown');
-  assert.deepEqual(events, ['stop', 'resume', 'reset:host-qmp-system-reset', 'shutdown:host-signal', 'exit:host-stop']);
+    await m.reset();
+    await waitFor('output after reset', () => out.text() === 'Hi\n&Hi\n&', TIMEOUT);
+    assert.equal(m.runState(), 'running');
+    await m.stop();
+    const exit = await m.waitForExit();
+    assert.deepEqual(exit, { code: 0, reason: 'host-stop' });
+    assert.equal(m.runState(), 'shutdown');
+    assert.deepEqual(events, ['stop', 'resume', 'reset:host-qmp-system-reset', 'shutdown:host-signal', 'exit:host-stop']);
+  } finally {
+    if (m.result === null) await m.stop();
+  }
 });
 
 /** Start a one-vCPU machine on a micro-guest and wait for `length` bytes of its output. */
