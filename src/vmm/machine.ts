@@ -22,7 +22,7 @@ import {
   I8042_COMMAND_PORT, I8042_DATA_PORT, lowRamEnd, highRamSize, RTC_IRQ, RTC_PORT, RTC_PORT_COUNT, UART_PORT_COUNT,
 } from '../arch/x86/layout.js';
 import { isBzImage, loadLinux, KernelLoadError } from '../arch/x86/linux-loader.js';
-import { elideLockPrefixes, kernelElidesLocks, lockPrefixSites, type LockPrefixSites } from '../arch/x86/smp-locks.js';
+import { elideLockPrefixes, kernelElidesLocks, lockPrefixSites } from '../arch/x86/smp-locks.js';
 import { KernelPayloadError } from '../arch/x86/kernel-payload.js';
 import { type UnpackedKernel, unpackedKernelFor } from './kernel-cache.js';
 import { buildAcpiTables } from '../arch/x86/acpi/build-tables.js';
@@ -153,8 +153,6 @@ export class Machine extends EventEmitter implements QmpTarget {
    * as a kernel on one CPU does itself (smp-locks.ts); 0 when the kernel was left to do it.
    */
   lockPrefixesElided = 0;
-  /** Lock prefixes to elide once the placed kernel's text is in RAM (kernelLoaded). */
-  private lockSites: LockPrefixSites | undefined;
 
   /** The machine's UUID (QMP query-uuid), made on first use. */
   get uuid(): string {
@@ -439,9 +437,10 @@ export class Machine extends EventEmitter implements QmpTarget {
     if (!unpacked) return;
     try {
       await unpacked.settled();
-      // Only once the text is in RAM: the prefetch may still have been reading it.
-      const sites = this.lockSites;
-      this.lockSites = undefined;
+      // The kernel placed by the VMM on one CPU has its lock prefixes elided before it runs,
+      // as it would elide them itself at a high price under shadow paging (smp-locks.ts).
+      // Only now: the prefetch may still have been reading its text into RAM.
+      const sites = kernelElidesLocks(this.cpuCount, this.boot.cmdline) ? lockPrefixSites(unpacked.image) : undefined;
       this.lockPrefixesElided = sites ? elideLockPrefixes(this.ram.memory, sites) : 0;
       if (sites) bootTrace(`create: ${this.lockPrefixesElided} lock prefixes of the kernel elided for one CPU`);
     } catch (err) {
@@ -496,10 +495,6 @@ export class Machine extends EventEmitter implements QmpTarget {
         });
         entry = loaded;
         this.kaslrOffset = loaded.kaslrOffset;
-        // The kernel placed from the cache on one CPU: its lock prefixes are elided before it
-        // runs, as it would elide them itself at a high price under shadow paging (smp-locks.ts).
-        const image = this.boot.unpacked?.image;
-        this.lockSites = image && kernelElidesLocks(this.cpuCount, this.boot.cmdline) ? lockPrefixSites(image) : undefined;
       } catch (err) {
         if (err instanceof KernelLoadError) throw new MachineError(`kernel ${this.config.kernel}: ${err.message}`);
         throw err;

@@ -63,10 +63,11 @@ function sections(image: KernelImage): Section[] {
   const names = raw[shstrndx]!;
   if (names.size > BigInt(MAX_SECTION_TABLE) || names.offset + names.size > BigInt(image.length)) return [];
   const strings = image.read(Number(names.offset), Number(names.size));
+  const decoder = new TextDecoder();
   const nameAt = (at: number): string => {
     if (at >= strings.length) return '';
     const end = strings.indexOf(0, at);
-    return new TextDecoder().decode(strings.subarray(at, end < 0 ? strings.length : end));
+    return decoder.decode(strings.subarray(at, end < 0 ? strings.length : end));
   };
   return raw.map((s) => ({ name: nameAt(s.nameAt), addr: s.addr, offset: s.offset, size: s.size }));
 }
