@@ -1339,10 +1339,15 @@ export class Qcow2Image implements BlockDriver {
     const base = l1Index * this.l2Entries;
     const last = Math.min(base + this.l2Entries, Math.ceil(end / cs));
     let c = gc + 1;
-    for (let next = host + cs; c < last; c++, next += cs) {
-      // COPIED says nothing about where the data is; any other flag ends the run here.
-      const [hi, lo] = readU64Parts(table, (c - base) * 8);
-      if ((hi & ~COPIED_HI) >>> 0 !== Math.floor(next / 0x100000000) || lo !== next % 0x100000000) break;
+    // Entries are read in place and compared as plain numbers (host offsets stay below 2^53):
+    // a short-lived `img` process runs this loop mostly before the JIT optimises it, where a
+    // call, a tuple or a division per entry is what it costs (a metadata-preallocated 8 GiB
+    // image has 131 072 entries).
+    for (let next = host + cs, at = (c - base) * 8; c < last; c++, next += cs, at += 8) {
+      // COPIED (the top bit) says nothing about where the data is; any other flag ends the run here.
+      const hi = ((table[at]! & 0x7f) << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!;
+      const lo = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
+      if (hi * 0x100000000 + lo !== next) break;
     }
     const runEnd = host + (c - gc) * cs;
     if (runEnd > Math.ceil(this.refcounts.fileEnd / cs) * cs + cs || this.overlapsFixedMetadata(host, runEnd - host)) return gc + 1;

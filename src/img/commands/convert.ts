@@ -18,11 +18,14 @@ import { progressBar } from '../progress.js';
 const RESERVE_MIN = 64 * 1024;
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
 /**
- * How far past a chunk of zeroes one block status question looks for more. It bounds what
- * one question costs: a qcow2 answer walks the entries of the run it reports (data over
- * holes, in a metadata-preallocated image, is one long run until looked through).
+ * How far past a chunk of zeroes one block status question looks for more, at first and at
+ * most. It bounds what one question costs: a qcow2 answer walks the entries of the run it
+ * reports (data over holes, in a metadata-preallocated image, is one long run until looked
+ * through). Each question that finds its whole window zero doubles the next one's, so a
+ * long run of zeroes costs a few questions, not one per window.
  */
 const LOOKAHEAD = 64n << 20n;
+const LOOKAHEAD_MAX = 1n << 30n;
 
 /** Several source images read as one disk, laid end to end. */
 class Concatenation {
@@ -127,6 +130,9 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     const pool: Buffer[] = [];
     /** The last run of zeroes block status reported past a chunk (see zeroesUntil). */
     let knownZeroes = { start: 0n, end: 0n };
+    let lookahead = LOOKAHEAD;
+    /** The zeroesUntil question being answered: the lanes ask one at a time. */
+    let zeroesAsked: Promise<unknown> = Promise.resolve();
     await forEachChunk(size, CHUNK, parallel, async (offset, length) => {
       if (writer) {
         // Compressed clusters are written whole: gather the chunk, zero-filled where the
@@ -153,16 +159,28 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
 
     /**
      * Where the run of zeroes in the source that starts at `from` ends, looking at most
-     * LOOKAHEAD ahead (each question then costs a bounded walk of the source's tables).
+     * `lookahead` ahead (each question then costs a bounded walk of the source's tables).
+     * The lanes finish neighbouring chunks at about the same time: asked one at a time, the
+     * run the first of them finds answers the others, which would each walk the same entries.
      */
-    async function zeroesUntil(from: bigint): Promise<bigint | undefined> {
+    function zeroesUntil(from: bigint): Promise<bigint | undefined> {
+      const answer = zeroesAsked.then(() => askZeroesUntil(from));
+      zeroesAsked = answer.catch(() => undefined);
+      return answer;
+    }
+
+    async function askZeroesUntil(from: bigint): Promise<bigint | undefined> {
       if (from >= size) return undefined;
-      // The lanes finish neighbouring chunks: the last run found usually answers them all.
       if (from >= knownZeroes.start && from < knownZeroes.end) return knownZeroes.end;
-      const [piece] = source.pieces(from, size - from < LOOKAHEAD ? size - from : LOOKAHEAD);
+      const window = size - from < lookahead ? size - from : lookahead;
+      const [piece] = source.pieces(from, window);
       const status = await piece!.driver.blockStatus(piece!.at, piece!.length);
       const length = extentLength(piece!.driver, status, piece!.length);
-      if (!status.zero) return undefined;
+      if (!status.zero) {
+        lookahead = LOOKAHEAD;
+        return undefined;
+      }
+      lookahead = length === window && lookahead < LOOKAHEAD_MAX ? lookahead * 2n : LOOKAHEAD;
       knownZeroes = { start: from, end: from + length };
       return knownZeroes.end;
     }

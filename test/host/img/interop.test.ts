@@ -112,6 +112,23 @@ describe('convert output passes qemu-img check and reads back identical', { skip
     assert.ok(info['actual-size'] >= 15 << 20, `only ${info['actual-size']} bytes allocated`);
   });
 
+  test('a long preallocated run of zeroes, skipped in growing steps, still yields the data after it', () => {
+    // The zero runs between these writes span several look-ahead windows (64 MiB, doubling
+    // to 1 GiB): data just past a window's end, deep inside one, and in the last cluster.
+    s.qemu('create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', 'long.qcow2', '3G');
+    s.io('long.qcow2', 'write -P 1 1M 64k', 'write -P 2 192M 64k', 'write -P 3 1500M 128k', 'write -P 4 3071M 64k');
+    for (const format of ['qcow2', 'raw']) {
+      const out = `long-ours.${format}`;
+      const r = s.tsvirt('convert', '-O', format, 'long.qcow2', out);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(s.qemuImg('compare', 'long.qcow2', out).status, 0, format);
+    }
+    const data = (map: string): Array<{ start: number; length: number }> => (JSON.parse(map) as Array<{ start: number; length: number; data: boolean }>)
+      .filter((e) => e.data).map(({ start, length }) => ({ start, length }));
+    assert.deepEqual(data(s.tsvirt('map', '--output', 'json', 'long-ours.qcow2').stdout),
+      [[1, 1], [192, 1], [1500, 2], [3071, 1]].map(([mib, n]) => ({ start: mib! * 2 ** 20, length: n! * 65536 })));
+  });
+
   test('-p draws a progress bar on stderr that ends at 100%; stdout stays clean', () => {
     const r = s.tsvirt('convert', '-p', '-O', 'qcow2', 'src.raw', 'progress.qcow2');
     assert.equal(r.status, 0, r.stderr);
