@@ -128,19 +128,6 @@ function interruptAtOnce(othersInFlight: number, bytes: number): boolean {
   return othersInFlight === 0 || bytes >= INTERRUPT_AT_ONCE_BYTES;
 }
 
-/**
- * Whether a request of `bytes` data bytes, while in flight, keeps the driver from notifying
- * (see serviceQueue): small requests do, and so do requests without data (a flush can take
- * long). Large ones do not: while one runs, the next one (readahead, a driver one or two
- * requests deep) is then taken at its doorbell and runs beside it, instead of waiting for it
- * to complete. They come a few hundred times a second, too rarely for the doorbells to cost
- * anything. TSVIRT_BLK_QUIET_LARGE=1 keeps the driver quiet behind large requests too.
- */
-const QUIET_BEHIND_LARGE = process.env.TSVIRT_BLK_QUIET_LARGE === '1';
-function keepsDriverQuiet(bytes: number): boolean {
-  return QUIET_BEHIND_LARGE || bytes < INTERRUPT_AT_ONCE_BYTES;
-}
-
 function isMergeable(request: Request | undefined): request is Mergeable {
   return request?.transfer !== undefined && request.transfer.bytes > 0;
 }
@@ -163,8 +150,6 @@ export class VirtioBlk implements VirtioDevice {
   private inFlightCount = 0;
   /** Requests taken from each queue and still running on the backend. */
   private queueBusy: number[];
-  /** Of those, the ones that keep the driver from notifying (keepsDriverQuiet). */
-  private quietingBusy: number[];
   private pollWanted: boolean[];
   private pollImmediate: NodeJS.Immediate | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -179,7 +164,6 @@ export class VirtioBlk implements VirtioDevice {
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 64) throw new Error(`${this.name}: num_queues ${numQueues} is not in 1..64`);
     this.queueSizes = new Array<number>(numQueues).fill(queueSize);
     this.queueBusy = new Array<number>(numQueues).fill(0);
-    this.quietingBusy = new Array<number>(numQueues).fill(0);
     this.pollWanted = new Array<boolean>(numQueues).fill(false);
     this.readOnly = backend.readOnly || options.readOnly === true;
     const serial = new TextEncoder().encode(options.serial ?? '');
@@ -248,7 +232,6 @@ export class VirtioBlk implements VirtioDevice {
     this.context = undefined;
     this.parked = [];
     this.queueBusy.fill(0);
-    this.quietingBusy.fill(0);
     this.pollWanted.fill(false);
     if (this.pollImmediate) clearImmediate(this.pollImmediate);
     if (this.pollTimer) clearTimeout(this.pollTimer);
@@ -266,9 +249,9 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /**
-   * Take every request available on the queue. While small ones are in flight the driver is
-   * asked not to notify (keepsDriverQuiet): each completion makes the device look at the
-   * ring again (pollSoon), so the guest's later requests cost no doorbell and no wake-up.
+   * Take every request available on the queue. While some are in flight the driver is asked
+   * not to notify: each completion makes the device look at the ring again (pollSoon), so
+   * the guest's later requests cost no doorbell exit and no wake-up of the notify thread.
    * When the last one completes, notifications are enabled again and the ring re-checked
    * for a buffer that raced with the change.
    */
@@ -290,10 +273,10 @@ export class VirtioBlk implements VirtioDevice {
         if (q.pendingCount() > 0) {
           // More than a queue's worth was waiting: take the rest on a later turn.
           this.pollSoon(index);
-          if (this.quietingBusy[index]! > 0) q.setNotification(false);
+          if (this.queueBusy[index]! > 0) q.setNotification(false);
           return;
         }
-        if (this.quietingBusy[index]! > 0) {
+        if (this.queueBusy[index]! > 0) {
           q.setNotification(false);
           this.armPollTimer();
           return;
@@ -378,9 +361,7 @@ export class VirtioBlk implements VirtioDevice {
   /** Run merged transfers (`runBytes` in all) as one backend request; on an error, each runs again on its own. */
   private runMerged(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number): void {
     const n = run.length;
-    const quieting = run.reduce((k, r) => k + (keepsDriverQuiet(r.transfer.bytes) ? 1 : 0), 0);
     this.queueBusy[queue]! += n;
-    this.quietingBusy[queue]! += quieting;
     this.inFlightCount += n;
     const buffers = run.flatMap((r) => r.transfer.buffers);
     const traces = this.tracer && run.map((r) => r.trace!);
@@ -392,7 +373,6 @@ export class VirtioBlk implements VirtioDevice {
       if (traces) this.tracer!.completed(traces);
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
-      this.quietingBusy[queue]! -= quieting;
       const ok = Uint8Array.of(VIRTIO_BLK_S_OK);
       try {
         for (let i = 0; i < n; i++) {
@@ -413,7 +393,6 @@ export class VirtioBlk implements VirtioDevice {
       this.inFlightCount -= n;
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
-      this.quietingBusy[queue]! -= quieting;
       // (Untraced: their traces ended with the merged call.)
       for (const r of run) this.run(context, queue, r.chain, r);
     });
@@ -457,16 +436,13 @@ export class VirtioBlk implements VirtioDevice {
    * rejection.
    */
   private run(context: VirtioDeviceContext, queue: number, chain: DescriptorChain, request?: Request, trace?: RequestTrace): void {
-    const quieting = keepsDriverQuiet(request?.transfer?.bytes ?? 0) ? 1 : 0;
     this.queueBusy[queue]!++;
-    this.quietingBusy[queue]! += quieting;
     if (trace) this.tracer!.submitted([trace], this.queueBusy[queue]!, trace.segments);
     this.process(context, queue, chain, request, trace).then(() => {
       if (this.context !== context) return;
       // Parked requests ('stop' policy) count as done here: the VM is paused, and resume()
       // runs them again.
       this.queueBusy[queue]!--;
-      this.quietingBusy[queue]! -= quieting;
       this.pollSoon(queue);
     }, (error: unknown) => {
       context.fail(error instanceof Error ? error : new Error(String(error)));

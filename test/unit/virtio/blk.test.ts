@@ -355,29 +355,6 @@ test('requests in flight: the driver is asked not to notify; a buffer added mean
   assert.equal(driverWouldKick(q.availEvent, 3, 2), true, `avail_event ${q.availEvent} does not ask for a kick when idle`);
 });
 
-test('a large request in flight leaves notifications on: the next one is taken at its doorbell and runs beside it', async () => {
-  const disk = new MemoryDisk(MiB);
-  disk.hold = true;
-  const { d, q } = await blkMachine(disk, {}, { msix: true });
-  const large = request(d, q, 0, 0n, { inLen: 64 * 1024 });
-  q.kick();
-  await disk.untilHeld(1);
-  // Only a large read in flight: adding the next request asks for a kick.
-  assert.equal(driverWouldKick(q.availEvent, 2, 1), true, `avail_event ${q.availEvent} asks for no kick behind a large read`);
-  const next = request(d, q, 0, 128n, { inLen: 64 * 1024 });
-  q.kick();
-  await disk.untilHeld(2);
-  assert.deepEqual(disk.calls, ['read 0', `read ${128 * 512}`], 'the second read started while the first was held');
-  // A small read joins them: now the driver is asked to stay quiet.
-  const small = request(d, q, 0, 1000n, { inLen: 512 });
-  q.kick();
-  await disk.untilHeld(3);
-  assert.equal(driverWouldKick(q.availEvent, 4, 3), false, `avail_event ${q.availEvent} still asks for a kick behind a small read`);
-  disk.release();
-  await q.waitUsed(3);
-  for (const r of [large, next, small]) assert.equal(r.statusByte(), 0);
-});
-
 test('requests completing in one event-loop turn share an interrupt; later ones get their own', async () => {
   const disk = new MemoryDisk(MiB);
   disk.hold = true;
