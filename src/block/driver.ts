@@ -32,6 +32,12 @@ export interface OpenOptions {
   l2CacheBytes?: number;
   /** The image file's reads and writes go through this ring (not its backing files'). */
   ring?: IoUring;
+  /**
+   * Reads and writes of image files on a memory file system run on the calling thread (see
+   * HostFileOptions.memoryIoInline): for a VMM, whose main thread otherwise pays a
+   * thread-pool round trip per request.
+   */
+  memoryIoInline?: boolean;
 }
 
 export interface BlockStatus {

@@ -11,7 +11,7 @@
 // io_uring instead (src/kvm/io-uring.ts). (Measured against koffi's async preadv on the same
 // pool: 4 KiB random reads at depth 32 ran at roughly 75-110k IOPS through Node's fs and 48k
 // through koffi, whose per-call marshalling costs more.)
-import { constants, read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
+import { constants, read as fsRead, readv as fsReadv, statfsSync, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { koffi } from '../kvm/ffi.js';
 import { lseek, SEEK_END, seekDataOrHole } from '../kvm/libc.js';
@@ -29,14 +29,26 @@ const EAGAIN = 11;
 const CACHED_READ_MAX = 128 * 1024;
 /** Most buffers one on-the-spot read takes. */
 const CACHED_READ_IOVS = 16;
-/** The iovecs, reused: the on-the-spot read is synchronous, so nothing else uses them meanwhile. */
-const cachedReadIov = Buffer.alloc(16 * CACHED_READ_IOVS);
+/**
+ * The same limits for I/O on a memory file system done inline (memoryIoInline): as much as
+ * virtio-blk merges into one request.
+ */
+const INLINE_IO_MAX = 4 * 1024 * 1024;
+const INLINE_IO_IOVS = 1024;
+/** The iovecs, reused: on-the-spot I/O is synchronous, so nothing else uses them meanwhile. */
+const onTheSpotIov = Buffer.alloc(16 * INLINE_IO_IOVS);
+/**
+ * File systems whose files live in memory (statfs f_type): tmpfs, ramfs, hugetlbfs. Reading
+ * one never waits for a device.
+ */
+const MEMORY_FILE_SYSTEMS = new Set([0x01021994, 0x858458f6, 0x958458f6]);
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type CFunction = (...args: any[]) => any;
 interface Libc {
   fallocate: CFunction;
   preadv2: CFunction;
+  pwritev2: CFunction;
   memchr: CFunction;
 }
 let libc: Libc | undefined;
@@ -46,6 +58,7 @@ function getLibc(): Libc {
     libc = {
       fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
       preadv2: lib.func('int64_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)'),
+      pwritev2: lib.func('int64_t pwritev2(int fd, void *iov, int iovcnt, int64_t offset, int flags)'),
       // memchr on a one-byte search hands back the buffer's own address: the only way to
       // learn where V8 put a buffer, needed to carve O_DIRECT-aligned windows out of it.
       memchr: lib.func('void *memchr(void *s, int c, size_t n)'),
@@ -158,6 +171,39 @@ export interface HostFileOptions {
   create?: boolean;
   /** Reads and writes go through this ring instead of the thread pool (see IoUring). */
   ring?: IoUring;
+  /**
+   * When the file is on a memory file system (tmpfs, ramfs, hugetlbfs), buffered reads and
+   * writes of up to 4 MiB run on the calling thread: they are copies that never wait for a
+   * device, like the cached reads done on the spot elsewhere (tmpfs does not take RWF_NOWAIT
+   * before Linux 6.6, so those never run on it). For a VMM's event loop the thread pool's
+   * round trip costs more than the copy (docs/design.md, "Disk files in memory").
+   * TSVIRT_MEMORY_IO=pool turns it off.
+   */
+  memoryIoInline?: boolean;
+}
+
+/**
+ * Whether `buffers` are few and small enough for an on-the-spot call; if so, their iovecs are
+ * written into onTheSpotIov. Tiny requests (under 64 bytes) are left to the caller's usual path.
+ */
+function fitsOnTheSpot(buffers: Uint8Array[], maxBuffers: number, maxBytes: number): boolean {
+  if (buffers.length > maxBuffers) return false;
+  const length = totalLength(buffers);
+  if (length > maxBytes || length < 64) return false;
+  for (let i = 0; i < buffers.length; i++) {
+    onTheSpotIov.writeBigUInt64LE(addressOf(buffers[i]!), 16 * i);
+    onTheSpotIov.writeBigUInt64LE(BigInt(buffers[i]!.length), 16 * i + 8);
+  }
+  return true;
+}
+
+/** Whether `filename` is on a memory file system; false when that cannot be told. */
+function onMemoryFileSystem(filename: string): boolean {
+  try {
+    return MEMORY_FILE_SYSTEMS.has(statfsSync(filename).type);
+  } catch {
+    return false;
+  }
 }
 
 /** A ring for HostFile.open's `ring` option: undefined when the kernel offers no io_uring. */
@@ -174,6 +220,8 @@ export class HostFile {
     readonly direct: boolean,
     readonly isBlockDevice: boolean,
     private readonly ring: IoUring | undefined,
+    /** Buffered reads and writes run on the calling thread (HostFileOptions.memoryIoInline). */
+    private readonly inlineIo = false,
   ) {}
 
   static async open(filename: string, options: HostFileOptions = {}): Promise<HostFile> {
@@ -199,7 +247,9 @@ export class HostFile {
       await handle.close();
       throw new BlockError(filename, 'is neither a regular file nor a block device');
     }
-    return new HostFile(filename, handle, readOnly, cache, direct, stat.isBlockDevice(), options.ring);
+    const inlineIo = options.memoryIoInline === true && process.env.TSVIRT_MEMORY_IO !== 'pool'
+      && !direct && stat.isFile() && onMemoryFileSystem(filename);
+    return new HostFile(filename, handle, readOnly, cache, direct, stat.isBlockDevice(), options.ring, inlineIo);
   }
 
   get fd(): number {
@@ -269,7 +319,8 @@ export class HostFile {
   /** Write the buffers at `pos`, as many system calls as it takes. */
   private async writeLoop(pos: number, bufs: Uint8Array[]): Promise<void> {
     while (bufs.length > 0) {
-      const bytesWritten = bufs.length === 1 ? await this.pwrite(bufs[0]!, pos) : await this.pwritev(bufs, pos);
+      const bytesWritten = (this.inlineIo ? this.inlineWrite(bufs, pos) : undefined)
+        ?? (bufs.length === 1 ? await this.pwrite(bufs[0]!, pos) : await this.pwritev(bufs, pos));
       if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
       pos += bytesWritten;
       bufs = advance(bufs, bytesWritten);
@@ -298,19 +349,33 @@ export class HostFile {
   // larger one) goes to the pool. A kernel or file system without the flag turns this off.
   private cachedReads = true;
 
-  /** Bytes read on the spot from the page cache, or undefined when the read must go to the pool. */
+  /**
+   * Bytes read on the spot, from the page cache or (inlineIo) from a memory file system, or
+   * undefined when the read must go to the pool (which also reports any error).
+   */
   private cachedRead(buffers: Uint8Array[], position: number): number | undefined {
-    if (!this.cachedReads || buffers.length > CACHED_READ_IOVS) return undefined;
-    const length = totalLength(buffers);
-    if (length > CACHED_READ_MAX || length < 64) return undefined;
-    for (let i = 0; i < buffers.length; i++) {
-      cachedReadIov.writeBigUInt64LE(addressOf(buffers[i]!), 16 * i);
-      cachedReadIov.writeBigUInt64LE(BigInt(buffers[i]!.length), 16 * i + 8);
-    }
-    const n = Number(getLibc().preadv2(this.handle.fd, cachedReadIov, buffers.length, position, RWF_NOWAIT));
+    const inline = this.inlineIo;
+    if (!inline && !this.cachedReads) return undefined;
+    if (!fitsOnTheSpot(buffers, inline ? INLINE_IO_IOVS : CACHED_READ_IOVS, inline ? INLINE_IO_MAX : CACHED_READ_MAX)) return undefined;
+    const n = Number(getLibc().preadv2(this.handle.fd, onTheSpotIov, buffers.length, position, inline ? 0 : RWF_NOWAIT));
     if (n >= 0) return n;
-    if (koffi.errno() !== EAGAIN) this.cachedReads = false;
+    if (!inline && koffi.errno() !== EAGAIN) this.cachedReads = false;
     return undefined;
+  }
+
+  /**
+   * Bytes written on the spot into a file on a memory file system, or undefined when the
+   * write must go to the pool (too large, or failed: the pool's try reports the error).
+   */
+  private inlineWrite(buffers: Uint8Array[], position: number): number | undefined {
+    if (!fitsOnTheSpot(buffers, INLINE_IO_IOVS, INLINE_IO_MAX)) return undefined;
+    const n = Number(getLibc().pwritev2(this.handle.fd, onTheSpotIov, buffers.length, position, 0));
+    return n > 0 ? n : undefined;
+  }
+
+  /** Whether buffered reads and writes run on the calling thread (HostFileOptions.memoryIoInline). */
+  get ioInline(): boolean {
+    return this.inlineIo;
   }
 
   // Positioned I/O on the raw descriptor (onPool, onRing) is counted: close() waits until

@@ -17,7 +17,7 @@ export class RawDriver implements BlockDriver {
   }
 
   static async open(filename: string, options: OpenOptions = {}): Promise<RawDriver> {
-    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring });
+    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring, memoryIoInline: options.memoryIoInline });
     return new RawDriver(file, await file.length());
   }
 

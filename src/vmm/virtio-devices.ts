@@ -108,8 +108,9 @@ export class MachineVirtio {
         ioeventfds: registrar,
         vcpuCount: hooks.vcpuCount,
         openDisk: async (d) => {
+          // I/O on a memory file system is a copy: done in place rather than through the pool.
           const driver = await openImage(d.path, {
-            readOnly: d.readOnly, ...(d.format ? { format: d.format } : {}), ...(d.cache ? { cache: d.cache } : {}),
+            readOnly: d.readOnly, ...(d.format ? { format: d.format } : {}), ...(d.cache ? { cache: d.cache } : {}), memoryIoInline: true,
           });
           disks.push({ config: d, driver });
           return driver;

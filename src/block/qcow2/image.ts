@@ -211,7 +211,7 @@ export class Qcow2Image implements BlockDriver {
   }
 
   static async open(filename: string, options: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
-    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring });
+    const file = await HostFile.open(filename, { readOnly: options.readOnly, cache: options.cache, ring: options.ring, memoryIoInline: options.memoryIoInline });
     try {
       return await Qcow2Image.openFile(file, options);
     } catch (err) {
@@ -1503,7 +1503,7 @@ async function openBacking(filename: string, header: Qcow2Header, options: Qcow2
   }
   if (chain.length > 256) throw new BlockError(filename, `backing chain of ${chain[0]} is deeper than 256 images`);
   const format = header.backingFormat ?? (await probeFormat(path));
-  const common = { readOnly: true, cache: options.cache as CacheMode | undefined, l2CacheBytes: options.l2CacheBytes };
+  const common = { readOnly: true, cache: options.cache as CacheMode | undefined, l2CacheBytes: options.l2CacheBytes, memoryIoInline: options.memoryIoInline };
   if (format === 'raw') return RawDriver.open(path, common);
   if (format === 'qcow2') return Qcow2Image.open(path, { ...common, chain: [...chain, real] });
   throw new BlockError(filename, `backing file '${header.backingFile}' has unsupported format '${format}'`);

@@ -1,0 +1,130 @@
+// Reads and writes of files on a memory file system run on the calling thread when the
+// opener asks (HostFileOptions.memoryIoInline, as the VMM's disks do): the bytes are in the
+// buffers (or the file) by the time readv (writev) returns its promise. Elsewhere, and
+// without the option, they take the thread pool.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HostFile } from '../../../src/block/host-file.js';
+import { openImage } from '../../../src/block/index.js';
+import { createQcow2 } from '../../../src/block/qcow2/create.js';
+import { randomBytes, rng } from './helpers.js';
+
+const TMPFS = 0x01021994;
+const isTmpfs = (dir: string): boolean => {
+  try {
+    return statfsSync(dir).type === TMPFS;
+  } catch {
+    return false;
+  }
+};
+/** A directory on tmpfs: /dev/shm on Linux hosts. */
+const memoryDir = isTmpfs('/dev/shm') ? '/dev/shm' : undefined;
+
+function withFile(dir: string, bytes: Uint8Array, body: (file: string) => Promise<void>): Promise<void> {
+  const d = mkdtempSync(join(dir, 'tsvirt-inline-'));
+  const file = join(d, 'disk.raw');
+  writeFileSync(file, bytes);
+  return body(file).finally(() => rmSync(d, { recursive: true, force: true }));
+}
+
+const MiB = 1 << 20;
+
+test('a file on tmpfs opened for inline I/O: the data is in the buffers when readv returns, in the file when writev returns', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const data = randomBytes(rng(7), 3 * MiB);
+  await withFile(memoryDir!, data, async (file) => {
+    const f = await HostFile.open(file, { readOnly: true, memoryIoInline: true });
+    try {
+      assert.equal(f.ioInline, true);
+      // Three buffers, one of them 1 MiB: the shape of a merged guest read.
+      const bufs = [new Uint8Array(4096), new Uint8Array(MiB), new Uint8Array(12288)];
+      const pending = f.readv(8192n, bufs);
+      assert.deepEqual(bufs[1]!.subarray(0, 64), data.subarray(8192 + 4096, 8192 + 4096 + 64), 'read before the promise settled');
+      await pending;
+      assert.deepEqual(Buffer.concat(bufs), Buffer.from(data.subarray(8192, 8192 + 4096 + MiB + 12288)));
+      // Across the end of the file: the rest reads as zeroes.
+      const tail = new Uint8Array(8192).fill(0xee);
+      await f.readv(BigInt(data.length - 4096), [tail]);
+      assert.deepEqual(tail.subarray(0, 4096), data.subarray(data.length - 4096));
+      assert.ok(tail.subarray(4096).every((b) => b === 0), 'past the end: zeroes');
+      // Larger than one inline read takes (4 MiB): the thread pool, with the same result.
+      const big = new Uint8Array(5 * MiB);
+      await f.readv(0n, [big]);
+      assert.deepEqual(big.subarray(0, data.length), data);
+      assert.ok(big.subarray(data.length).every((b) => b === 0), 'past the end: zeroes');
+    } finally {
+      await f.close();
+    }
+    const w = await HostFile.open(file, { memoryIoInline: true });
+    try {
+      const patch = randomBytes(rng(17), MiB + 4096);
+      const pending = w.writev(4096n, [patch.subarray(0, 4096), patch.subarray(4096)]);
+      assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(4096, 4096 + patch.length), patch, 'written before the promise settled');
+      await pending;
+    } finally {
+      await w.close();
+    }
+  });
+});
+
+test('without the option, or with TSVIRT_MEMORY_IO=pool, a tmpfs file is not read inline', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const data = randomBytes(rng(8), MiB);
+  await withFile(memoryDir!, data, async (file) => {
+    for (const [options, env] of [[{}, undefined], [{ memoryIoInline: true }, 'pool']] as const) {
+      const saved = process.env.TSVIRT_MEMORY_IO;
+      if (env) process.env.TSVIRT_MEMORY_IO = env;
+      const f = await HostFile.open(file, { readOnly: true, ...options });
+      if (env) {
+        if (saved === undefined) delete process.env.TSVIRT_MEMORY_IO;
+        else process.env.TSVIRT_MEMORY_IO = saved;
+      }
+      try {
+        assert.equal(f.ioInline, false);
+        // (Whether the pool ran a request before the caller looked is a race: only the
+        // results are compared here.)
+        const buf = new Uint8Array(MiB);
+        await f.readv(0n, [buf]);
+        assert.deepEqual(buf, data);
+      } finally {
+        await f.close();
+      }
+    }
+  });
+});
+
+test('a file on a disk file system is not read inline, whatever the option says', { skip: isTmpfs(tmpdir()) && 'the temporary directory is on tmpfs' }, async () => {
+  await withFile(tmpdir(), new Uint8Array(MiB).fill(3), async (file) => {
+    const f = await HostFile.open(file, { readOnly: true, memoryIoInline: true });
+    try {
+      assert.equal(f.ioInline, false);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+test('raw and qcow2 images on tmpfs read back what was written, through inline reads', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const d = mkdtempSync(join(memoryDir!, 'tsvirt-inline-'));
+  try {
+    const next = rng(9);
+    for (const format of ['raw', 'qcow2'] as const) {
+      const file = join(d, `disk.${format}`);
+      if (format === 'raw') writeFileSync(file, new Uint8Array(8 * MiB));
+      else await createQcow2(file, { size: BigInt(8 * MiB) });
+      const img = await openImage(file, { format, memoryIoInline: true });
+      try {
+        const data = randomBytes(next, 2 * MiB + 512);
+        await img.writev(BigInt(MiB - 512), [data]);
+        const back = [new Uint8Array(MiB), new Uint8Array(MiB + 512)];
+        await img.readv(BigInt(MiB - 512), back);
+        assert.deepEqual(Buffer.concat(back), Buffer.from(data), format);
+      } finally {
+        await img.close();
+      }
+    }
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
