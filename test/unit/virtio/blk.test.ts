@@ -355,6 +355,26 @@ test('requests in flight: the driver is asked not to notify; a buffer added mean
   assert.equal(driverWouldKick(q.availEvent, 3, 2), true, `avail_event ${q.availEvent} does not ask for a kick when idle`);
 });
 
+test('the fallback poll runs only while requests are in flight: idle again, it no longer wakes the event loop', async (t) => {
+  // Timers under the test's control: the poll cannot fire (and disarm itself) meanwhile.
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const disk = new MemoryDisk(MiB);
+  disk.hold = true;
+  const { blk, d, q } = await blkMachine(disk, {}, { msix: true });
+  assert.equal(blk.fallbackPollArmed, false);
+  const r = request(d, q, 0, 0n, { inLen: 512 });
+  q.kick();
+  await disk.untilHeld(1);
+  assert.equal(blk.fallbackPollArmed, true, 'armed while the driver is asked not to notify');
+  const usedBefore = q.usedIdx;
+  disk.release();
+  for (let i = 0; i < 100 && q.usedIdx === usedBefore; i++) await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(q.usedIdx, (usedBefore + 1) & 0xffff, 'the request completed');
+  assert.equal(r.statusByte(), 0);
+  assert.equal(blk.fallbackPollArmed, false, 'still armed with nothing in flight');
+});
+
 test('requests completing in one event-loop turn share an interrupt; later ones get their own', async () => {
   const disk = new MemoryDisk(MiB);
   disk.hold = true;
