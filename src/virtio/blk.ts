@@ -414,9 +414,6 @@ export class VirtioBlk implements VirtioDevice {
     });
   }
 
-  // A request that takes long (a flush, a stalled host disk) must not hold back the ones the
-  // guest adds meanwhile without notifying: while notifications are off, the rings are also
-  // looked at every POLL_FALLBACK_MS.
   /**
    * Once no queue has a request in flight, the fallback timer has nothing to look for: left
    * armed, it would still wake the event loop once per request that armed it (each such
@@ -433,6 +430,9 @@ export class VirtioBlk implements VirtioDevice {
     return this.pollTimer !== undefined;
   }
 
+  // A request that takes long (a flush, a stalled host disk) must not hold back the ones the
+  // guest adds meanwhile without notifying: while notifications are off, the rings are also
+  // looked at every POLL_FALLBACK_MS.
   private armPollTimer(): void {
     if (this.pollTimer) return;
     this.pollTimer = setTimeout(() => {
