@@ -39,8 +39,12 @@ const FIO_MIB = 64;
 const WARMUP_MIB = Math.max(0, Number(process.env.TSVIRT_BENCH_WARMUP_MIB ?? 64) || 0);
 const FIO_SECONDS = 8;
 const FIO_DEPTH = 32;
-/** Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. */
-const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 3) || 3);
+/**
+ * Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. A VMM's dd rate moves
+ * by up to 1.5x between rounds in the lab, for QEMU as for tsvirt: with three rounds the
+ * ratio of two bests still moved by up to 1.8x between runs, five settle it better.
+ */
+const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 5) || 5);
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
 const RUN_TIMEOUT_MS = 600_000;
 /** Where the probe finds the tools disk in the lab: shipped inside the project's dist/. */
