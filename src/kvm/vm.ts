@@ -15,6 +15,12 @@ import { close, ioctlPointer, ioctlValue } from './libc.js';
 import type { GsiRoute, IoEventFd, KvmClockData, KvmPitState2, MsiMessage, UserMemoryRegion } from './types.js';
 import { VcpuFd } from './vcpu.js';
 
+const MSI_ADDRESS_LO = offsetOf(kvm_msi, 'address_lo');
+const MSI_ADDRESS_HI = offsetOf(kvm_msi, 'address_hi');
+const MSI_DATA = offsetOf(kvm_msi, 'data');
+const MSI_FLAGS = offsetOf(kvm_msi, 'flags');
+const MSI_DEVID = offsetOf(kvm_msi, 'devid');
+
 const PAGE_SIZE = 4096;
 /** Where the 512-byte controller state starts in struct kvm_irqchip. */
 const IRQCHIP_STATE_OFFSET = offsetOf(kvm_irqchip, 'chip');
@@ -112,15 +118,19 @@ export class VmFd {
 
   /** Injects an MSI; returns >0 when delivered, 0 when the guest blocked it. */
   signalMsi(msi: MsiMessage): number {
-    const bytes = encodeToBytes(kvm_msi, {
-      address_lo: msi.addressLo,
-      address_hi: msi.addressHi,
-      data: msi.data,
-      flags: msi.devid === undefined ? 0 : KVM_MSI_VALID_DEVID,
-      devid: msi.devid ?? 0,
-    });
-    return ioctlPointer(this.fd, IOCTLS.KVM_SIGNAL_MSI, bytes, 'KVM_SIGNAL_MSI');
+    // One buffer for every MSI, its fields written in place: a device raises one per request
+    // where KVM refuses irqfds, and the generic struct encoder allocated and walked the layout.
+    const v = this.msiView;
+    v.setUint32(MSI_ADDRESS_LO, msi.addressLo, true);
+    v.setUint32(MSI_ADDRESS_HI, msi.addressHi, true);
+    v.setUint32(MSI_DATA, msi.data, true);
+    v.setUint32(MSI_FLAGS, msi.devid === undefined ? 0 : KVM_MSI_VALID_DEVID, true);
+    v.setUint32(MSI_DEVID, msi.devid ?? 0, true);
+    return ioctlPointer(this.fd, IOCTLS.KVM_SIGNAL_MSI, this.msiBytes, 'KVM_SIGNAL_MSI');
   }
+
+  private readonly msiBytes = new Uint8Array(kvm_msi.size);
+  private readonly msiView = new DataView(this.msiBytes.buffer);
 
   /** Replaces the whole GSI routing table. */
   setGsiRouting(routes: readonly GsiRoute[]): void {

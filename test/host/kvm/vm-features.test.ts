@@ -76,6 +76,26 @@ test('the interrupt sink: an MSI through its irqfd reaches the LAPIC, and the PI
   }
 });
 
+test('KVM_SIGNAL_MSI: each message reaches the LAPIC with its own vector (one buffer serves every call)', { timeout: 30_000 }, () => {
+  const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
+  try {
+    const lapic = micro.vcpu.getLapic();
+    new DataView(lapic.buffer, lapic.byteOffset).setUint32(0xf0, 0x1ff, true); // SVR: software-enabled
+    micro.vcpu.setLapic(lapic);
+    const requested = (vector: number): boolean => {
+      const state = micro.vcpu.getLapic();
+      return ((new DataView(state.buffer, state.byteOffset).getUint32(0x200 + (vector >> 5) * 0x10, true) >>> (vector & 31)) & 1) === 1;
+    };
+    assert.equal(micro.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x43 }), 1, 'delivered');
+    assert.equal(micro.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x65 }), 1, 'delivered');
+    assert.equal(requested(0x43), true, 'vector 0x43 pending');
+    assert.equal(requested(0x65), true, 'vector 0x65 pending');
+    assert.equal(requested(0x52), false, 'control: a vector nobody sent');
+  } finally {
+    micro.close();
+  }
+});
+
 test('dirty log: pages the guest writes are reported once, untouched pages are not', { timeout: 30_000 }, () => {
   const memorySize = 2 * 1024 * 1024;
   const code = new GuestCode('long').movEaxImm32(0x1234).storeEax(0x30010).storeEax(0x45000).hlt();
