@@ -20,6 +20,17 @@ function pending(fd: number): boolean {
   return readNonBlocking(fd, new Uint8Array(8)) > 0;
 }
 
+/** Software-enables the vCPU's LAPIC; returns a test of whether a vector is pending in its IRR. */
+function enableLapic(micro: ReturnType<typeof createMicroVm>): (vector: number) => boolean {
+  const lapic = micro.vcpu.getLapic();
+  new DataView(lapic.buffer, lapic.byteOffset).setUint32(0xf0, 0x1ff, true); // SVR: software-enabled
+  micro.vcpu.setLapic(lapic);
+  return (vector) => {
+    const state = micro.vcpu.getLapic();
+    return ((new DataView(state.buffer, state.byteOffset).getUint32(0x200 + (vector >> 5) * 0x10, true) >>> (vector & 31)) & 1) === 1;
+  };
+}
+
 test('irqfd: KVM consumes writes to a registered eventfd; after unregistering it does not', { timeout: 30_000 }, () => {
   const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
   const irq = eventfd(0, EFD_NONBLOCK);
@@ -51,13 +62,7 @@ test('the interrupt sink: an MSI through its irqfd reaches the LAPIC, and the PI
   const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
   const sink = new KvmInterruptSink(micro.vm);
   try {
-    const lapic = micro.vcpu.getLapic();
-    new DataView(lapic.buffer, lapic.byteOffset).setUint32(0xf0, 0x1ff, true); // SVR: software-enabled
-    micro.vcpu.setLapic(lapic);
-    const requested = (vector: number): boolean => {
-      const state = micro.vcpu.getLapic();
-      return ((new DataView(state.buffer, state.byteOffset).getUint32(0x200 + (vector >> 5) * 0x10, true) >>> (vector & 31)) & 1) === 1;
-    };
+    const requested = enableLapic(micro);
     sink.signalMsi(0xfee0_0000n, 0x41); // fixed delivery of vector 0x41 to APIC 0
     assert.equal(sink.routedCount, 1, 'delivered through a route and an irqfd');
     for (let i = 0; i < 100 && !requested(0x41); i++) await new Promise((r) => setTimeout(r, 10));
@@ -79,13 +84,7 @@ test('the interrupt sink: an MSI through its irqfd reaches the LAPIC, and the PI
 test('KVM_SIGNAL_MSI: each message reaches the LAPIC with its own vector (one buffer serves every call)', { timeout: 30_000 }, () => {
   const micro = createMicroVm({ mode: 'long', code: new GuestCode('long').hlt().bytes(), irqchip: true });
   try {
-    const lapic = micro.vcpu.getLapic();
-    new DataView(lapic.buffer, lapic.byteOffset).setUint32(0xf0, 0x1ff, true); // SVR: software-enabled
-    micro.vcpu.setLapic(lapic);
-    const requested = (vector: number): boolean => {
-      const state = micro.vcpu.getLapic();
-      return ((new DataView(state.buffer, state.byteOffset).getUint32(0x200 + (vector >> 5) * 0x10, true) >>> (vector & 31)) & 1) === 1;
-    };
+    const requested = enableLapic(micro);
     assert.equal(micro.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x43 }), 1, 'delivered');
     assert.equal(micro.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x65 }), 1, 'delivered');
     assert.equal(requested(0x43), true, 'vector 0x43 pending');
