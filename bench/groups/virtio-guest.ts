@@ -33,7 +33,7 @@ const FIO_MIB = 64;
  * the timed ones (TSVIRT_BENCH_WARMUP_MIB, 0 for none): the rates are steady-state ones, as
  * fio's ramp_time makes its own. It is the same for both VMMs. tsvirt's request path is
  * JavaScript that V8 optimises the first time it runs hot: in the lab that one-time compile
- * took over a second of CPU during the first qcow2 write (about a millisecond on hardware
+ * took over a second of CPU during the first qcow2 write (a few milliseconds on hardware
  * that runs guests natively), taken from the guest on the lab's two CPUs.
  */
 const WARMUP_MIB = Math.max(0, Number(process.env.TSVIRT_BENCH_WARMUP_MIB ?? 64) || 0);
@@ -42,7 +42,7 @@ const FIO_DEPTH = 32;
 /**
  * Runs of each VMM (TSVIRT_BENCH_ROUNDS); the best of each is reported. A VMM's dd rate moves
  * by up to 1.5x between rounds in the lab, for QEMU as for tsvirt: with three rounds the
- * ratio of two bests still moved by up to 1.8x between runs, five settle it better.
+ * ratio of two bests moved by up to 1.8x between runs, with five by up to 1.35x.
  */
 const ROUNDS = Math.max(1, Number(process.env.TSVIRT_BENCH_ROUNDS ?? 5) || 5);
 const APPEND = 'console=ttyS0 reboot=k panic=-1 quiet';
