@@ -36,7 +36,7 @@ const FIO_MIB = 64;
  * took over a second of CPU during the first qcow2 write (a few milliseconds on hardware
  * that runs guests natively), taken from the guest on the lab's two CPUs.
  */
-const WARMUP_MIB = Math.max(0, Number(process.env.TSVIRT_BENCH_WARMUP_MIB ?? 64) || 0);
+const WARMUP_MIB = Math.max(0, Math.floor(Number(process.env.TSVIRT_BENCH_WARMUP_MIB ?? 64)) || 0);
 const FIO_SECONDS = 8;
 const FIO_DEPTH = 32;
 /**
