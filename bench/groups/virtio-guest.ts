@@ -15,8 +15,12 @@
 // TSVIRT_BENCH_PROFILE=trace runs dd only (no fio), once under tsvirt with TSVIRT_BLK_TRACE=1
 // (per-request phase latencies, request sizes, queue depth) and once under QEMU, and prints
 // both runs' rates and the trace.
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+// TSVIRT_BENCH_PROFILE=kvm runs dd only, under each VMM in turn (two rounds each; each
+// TSVIRT_BENCH_VARIANTS set-up as its own column), and prints how much each of KVM's per-VM
+// counters (exits, halts, injected interrupts, ...; from debugfs) and the VMM's CPU time grew
+// during each dd: how long the guest waited (halt_wait_ns), and what the VMM spent meanwhile.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -120,16 +124,21 @@ export class ConsoleMarks {
   private partial = '';
   private readonly marks = new Map<string, { begin?: number; end?: number }>();
 
-  feed(text: string, nowMs: number): void {
+  /** Returns the marks this text completed, in order. */
+  feed(text: string, nowMs: number): Array<{ name: string; phase: 'begin' | 'end' }> {
     const lines = (this.partial + text).split('\n');
     this.partial = lines.pop()!;
+    const seen: Array<{ name: string; phase: 'begin' | 'end' }> = [];
     for (const line of lines) {
       const m = /^bench-mark (\w+) (begin|end)\r?$/.exec(line);
       if (!m) continue;
+      const phase = m[2] as 'begin' | 'end';
       const mark = this.marks.get(m[1]!) ?? {};
-      mark[m[2] as 'begin' | 'end'] = nowMs;
+      mark[phase] = nowMs;
       this.marks.set(m[1]!, mark);
+      seen.push({ name: m[1]!, phase });
     }
+    return seen;
   }
 
   /** MiB/s of each transfer of `mib` with both marks seen. */
@@ -153,8 +162,9 @@ export function parseGuestOutput(out: string, marks: ConsoleMarks): Rates {
   return rates;
 }
 
-/** Run a VMM until the guest script is done; the figures it printed. */
-function runGuest(command: string, args: string[], env: Record<string, string> = {}): Promise<{ rates: Rates; output: string }> {
+/** Run a VMM until the guest script is done; the figures it printed. `onMark` sees each mark as it arrives. */
+function runGuest(command: string, args: string[], env: Record<string, string> = {},
+  onMark?: MarkHook): Promise<{ rates: Rates; output: string }> {
   return new Promise((resolve, reject) => {
     // A variant's TSVIRT_BENCH_NODE_FLAGS go to the node binary that runs tsvirt (V8 flags
     // are not allowed in NODE_OPTIONS).
@@ -189,7 +199,7 @@ function runGuest(command: string, args: string[], env: Record<string, string> =
       // TSVIRT_BENCH_LIVE=1: the guests' consoles as they run, to see where a run stands.
       if (process.env.TSVIRT_BENCH_LIVE === '1') process.stderr.write(d);
       const text = d.toString('latin1');
-      marks.feed(text, performance.now());
+      for (const { name, phase } of marks.feed(text, performance.now())) onMark?.(name, phase, child.pid!);
       out += text;
       if (/tsvirt-guest: exit \d+/.test(out)) finish(null);
     };
@@ -234,6 +244,98 @@ function summariseProfile(path: string, top = 45): string {
     .map(([k, n]) => `${((100 * n) / total).toFixed(1).padStart(5)}% ${k}`).join('\n');
 }
 
+type MarkHook = (name: string, phase: 'begin' | 'end', pid: number) => void;
+
+const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
+
+/** KVM's counters live in debugfs; the lab's init does not mount it. */
+function mountDebugfs(): void {
+  if (existsSync(KVM_DEBUGFS)) return;
+  const r = spawnSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug'], { encoding: 'utf8' });
+  if (!existsSync(KVM_DEBUGFS)) throw new Error(`cannot read KVM's counters: ${KVM_DEBUGFS} missing (mount: ${r.stderr.trim() || r.status})`);
+}
+
+/**
+ * KVM's counters for every VM in the lab, summed: the probe runs one VMM at a time. debugfs
+ * has a directory per VM, whose files hold the VM's counters and its vCPUs' summed. (It is
+ * named after the thread that made the VM, which for tsvirt need not be a live thread of
+ * the process any more.)
+ */
+function kvmCounters(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const vm of readdirSync(KVM_DEBUGFS).filter((d) => /^\d+-\d+$/.test(d))) {
+    for (const entry of readdirSync(join(KVM_DEBUGFS, vm), { withFileTypes: true })) {
+      if (!entry.isFile()) continue;
+      try {
+        const value = Number(readFileSync(join(KVM_DEBUGFS, vm, entry.name), 'utf8').trim());
+        if (Number.isFinite(value)) out[entry.name] = (out[entry.name] ?? 0) + value;
+      } catch {
+        // A counter that cannot be read (write-only knobs) is not a counter.
+      }
+    }
+  }
+  return out;
+}
+
+/** Clock ticks a thread or process ran, user and system, from a /proc stat line (fields 14 and 15). */
+function cpuTicks(statLine: string): { user: number; system: number } {
+  const fields = statLine.slice(statLine.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(fields[11]), system: Number(fields[12]) };
+}
+
+/**
+ * The VMM's own CPU time in milliseconds (clock ticks are 10 ms): its main thread's and all
+ * its threads' together, user and system. Zeroes once the process is gone.
+ */
+function vmmCpu(pid: number): Record<string, number> {
+  try {
+    const main = cpuTicks(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'));
+    const all = cpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    return {
+      'vmm main thread user ms': main.user * 10, 'vmm main thread sys ms': main.system * 10,
+      'vmm all threads user ms': all.user * 10, 'vmm all threads sys ms': all.system * 10,
+    };
+  } catch {
+    return {};
+  }
+}
+
+/** How much each KVM counter, and the VMM's CPU time, grew between each mark's begin and end. */
+class KvmCounterWindows {
+  readonly deltas = new Map<string, Record<string, number>>();
+  private readonly atBegin = new Map<string, Record<string, number>>();
+
+  readonly onMark: MarkHook = (name, phase, pid) => {
+    const now = { ...kvmCounters(), ...vmmCpu(pid) };
+    if (phase === 'begin') {
+      this.atBegin.set(name, now);
+      return;
+    }
+    const before = this.atBegin.get(name);
+    if (!before) return;
+    const delta: Record<string, number> = {};
+    for (const [k, v] of Object.entries(now)) delta[k] = v - (before[k] ?? 0);
+    this.deltas.set(name, delta);
+  };
+}
+
+/** One table per dd: each counter that moved, per VMM run, and the dd's rate. */
+function formatKvmCounters(windows: Array<{ vmm: string; rates: Rates; counters: Map<string, Record<string, number>> }>): string {
+  const marks = [...new Set(windows.flatMap((w) => [...w.counters.keys()]))];
+  const lines: string[] = [];
+  for (const mark of marks) {
+    lines.push(`--- ${mark}: KVM counters during the dd (${windows.map((w) => w.vmm).join(' | ')})`);
+    lines.push(`${'MiB/s'.padEnd(28)}${windows.map((w) => (w.rates[mark] ?? 0).toFixed(0).padStart(12)).join('')}`);
+    const names = [...new Set(windows.flatMap((w) => Object.keys(w.counters.get(mark) ?? {})))].sort();
+    for (const name of names) {
+      const values = windows.map((w) => w.counters.get(mark)?.[name] ?? 0);
+      if (values.every((v) => v === 0)) continue;
+      lines.push(`${name.padEnd(28)}${values.map((v) => String(v).padStart(12)).join('')}`);
+    }
+  }
+  return lines.join('\n');
+}
+
 /** Inside the lab: run the guest script under each VMM and print the rates as one JSON line. */
 async function probe(): Promise<void> {
   const { guestKernelPath } = await import('../../src/lab/paths.js');
@@ -244,13 +346,44 @@ async function probe(): Promise<void> {
   // '1': V8 profiles and exit counts; 'exits': exit counts only.
   const profile = process.env.TSVIRT_BENCH_PROFILE === '1' || process.env.TSVIRT_BENCH_PROFILE === 'exits';
   const cpuProfile = process.env.TSVIRT_BENCH_PROFILE === '1';
-  const initrd = await guestInitrdWith(guestScript(!trace && !profile));
+  const kvmMode = process.env.TSVIRT_BENCH_PROFILE === 'kvm';
+  if (kvmMode) mountDebugfs();
+  const initrd = await guestInitrdWith(guestScript(!trace && !profile && !kvmMode));
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bench-virtio-'));
   try {
     // A variant's TSVIRT_BENCH_CLI (a path inside dist/, e.g. an older build copied there)
     // runs that build's tsvirt instead of this one.
     const cliOf = (env: Record<string, string>): string =>
       fileURLToPath(new URL(env.TSVIRT_BENCH_CLI ? `../../${env.TSVIRT_BENCH_CLI}` : '../../src/cli/main.js', import.meta.url));
+    const runQemu = async (onMark?: MarkHook): Promise<Rates> => {
+      const theirs = await images(dir, 'qemu');
+      return (await runGuest('qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1',
+        '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND,
+        '-drive', `file=${theirs.raw},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0,serial=RAW',
+        '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
+        '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS'], {}, onMark)).rates;
+    };
+    // tsvirt once per variant.
+    const runOurs = async (env: Record<string, string>, onMark?: MarkHook): Promise<Rates> => {
+      const fresh = await images(dir, 'tsvirt');
+      return (await runGuest(process.execPath, [cliOf(env), 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
+        '--cpus', '1', '--append', APPEND, '--console', 'stdio',
+        '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
+        '--disk', `${tools},format=raw,readonly,serial=TOOLS`], env, onMark)).rates;
+    };
+    if (kvmMode) {
+      const windows: Array<{ vmm: string; rates: Rates; counters: Map<string, Record<string, number>> }> = [];
+      const variants = benchVariants();
+      for (let round = 0; round < 2; round++) {
+        for (let v = -1; v < variants.length; v++) {
+          const counters = new KvmCounterWindows();
+          const rates = v >= 0 ? await runOurs(variants[v]!, counters.onMark) : await runQemu(counters.onMark);
+          windows.push({ vmm: v < 0 ? 'QEMU' : variants.length > 1 ? `tsvirt#${v}` : 'tsvirt', rates, counters: counters.deltas });
+        }
+      }
+      process.stdout.write(`${formatKvmCounters(windows)}\n`);
+      return;
+    }
     const first = await images(dir, 'tsvirt');
     const profDir = join(dir, 'prof');
     const firstEnv = benchVariants()[0];
@@ -268,22 +401,6 @@ async function probe(): Promise<void> {
       }
       return;
     }
-    const runQemu = async (): Promise<Rates> => {
-      const theirs = await images(dir, 'qemu');
-      return (await runGuest('qemu-system-x86_64', ['-enable-kvm', '-cpu', 'host', '-m', String(MEMORY_MIB), '-smp', '1',
-        '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-kernel', kernel, '-initrd', initrd, '-append', APPEND,
-        '-drive', `file=${theirs.raw},format=raw,if=none,id=d0,cache=writeback`, '-device', 'virtio-blk-pci,drive=d0,serial=RAW',
-        '-drive', `file=${theirs.qcow2},format=qcow2,if=none,id=d1,cache=writeback`, '-device', 'virtio-blk-pci,drive=d1,serial=QCOW2',
-        '-drive', `file=${tools},format=raw,if=none,id=d2,readonly=on`, '-device', 'virtio-blk-pci,drive=d2,serial=TOOLS'])).rates;
-    };
-    // tsvirt once per variant.
-    const runOurs = async (env: Record<string, string>): Promise<Rates> => {
-      const fresh = await images(dir, 'tsvirt');
-      return (await runGuest(process.execPath, [cliOf(env), 'run', '--kernel', kernel, '--initrd', initrd, '--memory', `${MEMORY_MIB}M`,
-        '--cpus', '1', '--append', APPEND, '--console', 'stdio',
-        '--disk', `${fresh.raw},format=raw,cache=writeback,serial=RAW`, '--disk', `${fresh.qcow2},format=qcow2,cache=writeback,serial=QCOW2`,
-        '--disk', `${tools},format=raw,readonly,serial=TOOLS`], env)).rates;
-    };
     // The lab shares two host cores with whatever else runs there, so one run of each can
     // catch a busy moment: the VMMs take turns (tsvirt, QEMU, QEMU, tsvirt, ...) and each
     // figure is the best of its rounds.

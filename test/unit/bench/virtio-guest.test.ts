@@ -19,9 +19,13 @@ test('the guest figures: MiB/s from when the dd marks reached the host, IOPS fro
   const terse = ['3', ...fields.slice(1)].join(';');
   const marks = new ConsoleMarks();
   // A line counts when its end arrives, split across chunks or not; an unfinished pair gives nothing.
-  marks.feed('boot noise\nbench-mark RAW_write begin\r\nbench-mark RAW_wr', 1000);
-  marks.feed('ite end\r\nbench-mark RAW_read begin\n', 3000);
-  marks.feed('bench-mark QCOW2_write begin\nbench-mark RAW_read end\n', 3500);
+  // Each call returns the marks it completed, in order (the KVM counter windows hang on them).
+  assert.deepEqual(marks.feed('boot noise\nbench-mark RAW_write begin\r\nbench-mark RAW_wr', 1000), [{ name: 'RAW_write', phase: 'begin' }]);
+  assert.deepEqual(marks.feed('ite end\r\nbench-mark RAW_read begin\n', 3000),
+    [{ name: 'RAW_write', phase: 'end' }, { name: 'RAW_read', phase: 'begin' }]);
+  assert.deepEqual(marks.feed('bench-mark QCOW2_write begin\nbench-mark RAW_read end\n', 3500),
+    [{ name: 'QCOW2_write', phase: 'begin' }, { name: 'RAW_read', phase: 'end' }]);
+  assert.deepEqual(marks.feed('bench-mark QCOW2_wr', 3600), []);
   const out = `noise\nfio RAW_randread ${terse}\nfio RAW_randwrite ${terse}\r\n`;
   const rates = parseGuestOutput(out, marks);
   assert.equal(rates.RAW_write, 256 / 2, '256 MiB in 2 s');
