@@ -220,6 +220,8 @@ export class HostFile {
     readonly direct: boolean,
     readonly isBlockDevice: boolean,
     private readonly ring: IoUring | undefined,
+    /** The file lives on a memory file system (tmpfs, ramfs, hugetlbfs). */
+    readonly inMemory = false,
     /** Buffered reads and writes run on the calling thread (HostFileOptions.memoryIoInline). */
     private readonly inlineIo = false,
   ) {}
@@ -247,9 +249,9 @@ export class HostFile {
       await handle.close();
       throw new BlockError(filename, 'is neither a regular file nor a block device');
     }
-    const inlineIo = options.memoryIoInline === true && process.env.TSVIRT_MEMORY_IO !== 'pool'
-      && !direct && stat.isFile() && onMemoryFileSystem(filename);
-    return new HostFile(filename, handle, readOnly, cache, direct, stat.isBlockDevice(), options.ring, inlineIo);
+    const inMemory = stat.isFile() && onMemoryFileSystem(filename);
+    const inlineIo = options.memoryIoInline === true && process.env.TSVIRT_MEMORY_IO !== 'pool' && !direct && inMemory;
+    return new HostFile(filename, handle, readOnly, cache, direct, stat.isBlockDevice(), options.ring, inMemory, inlineIo);
   }
 
   get fd(): number {
