@@ -15,8 +15,8 @@
 // TSVIRT_BENCH_PROFILE=trace runs dd only (no fio), once under tsvirt with TSVIRT_BLK_TRACE=1
 // (per-request phase latencies, request sizes, queue depth) and once under QEMU, and prints
 // both runs' rates and the trace.
-// TSVIRT_BENCH_PROFILE=kvm runs dd only, under each VMM in turn (two rounds each; each
-// TSVIRT_BENCH_VARIANTS set-up as its own column), and prints how much each of KVM's per-VM
+// TSVIRT_BENCH_PROFILE=kvm runs dd only, under each VMM in turn (TSVIRT_BENCH_ROUNDS rounds;
+// each TSVIRT_BENCH_VARIANTS set-up as its own column), and prints how much each of KVM's per-VM
 // counters (exits, halts, injected interrupts, ...; from debugfs) and the VMM's CPU time grew
 // during each dd: how long the guest waited (halt_wait_ns), and what the VMM spent meanwhile.
 import { spawn, spawnSync } from 'node:child_process';
@@ -284,20 +284,45 @@ function cpuTicks(statLine: string): { user: number; system: number } {
 }
 
 /**
- * The VMM's own CPU time in milliseconds (clock ticks are 10 ms): its main thread's and all
- * its threads' together, user and system. Zeroes once the process is gone.
+ * The VMM's own CPU time in milliseconds (clock ticks are 10 ms): its main thread's, all its
+ * threads' together, user and system, and each other thread's (`thread <tid>`; the report
+ * ranks them). Zeroes once the process is gone.
  */
 function vmmCpu(pid: number): Record<string, number> {
   try {
+    const out: Record<string, number> = {};
     const main = cpuTicks(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'));
     const all = cpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    return {
-      'vmm main thread user ms': main.user * 10, 'vmm main thread sys ms': main.system * 10,
-      'vmm all threads user ms': all.user * 10, 'vmm all threads sys ms': all.system * 10,
-    };
+    out['vmm main thread user ms'] = main.user * 10;
+    out['vmm main thread sys ms'] = main.system * 10;
+    out['vmm all threads user ms'] = all.user * 10;
+    out['vmm all threads sys ms'] = all.system * 10;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      if (tid === String(pid)) continue;
+      try {
+        const t = cpuTicks(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
+        out[`thread ${tid}`] = (t.user + t.system) * 10;
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+    return out;
   } catch {
     return {};
   }
+}
+
+/** Each window's per-thread figures (`thread <tid>`) as the busiest other threads, in order. */
+function rankThreads(delta: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  const threads: number[] = [];
+  for (const [k, v] of Object.entries(delta)) {
+    if (k.startsWith('thread ')) threads.push(v);
+    else out[k] = v;
+  }
+  threads.sort((a, b) => b - a);
+  for (let i = 0; i < Math.min(4, threads.length); i++) out[`vmm other thread #${i + 1} ms`] = threads[i]!;
+  return out;
 }
 
 /** How much each KVM counter, and the VMM's CPU time, grew between each mark's begin and end. */
@@ -315,7 +340,7 @@ class KvmCounterWindows {
     if (!before) return;
     const delta: Record<string, number> = {};
     for (const [k, v] of Object.entries(now)) delta[k] = v - (before[k] ?? 0);
-    this.deltas.set(name, delta);
+    this.deltas.set(name, rankThreads(delta));
   };
 }
 
@@ -374,8 +399,12 @@ async function probe(): Promise<void> {
     if (kvmMode) {
       const windows: Array<{ vmm: string; rates: Rates; counters: Map<string, Record<string, number>> }> = [];
       const variants = benchVariants();
-      for (let round = 0; round < 2; round++) {
-        for (let v = -1; v < variants.length; v++) {
+      // The set-ups take turns in a rotating order: the run right after another VMM's
+      // (its images and memory just freed) came out slower in the lab, whichever it was.
+      const order = [-1, ...variants.map((_, v) => v)];
+      for (let round = 0; round < ROUNDS; round++) {
+        for (let k = 0; k < order.length; k++) {
+          const v = order[(k + round) % order.length]!;
           const counters = new KvmCounterWindows();
           const rates = v >= 0 ? await runOurs(variants[v]!, counters.onMark) : await runQemu(counters.onMark);
           windows.push({ vmm: v < 0 ? 'QEMU' : variants.length > 1 ? `tsvirt#${v}` : 'tsvirt', rates, counters: counters.deltas });

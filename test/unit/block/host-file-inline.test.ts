@@ -128,3 +128,80 @@ test('raw and qcow2 images on tmpfs read back what was written, through inline r
     rmSync(d, { recursive: true, force: true });
   }
 });
+
+test('readvNow and writevNow: a whole request done on the calling thread, or false with nothing to rely on', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const data = randomBytes(rng(10), 3 * MiB);
+  await withFile(memoryDir!, data, async (file) => {
+    const f = await HostFile.open(file, { memoryIoInline: true });
+    const pooled = await HostFile.open(file, {});
+    try {
+      const bufs = [new Uint8Array(4096), new Uint8Array(MiB)];
+      assert.equal(f.readvNow(512, bufs), true);
+      assert.deepEqual(Buffer.concat(bufs), Buffer.from(data.subarray(512, 512 + 4096 + MiB)));
+      // Across the end of the file: the rest is zeroes.
+      const tail = new Uint8Array(8192).fill(0xee);
+      assert.equal(f.readvNow(data.length - 4096, [tail]), true);
+      assert.deepEqual(tail.subarray(0, 4096), data.subarray(data.length - 4096));
+      assert.ok(tail.subarray(4096).every((b) => b === 0), 'past the end: zeroes');
+      const patch = randomBytes(rng(11), 8192);
+      assert.equal(f.writevNow(MiB, [patch.subarray(0, 100), patch.subarray(100)]), true);
+      assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(MiB, MiB + 8192), patch, 'in the file when writevNow returns');
+      // More than one inline call takes, or a file without inline I/O: false, nothing done.
+      const big = new Uint8Array(5 * MiB).fill(0xee);
+      assert.equal(f.readvNow(0, [big]), false);
+      assert.ok(big.every((b) => b === 0xee));
+      assert.equal(pooled.readvNow(0, [new Uint8Array(4096)]), false);
+      assert.equal(pooled.writevNow(0, [new Uint8Array(4096)]), false);
+    } finally {
+      await f.close();
+      await pooled.close();
+    }
+  });
+});
+
+test('raw and qcow2 drivers on tmpfs: readvNow reads what was written; a read they cannot do now is left to readv', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const d = mkdtempSync(join(memoryDir!, 'tsvirt-inline-'));
+  try {
+    const next = rng(12);
+    for (const format of ['raw', 'qcow2'] as const) {
+      const file = join(d, `disk.${format}`);
+      if (format === 'raw') writeFileSync(file, new Uint8Array(8 * MiB));
+      else await createQcow2(file, { size: BigInt(8 * MiB) });
+      const img = await openImage(file, { format, memoryIoInline: true });
+      try {
+        // Data from 1 MiB - 512 on, then a hole: a read across both sees the data and zeroes.
+        const data = randomBytes(next, 2 * MiB + 512);
+        await img.writev(BigInt(MiB - 512), [data]);
+        const back = [new Uint8Array(MiB), new Uint8Array(2 * MiB)];
+        assert.equal(img.readvNow!(BigInt(MiB - 512), back), true, `${format}: readvNow`);
+        const joined = Buffer.concat(back);
+        assert.deepEqual(joined.subarray(0, data.length), Buffer.from(data), format);
+        assert.ok(joined.subarray(data.length).every((b) => b === 0), `${format}: the hole reads as zeroes`);
+        // Beyond the disk: false, and readv reports it.
+        assert.equal(img.readvNow!(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), false);
+        await assert.rejects(img.readv(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), /beyond/);
+        if (format === 'raw') {
+          const patch = randomBytes(next, 4096);
+          assert.equal(img.writevNow!(4096n, [patch]), true);
+          const check = new Uint8Array(4096);
+          await img.readv(4096n, [check]);
+          assert.deepEqual(check, patch);
+        }
+      } finally {
+        await img.close();
+      }
+    }
+    // Without inline I/O neither driver does anything now.
+    const raw = await openImage(join(d, 'disk.raw'), { format: 'raw' });
+    const qcow2 = await openImage(join(d, 'disk.qcow2'), { format: 'qcow2' });
+    try {
+      assert.equal(raw.readvNow!(0n, [new Uint8Array(4096)]), false);
+      assert.equal(qcow2.readvNow!(0n, [new Uint8Array(4096)]), false);
+    } finally {
+      await raw.close();
+      await qcow2.close();
+    }
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
