@@ -350,9 +350,8 @@ export class VirtioBlk implements VirtioDevice {
    * can (a disk file in memory: the copy cannot wait for a device), and put their used
    * entries on the ring; the caller decides the interrupt. False, with nothing changed,
    * when the backend cannot: the request takes the asynchronous path, which also reports
-   * any error. This skips two async frames, a promise chain, the notification toggling and
-   * the fallback timer per request, which the lab's emulated CPUs made a large share of a
-   * request's cost (docs/design.md, "KVM's counters").
+   * any error. Such a request skips two async frames, a promise chain, the notification
+   * toggling and the fallback timer (docs/design.md, "KVM's counters").
    */
   private completeNow(context: VirtioDeviceContext, queue: number, run: Mergeable[]): boolean {
     const first = run[0]!.transfer;

@@ -289,8 +289,8 @@ export class Refcounts {
         // through the page cache, writes into allocated space skip the page-by-page space
         // reservation of delayed allocation and ran at about twice the speed. A memory file
         // system has neither: there the call only moves the page allocation the writes would
-        // do into one synchronous step, which cost the VMM's main thread 0.2-0.8 s of system
-        // time per 256 MiB written in the lab (docs/design.md, "KVM's counters").
+        // do into one synchronous step of up to 32 MiB on the caller's thread, the VMM's main
+        // thread (docs/design.md, "KVM's counters").
         const grown = this.growWithSpace && !this.file.inMemory && this.file.allocate(BigInt(length), BigInt(end - length));
         if (!grown) await this.file.truncate(BigInt(end));
       }
