@@ -1,10 +1,26 @@
 // Shared by the block tests: temporary directories, a seeded random generator, and a
 // shadow copy of the disk that every write also goes to, to compare reads against.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export { rng } from '../../support/prng.js';
+
+const TMPFS_MAGIC = 0x01021994;
+
+/** Whether `dir` is on tmpfs (false when that cannot be told). */
+export function isTmpfs(dir: string): boolean {
+  try {
+    return statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/** A directory on tmpfs for tests of memory-file-system behaviour: /dev/shm on Linux hosts, if it is one. */
+export function tmpfsDir(): string | undefined {
+  return isTmpfs('/dev/shm') ? '/dev/shm' : undefined;
+}
 
 export function tempDir(prefix = 'tsvirt-block-'): { dir: string; path: (name: string) => string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));

@@ -4,24 +4,15 @@
 // without the option, they take the thread pool.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostFile } from '../../../src/block/host-file.js';
 import { openImage } from '../../../src/block/index.js';
 import { createQcow2 } from '../../../src/block/qcow2/create.js';
-import { randomBytes, rng } from './helpers.js';
+import { isTmpfs, randomBytes, rng, tmpfsDir } from './helpers.js';
 
-const TMPFS = 0x01021994;
-const isTmpfs = (dir: string): boolean => {
-  try {
-    return statfsSync(dir).type === TMPFS;
-  } catch {
-    return false;
-  }
-};
-/** A directory on tmpfs: /dev/shm on Linux hosts. */
-const memoryDir = isTmpfs('/dev/shm') ? '/dev/shm' : undefined;
+const memoryDir = tmpfsDir();
 
 function withFile(dir: string, bytes: Uint8Array, body: (file: string) => Promise<void>): Promise<void> {
   const d = mkdtempSync(join(dir, 'tsvirt-inline-'));
@@ -105,7 +96,7 @@ test('a file on a disk file system is not read inline, whatever the option says'
   });
 });
 
-test('raw and qcow2 images on tmpfs read back what was written, through inline reads', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+test('raw and qcow2 images on tmpfs read back what was written, through inline reads and readvNow; a read they cannot do now is left to readv', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
   const d = mkdtempSync(join(memoryDir!, 'tsvirt-inline-'));
   try {
     const next = rng(9);
@@ -120,6 +111,31 @@ test('raw and qcow2 images on tmpfs read back what was written, through inline r
         const back = [new Uint8Array(MiB), new Uint8Array(MiB + 512)];
         await img.readv(BigInt(MiB - 512), back);
         assert.deepEqual(Buffer.concat(back), Buffer.from(data), format);
+        // On the spot, across the data and the hole after it: the data, then zeroes.
+        const now = [new Uint8Array(MiB), new Uint8Array(2 * MiB)];
+        assert.equal(img.readvNow!(BigInt(MiB - 512), now), true, `${format}: readvNow`);
+        const joined = Buffer.concat(now);
+        assert.deepEqual(joined.subarray(0, data.length), Buffer.from(data), format);
+        assert.ok(joined.subarray(data.length).every((b) => b === 0), `${format}: the hole reads as zeroes`);
+        // Beyond the disk: false, and readv reports it.
+        assert.equal(img.readvNow!(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), false);
+        await assert.rejects(img.readv(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), /beyond/);
+        if (format === 'raw') {
+          const patch = randomBytes(next, 4096);
+          assert.equal(img.writevNow!(4096n, [patch]), true);
+          const check = new Uint8Array(4096);
+          await img.readv(4096n, [check]);
+          assert.deepEqual(check, patch);
+        }
+      } finally {
+        await img.close();
+      }
+    }
+    // Without inline I/O neither driver does anything on the spot.
+    for (const format of ['raw', 'qcow2'] as const) {
+      const img = await openImage(join(d, `disk.${format}`), { format });
+      try {
+        assert.equal(img.readvNow!(0n, [new Uint8Array(4096)]), false, format);
       } finally {
         await img.close();
       }
@@ -157,51 +173,4 @@ test('readvNow and writevNow: a whole request done on the calling thread, or fal
       await pooled.close();
     }
   });
-});
-
-test('raw and qcow2 drivers on tmpfs: readvNow reads what was written; a read they cannot do now is left to readv', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
-  const d = mkdtempSync(join(memoryDir!, 'tsvirt-inline-'));
-  try {
-    const next = rng(12);
-    for (const format of ['raw', 'qcow2'] as const) {
-      const file = join(d, `disk.${format}`);
-      if (format === 'raw') writeFileSync(file, new Uint8Array(8 * MiB));
-      else await createQcow2(file, { size: BigInt(8 * MiB) });
-      const img = await openImage(file, { format, memoryIoInline: true });
-      try {
-        // Data from 1 MiB - 512 on, then a hole: a read across both sees the data and zeroes.
-        const data = randomBytes(next, 2 * MiB + 512);
-        await img.writev(BigInt(MiB - 512), [data]);
-        const back = [new Uint8Array(MiB), new Uint8Array(2 * MiB)];
-        assert.equal(img.readvNow!(BigInt(MiB - 512), back), true, `${format}: readvNow`);
-        const joined = Buffer.concat(back);
-        assert.deepEqual(joined.subarray(0, data.length), Buffer.from(data), format);
-        assert.ok(joined.subarray(data.length).every((b) => b === 0), `${format}: the hole reads as zeroes`);
-        // Beyond the disk: false, and readv reports it.
-        assert.equal(img.readvNow!(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), false);
-        await assert.rejects(img.readv(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), /beyond/);
-        if (format === 'raw') {
-          const patch = randomBytes(next, 4096);
-          assert.equal(img.writevNow!(4096n, [patch]), true);
-          const check = new Uint8Array(4096);
-          await img.readv(4096n, [check]);
-          assert.deepEqual(check, patch);
-        }
-      } finally {
-        await img.close();
-      }
-    }
-    // Without inline I/O neither driver does anything now.
-    const raw = await openImage(join(d, 'disk.raw'), { format: 'raw' });
-    const qcow2 = await openImage(join(d, 'disk.qcow2'), { format: 'qcow2' });
-    try {
-      assert.equal(raw.readvNow!(0n, [new Uint8Array(4096)]), false);
-      assert.equal(qcow2.readvNow!(0n, [new Uint8Array(4096)]), false);
-    } finally {
-      await raw.close();
-      await qcow2.close();
-    }
-  } finally {
-    rmSync(d, { recursive: true, force: true });
-  }
 });

@@ -5,26 +5,24 @@
 // A memory file system has none of that to skip: there the file grows as a hole.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync, statfsSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createQcow2, openQcow2, HostFile, BlockError } from '../../../src/block/index.js';
-import { tempDir } from './helpers.js';
+import { isTmpfs, tempDir, tmpfsDir } from './helpers.js';
 
-const TMPFS = 0x01021994;
-const onTmpfs = (dir: string): boolean => {
-  try {
-    return statfsSync(dir).type === TMPFS;
-  } catch {
-    return false;
-  }
-};
+/** The 64 KiB read back from the start of a cluster holds `data` at 8 KiB and zeroes around it. */
+function assertZeroesAround(back: Uint8Array, data: Uint8Array): void {
+  assert.ok(back.subarray(0, 8192).every((b) => b === 0), 'bytes before the write read as zeroes');
+  assert.deepEqual(back.subarray(8192, 8192 + data.length), data);
+  assert.ok(back.subarray(8192 + data.length).every((b) => b === 0), 'bytes after the write read as zeroes');
+}
 
 for (const cache of ['none', 'writeback'] as const) test(`qcow2 with cache=${cache}: a 4 KiB write into a new cluster finds the whole cluster allocated, and the rest reads as zeroes`, async (t) => {
   const dir = tempDir();
   try {
     const f = dir.path('grown.qcow2');
     await createQcow2(f, { size: 64n << 20n });
-    if (onTmpfs(dir.dir)) return t.skip('the temporary directory is on tmpfs, where the file grows as a hole (tested below)');
+    if (isTmpfs(dir.dir)) return t.skip('the temporary directory is on tmpfs, where the file grows as a hole (tested below)');
     // The file system must take fallocate (and, for cache=none, O_DIRECT) for this to apply.
     const probe = await HostFile.open(f, { cache }).catch((err: unknown) => {
       assert.ok(err instanceof BlockError && /O_DIRECT/.test(err.message), String(err));
@@ -50,9 +48,7 @@ for (const cache of ['none', 'writeback'] as const) test(`qcow2 with cache=${cac
     assert.ok(BigInt(allocatedBytes) >= host + 65536n, `only ${allocatedBytes} bytes allocated for a cluster at ${host}`);
     const back = Buffer.alloc(65536, 0xff);
     await img.readv(0n, [back]);
-    assert.ok(back.subarray(0, 8192).every((b) => b === 0), 'bytes before the write read as zeroes');
-    assert.deepEqual(back.subarray(8192, 12288), data);
-    assert.ok(back.subarray(12288).every((b) => b === 0), 'bytes after the write read as zeroes');
+    assertZeroesAround(back, data);
     await img.close();
 
     // And after reopening (the reservation's unused tail trimmed at close).
@@ -66,8 +62,8 @@ for (const cache of ['none', 'writeback'] as const) test(`qcow2 with cache=${cac
   }
 });
 
-test('qcow2 on tmpfs: new clusters past the end of the file are a hole until written, and read as zeroes', { skip: !onTmpfs('/dev/shm') && 'no tmpfs at /dev/shm' }, async () => {
-  const dir = mkdtempSync(join('/dev/shm', 'tsvirt-grow-'));
+test('qcow2 on tmpfs: new clusters past the end of the file are a hole until written, and read as zeroes', { skip: !tmpfsDir() && 'no tmpfs at /dev/shm' }, async () => {
+  const dir = mkdtempSync(join(tmpfsDir()!, 'tsvirt-grow-'));
   try {
     const f = join(dir, 'grown.qcow2');
     await createQcow2(f, { size: 64n << 20n });
@@ -83,9 +79,7 @@ test('qcow2 on tmpfs: new clusters past the end of the file are a hole until wri
     assert.ok(blocks * 512 < Number(host) + 65536, `${blocks * 512} bytes allocated: the cluster at ${host} was not left a hole`);
     const back = Buffer.alloc(65536, 0xff);
     await img.readv(0n, [back]);
-    assert.ok(back.subarray(0, 8192).every((b) => b === 0), 'bytes before the write read as zeroes');
-    assert.deepEqual(back.subarray(8192, 12288), data);
-    assert.ok(back.subarray(12288).every((b) => b === 0), 'bytes after the write read as zeroes');
+    assertZeroesAround(back, data);
     await img.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
