@@ -137,13 +137,13 @@ interface FreshClusters {
   settle: () => void;
 }
 
-/** One cluster's share of a request: where it starts in the request, the cluster, the part of it, its mapping. */
 /** A read within one cached L2 table: file reads and zero ranges, by offset into the request. */
 interface CachedTableRead {
   reads: Array<{ host: number; from: number; length: number }>;
   zeroes: Array<{ from: number; length: number }>;
 }
 
+/** One cluster's share of a request: where it starts in the request, the cluster, the part of it, its mapping. */
 interface ClusterPiece { pos: number; gc: number; inCluster: number; length: number; entry: L2Entry }
 
 /**
