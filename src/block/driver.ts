@@ -61,14 +61,6 @@ export interface BlockDriver {
   readv(offset: bigint, buffers: Uint8Array[]): Promise<void>;
   writev(offset: bigint, buffers: Uint8Array[]): Promise<void>;
   /**
-   * The whole read (write) done now, on the calling thread, where the driver can do it
-   * without waiting for a device (an image on a memory file system opened with
-   * memoryIoInline): true when done. False, when it cannot, and the caller uses readv
-   * (writev), which does all of it again and reports any error.
-   */
-  readvNow?(offset: bigint, buffers: Uint8Array[]): boolean;
-  writevNow?(offset: bigint, buffers: Uint8Array[]): boolean;
-  /**
    * A hint before bulk writes that will cover [offset, offset+length) in full: the format
    * may allocate its host space now, in one step. Changes nothing a read can see.
    */

@@ -145,7 +145,7 @@ function coalesce(buffers: Uint8Array[]): Uint8Array[] {
   return out;
 }
 
-export function totalLength(buffers: Uint8Array[]): number {
+function totalLength(buffers: Uint8Array[]): number {
   let n = 0;
   for (const b of buffers) n += b.length;
   return n;
@@ -375,47 +375,6 @@ export class HostFile {
     if (!fitsOnTheSpot(buffers, INLINE_IO_IOVS, INLINE_IO_MAX)) return undefined;
     const n = Number(getLibc().pwritev2(this.handle.fd, onTheSpotIov, buffers.length, position, 0));
     return n > 0 ? n : undefined;
-  }
-
-  /**
-   * The whole read done now, on the calling thread, for a file whose I/O runs inline
-   * (HostFileOptions.memoryIoInline): true when the buffers hold the data (zeroes past the
-   * end of the file). False when it cannot be done so (not inline, too large, an error):
-   * the caller then uses readv, which reads all of it again and reports any error.
-   */
-  readvNow(offset: number, buffers: Uint8Array[]): boolean {
-    if (!this.inlineIo) return false;
-    let pos = offset;
-    let bufs = buffers;
-    while (bufs.length > 0) {
-      const n = this.cachedRead(bufs, pos);
-      if (n === undefined) return false;
-      if (n === 0) {
-        for (const b of bufs) b.fill(0);
-        return true;
-      }
-      pos += n;
-      bufs = n === totalLength(bufs) ? [] : advance(bufs, n);
-    }
-    return true;
-  }
-
-  /**
-   * The whole write done now, on the calling thread, for a file whose I/O runs inline: true
-   * when it is in the file. False when it cannot be done so; the caller then uses writev,
-   * which writes all of it again (the same bytes) and reports any error.
-   */
-  writevNow(offset: number, buffers: Uint8Array[]): boolean {
-    if (!this.inlineIo || this.readOnly) return false;
-    let pos = offset;
-    let bufs = buffers;
-    while (bufs.length > 0) {
-      const n = this.inlineWrite(bufs, pos);
-      if (n === undefined) return false;
-      pos += n;
-      bufs = n === totalLength(bufs) ? [] : advance(bufs, n);
-    }
-    return true;
   }
 
   /** Whether buffered reads and writes run on the calling thread (HostFileOptions.memoryIoInline). */

@@ -1,7 +1,7 @@
 // The raw format: the image is the disk, byte for byte. Holes in a sparse file are
 // reported by blockStatus as zero, unallocated extents.
 import { BlockError } from './errors.js';
-import { createEmptyFile, HostFile, totalLength } from './host-file.js';
+import { createEmptyFile, HostFile } from './host-file.js';
 import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
 
 
@@ -70,18 +70,6 @@ export class RawDriver implements BlockDriver {
     } catch (err) {
       return Promise.reject(err);
     }
-  }
-
-  // Done on the spot for a file whose I/O runs inline (HostFile.readvNow); false, with the
-  // request left to readv/writev, for anything else, a refusal included.
-  readvNow(offset: bigint, buffers: Uint8Array[]): boolean {
-    const start = Number(offset);
-    return start >= 0 && start + totalLength(buffers) <= Number(this.virtualSize) && this.file.readvNow(start, buffers);
-  }
-
-  writevNow(offset: bigint, buffers: Uint8Array[]): boolean {
-    const start = Number(offset);
-    return !this.readOnly && start >= 0 && start + totalLength(buffers) <= Number(this.virtualSize) && this.file.writevNow(start, buffers);
   }
 
   // Writing into a hole makes the file system reserve space page by page as the data comes

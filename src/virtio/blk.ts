@@ -29,9 +29,6 @@ export interface BlockBackend {
   };
   readv(offset: bigint, buffers: Uint8Array[]): Promise<void>;
   writev(offset: bigint, buffers: Uint8Array[]): Promise<void>;
-  /** The whole read (write) done now when the backend can (see BlockDriver.readvNow); false leaves it to readv (writev). */
-  readvNow?(offset: bigint, buffers: Uint8Array[]): boolean;
-  writevNow?(offset: bigint, buffers: Uint8Array[]): boolean;
   flush(): Promise<void>;
   discard(offset: bigint, length: bigint): Promise<void>;
   writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void>;
@@ -109,9 +106,6 @@ interface Request {
 
 /** A read or write of at least one sector: it may be merged with its neighbours. */
 type Mergeable = Request & { transfer: Transfer; trace?: RequestTrace };
-
-/** The status byte of a request that succeeded. */
-const STATUS_OK = Uint8Array.of(VIRTIO_BLK_S_OK);
 
 /** Merged requests stay within what one preadv/pwritev takes (IOV_MAX) and a few MiB. */
 const MERGE_MAX_BUFFERS = 1024;
@@ -274,10 +268,8 @@ export class VirtioBlk implements VirtioDevice {
           return true;
         }, { deferRest: false });
         if (!context.live || !q?.ready) return;
-        const completedNow = this.submit(context, index, batch, pass);
+        this.submit(context, index, batch, pass);
         if (!context.live) return;
-        // Requests done on the spot share one interrupt decision, made before anything else.
-        if (completedNow) context.signalUsed(index, true);
         if (q.pendingCount() > 0) {
           // More than a queue's worth was waiting: take the rest on a later turn.
           this.pollSoon(index);
@@ -309,15 +301,12 @@ export class VirtioBlk implements VirtioDevice {
    * of all their buffers: sequential I/O then costs one thread-pool round trip per batch,
    * not per request. Anything else runs on its own.
    */
-  private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[], pass?: ReturnType<BlkTracer['pass']>): boolean {
+  private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[], pass?: ReturnType<BlkTracer['pass']>): void {
     let run: Mergeable[] = [];
     let runBytes = 0;
     let runBuffers = 0;
-    let completedNow = false;
     const flush = (): void => {
-      // (Traced requests always take the asynchronous path, whose phases the trace times.)
-      if (run.length > 0 && !pass && this.completeNow(context, queue, run)) completedNow = true;
-      else if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
+      if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
       else if (run.length > 1) this.runMerged(context, queue, run, runBytes);
       run = [];
       runBytes = 0;
@@ -342,28 +331,6 @@ export class VirtioBlk implements VirtioDevice {
       runBuffers += t.buffers.length;
     }
     flush();
-    return completedNow;
-  }
-
-  /**
-   * Run consecutive transfers (one, or merged) to completion on the spot when the backend
-   * can (a disk file in memory: the copy cannot wait for a device), and put their used
-   * entries on the ring; the caller decides the interrupt. False, with nothing changed,
-   * when the backend cannot: the request takes the asynchronous path, which also reports
-   * any error. Such a request skips two async frames, a promise chain, the notification
-   * toggling and the fallback timer (docs/design.md, "KVM's counters").
-   */
-  private completeNow(context: VirtioDeviceContext, queue: number, run: Mergeable[]): boolean {
-    const first = run[0]!.transfer;
-    const buffers = run.length === 1 ? first.buffers : run.flatMap((r) => r.transfer.buffers);
-    const done = first.isRead ? this.backend.readvNow?.(first.offset, buffers) : this.backend.writevNow?.(first.offset, buffers);
-    if (done !== true) return false;
-    const q = context.queues[queue]!;
-    for (const { chain, transfer } of run) {
-      scatter(context.memory, chain.writable, STATUS_OK, chain.writableBytes - 1);
-      q.pushUsed(chain.head, (transfer.isRead ? transfer.bytes : 0) + 1);
-    }
-    return true;
   }
 
   /**
@@ -412,10 +379,11 @@ export class VirtioBlk implements VirtioDevice {
       if (traces) this.tracer!.completed(traces);
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
+      const ok = Uint8Array.of(VIRTIO_BLK_S_OK);
       try {
         for (let i = 0; i < n; i++) {
           const { chain, transfer, trace } = run[i]!;
-          scatter(context.memory, chain.writable, STATUS_OK, chain.writableBytes - 1);
+          scatter(context.memory, chain.writable, ok, chain.writableBytes - 1);
           // (Traced before complete(), which may decide the interrupt at once.)
           if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
           complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(this.queueBusy[queue]!, runBytes));

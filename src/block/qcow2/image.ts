@@ -15,7 +15,7 @@
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../errors.js';
-import { HostFile, totalLength } from '../host-file.js';
+import { HostFile } from '../host-file.js';
 import { RawDriver } from '../raw.js';
 import { probeFormat } from '../probe.js';
 import type { BlockDriver, BlockStatus, BlockTopology, CacheMode, OpenOptions } from '../driver.js';
@@ -135,12 +135,6 @@ interface FreshClusters {
   writes: Array<{ at: number; bytes: Uint8Array[] }>;
   linked: Promise<void>;
   settle: () => void;
-}
-
-/** A read within one cached L2 table: file reads and zero ranges, by offset into the request. */
-interface CachedTableRead {
-  reads: Array<{ host: number; from: number; length: number }>;
-  zeroes: Array<{ from: number; length: number }>;
 }
 
 /** One cluster's share of a request: where it starts in the request, the cluster, the part of it, its mapping. */
@@ -577,29 +571,6 @@ export class Qcow2Image implements BlockDriver {
   }
 
   /**
-   * A read done now (BlockDriver.readvNow), when the file's I/O runs inline and every
-   * cluster it touches is in one cached L2 table with standard entries (see
-   * planCachedTableRead); false, with the request left to readv, otherwise.
-   */
-  readvNow(offset: bigint, buffers: Uint8Array[]): boolean {
-    if (!this.file.ioInline || this.closed) return false;
-    const start = Number(offset);
-    const length = buffers.length === 1 ? buffers[0]!.length : totalLength(buffers);
-    if (start < 0 || start + length > Number(this.header.size)) return false;
-    let plan: CachedTableRead | undefined;
-    try {
-      plan = this.planCachedTableRead(start, length);
-    } catch {
-      return false; // A bad entry: readv reports it.
-    }
-    if (!plan) return false;
-    if (plan.reads.length === 1 && plan.zeroes.length === 0) return this.file.readvNow(plan.reads[0]!.host, buffers);
-    for (const r of plan.reads) if (!this.file.readvNow(r.host, sliceVectors(buffers, r.from, r.length))) return false;
-    for (const z of plan.zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
-    return true;
-  }
-
-  /**
    * A read across several clusters of one cached L2 table with standard entries: the shape
    * of a guest's sequential I/O (a 1 MiB request spans 16 clusters of 64 KiB). The entries
    * are read straight from the table, with none of the general walk's per-cluster objects,
@@ -608,21 +579,6 @@ export class Qcow2Image implements BlockDriver {
    * compressed, or unallocated with a backing file.
    */
   private readFromCachedTable(start: number, length: number, buffers: Uint8Array[]): Promise<void> | undefined {
-    const plan = this.planCachedTableRead(start, length);
-    if (!plan) return undefined;
-    const { reads, zeroes } = plan;
-    if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
-    for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
-    return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
-  }
-
-  /**
-   * How to read guest bytes [start, start+length) when all their clusters are in one cached
-   * L2 table with standard entries: the file reads (clusters adjacent in the file joined)
-   * and the zero ranges, as offsets into the request. Undefined when a cluster needs the
-   * general path; throws for an entry pointing where no data cluster may be.
-   */
-  private planCachedTableRead(start: number, length: number): CachedTableRead | undefined {
     if (this.extendedL2 || length === 0) return undefined;
     const cs = this.clusterSize;
     const first = Math.floor(start / cs);
@@ -655,7 +611,9 @@ export class Qcow2Image implements BlockDriver {
       pos += chunk;
     }
     runs.flush();
-    return { reads, zeroes };
+    if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
+    for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
+    return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
   }
 
   /**

@@ -96,7 +96,7 @@ test('a file on a disk file system is not read inline, whatever the option says'
   });
 });
 
-test('raw and qcow2 images on tmpfs read back what was written, through inline reads and readvNow; a read they cannot do now is left to readv', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+test('raw and qcow2 images on tmpfs read back what was written, through inline reads', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
   const d = mkdtempSync(join(memoryDir!, 'tsvirt-inline-'));
   try {
     const next = rng(9);
@@ -111,31 +111,6 @@ test('raw and qcow2 images on tmpfs read back what was written, through inline r
         const back = [new Uint8Array(MiB), new Uint8Array(MiB + 512)];
         await img.readv(BigInt(MiB - 512), back);
         assert.deepEqual(Buffer.concat(back), Buffer.from(data), format);
-        // On the spot, across the data and the hole after it: the data, then zeroes.
-        const now = [new Uint8Array(MiB), new Uint8Array(2 * MiB)];
-        assert.equal(img.readvNow!(BigInt(MiB - 512), now), true, `${format}: readvNow`);
-        const joined = Buffer.concat(now);
-        assert.deepEqual(joined.subarray(0, data.length), Buffer.from(data), format);
-        assert.ok(joined.subarray(data.length).every((b) => b === 0), `${format}: the hole reads as zeroes`);
-        // Beyond the disk: false, and readv reports it.
-        assert.equal(img.readvNow!(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), false);
-        await assert.rejects(img.readv(BigInt(8 * MiB - 4096), [new Uint8Array(8192)]), /beyond/);
-        if (format === 'raw') {
-          const patch = randomBytes(next, 4096);
-          assert.equal(img.writevNow!(4096n, [patch]), true);
-          const check = new Uint8Array(4096);
-          await img.readv(4096n, [check]);
-          assert.deepEqual(check, patch);
-        }
-      } finally {
-        await img.close();
-      }
-    }
-    // Without inline I/O neither driver does anything on the spot.
-    for (const format of ['raw', 'qcow2'] as const) {
-      const img = await openImage(join(d, `disk.${format}`), { format });
-      try {
-        assert.equal(img.readvNow!(0n, [new Uint8Array(4096)]), false, format);
       } finally {
         await img.close();
       }
@@ -143,34 +118,4 @@ test('raw and qcow2 images on tmpfs read back what was written, through inline r
   } finally {
     rmSync(d, { recursive: true, force: true });
   }
-});
-
-test('readvNow and writevNow: a whole request done on the calling thread, or false with nothing to rely on', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
-  const data = randomBytes(rng(10), 3 * MiB);
-  await withFile(memoryDir!, data, async (file) => {
-    const f = await HostFile.open(file, { memoryIoInline: true });
-    const pooled = await HostFile.open(file, {});
-    try {
-      const bufs = [new Uint8Array(4096), new Uint8Array(MiB)];
-      assert.equal(f.readvNow(512, bufs), true);
-      assert.deepEqual(Buffer.concat(bufs), Buffer.from(data.subarray(512, 512 + 4096 + MiB)));
-      // Across the end of the file: the rest is zeroes.
-      const tail = new Uint8Array(8192).fill(0xee);
-      assert.equal(f.readvNow(data.length - 4096, [tail]), true);
-      assert.deepEqual(tail.subarray(0, 4096), data.subarray(data.length - 4096));
-      assert.ok(tail.subarray(4096).every((b) => b === 0), 'past the end: zeroes');
-      const patch = randomBytes(rng(11), 8192);
-      assert.equal(f.writevNow(MiB, [patch.subarray(0, 100), patch.subarray(100)]), true);
-      assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(MiB, MiB + 8192), patch, 'in the file when writevNow returns');
-      // More than one inline call takes, or a file without inline I/O: false, nothing done.
-      const big = new Uint8Array(5 * MiB).fill(0xee);
-      assert.equal(f.readvNow(0, [big]), false);
-      assert.ok(big.every((b) => b === 0xee));
-      assert.equal(pooled.readvNow(0, [new Uint8Array(4096)]), false);
-      assert.equal(pooled.writevNow(0, [new Uint8Array(4096)]), false);
-    } finally {
-      await f.close();
-      await pooled.close();
-    }
-  });
 });

@@ -8,7 +8,6 @@ import { RawDriver } from '../../../src/block/raw.js';
 import { type BlockBackend, VirtioBlk, type VirtioBlkOptions } from '../../../src/virtio/blk.js';
 import { makeMachine, plugVirtio, type DriverQueue, type VirtioDriver as Driver, VirtioDriver } from './support/driver.js';
 import { MemoryDisk } from './support/memory-disk.js';
-import { tmpfsDir } from '../block/helpers.js';
 
 const MiB = 1 << 20;
 
@@ -289,60 +288,6 @@ test('on a real raw image file through the block layer', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-/** A 1 MiB raw disk file on tmpfs, opened with or without inline I/O, for `body`. */
-async function withTmpfsDisk(memoryIoInline: boolean, body: (file: string, driver: RawDriver) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpfsDir()!, 'tsvirt-blk-'));
-  try {
-    const file = join(dir, 'disk.raw');
-    writeFileSync(file, new Uint8Array(MiB));
-    const driver = await RawDriver.open(file, { memoryIoInline });
-    try {
-      await body(file, driver);
-    } finally {
-      await driver.close();
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-test('a disk file in memory: reads and writes complete on the spot, before the doorbell write returns', { skip: !tmpfsDir() && 'no tmpfs at /dev/shm' }, () => withTmpfsDisk(true, async (file, driver) => {
-  const { m, d, q } = await blkMachine(driver, {}, { msix: true });
-  const data = pattern(8192, 5);
-  const w = request(d, q, 1, 16n, { out: data });
-  q.kick();
-  // No turn of the event loop has passed: done, in the file, and the driver interrupted.
-  assert.equal(q.usedIdx, 1, 'the write is used');
-  assert.equal(w.statusByte(), 0);
-  assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(16 * 512, 16 * 512 + 8192), data);
-  assert.equal(m.sink.msis.length, 1, 'one interrupt');
-  // Two reads of consecutive sectors queued together run as one and complete together.
-  const r1 = request(d, q, 0, 16n, { inLen: 4096 });
-  const r2 = request(d, q, 0, 24n, { inLen: 4096 });
-  q.kick();
-  assert.equal(q.usedIdx, 3);
-  assert.deepEqual(q.takeUsed().map((u) => u.len), [1, 4097, 4097]);
-  assert.equal(r1.statusByte(), 0);
-  assert.equal(r2.statusByte(), 0);
-  assert.deepEqual(m.memory.slice(r1.data, 4096), data.subarray(0, 4096));
-  assert.deepEqual(m.memory.slice(r2.data, 4096), data.subarray(4096));
-  // A flush still goes through the asynchronous path: done on a later turn.
-  const f = request(d, q, 4, 0n);
-  q.kick();
-  assert.equal(q.usedIdx, 3, 'the flush is not done on the spot');
-  await q.waitUsed(1);
-  assert.equal(f.statusByte(), 0);
-}));
-
-test('a disk file on tmpfs without inline I/O completes on a later turn, as any other', { skip: !tmpfsDir() && 'no tmpfs at /dev/shm' }, () => withTmpfsDisk(false, async (_file, driver) => {
-  const { d, q } = await blkMachine(driver);
-  const w = request(d, q, 1, 16n, { out: pattern(4096, 6) });
-  q.kick();
-  assert.equal(q.usedIdx, 0, 'not done on the spot');
-  await q.waitUsed(1);
-  assert.equal(w.statusByte(), 0);
-}));
 
 test('on a qcow2 image: many concurrent writes, close, reopen in a second "boot", data reads back', async () => {
   const { createQcow2 } = await import('../../../src/block/qcow2/create.js');
