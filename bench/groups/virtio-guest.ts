@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import type { BenchGroup, BenchRow } from '../main.js';
+import { statCpuMs } from '../../src/virtio/blk-trace.js';
 
 const MEMORY_MIB = 256;
 /** dd's transfer: long enough (seconds) that start-up effects and timer resolution fade. */
@@ -277,31 +278,25 @@ function kvmCounters(): Record<string, number> {
   return out;
 }
 
-/** Clock ticks a thread or process ran, user and system, from a /proc stat line (fields 14 and 15). */
-function cpuTicks(statLine: string): { user: number; system: number } {
-  const fields = statLine.slice(statLine.lastIndexOf(')') + 2).split(' ');
-  return { user: Number(fields[11]), system: Number(fields[12]) };
-}
-
 /**
- * The VMM's own CPU time in milliseconds (clock ticks are 10 ms): its main thread's, all its
+ * The VMM's own CPU time in milliseconds: its main thread's, all its
  * threads' together, user and system, and each other thread's (`thread <tid>`; the report
  * ranks them). Zeroes once the process is gone.
  */
 function vmmCpu(pid: number): Record<string, number> {
   try {
     const out: Record<string, number> = {};
-    const main = cpuTicks(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'));
-    const all = cpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    out['vmm main thread user ms'] = main.user * 10;
-    out['vmm main thread sys ms'] = main.system * 10;
-    out['vmm all threads user ms'] = all.user * 10;
-    out['vmm all threads sys ms'] = all.system * 10;
+    const main = statCpuMs(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'));
+    const all = statCpuMs(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    out['vmm main thread user ms'] = main.user;
+    out['vmm main thread sys ms'] = main.system;
+    out['vmm all threads user ms'] = all.user;
+    out['vmm all threads sys ms'] = all.system;
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       if (tid === String(pid)) continue;
       try {
-        const t = cpuTicks(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
-        out[`thread ${tid}`] = (t.user + t.system) * 10;
+        const t = statCpuMs(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
+        out[`thread ${tid}`] = t.user + t.system;
       } catch {
         // The thread ended between the listing and the read.
       }

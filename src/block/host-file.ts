@@ -85,12 +85,12 @@ export function alignedBuffer(length: number): Buffer {
 // (Asking for `b.buffer` also moves a small array that V8 kept inside its own heap out of
 // it, so the address learned stays valid.) User-space addresses have 47 bits: a number
 // holds them exactly, and the io_uring path uses that form.
-const baseAddresses = new WeakMap<ArrayBufferLike, { base: bigint; baseNumber: number; misalign: number }>();
-function baseOf(b: Uint8Array): { base: bigint; baseNumber: number; misalign: number } {
+const baseAddresses = new WeakMap<ArrayBufferLike, { baseNumber: number; misalign: number }>();
+function baseOf(b: Uint8Array): { baseNumber: number; misalign: number } {
   let known = baseAddresses.get(b.buffer);
   if (known === undefined) {
     const base = (koffi.address(getLibc().memchr(b, b[0]!, 1)) as bigint) - BigInt(b.byteOffset);
-    known = { base, baseNumber: Number(base), misalign: Number(base % BigInt(DIRECT_ALIGN)) };
+    known = { baseNumber: Number(base), misalign: Number(base % BigInt(DIRECT_ALIGN)) };
     baseAddresses.set(b.buffer, known);
   }
   return known;

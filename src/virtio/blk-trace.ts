@@ -87,18 +87,26 @@ function startProfile(): void {
   });
 }
 
+/**
+ * User and system CPU time in ms from a /proc stat line (a process's or a thread's): utime
+ * and stime are fields 14 and 15 of stat(5), counted in clock ticks of 10 ms.
+ */
+export function statCpuMs(stat: string): { user: number; system: number } {
+  // comm may hold spaces and parentheses: the fields start after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: (Number(fields[11]) * 1000) / 100, system: (Number(fields[12]) * 1000) / 100 };
+}
+
 /** CPU time (ms) of each thread of this process, by "tid name", user and system apart, from /proc (Linux). */
 function threadCpu(): Map<string, number> {
   const out = new Map<string, number>();
   try {
     for (const tid of readdirSync('/proc/self/task')) {
       const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      const name = Number(tid) === process.pid ? 'main' : stat.slice(stat.indexOf('(') + 1, close);
-      const fields = stat.slice(close + 2).split(' ');
-      // utime and stime are fields 14 and 15 of stat(5); fields[] starts at field 3.
-      out.set(`${tid} ${name} user`, (Number(fields[11]) * 1000) / 100);
-      out.set(`${tid} ${name} sys`, (Number(fields[12]) * 1000) / 100);
+      const name = Number(tid) === process.pid ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const { user, system } = statCpuMs(stat);
+      out.set(`${tid} ${name} user`, user);
+      out.set(`${tid} ${name} sys`, system);
     }
   } catch {
     // Not Linux, or /proc not mounted: no CPU figures.
