@@ -24,6 +24,11 @@ export interface GuestMemory {
   slice(address: bigint, length: number): Uint8Array;
   /** Like slice(), but undefined instead of an error when the range is not inside (no exception on hostile input). */
   sliceInside(address: bigint, length: number): Uint8Array | undefined;
+  /**
+   * sliceInside() for an address held as a number, as virtqueues read them: the per-buffer
+   * lookup of the I/O path then needs no BigInt. Addresses past 2^53 are never inside.
+   */
+  viewInside(address: number, length: number): Uint8Array | undefined;
   /** Whether [address, address+length) lies wholly inside one region. */
   contains(address: bigint, length: number): boolean;
   read(address: bigint, into: Uint8Array): void;

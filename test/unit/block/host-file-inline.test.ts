@@ -119,3 +119,59 @@ test('raw and qcow2 images on tmpfs read back what was written, through inline r
     rmSync(d, { recursive: true, force: true });
   }
 });
+
+test('inline I/O of hundreds of views into one memory block, as a guest request brings them: adjacent, scattered and empty ones', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const next = rng(10);
+  const data = randomBytes(next, 2 * MiB);
+  await withFile(memoryDir!, data, async (file) => {
+    const f = await HostFile.open(file, { memoryIoInline: true });
+    try {
+      // 256 pages of a "guest RAM" block in a shuffled order; every fourth one follows the
+      // page before it in memory (they share an iovec), and empty views sit between them.
+      const ram = new Uint8Array(512 * 4096);
+      const order = Array.from({ length: 512 }, (_, i) => i);
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(next() * (i + 1));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      const views: Uint8Array[] = [];
+      for (let i = 0; i < 256; i++) {
+        const page = i % 4 === 3 ? (order[i - 1]! + 1) % 512 : order[i]!;
+        views.push(new Uint8Array(ram.buffer, page * 4096, 4096));
+        if (i % 50 === 0) views.push(new Uint8Array(ram.buffer, 0, 0));
+      }
+      const distinct = new Set(views.filter((v) => v.length > 0).map((v) => v.byteOffset));
+      const patch = randomBytes(next, 256 * 4096);
+      // Pages listed twice hold the later copy: what the kernel writes from is what counts.
+      for (let i = 0, at = 0; i < views.length; i++) {
+        if (views[i]!.length === 0) continue;
+        views[i]!.set(patch.subarray(at, at + 4096));
+        at += 4096;
+      }
+      const expected = Buffer.concat(views.filter((v) => v.length > 0).map((v) => Buffer.from(v)));
+      const pending = f.writev(4096n, views);
+      assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(4096, 4096 + expected.length), new Uint8Array(expected), 'written before the promise settled');
+      await pending;
+      ram.fill(0);
+      await f.readv(4096n, views);
+      // Read back into the same views: each page holds the file's bytes for its last place in the list.
+      const last = new Map<number, number>();
+      for (let i = 0, at = 0; i < views.length; i++) {
+        if (views[i]!.length === 0) continue;
+        last.set(views[i]!.byteOffset, at);
+        at += 4096;
+      }
+      assert.equal(last.size, distinct.size);
+      for (const [offset, at] of last) {
+        assert.deepEqual(ram.subarray(offset, offset + 4096), new Uint8Array(expected.subarray(at, at + 4096)), `page at ${offset}`);
+      }
+      // Wholly past the end of the file: zeroes, without a trip to the pool.
+      const beyond = [new Uint8Array(4096).fill(0xee), new Uint8Array(8192).fill(0xee)];
+      const settled = f.readv(BigInt(4 * MiB), beyond);
+      assert.ok(beyond.every((b) => b.every((x) => x === 0)), 'zeroes before the promise settled');
+      await settled;
+    } finally {
+      await f.close();
+    }
+  });
+});

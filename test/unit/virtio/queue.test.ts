@@ -44,7 +44,7 @@ test('walks a direct chain: readable then writable buffers with byte totals', ()
   offer(mem, 8, 0, 0, 1);
   const chain = q.pop()!;
   assert.equal(chain.head, 0);
-  assert.deepEqual(chain.readable.map(({ address, length, writable }) => ({ address, length, writable })), [{ address: 0x8000n, length: 16, writable: false }]);
+  assert.deepEqual(chain.readable.map(({ address, length, writable }) => ({ address, length, writable })), [{ address: 0x8000, length: 16, writable: false }]);
   // Each buffer comes with its bytes, a view aliasing guest memory.
   mem.writeU8(0x8000n, 0xab);
   assert.equal(chain.readable[0]!.bytes![0], 0xab);
@@ -199,7 +199,25 @@ class SparseMemory extends RegionGuestMemory {
   override sliceInside(address: bigint, length: number): Uint8Array | undefined {
     return this.contains(address, length) ? this.slice(address, length) : undefined;
   }
+
+  override viewInside(address: number, length: number): Uint8Array | undefined {
+    return address >= 0 ? this.sliceInside(BigInt(address), length) : undefined;
+  }
 }
+
+test('hostile: buffer and indirect table addresses past 2^53 are reported in full', () => {
+  for (const [addr, flags, what] of [
+    [0xffff_ffff_ffff_f000n, 2, 'buffer of 4096 bytes'],
+    [1n << 53n, 2, 'buffer of 4096 bytes'],
+    [0x0020_0000_0000_0010n, 4, 'indirect table (4096 bytes)'],
+  ] as const) {
+    const { q, mem } = setup();
+    q.indirect = true;
+    desc(mem, DESC, 0, { addr, len: 4096, flags });
+    offer(mem, 8, 0, 0, 1);
+    expectError(() => q.pop(), new RegExp(`${what.replace(/[()]/g, '\\$&')} is outside guest memory at guest address 0x${addr.toString(16)}`), addr);
+  }
+});
 
 test('hostile: buffer lengths summing past 32 bits', () => {
   const { q, mem } = setup(8, new SparseMemory([{ guestAddress: 0n, bytes: new Uint8Array(1 << 20) }]));
@@ -253,8 +271,8 @@ test('NO_INTERRUPT flag suppresses interrupts without event index', () => {
 test('gather/scatter/sliceBuffers cross descriptor boundaries', () => {
   const mem = RegionGuestMemory.ofSize(0x10000);
   const bufs = [
-    { address: 0x100n, length: 3, writable: true },
-    { address: 0x200n, length: 5, writable: true },
+    { address: 0x100, length: 3, writable: true },
+    { address: 0x200, length: 5, writable: true },
   ];
   assert.equal(scatter(mem, bufs, Uint8Array.from([1, 2, 3, 4, 5, 6]), 1), 6);
   const out = new Uint8Array(8);
