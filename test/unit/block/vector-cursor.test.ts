@@ -33,3 +33,17 @@ test('a cursor slices like sliceVectors, in order and out of order', () => {
     }
   }
 });
+
+test('buffers a slice covers whole come back as they are; only the ends are cut', () => {
+  const store = new Uint8Array(4 * 4096);
+  const pages = [0, 1, 2, 3].map((i) => store.subarray(i * 4096, (i + 1) * 4096));
+  for (const slice of [(f: number, n: number) => new VectorCursor(pages).slice(f, n), (f: number, n: number) => sliceVectors(pages, f, n)]) {
+    const views = slice(100, 3 * 4096);
+    assert.equal(views.length, 4);
+    assert.deepEqual(shape(views), [[100, 3996], [4096, 4096], [8192, 4096], [12288, 100]]);
+    assert.equal(views[1], pages[1], 'the second page is the caller\'s own view');
+    assert.equal(views[2], pages[2]);
+    assert.deepEqual(slice(0, 4 * 4096), pages);
+    assert.ok(slice(0, 4 * 4096).every((v, i) => v === pages[i]));
+  }
+});
