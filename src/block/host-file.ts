@@ -320,9 +320,9 @@ export class HostFile {
 
   private async readvAny(offset: bigint | number, buffers: Uint8Array[]): Promise<void> {
     if (buffers.length === 0) return;
-    if (!this.direct) {
+    if (this.inlineIo) {
       // On the spot first, on the buffers as they came: coalescing them costs more than the
-      // call when a request has hundreds of buffers (a guest's 1 MiB read has 256).
+      // call when a request has hundreds of buffers (a guest's 1 MiB read can have 256).
       const pos = Number(offset);
       const n = this.cachedRead(buffers, pos);
       if (n !== undefined) {

@@ -273,8 +273,9 @@ export class Virtqueue {
       const length = view.getUint32(at + 8, true);
       const flags = view.getUint16(at + 12, true);
       const next = view.getUint16(at + 14, true);
-      // Past 2^53 nothing is inside guest memory; such an address is only ever reported.
-      const address = high < 0x20_0000 ? high * 0x1_0000_0000 + low : -1;
+      // Past 2^53 the number is inexact, but stays past 2^53, where nothing is inside guest
+      // memory: such an address is only ever reported, from its halves.
+      const address = high * 0x1_0000_0000 + low;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (!this.indirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
         if (inIndirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor inside an indirect table');

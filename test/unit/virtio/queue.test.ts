@@ -201,7 +201,7 @@ class SparseMemory extends RegionGuestMemory {
   }
 
   override viewInside(address: number, length: number): Uint8Array | undefined {
-    return address >= 0 ? this.sliceInside(BigInt(address), length) : undefined;
+    return this.sliceInside(BigInt(address), length);
   }
 }
 
