@@ -2,16 +2,17 @@
 // through the virtio-pci transport and the split ring, so the numbers show the device-side
 // cost per request (ring walking, bounds checks, completion and interrupt decision). There
 // is no comparable QEMU measurement without a running guest, so the reference is empty.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { BenchGroup, BenchRow } from '../main.js';
+import { createRaw, RawDriver } from '../../src/block/raw.js';
 import { VirtioBlk } from '../../src/virtio/blk.js';
 import { VIRTQ_DESC_F_INDIRECT } from '../../src/virtio/queue.js';
 import { VirtioRng } from '../../src/virtio/rng.js';
+import { tmpfsDir } from '../../test/unit/block/helpers.js';
 import { makeMachine, plugVirtio, VirtioDriver } from '../../test/unit/virtio/support/driver.js';
 import { MemoryDisk } from '../../test/unit/virtio/support/memory-disk.js';
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createRaw, RawDriver } from '../../src/block/raw.js';
 
 async function blkReads(depth: number, total: number): Promise<number> {
   const m = makeMachine(16 << 20);
@@ -49,14 +50,6 @@ async function blkReads(depth: number, total: number): Promise<number> {
   return total / seconds;
 }
 
-/** A directory on tmpfs when the host has one (the VMM's disks there are read and written inline). */
-function memoryDir(): string {
-  try {
-    if (statfsSync('/dev/shm').type === 0x01021994) return '/dev/shm';
-  } catch { /* no /dev/shm */ }
-  return tmpdir();
-}
-
 /**
  * 1 MiB writes whose data sits in 256 scattered guest pages (an indirect table of 258
  * descriptors), two in flight, to a raw file on tmpfs: the device's own work per buffer
@@ -64,7 +57,7 @@ function memoryDir(): string {
  * system time and are left out.
  */
 async function blkScatteredWrites(total: number): Promise<number> {
-  const dir = mkdtempSync(join(memoryDir(), 'tsvirt-bench-blk-'));
+  const dir = mkdtempSync(join(tmpfsDir() ?? tmpdir(), 'tsvirt-bench-blk-'));
   const file = join(dir, 'disk.raw');
   await createRaw(file, { size: 64n << 20n });
   const disk = await RawDriver.open(file, { memoryIoInline: true });

@@ -337,7 +337,8 @@ export class HostFile {
     }
     buffers = coalesce(buffers);
     if (this.direct) return this.directRead(Number(offset), buffers);
-    return this.readLoop(Number(offset), buffers.filter((b) => b.length > 0), true);
+    // An inline read that was just tried (too large, or failed) is not tried again.
+    return this.readLoop(Number(offset), buffers.filter((b) => b.length > 0), !this.inlineIo);
   }
 
   /**
@@ -358,10 +359,13 @@ export class HostFile {
     }
   }
 
-  /** Write the buffers at `pos`, as many system calls as it takes. */
-  private async writeLoop(pos: number, bufs: Uint8Array[]): Promise<void> {
+  /**
+   * Write the buffers at `pos`, as many system calls as it takes. `inline`: try each call on
+   * the spot first (a memory file system's file, after an inline write that stopped short).
+   */
+  private async writeLoop(pos: number, bufs: Uint8Array[], inline = false): Promise<void> {
     while (bufs.length > 0) {
-      const bytesWritten = (this.inlineIo ? this.inlineWrite(bufs, pos) : undefined)
+      const bytesWritten = (inline ? this.inlineWrite(bufs, pos) : undefined)
         ?? (bufs.length === 1 ? await this.pwrite(bufs[0]!, pos) : await this.pwritev(bufs, pos));
       if (bytesWritten === 0) throw new BlockError(this.filename, `short write at offset ${pos}`);
       pos += bytesWritten;
@@ -377,7 +381,8 @@ export class HostFile {
       const pos = Number(offset);
       const n = this.inlineWrite(buffers, pos);
       if (n === onTheSpotBytes) return;
-      if (n !== undefined) return this.writeLoop(pos + n, advance(buffers, n).filter((b) => b.length > 0));
+      if (n !== undefined) return this.writeLoop(pos + n, advance(buffers, n).filter((b) => b.length > 0), true);
+      // Too large, or failed: the pool's path below, which also reports an error.
     }
     buffers = coalesce(buffers);
     if (this.direct) return this.directWrite(Number(offset), buffers);
