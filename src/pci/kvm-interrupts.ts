@@ -61,6 +61,8 @@ export class KvmInterruptSink implements InterruptSink {
   private readonly routes = new Map<string, MsiRoute>();
   /** The VM the routes are set on; a new VM (the machine builds one on reset) starts afresh. */
   private routedVm: KvmIrqTarget | undefined;
+  /** The route of the last message sent (see signalMsi). */
+  private recent: MsiRoute | undefined;
   /** Set when this VM refused the routing or an irqfd: its MSIs go through KVM_SIGNAL_MSI. */
   private signalOnly = false;
 
@@ -79,7 +81,13 @@ export class KvmInterruptSink implements InterruptSink {
       this.routedVm = vm;
     }
     if (!this.signalOnly && IRQFD) {
-      const route = this.routes.get(`${address}:${data}`) ?? this.route(vm, address, data);
+      // The message sent last is looked at first: a queue's completions repeat it, and the
+      // map's key costs a BigInt's conversion to text.
+      let route = this.recent;
+      if (route === undefined || route.data !== data || route.address !== address) {
+        route = this.routes.get(`${address}:${data}`) ?? this.route(vm, address, data);
+        this.recent = route;
+      }
       if (route) {
         write(route.fd, ONE);
         return;
@@ -107,6 +115,7 @@ export class KvmInterruptSink implements InterruptSink {
       close(route.fd);
     }
     this.routes.clear();
+    this.recent = undefined;
     this.routedVm = undefined;
     this.signalOnly = false;
   }
@@ -117,6 +126,7 @@ export class KvmInterruptSink implements InterruptSink {
     if (gsi === undefined) {
       const [oldestKey, oldest] = this.routes.entries().next().value as [string, MsiRoute];
       this.routes.delete(oldestKey);
+      if (this.recent === oldest) this.recent = undefined;
       vm.unregisterIrqfd(oldest.fd, oldest.gsi);
       close(oldest.fd);
       gsi = oldest.gsi;

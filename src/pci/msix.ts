@@ -85,7 +85,10 @@ export class Msix {
 
   private deliver(vector: number): void {
     const base = vector * ENTRY_SIZE;
-    const address = BigInt(this.tableView.getUint32(base, true)) | (BigInt(this.tableView.getUint32(base + 4, true)) << 32n);
+    const low = this.tableView.getUint32(base, true);
+    const high = this.tableView.getUint32(base + 4, true);
+    // (One BigInt for the usual 32-bit address: this runs for every interrupt.)
+    const address = high === 0 ? BigInt(low) : (BigInt(high) << 32n) | BigInt(low);
     this.sink.signalMsi(address, this.tableView.getUint32(base + 8, true));
   }
 

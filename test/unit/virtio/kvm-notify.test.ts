@@ -111,6 +111,16 @@ test('MSIs go through irqfds: each message gets a GSI route and an eventfd, writ
   assert.equal(vm.irqfds.size, 1);
 });
 
+test('each MSI reaches the irqfd of its own message: alternating messages, and one data value at two addresses', (t) => {
+  const vm = new RecordingVm();
+  const sink = new KvmInterruptSink(vm);
+  t.after(() => sink.release());
+  const sends: Array<[bigint, number]> = [[0xfee0_0000n, 0x41], [0xfee0_1000n, 0x41], [0xfee0_0000n, 0x41], [0xfee0_0000n, 0x42], [0xfee0_1000n, 0x41], [0xfee0_0000n, 0x41]];
+  for (const [address, data] of sends) sink.signalMsi(address, data);
+  const fired = [...vm.irqfds.keys()].map((fd) => vm.fired(fd));
+  assert.deepEqual(fired.map((f) => [f.route?.type === 'msi' ? f.route.addressLo : -1, f.route?.type === 'msi' ? f.route.data : -1, f.count]), [[0xfee00000, 0x41, 3], [0xfee01000, 0x41, 2], [0xfee00000, 0x42, 1]]);
+});
+
 test('a guest that keeps reprogramming its vectors reuses the oldest routes instead of growing the table', (t) => {
   const vm = new RecordingVm();
   const sink = new KvmInterruptSink(vm);
