@@ -429,6 +429,23 @@ export class HostFile {
     return n > 0 ? n : undefined;
   }
 
+  /**
+   * Read all of the buffers at `position` on the calling thread if that can be done at once
+   * (a memory file system with memoryIoInline, or a page-cache hit); false when it cannot, or
+   * read short: nothing is reported then, and readv() does the read (again) and reports.
+   */
+  readvNow(position: number, buffers: Uint8Array[]): boolean {
+    if (buffers.length === 0) return true;
+    return !this.direct && this.cachedRead(buffers, position) === onTheSpotBytes;
+  }
+
+  /** As readvNow, for a write on a memory file system (memoryIoInline); false: use writev(). */
+  writevNow(position: number, buffers: Uint8Array[]): boolean {
+    if (this.readOnly || !this.inlineIo) return false;
+    if (buffers.length === 0) return true;
+    return this.inlineWrite(buffers, position) === onTheSpotBytes;
+  }
+
   /** Whether buffered reads and writes run on the calling thread (HostFileOptions.memoryIoInline). */
   get ioInline(): boolean {
     return this.inlineIo;

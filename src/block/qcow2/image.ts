@@ -581,6 +581,46 @@ export class Qcow2Image implements BlockDriver {
    * compressed, or unallocated with a backing file.
    */
   private readFromCachedTable(start: number, length: number, buffers: Uint8Array[]): Promise<void> | undefined {
+    const plan = this.cachedTablePlan(start, length);
+    if (!plan) return undefined;
+    const { reads, zeroes } = plan;
+    if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
+    for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
+    return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
+  }
+
+  /**
+   * The whole read done on the calling thread, when it needs no more than the cached table
+   * and reads the file can do at once (HostFile.readvNow); false, with nothing reported,
+   * otherwise: readv() then runs it (again), and reports any error.
+   */
+  readvNow(offset: bigint, buffers: Uint8Array[]): boolean {
+    let length = 0;
+    for (const b of buffers) length += b.length;
+    const start = Number(offset);
+    if (this.closed || start < 0 || start + length > Number(this.header.size)) return false;
+    try {
+      const host = this.plainDataCluster(start, length);
+      if (host >= 0) return this.file.readvNow(host + (start % this.clusterSize), buffers);
+      const plan = this.cachedTablePlan(start, length);
+      if (!plan) return false;
+      for (const r of plan.reads) {
+        if (!this.file.readvNow(r.host, plan.reads.length === 1 && plan.zeroes.length === 0 ? buffers : sliceVectors(buffers, r.from, r.length))) return false;
+      }
+      for (const z of plan.zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
+      return true;
+    } catch {
+      // A bad entry: readv() reports it.
+      return false;
+    }
+  }
+
+  /**
+   * The host reads and the zero fills of a read within one cached table with standard
+   * entries (see readFromCachedTable), every entry checked; undefined when a cluster needs
+   * the general path.
+   */
+  private cachedTablePlan(start: number, length: number): { reads: Array<{ host: number; from: number; length: number }>; zeroes: Array<{ from: number; length: number }> } | undefined {
     if (this.extendedL2 || length === 0) return undefined;
     const cs = this.clusterSize;
     const first = Math.floor(start / cs);
@@ -613,9 +653,7 @@ export class Qcow2Image implements BlockDriver {
       pos += chunk;
     }
     runs.flush();
-    if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
-    for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
-    return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
+    return { reads, zeroes };
   }
 
   /**

@@ -175,3 +175,39 @@ test('inline I/O of hundreds of views into one memory block, as a guest request 
     }
   });
 });
+
+test('readvNow and writevNow: done at once on a memory file system, or refused with nothing done', { skip: !memoryDir && 'no tmpfs at /dev/shm' }, async () => {
+  const data = randomBytes(rng(23), MiB);
+  await withFile(memoryDir!, data, async (file) => {
+    const { RawDriver } = await import('../../../src/block/raw.js');
+    const raw = await RawDriver.open(file, { memoryIoInline: true });
+    try {
+      const bufs = [new Uint8Array(4096), new Uint8Array(8192)];
+      assert.equal(raw.readvNow(4096n, bufs), true);
+      assert.deepEqual(Buffer.concat(bufs), Buffer.from(data.subarray(4096, 4096 + 12288)));
+      const patch = randomBytes(rng(29), 12288);
+      assert.equal(raw.writevNow(8192n, [patch.subarray(0, 4096), patch.subarray(4096)]), true);
+      assert.deepEqual(new Uint8Array(readFileSync(file)).subarray(8192, 8192 + 12288), patch, 'in the file on return');
+      // Past the end of the disk: refused, with nothing read or written.
+      const over = new Uint8Array(8192).fill(0xee);
+      assert.equal(raw.readvNow(BigInt(MiB - 4096), [over]), false);
+      assert.ok(over.every((b) => b === 0xee), 'nothing was read');
+      assert.equal(raw.writevNow(BigInt(MiB - 4096), [new Uint8Array(8192)]), false);
+      assert.equal(readFileSync(file).length, MiB, 'the file did not grow');
+    } finally {
+      await raw.close();
+    }
+    const ro = await RawDriver.open(file, { readOnly: true, memoryIoInline: true });
+    try {
+      assert.equal(ro.writevNow(0n, [new Uint8Array(4096)]), false, 'a read-only image writes nothing on the spot');
+    } finally {
+      await ro.close();
+    }
+    const notInline = await HostFile.open(file, {});
+    try {
+      assert.equal(notInline.writevNow(0, [new Uint8Array(4096)]), false, 'writes on the spot need memoryIoInline');
+    } finally {
+      await notInline.close();
+    }
+  });
+});

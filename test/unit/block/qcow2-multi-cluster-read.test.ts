@@ -8,7 +8,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { openImage, createQcow2, createRaw, BlockError, Qcow2Image } from '../../../src/block/index.js';
-import { tempDir, rng, randomBytes, firstDifference } from './helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir, tmpfsDir, rng, randomBytes, firstDifference } from './helpers.js';
 
 const CLUSTER = 4096;
 
@@ -150,6 +152,75 @@ test('a read inside one cluster whose table is cached reads no data through a ba
     await bad.readv(BigInt(5 * CLUSTER), [reserved]);
     assert.deepEqual(reserved, data.subarray(5 * CLUSTER, 5 * CLUSTER + 512));
     await bad.close();
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('reads done on the spot (readvNow) give what readv gives; anything needing more is left to readv', async (t) => {
+  const memory = tmpfsDir();
+  if (!memory) return t.skip('no memory file system here for reads on the spot');
+  const dir = mkdtempSync(join(memory, 'tsvirt-spot-'));
+  try {
+    const path = join(dir, 'spot.qcow2');
+    await createQcow2(path, { size: 64n * BigInt(CLUSTER), clusterSize: CLUSTER });
+    const shadow = new Uint8Array(64 * CLUSTER);
+    const writer = await openImage(path);
+    for (const [at, len] of [[5 * CLUSTER, CLUSTER], [0, 3 * CLUSTER], [8 * CLUSTER + 100, 2 * CLUSTER]] as const) {
+      const data = randomBytes(rng(at + 1), len);
+      await writer.writev(BigInt(at), [data]);
+      shadow.set(data, at);
+    }
+    await writer.writeZeroes(BigInt(CLUSTER), BigInt(CLUSTER), { mayUnmap: false });
+    shadow.fill(0, CLUSTER, 2 * CLUSTER);
+    await writer.close();
+    const img = (await openImage(path, { memoryIoInline: true })) as Qcow2Image;
+    const cold = ragged(CLUSTER);
+    assert.equal(img.readvNow(0n, cold.buffers), false, 'the table is not cached yet');
+    assert.ok(cold.joined().every((x) => x === 0xaa), 'nothing was read');
+    await img.readv(0n, [new Uint8Array(1)]);
+    // (Pieces of under 64 bytes are never done on the spot: the file leaves them to its usual path.)
+    for (const [at, len] of [[100, 11 * CLUSTER], [CLUSTER - 100, 200], [5 * CLUSTER + 7, 100], [0, 64 * CLUSTER]] as const) {
+      const r = ragged(len);
+      assert.equal(img.readvNow(BigInt(at), r.buffers), true, `read at ${at} +${len} on the spot`);
+      assert.equal(firstDifference(r.joined(), shadow.subarray(at, at + len)), -1, `read at ${at} +${len}`);
+    }
+    assert.equal(img.readvNow(BigInt(63 * CLUSTER), [new Uint8Array(CLUSTER + 1)]), false, 'past the end of the disk');
+    await img.close();
+    // A bad entry: not on the spot, buffers untouched, and readv still reports it.
+    const { bytes: b, l2 } = await imageOfEightClusters(path, randomBytes(rng(7), 8 * CLUSTER));
+    b.writeBigUInt64BE((1n << 63n) | (1n << 45n), l2 + 5 * 8);
+    writeFileSync(path, b);
+    const bad = (await openImage(path, { readOnly: true, memoryIoInline: true })) as Qcow2Image;
+    await bad.readv(0n, [new Uint8Array(1)]);
+    const r = ragged(8 * CLUSTER);
+    assert.equal(bad.readvNow(0n, r.buffers), false);
+    assert.ok(r.joined().every((x) => x === 0xaa), 'no byte was read into the buffers');
+    await assert.rejects(bad.readv(0n, r.buffers), /guest cluster 5 points past the end of the file/);
+    await bad.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('reads on the spot leave compressed clusters and backing files to readv', async () => {
+  const t = tempDir();
+  try {
+    const base = t.path('base.raw');
+    await createRaw(base, { size: 16n * BigInt(CLUSTER) });
+    writeFileSync(base, randomBytes(rng(5), 16 * CLUSTER));
+    const top = t.path('top.qcow2');
+    await createQcow2(top, { backingFile: base, backingFormat: 'raw', clusterSize: CLUSTER });
+    const img = (await openImage(top)) as Qcow2Image;
+    await img.writev(BigInt(2 * CLUSTER), [randomBytes(rng(6), CLUSTER)]);
+    await img.writeCompressed(BigInt(4 * CLUSTER), new Uint8Array(CLUSTER).fill(9));
+    await img.readv(0n, [new Uint8Array(1)]);
+    for (const at of [0, 4 * CLUSTER]) {
+      const r = ragged(CLUSTER);
+      assert.equal(img.readvNow(BigInt(at), r.buffers), false, `cluster ${at / CLUSTER}`);
+      assert.ok(r.joined().every((x) => x === 0xaa), 'nothing was read');
+    }
+    await img.close();
   } finally {
     t.cleanup();
   }
