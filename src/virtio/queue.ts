@@ -58,13 +58,14 @@ export function fence(): void {
 
 /** DataViews over a queue's three areas, cached while its layout stays the same. */
 interface RingViews {
-  size: number;
-  descTable: bigint;
-  availRing: bigint;
-  usedRing: bigint;
   desc: DataView;
   avail: DataView;
   used: DataView;
+}
+
+/** The guest address of descriptor `index` of the table at `table`, for error reports. */
+function descriptorAddress(table: number, index: number): bigint {
+  return BigInt(table + 16 * index);
 }
 
 /** A 64-bit guest address from its halves, for error reports. */
@@ -100,12 +101,7 @@ export interface QueueState {
 }
 
 export class Virtqueue {
-  /** Set by the driver through the transport before enabling. */
-  size: number;
   ready = false;
-  descTable = 0n;
-  availRing = 0n;
-  usedRing = 0n;
   msixVector = 0xffff;
   /** Negotiated features that change ring handling. */
   eventIdx = false;
@@ -124,8 +120,24 @@ export class Virtqueue {
     readonly name: string,
     readonly maxSize: number,
   ) {
-    this.size = maxSize;
+    this.queueSize = maxSize;
   }
+
+  // The layout, set by the driver through the transport before enabling. Each change drops
+  // the ring views, so that rings() is a field read: it runs several times per request, and
+  // comparing the three BigInt addresses each time cost more than the rest of it.
+  private queueSize: number;
+  private descAddress = 0n;
+  private availAddress = 0n;
+  private usedAddress = 0n;
+  get size(): number { return this.queueSize; }
+  set size(value: number) { this.queueSize = value; this.views = undefined; }
+  get descTable(): bigint { return this.descAddress; }
+  set descTable(value: bigint) { this.descAddress = value; this.views = undefined; }
+  get availRing(): bigint { return this.availAddress; }
+  set availRing(value: bigint) { this.availAddress = value; this.views = undefined; }
+  get usedRing(): bigint { return this.usedAddress; }
+  set usedRing(value: bigint) { this.usedAddress = value; this.views = undefined; }
 
   reset(): void {
     this.size = this.maxSize;
@@ -176,13 +188,12 @@ export class Virtqueue {
    * area is outside guest memory (validate() refuses such a layout first).
    */
   private rings(): RingViews {
-    const v = this.views;
-    if (v && v.size === this.size && v.descTable === this.descTable && v.availRing === this.availRing && v.usedRing === this.usedRing) {
-      return v;
-    }
+    return this.views ?? this.makeViews();
+  }
+
+  private makeViews(): RingViews {
     const size = this.size;
     const views: RingViews = {
-      size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing,
       desc: viewOf(this.memory.slice(this.descTable, 16 * size)),
       avail: viewOf(this.memory.slice(this.availRing, 6 + 2 * size)),
       used: viewOf(this.memory.slice(this.usedRing, 6 + 8 * size)),
@@ -255,19 +266,18 @@ export class Virtqueue {
   walk(head: number): DescriptorChain {
     if (head >= this.size) throw new VirtqueueError(this.name, this.descTable, `head index ${head} is beyond queue size ${this.size}`);
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
-    let table = this.descTable;
+    // (Numbers: the descriptor table and every indirect table lie inside guest memory.)
+    let table = Number(this.descTable);
     let view = this.rings().desc;
     let tableSize = this.size;
     let index = head;
     let budget = this.size; // descriptors this table may still contribute: a loop runs out of it
     let inIndirect = false;
-    // The current descriptor's address, worked out only for an error (one closure per walk).
-    const where = (): bigint => table + BigInt(16 * index);
     // Addresses are read as two 32-bit halves: a 1 MiB request has 256 buffers, and a BigInt
     // per buffer (with the BigInt comparisons of the lookup) was a large part of its cost.
     for (;;) {
       const at = 16 * index;
-      if (budget-- <= 0) throw new VirtqueueError(this.name, where(), 'descriptor chain loops or is longer than its table');
+      if (budget-- <= 0) throw new VirtqueueError(this.name, descriptorAddress(table, index), 'descriptor chain loops or is longer than its table');
       const low = view.getUint32(at, true);
       const high = view.getUint32(at + 4, true);
       const length = view.getUint32(at + 8, true);
@@ -277,16 +287,16 @@ export class Virtqueue {
       // memory: such an address is only ever reported, from its halves.
       const address = high * 0x1_0000_0000 + low;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
-        if (inIndirect) throw new VirtqueueError(this.name, where(), 'indirect descriptor inside an indirect table');
-        if (flags & VIRTQ_DESC_F_NEXT) throw new VirtqueueError(this.name, where(), 'indirect descriptor with NEXT set');
+        if (!this.indirect) throw new VirtqueueError(this.name, descriptorAddress(table, index), 'indirect descriptor without VIRTIO_F_RING_INDIRECT_DESC');
+        if (inIndirect) throw new VirtqueueError(this.name, descriptorAddress(table, index), 'indirect descriptor inside an indirect table');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new VirtqueueError(this.name, descriptorAddress(table, index), 'indirect descriptor with NEXT set');
         if (length === 0 || length % 16 !== 0 || length / 16 > MAX_INDIRECT_DESCRIPTORS) {
-          throw new VirtqueueError(this.name, where(), `indirect table length ${length} is not a multiple of 16 in 16..${16 * MAX_INDIRECT_DESCRIPTORS}`);
+          throw new VirtqueueError(this.name, descriptorAddress(table, index), `indirect table length ${length} is not a multiple of 16 in 16..${16 * MAX_INDIRECT_DESCRIPTORS}`);
         }
         const bytes = this.memory.viewInside(address, length);
         if (!bytes) throw new VirtqueueError(this.name, joinHalves(high, low), `indirect table (${length} bytes) is outside guest memory`);
         inIndirect = true;
-        table = BigInt(address);
+        table = address;
         view = viewOf(bytes);
         tableSize = length / 16;
         budget = tableSize;
@@ -300,15 +310,15 @@ export class Virtqueue {
         chain.writable.push({ address, length, writable, bytes });
         chain.writableBytes += length;
       } else {
-        if (chain.writable.length > 0) throw new VirtqueueError(this.name, where(), 'device-readable descriptor after a writable one');
+        if (chain.writable.length > 0) throw new VirtqueueError(this.name, descriptorAddress(table, index), 'device-readable descriptor after a writable one');
         chain.readable.push({ address, length, writable, bytes });
         chain.readableBytes += length;
       }
       if (chain.readableBytes + chain.writableBytes > 0xffffffff) {
-        throw new VirtqueueError(this.name, where(), 'chain buffers add up to more than 4 GiB');
+        throw new VirtqueueError(this.name, descriptorAddress(table, index), 'chain buffers add up to more than 4 GiB');
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
-      if (next >= tableSize) throw new VirtqueueError(this.name, where(), `next index ${next} is beyond table size ${tableSize}`);
+      if (next >= tableSize) throw new VirtqueueError(this.name, descriptorAddress(table, index), `next index ${next} is beyond table size ${tableSize}`);
       index = next;
     }
   }
@@ -400,6 +410,21 @@ export function scatter(memory: GuestMemory, buffers: readonly Descriptor[], dat
     skip = 0;
   }
   return done;
+}
+
+/**
+ * Write `value` as the last byte of the buffers' concatenation (a request's status byte):
+ * what scatter() does at offset total-1, without its copies. False when the buffers are empty.
+ */
+export function setLastByte(memory: GuestMemory, buffers: readonly Descriptor[], value: number): boolean {
+  for (let i = buffers.length - 1; i >= 0; i--) {
+    const d = buffers[i]!;
+    if (d.length === 0) continue;
+    if (d.bytes) d.bytes[d.length - 1] = value;
+    else memory.write(BigInt(d.address + d.length - 1), Uint8Array.of(value));
+    return true;
+  }
+  return false;
 }
 
 /**

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { RawDriver } from '../../../src/block/raw.js';
 import { type BlockBackend, VirtioBlk, type VirtioBlkOptions } from '../../../src/virtio/blk.js';
 import { makeMachine, plugVirtio, type DriverQueue, type VirtioDriver as Driver, VirtioDriver } from './support/driver.js';
-import { MemoryDisk } from './support/memory-disk.js';
+import { MemoryDisk, SpotMemoryDisk } from './support/memory-disk.js';
 
 const MiB = 1 << 20;
 
@@ -186,6 +186,27 @@ test('malformed requests fail alone with IOERR and a log line; the device keeps 
   }
 });
 
+test('the header read in place: a sector past 2^32 is taken whole; the status is the last byte, after empty buffers', async () => {
+  const disk = new MemoryDisk(MiB);
+  const { d, q, m } = await blkMachine(disk);
+  const far = request(d, q, 0, 0x1_0000_0005n, { inLen: 512 });
+  // A read whose writable buffers end in an empty one: the status goes to the byte before it.
+  disk.bytes.set(pattern(512, 3), 512);
+  const hdr = d.alloc(16, 8);
+  d.m.memory.writeU32(hdr, 0);
+  d.m.memory.writeU64(hdr + 8n, 1n);
+  const data = d.alloc(513, 512);
+  d.m.memory.writeU8(data + 512n, 0xee);
+  const empty = d.alloc(8, 8);
+  q.add([{ address: hdr, length: 16, writable: false }, { address: data, length: 513, writable: true }, { address: empty, length: 0, writable: true }]);
+  q.kick();
+  await q.waitUsed(2);
+  assert.equal(far.statusByte(), 1);
+  assert.ok(m.logs.some((l) => l.includes(`sectors ${0x1_0000_0005}+1 are beyond`)), m.logs.join('\n'));
+  assert.deepEqual(d.m.memory.slice(data, 512), pattern(512, 3));
+  assert.equal(d.m.memory.readU8(data + 512n), 0, 'status OK in the last byte of the last non-empty buffer');
+});
+
 test('host I/O errors: policy report gives IOERR; policy stop pauses and retries on resume', async () => {
   const disk = new MemoryDisk(MiB);
   {
@@ -355,6 +376,38 @@ test('requests in flight: the driver is asked not to notify; a buffer added mean
   assert.equal(driverWouldKick(q.availEvent, 3, 2), true, `avail_event ${q.availEvent} does not ask for a kick when idle`);
 });
 
+test('requests the backend does on the spot complete in the pass that took them; notifications stay off until the end of the turn', async () => {
+  const disk = new SpotMemoryDisk(MiB);
+  disk.refuse = (offset) => offset >= 64n * 512n;
+  const { d, q, m } = await blkMachine(disk, {}, { msix: true });
+  const w = request(d, q, 1, 8n, { out: pattern(1024, 4) });
+  const r = request(d, q, 0, 8n, { inLen: 1024 });
+  const before = m.sink.msis.length;
+  q.kick(); // the test driver's doorbell reaches the device synchronously
+  assert.equal(w.statusByte(), 0, 'the write completed within the doorbell');
+  assert.equal(r.statusByte(), 0, 'the read completed within the doorbell');
+  assert.deepEqual(d.m.memory.slice(r.data, 1024), pattern(1024, 4));
+  assert.deepEqual(disk.spotCalls, ['write 4096', 'read 4096']);
+  assert.deepEqual(disk.calls, [], 'nothing went through readv/writev');
+  assert.equal(m.sink.msis.length - before, 1, 'one interrupt for the pass');
+  // Still asked not to notify: a request added now is found at the end of the turn.
+  assert.equal(driverWouldKick(q.availEvent, 3, 2), false, `avail_event ${q.availEvent} asks for a kick during the turn`);
+  const later = request(d, q, 0, 8n, { inLen: 512 });
+  // One the backend turns down takes the asynchronous path, and completes as well.
+  const refused = request(d, q, 0, 64n, { inLen: 512 });
+  disk.bytes.set(pattern(512, 9), 64 * 512);
+  const used = await q.waitUsed(4);
+  assert.equal(used.length, 4);
+  assert.equal(later.statusByte(), 0);
+  assert.deepEqual(d.m.memory.slice(later.data, 512), pattern(1024, 4).subarray(0, 512));
+  assert.equal(refused.statusByte(), 0);
+  assert.deepEqual(d.m.memory.slice(refused.data, 512), pattern(512, 9));
+  assert.deepEqual(disk.calls, ['read 32768']);
+  // Idle again: notifications are back on.
+  for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(driverWouldKick(q.availEvent, 5, 4), true, `avail_event ${q.availEvent} does not ask for a kick when idle`);
+});
+
 test('the fallback poll runs only while requests are in flight: idle again, it no longer wakes the event loop', async (t) => {
   // Timers under the test's control: the poll cannot fire (and disarm itself) meanwhile.
   t.mock.timers.enable({ apis: ['setTimeout'] });
@@ -365,6 +418,8 @@ test('the fallback poll runs only while requests are in flight: idle again, it n
   const r = request(d, q, 0, 0n, { inLen: 512 });
   q.kick();
   await disk.untilHeld(1);
+  // Armed at the end of the turn that found the request still in flight.
+  await new Promise((resolve) => setImmediate(resolve));
   assert.equal(blk.fallbackPollArmed, true, 'armed while the driver is asked not to notify');
   const usedBefore = q.usedIdx;
   disk.release();
@@ -373,6 +428,21 @@ test('the fallback poll runs only while requests are in flight: idle again, it n
   assert.equal(q.usedIdx, (usedBefore + 1) & 0xffff, 'the request completed');
   assert.equal(r.statusByte(), 0);
   assert.equal(blk.fallbackPollArmed, false, 'still armed with nothing in flight');
+});
+
+test('a request that completes within its event-loop turn arms no fallback timer', async (t) => {
+  const disk = new MemoryDisk(MiB);
+  const { blk, d, q } = await blkMachine(disk, {}, { msix: true });
+  const timers = t.mock.method(globalThis, 'setTimeout');
+  for (let i = 0; i < 3; i++) {
+    const r = request(d, q, 0, BigInt(i), { inLen: 512 });
+    q.kick();
+    await q.waitUsed(1);
+    assert.equal(r.statusByte(), 0);
+  }
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(timers.mock.callCount(), 0, 'setTimeout was called for requests that never outlived their turn');
+  assert.equal(blk.fallbackPollArmed, false);
 });
 
 test('requests completing in one event-loop turn share an interrupt; later ones get their own', async () => {

@@ -46,6 +46,15 @@ export class MemoryDisk implements BlockBackend {
 
   async readv(offset: bigint, buffers: Uint8Array[]): Promise<void> {
     await this.gate(`read ${offset}`);
+    this.copyOut(offset, buffers);
+  }
+
+  async writev(offset: bigint, buffers: Uint8Array[]): Promise<void> {
+    await this.gate(`write ${offset}`);
+    this.copyIn(offset, buffers);
+  }
+
+  protected copyOut(offset: bigint, buffers: Uint8Array[]): void {
     let at = Number(offset);
     for (const b of buffers) {
       b.set(this.bytes.subarray(at, at + b.length));
@@ -53,8 +62,7 @@ export class MemoryDisk implements BlockBackend {
     }
   }
 
-  async writev(offset: bigint, buffers: Uint8Array[]): Promise<void> {
-    await this.gate(`write ${offset}`);
+  protected copyIn(offset: bigint, buffers: Uint8Array[]): void {
     let at = Number(offset);
     for (const b of buffers) {
       this.bytes.set(b, at);
@@ -70,5 +78,28 @@ export class MemoryDisk implements BlockBackend {
   async writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void> {
     await this.gate(`zeroes ${offset}+${length}${opts?.mayUnmap ? ' unmap' : ''}`);
     this.bytes.fill(0, Number(offset), Number(offset + length));
+  }
+}
+
+/**
+ * A MemoryDisk that also reads and writes on the spot (readvNow/writevNow), as a disk file in
+ * memory does, except at offsets `refuse` turns down: those take readv/writev.
+ */
+export class SpotMemoryDisk extends MemoryDisk {
+  refuse: (offset: bigint) => boolean = () => false;
+  readonly spotCalls: string[] = [];
+
+  readvNow(offset: bigint, buffers: Uint8Array[]): boolean {
+    if (this.refuse(offset)) return false;
+    this.spotCalls.push(`read ${offset}`);
+    this.copyOut(offset, buffers);
+    return true;
+  }
+
+  writevNow(offset: bigint, buffers: Uint8Array[]): boolean {
+    if (this.readOnly || this.refuse(offset)) return false;
+    this.spotCalls.push(`write ${offset}`);
+    this.copyIn(offset, buffers);
+    return true;
   }
 }
