@@ -89,6 +89,10 @@ export class RawDriver implements BlockDriver {
   private withinDisk(offset: bigint, buffers: Uint8Array[]): boolean {
     let bytes = 0;
     for (const b of buffers) bytes += b.length;
+    const size = Number(this.virtualSize);
+    // In numbers where they are exact (a disk below 2^53 bytes: a request whose end rounds
+    // is past it anyway), in BigInt otherwise.
+    if (size <= Number.MAX_SAFE_INTEGER) return offset >= 0n && Number(offset) + bytes <= size;
     return offset >= 0n && offset + BigInt(bytes) <= this.virtualSize;
   }
 

@@ -6,7 +6,7 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { hex, type LogLine } from '../pci/interrupt.js';
 import {
-  bit, complete, drainQueue, VIRTIO_ID_BLOCK, type VirtioDevice, type VirtioDeviceContext,
+  bit, complete, takeAvailable, VIRTIO_ID_BLOCK, type VirtioDevice, type VirtioDeviceContext,
 } from './device.js';
 import { type DescriptorChain, gather, scatter, setLastByte, sliceBuffers } from './queue.js';
 import { BlkTracer, blkTraceEnabled, type RequestTrace, type TakeSource } from './blk-trace.js';
@@ -63,6 +63,7 @@ export const VIRTIO_BLK_S_IOERR = 1;
 export const VIRTIO_BLK_S_UNSUPP = 2;
 
 const SECTOR = 512;
+const SECTOR_BIG = 512n;
 const HEADER = 16;
 const SEGMENT = 16;
 const ID_BYTES = 20;
@@ -152,6 +153,8 @@ export class VirtioBlk implements VirtioDevice {
   private readonly readOnly: boolean;
   private readonly serial: Uint8Array;
   private readonly capacityBytes: bigint;
+  /** capacityBytes as a number, for the per-request check. */
+  private readonly capacityNumber: number;
   private context: VirtioDeviceContext | undefined;
   private parked: Parked[] = [];
   private inFlightCount = 0;
@@ -187,6 +190,7 @@ export class VirtioBlk implements VirtioDevice {
       throw new Error(`${this.name}: physical_block_size ${physical} is not a power of two >= logical_block_size ${logical}`);
     }
     this.capacityBytes = backend.size() - (backend.size() % BigInt(SECTOR));
+    this.capacityNumber = Number(this.capacityBytes);
     let features = bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
       | bit(VIRTIO_BLK_F_TOPOLOGY);
     if (numQueues > 1) features |= bit(VIRTIO_BLK_F_MQ);
@@ -270,11 +274,7 @@ export class VirtioBlk implements VirtioDevice {
     const pass = this.tracer?.pass(source);
     try {
       for (let round = 0; round < 2; round++) {
-        const batch: DescriptorChain[] = [];
-        drainQueue(context, index, (chain) => {
-          batch.push(chain);
-          return true;
-        }, { deferRest: false });
+        const batch = takeAvailable(context, index);
         if (!context.live || !q?.ready) return;
         this.submit(context, index, batch, pass);
         if (!context.live) return;
@@ -313,37 +313,48 @@ export class VirtioBlk implements VirtioDevice {
    * not per request. Anything else runs on its own.
    */
   private submit(context: VirtioDeviceContext, queue: number, chains: DescriptorChain[], pass?: ReturnType<BlkTracer['pass']>): void {
+    // (No closure for the run: its variables would live in a heap context, which unoptimised
+    // code, the usual state of this path for a short benchmark, pays for on every access.)
     let run: Mergeable[] = [];
     let runBytes = 0;
     let runBuffers = 0;
-    const flush = (): void => {
-      if (run.length === 0 || this.runNow(context, queue, run, runBytes)) {
-        // Nothing to run, or done on the spot.
-      } else if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
-      else this.runMerged(context, queue, run, runBytes);
-      run = [];
-      runBytes = 0;
-      runBuffers = 0;
-    };
     for (const chain of chains) {
       const request = this.parse(context.memory, chain);
       if (!isMergeable(request)) {
-        flush();
+        if (run.length > 0) {
+          this.startRun(context, queue, run, runBytes, false);
+          run = [];
+          runBytes = 0;
+          runBuffers = 0;
+        }
         this.run(context, queue, chain, request, pass && this.tracer!.start(queue, pass, 'other', chain.readableBytes + chain.writableBytes, chain.readable.length + chain.writable.length));
         continue;
       }
       const t = request.transfer;
       if (pass) request.trace = this.tracer!.start(queue, pass, t.isRead ? 'read' : 'write', t.bytes, t.buffers.length);
-      const last = run[run.length - 1]?.transfer;
+      const last = run.length > 0 ? run[run.length - 1]!.transfer : undefined;
       if (last && (last.isRead !== t.isRead || last.offset + BigInt(last.bytes) !== t.offset
         || runBytes + t.bytes > MERGE_MAX_BYTES || runBuffers + t.buffers.length > MERGE_MAX_BUFFERS)) {
-        flush();
+        this.startRun(context, queue, run, runBytes, false);
+        run = [];
+        runBytes = 0;
+        runBuffers = 0;
       }
       run.push(request);
       runBytes += t.bytes;
       runBuffers += t.buffers.length;
     }
-    flush();
+    if (run.length > 0) this.startRun(context, queue, run, runBytes, true);
+  }
+
+  /**
+   * Start a run of mergeable transfers: on the spot if the backend can, else as one request
+   * or merged. `lastOfPass`: no other request of this pass follows it.
+   */
+  private startRun(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number, lastOfPass: boolean): void {
+    if (this.runNow(context, queue, run, runBytes, lastOfPass)) return;
+    if (run.length === 1) this.run(context, queue, run[0]!.chain, run[0], run[0]!.trace);
+    else this.runMerged(context, queue, run, runBytes);
   }
 
   /**
@@ -372,10 +383,14 @@ export class VirtioBlk implements VirtioDevice {
     if (type !== VIRTIO_BLK_T_IN && type !== VIRTIO_BLK_T_OUT) return request;
     const isRead = type === VIRTIO_BLK_T_IN;
     const bytes = isRead ? chain.writableBytes - 1 : chain.readableBytes - HEADER;
-    const offset = sector * BigInt(SECTOR);
+    const offset = sector * SECTOR_BIG;
     if (!isRead && this.readOnly) request.refused = 'write to a read-only disk';
     else if (bytes % SECTOR !== 0) request.refused = `data length ${bytes} is not a multiple of ${SECTOR}`;
-    else request.refused = this.beyondDisk(offset, BigInt(bytes));
+    // In numbers first where they are exact (a disk below 2^53 bytes: a request whose end
+    // rounds is past it anyway); BigInt decides otherwise, and words the refusal.
+    else if (this.capacityNumber > Number.MAX_SAFE_INTEGER || Number(sector) * SECTOR + bytes > this.capacityNumber) {
+      request.refused = this.beyondDisk(offset, BigInt(bytes));
+    }
     if (request.refused === undefined) {
       const buffers = isRead ? sliceBuffers(memory, chain.writable, 0, bytes) : sliceBuffers(memory, chain.readable, HEADER, bytes);
       request.transfer = { isRead, offset, bytes, buffers };
@@ -397,7 +412,7 @@ export class VirtioBlk implements VirtioDevice {
    * pollSoon looks at the ring again, so the driver's next requests still need no doorbell.
    * False when the backend cannot (nothing was done; the caller runs the transfers).
    */
-  private runNow(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number): boolean {
+  private runNow(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number, lastOfPass: boolean): boolean {
     const first = run[0]!.transfer;
     const backend = this.backend;
     if (!(first.isRead ? backend.readvNow : backend.writevNow)) return false;
@@ -416,12 +431,16 @@ export class VirtioBlk implements VirtioDevice {
       this.tracer!.completed(traces);
     }
     const n = run.length;
+    // Requests later in this pass count as in flight: like completions arriving together,
+    // the pass's small requests share one interrupt (decided by its last, or at the end of
+    // the turn), not one each.
+    const othersInFlight = this.queueBusy[queue]! + (lastOfPass ? 0 : 1);
     try {
       for (let i = 0; i < n; i++) {
         const { chain, transfer, trace } = run[i]!;
         setLastByte(context.memory, chain.writable, VIRTIO_BLK_S_OK);
         if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
-        complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(this.queueBusy[queue]!, runBytes));
+        complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(othersInFlight, runBytes));
       }
     } catch (error) {
       context.fail(error as Error);

@@ -89,12 +89,38 @@ export function drainQueue(
       setImmediate(() => drainQueue(context, index, handle));
     }
   } catch (error) {
-    if (error instanceof VirtqueueError || (error instanceof Error && error.name === 'GuestMemoryError')) {
-      context.fail(error);
-      return;
-    }
-    throw error;
+    failOnProtocolError(context, error);
   }
+}
+
+/**
+ * Pop the chains available on a queue, at most one queue's worth (the rest waits for the
+ * caller's next look). After a protocol violation, which fails the device through the
+ * context, the chains taken before it are returned.
+ */
+export function takeAvailable(context: VirtioDeviceContext, index: number): DescriptorChain[] {
+  const taken: DescriptorChain[] = [];
+  const queue = context.queues[index];
+  if (!queue || !queue.ready || !context.live) return taken;
+  try {
+    for (let n = 0; n < queue.size; n++) {
+      const chain = queue.pop();
+      if (!chain) break;
+      taken.push(chain);
+    }
+  } catch (error) {
+    failOnProtocolError(context, error);
+  }
+  return taken;
+}
+
+/** A driver's protocol violation fails the device; anything else is a bug, thrown on. */
+function failOnProtocolError(context: VirtioDeviceContext, error: unknown): void {
+  if (error instanceof VirtqueueError || (error instanceof Error && error.name === 'GuestMemoryError')) {
+    context.fail(error);
+    return;
+  }
+  throw error;
 }
 
 /** Return a chain and interrupt the driver if it wants one (`now`: see signalUsed). */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { RawDriver } from '../../../src/block/raw.js';
 import { type BlockBackend, VirtioBlk, type VirtioBlkOptions } from '../../../src/virtio/blk.js';
-import { makeMachine, plugVirtio, type DriverQueue, type VirtioDriver as Driver, VirtioDriver } from './support/driver.js';
+import { F_INDIRECT, F_VERSION_1, makeMachine, plugVirtio, type DriverQueue, type VirtioDriver as Driver, VirtioDriver } from './support/driver.js';
 import { MemoryDisk, SpotMemoryDisk } from './support/memory-disk.js';
 
 const MiB = 1 << 20;
@@ -406,6 +406,21 @@ test('requests the backend does on the spot complete in the pass that took them;
   // Idle again: notifications are back on.
   for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
   assert.equal(driverWouldKick(q.availEvent, 5, 4), true, `avail_event ${q.availEvent} does not ask for a kick when idle`);
+});
+
+test('small requests done on the spot in one pass share one interrupt', async () => {
+  const disk = new SpotMemoryDisk(MiB);
+  // Without EVENT_IDX, every interrupt decided is sent: the count shows the decisions.
+  const { d, q, m } = await blkMachine(disk, {}, { msix: true, features: F_VERSION_1 | F_INDIRECT | 0xffffffn });
+  // Four reads of scattered sectors: four runs, none merged.
+  const reads = [0n, 16n, 32n, 48n].map((sector) => request(d, q, 0, sector, { inLen: 4096 }));
+  const before = m.sink.msis.length;
+  q.kick();
+  for (const r of reads) assert.equal(r.statusByte(), 0);
+  assert.equal(m.sink.msis.length - before, 1, 'one interrupt for the four');
+  await q.waitUsed(4);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(m.sink.msis.length - before, 1, 'and none more at the end of the turn');
 });
 
 test('the fallback poll runs only while requests are in flight: idle again, it no longer wakes the event loop', async (t) => {
