@@ -136,6 +136,17 @@ function interruptAtOnce(othersInFlight: number, bytes: number): boolean {
   return othersInFlight === 0 || bytes >= INTERRUPT_AT_ONCE_BYTES;
 }
 
+/**
+ * Every data buffer of a run, in order. A plain loop: Array.prototype.flatMap adds each
+ * element through V8's generic property path, which cost more than the rest of the merge
+ * for 256-buffer requests.
+ */
+function buffersOfRun(run: Mergeable[]): Uint8Array[] {
+  const buffers: Uint8Array[] = [];
+  for (const r of run) for (const b of r.transfer.buffers) buffers.push(b);
+  return buffers;
+}
+
 function isMergeable(request: Request | undefined): request is Mergeable {
   return request?.transfer !== undefined && request.transfer.bytes > 0;
 }
@@ -418,11 +429,7 @@ export class VirtioBlk implements VirtioDevice {
     const first = run[0]!.transfer;
     const backend = this.backend;
     if (!(first.isRead ? backend.readvNow : backend.writevNow)) return false;
-    let buffers = first.buffers;
-    if (run.length > 1) {
-      buffers = [];
-      for (const r of run) for (const b of r.transfer.buffers) buffers.push(b);
-    }
+    const buffers = run.length === 1 ? first.buffers : buffersOfRun(run);
     if (!(first.isRead ? backend.readvNow!(first.offset, buffers) : backend.writevNow!(first.offset, buffers))) return false;
     const q = context.queues[queue]!;
     if (!q.notificationsSuppressed) q.setNotification(false);
@@ -432,20 +439,28 @@ export class VirtioBlk implements VirtioDevice {
       this.tracer!.submitted(traces, this.queueBusy[queue]! + run.length, buffers.length);
       this.tracer!.completed(traces);
     }
+    if (this.completeRun(context, queue, run, runBytes)) this.pollSoon(queue);
+    return true;
+  }
+
+  /**
+   * Give back a run whose I/O succeeded: each status OK and used element, the interrupt
+   * decided with the last one. False when that failed the device.
+   */
+  private completeRun(context: VirtioDeviceContext, queue: number, run: Mergeable[], runBytes: number): boolean {
     const n = run.length;
     try {
       for (let i = 0; i < n; i++) {
         const { chain, transfer, trace } = run[i]!;
         setLastByte(context.memory, chain.writable, VIRTIO_BLK_S_OK);
+        // (Traced before complete(), which may decide the interrupt at once.)
         if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
-        // (A large run's interrupt is decided at once: see interruptAtOnce.)
-        complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1);
+        complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(this.queueBusy[queue]!, runBytes));
       }
     } catch (error) {
       context.fail(error as Error);
-      return true;
+      return false;
     }
-    this.pollSoon(queue);
     return true;
   }
 
@@ -454,10 +469,7 @@ export class VirtioBlk implements VirtioDevice {
     const n = run.length;
     this.queueBusy[queue]! += n;
     this.inFlightCount += n;
-    // A plain loop: Array.prototype.flatMap adds each element through V8's generic
-    // property path, which cost more than the rest of the merge for 256-buffer requests.
-    const buffers: Uint8Array[] = [];
-    for (const r of run) for (const b of r.transfer.buffers) buffers.push(b);
+    const buffers = buffersOfRun(run);
     const traces = this.tracer && run.map((r) => r.trace!);
     if (traces) this.tracer!.submitted(traces, this.queueBusy[queue]!, buffers.length);
     const first = run[0]!.transfer;
@@ -467,19 +479,7 @@ export class VirtioBlk implements VirtioDevice {
       if (traces) this.tracer!.completed(traces);
       if (this.context !== context || !context.live) return;
       this.queueBusy[queue]! -= n;
-      try {
-        for (let i = 0; i < n; i++) {
-          const { chain, transfer, trace } = run[i]!;
-          setLastByte(context.memory, chain.writable, VIRTIO_BLK_S_OK);
-          // (Traced before complete(), which may decide the interrupt at once.)
-          if (trace) this.tracer!.used(queue, trace, this.queueBusy[queue]!);
-          complete(context, queue, chain.head, (transfer.isRead ? transfer.bytes : 0) + 1, i === n - 1 && interruptAtOnce(this.queueBusy[queue]!, runBytes));
-        }
-      } catch (error) {
-        context.fail(error as Error);
-        return;
-      }
-      this.pollSoon(queue);
+      if (this.completeRun(context, queue, run, runBytes)) this.pollSoon(queue);
     }, () => {
       // Which request failed is not known: run each alone, so every status (and the error
       // policy) is exactly what it would be unmerged.
