@@ -60,11 +60,6 @@ export interface BlockDriver {
   /** Scatter-gather I/O at a byte offset (preadv/pwritev semantics). Many may be in flight at once. */
   readv(offset: bigint, buffers: Uint8Array[]): Promise<void>;
   writev(offset: bigint, buffers: Uint8Array[]): Promise<void>;
-  /**
-   * A hint before bulk writes that will cover [offset, offset+length) in full: the format
-   * may allocate its host space now, in one step. Changes nothing a read can see.
-   */
-  reserve?(offset: bigint, length: bigint): void;
   flush(): Promise<void>;
   discard(offset: bigint, length: bigint): Promise<void>;
   writeZeroes(offset: bigint, length: bigint, opts?: { mayUnmap?: boolean }): Promise<void>;

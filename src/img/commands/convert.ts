@@ -14,8 +14,6 @@ import { parseSize } from '../size.js';
 import { compressedWriter } from '../compress.js';
 import { progressBar } from '../progress.js';
 
-/** Data runs this long or longer have their target space reserved before they are written (BlockDriver.reserve). */
-const RESERVE_MIN = 64 * 1024;
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
 /**
  * How far past a chunk of zeroes one block status question looks for more, at first and at
@@ -257,7 +255,6 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     /** Writes buf, leaving out runs of zeroes at least `sparse` bytes long (aligned to it). */
     async function writeSparse(to: BlockDriver, dest: bigint, buf: Buffer): Promise<void> {
       if (sparse === 0) {
-        to.reserve?.(dest, BigInt(buf.length));
         await to.writev(dest, [buf]);
         return;
       }
@@ -265,7 +262,6 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
         if (run.zero) {
           if (!targetIsZero) await to.writeZeroes(dest + BigInt(run.start), BigInt(run.end - run.start), { mayUnmap: true });
         } else {
-          if (run.end - run.start >= RESERVE_MIN) to.reserve?.(dest + BigInt(run.start), BigInt(run.end - run.start));
           await to.writev(dest + BigInt(run.start), [buf.subarray(run.start, run.end)]);
         }
       }

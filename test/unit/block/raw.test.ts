@@ -84,30 +84,3 @@ test('raw images: holes, zeroes, discard, resize and bounds', async () => {
   }
 });
 
-test('raw images: reserve allocates space ahead of writes and changes nothing a read sees', async () => {
-  const t = tempDir();
-  try {
-    const f = t.path('reserve.img');
-    await createRaw(f, { size: 8n << 20n });
-    writeFileSync(f, Buffer.alloc(4096, 3), { flag: 'r+' });
-    const img = await openImage(f);
-    const before = statSync(f).blocks;
-    img.reserve?.(0n, 4n << 20n);
-    const after = statSync(f).blocks;
-    // Some file systems (tmpfs without fallocate, for one) cannot: then it is only a hint.
-    if (after !== before) assert.ok(after * 512 >= 4 << 20, `only ${after * 512} bytes allocated`);
-    const back = new Uint8Array(8192);
-    await img.readv(0n, [back]);
-    assert.ok(back.subarray(0, 4096).every((b) => b === 3) && back.subarray(4096).every((b) => b === 0), 'data kept, reserved space reads as zeroes');
-    assert.equal(img.size(), 8n << 20n, 'size unchanged');
-    assert.throws(() => img.reserve?.(6n << 20n, 4n << 20n), /reserve\.img: reserve of 4194304 bytes at offset 6291456 is beyond the disk size/);
-    await img.close();
-    const ro = await openImage(f, { readOnly: true });
-    const blocks = statSync(f).blocks;
-    ro.reserve?.(4n << 20n, 4n << 20n);
-    assert.equal(statSync(f).blocks, blocks, 'a read-only image is left alone');
-    await ro.close();
-  } finally {
-    t.cleanup();
-  }
-});
