@@ -4,14 +4,15 @@
 // Preferred: the main thread's own event loop watches the eventfd. Node has no public API
 // for an arbitrary fd (net.Socket refuses an eventfd: libuv cannot tell what it is), but
 // its pipe handle opens any pollable descriptor. An eventfd read as a stream yields its
-// 8-byte counter, and libuv's read resets it, so each read is one burst of signals. The
-// handle owns a duplicate of the fd: closing the handle closes the duplicate, never the
+// 8-byte counter, and libuv's read resets it, so each 'data' event is one burst of signals.
+// The handle owns a duplicate of the fd: closing the stream closes the duplicate, never the
 // caller's descriptor. This saves the fd poller's thread hop on every doorbell
 // (docs/design.md, "virtio-blk request path").
 //
 // Fallback: when the pipe binding is missing (a Node.js without process.binding), or when
 // TSVIRT_EVENTFD_THREAD=1 asks for it, the fd poller's epoll thread reports readiness and
 // the eventfd is drained here.
+import { Socket, type SocketConstructorOpts } from 'node:net';
 import { FdPoller } from './fd-poller.js';
 import { close, dup, readNonBlocking } from './libc.js';
 
@@ -26,18 +27,7 @@ export interface EventfdWatcher {
   readonly kind: 'loop' | 'thread';
 }
 
-/**
- * The pipe handle's own interface (what net.Socket drives underneath). `onread` is called
- * with the bytes read, or with nothing when the read failed or hit end of file.
- */
-interface PipeHandle {
-  open(fd: number): number;
-  readStart(): number;
-  readStop(): number;
-  close(): void;
-  unref(): void;
-  onread: (data: ArrayBuffer | undefined) => void;
-}
+interface PipeHandle { open(fd: number): number }
 interface PipeBinding { Pipe: new (type: number) => PipeHandle; constants: { SOCKET: number } }
 
 function pipeBinding(): PipeBinding | undefined {
@@ -51,12 +41,12 @@ function pipeBinding(): PipeBinding | undefined {
 
 class LoopEventfdWatcher implements EventfdWatcher {
   readonly kind = 'loop';
-  private readonly handles = new Map<number, PipeHandle>();
+  private readonly streams = new Map<number, Socket>();
 
   constructor(private readonly binding: PipeBinding) {}
 
   watch(fd: number, onSignal: () => void): void {
-    if (this.handles.has(fd)) throw new Error(`eventfd watcher: fd ${fd} is already watched`);
+    if (this.streams.has(fd)) throw new Error(`eventfd watcher: fd ${fd} is already watched`);
     const own = dup(fd);
     const handle = new this.binding.Pipe(this.binding.constants.SOCKET);
     const status = handle.open(own);
@@ -65,40 +55,28 @@ class LoopEventfdWatcher implements EventfdWatcher {
       close(own);
       throw new Error(`eventfd watcher: cannot watch fd ${fd} on the event loop (libuv error ${status})`);
     }
-    // The handle is read directly, not through a net.Socket: a doorbell then costs no
-    // stream machinery ('data' events, buffering, timers), about half of its main-thread
-    // CPU on the development host (4.3 against 6.1-8.2 us an event, ping-pong).
-    handle.onread = (data) => {
-      if (data) {
-        onSignal();
-        return;
-      }
-      // An eventfd read does not fail or end; if it ever does, stop watching rather than spin.
-      process.emitWarning(`eventfd watcher: fd ${fd}: read failed or ended; no longer watched`);
+    const stream = new Socket({ handle, readable: true, writable: false } as SocketConstructorOpts);
+    stream.on('data', () => onSignal());
+    stream.on('error', (err) => {
+      // An eventfd read does not fail; if it ever does, stop watching rather than spin.
+      process.emitWarning(`eventfd watcher: fd ${fd}: ${err.message}`);
       this.unwatch(fd);
-    };
-    const started = handle.readStart();
-    if (started !== 0) {
-      handle.close();
-      throw new Error(`eventfd watcher: cannot read fd ${fd} on the event loop (libuv error ${started})`);
-    }
+    });
     // Like the fd poller's thread: watching alone must not keep the process alive.
-    handle.unref();
-    this.handles.set(fd, handle);
+    stream.unref();
+    this.streams.set(fd, stream);
   }
 
   unwatch(fd: number): void {
-    const handle = this.handles.get(fd);
-    if (!handle) return;
-    this.handles.delete(fd);
-    handle.onread = () => undefined;
-    handle.readStop();
-    // Closes the duplicate, never the caller's descriptor.
-    handle.close();
+    const stream = this.streams.get(fd);
+    if (!stream) return;
+    this.streams.delete(fd);
+    stream.removeAllListeners('data');
+    stream.destroy();
   }
 
   close(): Promise<void> {
-    for (const fd of [...this.handles.keys()]) this.unwatch(fd);
+    for (const fd of [...this.streams.keys()]) this.unwatch(fd);
     return Promise.resolve();
   }
 }
