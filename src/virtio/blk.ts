@@ -255,7 +255,6 @@ export class VirtioBlk implements VirtioDevice {
     this.parked = [];
     this.queueBusy.fill(0);
     this.pollWanted.fill(false);
-    this.timerCheckWanted = false;
     if (this.pollImmediate) clearImmediate(this.pollImmediate);
     if (this.pollTimer) clearTimeout(this.pollTimer);
     this.pollImmediate = undefined;
@@ -297,7 +296,7 @@ export class VirtioBlk implements VirtioDevice {
         }
         if (this.queueBusy[index]! > 0) {
           q.setNotification(false);
-          this.armPollTimerAfterTurn();
+          this.armPollTimer();
           return;
         }
         // Requests done on the spot (runNow) left notifications off and a look at the ring
@@ -494,41 +493,13 @@ export class VirtioBlk implements VirtioDevice {
   /** After a completion: look at the queue again at the end of this event-loop turn. */
   private pollSoon(index: number): void {
     this.pollWanted[index] = true;
-    this.atTurnEnd();
-  }
-
-  /**
-   * Requests are in flight with notifications off: the fallback timer is needed only if some
-   * are still in flight when this event-loop turn ends. A request done on the spot (a memory
-   * file system) has completed by then, so most requests cost no timer at all: a setTimeout
-   * and its clearTimeout cost about 60 us of the main thread in the lab.
-   */
-  private armPollTimerAfterTurn(): void {
-    if (this.pollTimer) return;
-    this.timerCheckWanted = true;
-    if (!this.inTurnEnd) this.atTurnEnd();
-  }
-
-  private timerCheckWanted = false;
-  private inTurnEnd = false;
-
-  /** One setImmediate serves every queue's look at its ring and the fallback timer's check. */
-  private atTurnEnd(): void {
     this.pollImmediate ??= setImmediate(() => {
       this.pollImmediate = undefined;
-      this.inTurnEnd = true;
-      try {
-        for (let i = 0; i < this.pollWanted.length; i++) {
-          if (!this.pollWanted[i]) continue;
-          this.pollWanted[i] = false;
-          this.serviceQueue(i, 'completion');
-        }
-      } finally {
-        this.inTurnEnd = false;
+      for (let i = 0; i < this.pollWanted.length; i++) {
+        if (!this.pollWanted[i]) continue;
+        this.pollWanted[i] = false;
+        this.serviceQueue(i, 'completion');
       }
-      if (!this.timerCheckWanted) return;
-      this.timerCheckWanted = false;
-      if (this.context && this.queueBusy.some((n) => n > 0)) this.armPollTimer();
     });
   }
 

@@ -437,8 +437,6 @@ test('the fallback poll runs only while requests are in flight: idle again, it n
   const r = request(d, q, 0, 0n, { inLen: 512 });
   q.kick();
   await disk.untilHeld(1);
-  // Armed at the end of the turn that found the request still in flight.
-  await new Promise((resolve) => setImmediate(resolve));
   assert.equal(blk.fallbackPollArmed, true, 'armed while the driver is asked not to notify');
   const usedBefore = q.usedIdx;
   disk.release();
@@ -447,21 +445,6 @@ test('the fallback poll runs only while requests are in flight: idle again, it n
   assert.equal(q.usedIdx, (usedBefore + 1) & 0xffff, 'the request completed');
   assert.equal(r.statusByte(), 0);
   assert.equal(blk.fallbackPollArmed, false, 'still armed with nothing in flight');
-});
-
-test('a request that completes within its event-loop turn arms no fallback timer', async (t) => {
-  const disk = new MemoryDisk(MiB);
-  const { blk, d, q } = await blkMachine(disk, {}, { msix: true });
-  const timers = t.mock.method(globalThis, 'setTimeout');
-  for (let i = 0; i < 3; i++) {
-    const r = request(d, q, 0, BigInt(i), { inLen: 512 });
-    q.kick();
-    await q.waitUsed(1);
-    assert.equal(r.statusByte(), 0);
-  }
-  await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(timers.mock.callCount(), 0, 'setTimeout was called for requests that never outlived their turn');
-  assert.equal(blk.fallbackPollArmed, false);
 });
 
 test('requests completing in one event-loop turn share an interrupt; later ones get their own', async () => {
