@@ -10,7 +10,7 @@
 //             from the command line with the default pool, runs itself once more with a
 //             bigger one (its timing starts after that, like qemu-img's).
 // Other commands keep the pool: their large buffered transfers measured no faster otherwise.
-import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { basename, dirname } from 'node:path';
 
 /** Pool threads for I/O-bound runs: 16 measured best for O_DIRECT reads and writes at queue depth 32 on two cores (4 left reads at half speed). */
@@ -53,6 +53,9 @@ export function rerunWithIoSetup(argv: string[], engine: AioEngine): Promise<num
   const env = ioSetupChanges(process.env, engine);
   if (Object.keys(env).length === 0 || !startedAs(argv)) return undefined;
   return new Promise((resolve, reject) => {
+    // node:child_process is loaded here: every other `tsvirt img` run would pay about 3 ms
+    // of its start for it.
+    const { spawn } = createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process');
     const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
       stdio: 'inherit',
       env: { ...process.env, ...env },

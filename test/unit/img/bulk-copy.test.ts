@@ -1,6 +1,7 @@
 // An uncompressed convert run from the command line turns V8's optimizing compiler off (its
-// background compilations cost a short copy more than they save); a compressed one, and the
-// library entry point, leave the process's settings alone.
+// background compilations cost a short copy more than they save) once it has copied some
+// data (32 MiB); a compressed one, a nearly empty one, and the library entry point leave the
+// process's settings alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -12,6 +13,9 @@ import { fileURLToPath } from 'node:url';
 import { runImg } from '../../../src/img/main.js';
 import { BufferIO } from '../../../src/img/io.js';
 
+/** More data than a convert copies before it asks for the bulk-copy set-up. */
+const BULK_SOURCE_BYTES = 40 << 20;
+
 class RecordingIO extends BufferIO {
   bulkCopies = 0;
   bulkCopyOnly(): void {
@@ -19,14 +23,20 @@ class RecordingIO extends BufferIO {
   }
 }
 
-test('convert asks for the bulk-copy set-up unless it compresses', async () => {
+test('convert asks for the bulk-copy set-up once it has copied enough data, unless it compresses', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bulk-'));
   try {
     const source = join(dir, 'src.raw');
-    writeFileSync(source, Buffer.alloc(1 << 20, 7));
+    writeFileSync(source, Buffer.alloc(BULK_SOURCE_BYTES, 7));
     const plain = new RecordingIO();
     assert.equal(await runImg(['convert', '-f', 'raw', '-O', 'qcow2', source, join(dir, 'a.qcow2')], plain), 0, plain.stderr);
     assert.equal(plain.bulkCopies, 1);
+    // A small copy never gets there: it would pay for the switch and gain nothing.
+    const small = join(dir, 'small.raw');
+    writeFileSync(small, Buffer.alloc(1 << 20, 7));
+    const quick = new RecordingIO();
+    assert.equal(await runImg(['convert', '-f', 'raw', '-O', 'qcow2', small, join(dir, 'c.qcow2')], quick), 0, quick.stderr);
+    assert.equal(quick.bulkCopies, 0);
     const compressed = new RecordingIO();
     assert.equal(await runImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', source, join(dir, 'b.qcow2')], compressed), 0, compressed.stderr);
     assert.equal(compressed.bulkCopies, 0);
@@ -71,7 +81,8 @@ test('an uncompressed convert from the command line keeps the code cache it wrot
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bulk-cache-'));
   try {
     const source = join(dir, 'src.raw');
-    writeFileSync(source, Buffer.alloc(1 << 20, 7));
+    // Enough data that the convert switches the optimizer off before the cache is written.
+    writeFileSync(source, Buffer.alloc(BULK_SOURCE_BYTES, 7));
     const convert = (): void => {
       rmSync(join(dir, 'out.qcow2'), { force: true });
       const r = spawnSync(process.execPath, [join(dist, 'src/cli/tsvirt.cjs'), 'img', 'convert', '-f', 'raw', '-O', 'qcow2', source, join(dir, 'out.qcow2')], { encoding: 'utf8' });
