@@ -49,6 +49,11 @@ export function makeEntry(offset: number, copied: boolean, zero = false): [numbe
   return [hi >>> 0, lo >>> 0];
 }
 
+/** Writes at `at` the entry of a plainly allocated cluster at `offset` (copied, not zero), as makeEntry's words would: without the array. */
+export function writeEntry(buf: Uint8Array, at: number, offset: number): void {
+  writeU64Parts(buf, at, ((Math.floor(offset / 0x100000000) & OFFSET_HI_MASK) | COPIED_HI) >>> 0, ((offset % 0x100000000) & OFFSET_LO_MASK) >>> 0);
+}
+
 export function decodeL2(buf: Uint8Array, index: number, clusterBits: number, extended: boolean): L2Entry {
   const size = extended ? 16 : 8;
   const [hi, lo] = readU64Parts(buf, index * size);

@@ -143,15 +143,29 @@ export class Refcounts {
     return out;
   }
 
+  /** Whether an entry of a block buffer is zero: its bytes looked at, no BigInt made. */
+  static entryIsZero(block: Uint8Array, index: number, order: number): boolean {
+    if (order < 3) return Refcounts.getEntry(block, index, order) === 0n;
+    const bytes = (1 << order) >> 3;
+    for (let at = index * bytes, end = at + bytes; at < end; at++) if (block[at] !== 0) return false;
+    return true;
+  }
+
   /**
-   * The refcount of `cluster` when it is known without reading (its block cached or absent),
-   * else undefined: lets the allocator's scans over thousands of clusters skip an await each.
+   * Whether `cluster` is free, when that is known without reading (its block cached or
+   * absent), else undefined: the allocator's scans over thousands of clusters then take no
+   * await, and make no BigInt, per cluster.
    */
-  private peek(cluster: number): bigint | undefined {
+  private isFree(cluster: number): boolean | undefined {
     const b = Math.floor(cluster / this.perBlock);
-    if (b >= this.table.length || this.table[b] === 0) return 0n;
+    if (b >= this.table.length || this.table[b] === 0) return true;
     const block = this.blocks.get(this.table[b]!);
-    return block && Refcounts.getEntry(block, cluster % this.perBlock, this.refcountOrder);
+    return block && Refcounts.entryIsZero(block, cluster % this.perBlock, this.refcountOrder);
+  }
+
+  /** Whether `cluster` is free, its refcount block read (isFree could not tell). */
+  private async readIsFree(cluster: number): Promise<boolean> {
+    return (await this.get(cluster)) === 0n;
   }
 
   async get(cluster: number): Promise<bigint> {
@@ -181,12 +195,26 @@ export class Refcounts {
       const offset = this.table[b];
       const block = await this.block(offset);
       const end = Math.min(start + count, (b + 1) * this.perBlock);
-      let from = Infinity;
-      let to = 0;
-      for (; c < end; c++) {
-        const [f, t] = Refcounts.setEntry(block, c % this.perBlock, this.refcountOrder, value);
-        from = Math.min(from, f);
-        to = Math.max(to, t);
+      let from: number;
+      let to: number;
+      if (this.refcountOrder >= 3 && value <= 0xffn) {
+        // Whole-byte entries and a value that fits the last byte (the allocator's 0 and 1):
+        // the bytes are written directly, where setEntry would make BigInts per cluster.
+        const bytes = this.refcountBits >> 3;
+        const low = Number(value);
+        from = (c % this.perBlock) * bytes;
+        to = ((end - 1) % this.perBlock) * bytes + bytes;
+        block.fill(0, from, to);
+        if (low !== 0) for (let at = from + bytes - 1; at < to; at += bytes) block[at] = low;
+        c = end;
+      } else {
+        from = Infinity;
+        to = 0;
+        for (; c < end; c++) {
+          const [f, t] = Refcounts.setEntry(block, c % this.perBlock, this.refcountOrder, value);
+          from = Math.min(from, f);
+          to = Math.max(to, t);
+        }
       }
       await this.file.write(offset + from, block.slice(from, to));
     }
@@ -222,7 +250,7 @@ export class Refcounts {
         c = blockEnd - 1;
         continue;
       }
-      if ((this.peek(c) ?? (await this.get(c))) === 0n) {
+      if (this.isFree(c) ?? (await this.readIsFree(c))) {
         if (run === 0) start = c;
         run++;
         if (run >= count) return start;
@@ -334,7 +362,7 @@ export class Refcounts {
       let got = count;
       while (got < want) {
         const b = Math.floor((start + got) / this.perBlock);
-        if (b < this.table.length && this.table[b] !== 0 && (this.peek(start + got) ?? (await this.get(start + got))) !== 0n) break;
+        if (b < this.table.length && this.table[b] !== 0 && !(this.isFree(start + got) ?? (await this.readIsFree(start + got)))) break;
         got++;
       }
       // Make sure refcount blocks exist for the whole run; creating one may take a cluster
@@ -344,7 +372,7 @@ export class Refcounts {
       }
       let stillFree = true;
       for (let c = start; c < start + got; c++) {
-        if ((this.peek(c) ?? (await this.get(c))) !== 0n) {
+        if (!(this.isFree(c) ?? (await this.readIsFree(c)))) {
           stillFree = false;
           break;
         }

@@ -62,7 +62,9 @@ test('qcow2 round-trips random I/O for every cluster size and refcount width', a
   try {
     const size = 3 << 20;
     for (const clusterSize of [512, 4096, 65536, 2 * 1024 * 1024]) {
-      for (const refcountBits of [1, 8, 16, 64]) {
+      // Every width at the default cluster size (whole-byte ones take the allocator's
+      // byte-wise path, narrower ones the general one); the usual ones at the others.
+      for (const refcountBits of clusterSize === 65536 ? [1, 2, 4, 8, 16, 32, 64] : [1, 8, 16, 64]) {
         const f = t.path(`c${clusterSize}-r${refcountBits}.qcow2`);
         await createQcow2(f, { size: BigInt(size), clusterSize, refcountBits });
         const shadow = new Uint8Array(size);
