@@ -43,15 +43,23 @@ export function offsetOf(hi: number, lo: number): number {
 }
 
 /** The hi/lo words of an entry pointing at `offset` with the given flags. */
-export function makeEntry(offset: number, copied: boolean, zero = false): [number, number] {
-  const hi = (Math.floor(offset / 0x100000000) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0);
-  const lo = ((offset % 0x100000000) & OFFSET_LO_MASK) | (zero ? ZERO_LO : 0);
-  return [hi >>> 0, lo >>> 0];
+/** The high word of an entry pointing at `offset`. */
+function entryHi(offset: number, copied: boolean): number {
+  return ((Math.floor(offset / 0x100000000) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0;
 }
 
-/** Writes at `at` the entry of a plainly allocated cluster at `offset` (copied, not zero), as makeEntry's words would: without the array. */
+/** The low word of an entry pointing at `offset`. */
+function entryLo(offset: number, zero: boolean): number {
+  return (((offset % 0x100000000) & OFFSET_LO_MASK) | (zero ? ZERO_LO : 0)) >>> 0;
+}
+
+export function makeEntry(offset: number, copied: boolean, zero = false): [number, number] {
+  return [entryHi(offset, copied), entryLo(offset, zero)];
+}
+
+/** Writes at `at` the entry of a plainly allocated cluster at `offset` (copied, not zero): makeEntry's words, without the array. */
 export function writeEntry(buf: Uint8Array, at: number, offset: number): void {
-  writeU64Parts(buf, at, ((Math.floor(offset / 0x100000000) & OFFSET_HI_MASK) | COPIED_HI) >>> 0, ((offset % 0x100000000) & OFFSET_LO_MASK) >>> 0);
+  writeU64Parts(buf, at, entryHi(offset, true), entryLo(offset, false));
 }
 
 export function decodeL2(buf: Uint8Array, index: number, clusterBits: number, extended: boolean): L2Entry {

@@ -131,7 +131,6 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
     const progress = await progressBar(io, size, opts.has('p') && !quiet);
     const output = out;
     const pool: Buffer[] = [];
-    let bulkCopyAnnounced = false;
     let copiedBytes = 0n;
     /** The last run of zeroes block status reported past a chunk (see zeroesUntil). */
     let knownZeroes = { start: 0n, end: 0n };
@@ -243,11 +242,8 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
         } else {
           // Said once the copy has met some data, not at start: a convert of a nearly empty
           // image would pay for the switch (loading node:v8, 2.5 ms) and gain nothing from it.
+          if (copiedBytes < BULK_COPY_AFTER && copiedBytes + n >= BULK_COPY_AFTER) io.bulkCopyOnly?.();
           copiedBytes += n;
-          if (!bulkCopyAnnounced && copiedBytes >= BULK_COPY_AFTER) {
-            bulkCopyAnnounced = true;
-            io.bulkCopyOnly?.();
-          }
           // Reuse chunk buffers: fresh 2 MiB allocations cost page faults on every chunk. Each
           // starts on a page: the kernel's copies into and out of a buffer that malloc placed
           // 16 bytes past one took 2.5 times as long (raw->qcow2 of 1 GiB: 0.40 s of system
