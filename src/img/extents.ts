@@ -163,6 +163,24 @@ export interface ZeroRun {
 }
 
 /**
+ * Where a run of data blocks that goes on at `pos` (a block boundary) ends: the start of the
+ * first all-zero block from there, or the buffer's end. A block whose first byte is not zero
+ * is data without a call: a loop over first bytes took the data half of a convert's 2 MiB
+ * chunks from 17 to 4 ms per GiB of data (interpreted, as an uncompressed convert runs) on
+ * the main thread, against one rangeIsZero call per block. (A search for a block's worth of
+ * zero bytes, Buffer.indexOf, was slower than either: it stops at every zero byte.)
+ */
+function dataRunEnd(b: Buffer, pos: number, block: number): number {
+  const len = b.length;
+  for (;;) {
+    while (pos < len && b[pos] !== 0) pos += block;
+    if (pos >= len) return len;
+    if (rangeIsZero(b, pos, Math.min(len, pos + block))) return pos;
+    pos += block;
+  }
+}
+
+/**
  * Splits buf into alternating runs of all-zero and data blocks of `block` bytes (counted from
  * the buffer's start; the last one may be shorter). A zero run is followed with doubling
  * spans, so a long one costs a few memcmp calls rather than one per block.
@@ -191,7 +209,7 @@ export function zeroRuns(buf: Uint8Array, block: number): ZeroRun[] {
         }
       }
     } else {
-      while (pos < len && !rangeIsZero(b, pos, Math.min(len, pos + block))) pos = Math.min(len, pos + block);
+      pos = dataRunEnd(b, pos, block);
     }
     runs.push({ start, end: pos, zero });
   }

@@ -64,6 +64,25 @@ test('zeroRuns covers a long zero run and a trailing partial block', () => {
   assert.deepEqual(zeroRuns(Buffer.alloc(0), 4096), []);
 });
 
+test('zeroRuns tells data blocks that start with a zero byte from zero blocks', () => {
+  // Blocks of 4 KiB: data with a non-zero first byte, data whose only non-zero byte is the
+  // last, a zero block, data again, then a short tail whose first byte is zero.
+  const block = 4096;
+  const buf = Buffer.alloc(4 * block + 100);
+  buf[0] = 1;
+  buf[2 * block - 1] = 2;
+  buf[3 * block] = 3;
+  buf[4 * block + 99] = 4;
+  assert.deepEqual(zeroRuns(buf, block), [
+    { start: 0, end: 2 * block, zero: false },
+    { start: 2 * block, end: 3 * block, zero: true },
+    { start: 3 * block, end: buf.length, zero: false },
+  ]);
+  // The tail all zero: its own zero run.
+  buf[4 * block + 99] = 0;
+  assert.deepEqual(zeroRuns(buf, block).at(-1), { start: 4 * block, end: buf.length, zero: true });
+});
+
 test('zeroRuns refuses a block size that is not a positive integer', () => {
   assert.throws(() => zeroRuns(Buffer.alloc(8), 0), /zero-detection block size must be a positive integer, not 0/);
   assert.throws(() => zeroRuns(Buffer.alloc(8), 1.5), /not 1\.5/);
