@@ -6,9 +6,11 @@ import { BlockError } from './errors.js';
 import { RawDriver } from './raw.js';
 import { openQcow2 } from './qcow2/image.js';
 import { probeFormat } from './probe.js';
+import type { MappedBytes } from './leased-mapping.js';
 
 export { BlockError } from './errors.js';
 export { probeFormat } from './probe.js';
+export type { MappedBytes } from './leased-mapping.js';
 
 export interface BlockTopology {
   logicalBlockSize: number;
@@ -66,6 +68,13 @@ export interface BlockDriver {
   resize(newSize: bigint): Promise<void>;
   /** Allocation status of the extent starting at offset (at most length bytes long). */
   blockStatus(offset: bigint, length: bigint): Promise<BlockStatus>;
+  /**
+   * The bytes of [offset, offset+length) as they stand in the host's page cache, without a
+   * copy, when the driver can offer them (a raw image open read-only: see
+   * block/leased-mapping.ts); undefined otherwise, and the caller reads instead. The caller
+   * releases them when done and touches them no more after.
+   */
+  mapForRead?(offset: bigint, length: bigint): MappedBytes | undefined;
   close(): Promise<void>;
 }
 

@@ -18,6 +18,7 @@ import { lseek, SEEK_END, seekDataOrHole } from '../kvm/libc.js';
 import { BlockError } from './errors.js';
 import type { CacheMode } from './driver.js';
 import { completionPromise, IoUring, IoUringError, type Completion } from '../kvm/io-uring.js';
+import { LeasedMapping, type MappedBytes } from './leased-mapping.js';
 
 const DIRECT_ALIGN = 4096;
 const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -667,10 +668,27 @@ export class HostFile {
     return getLibc().fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length) === 0;
   }
 
+  /** The file's leased mapping (mapForRead) once tried: null when none could be had. */
+  private mapping: LeasedMapping | null | undefined;
+
+  /**
+   * [offset, offset+length) of the file as mapped bytes, without a copy, or undefined (a file
+   * open for writing or with O_DIRECT, a block device, a range past the end, no lease to be
+   * had: see LeasedMapping). The caller releases the bytes and touches them no more after.
+   */
+  mapForRead(offset: number, length: number): MappedBytes | undefined {
+    if (this.mapping === undefined) {
+      const mappable = this.readOnly && !this.direct && !this.isBlockDevice;
+      this.mapping = (mappable ? LeasedMapping.tryCreate(this.fd) : undefined) ?? null;
+    }
+    return this.mapping?.view(offset, length);
+  }
+
   async close(): Promise<void> {
     await this.directQueue;
     await Promise.all(this.directInFlight);
     while (this.rawInFlight > 0) await new Promise<void>((r) => (this.rawIdle = r));
+    this.mapping?.close();
     await this.handle.close();
   }
 }

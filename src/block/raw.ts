@@ -3,6 +3,7 @@
 import { BlockError } from './errors.js';
 import { createEmptyFile, HostFile } from './host-file.js';
 import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
+import type { MappedBytes } from './leased-mapping.js';
 
 
 export class RawDriver implements BlockDriver {
@@ -49,6 +50,11 @@ export class RawDriver implements BlockDriver {
     if (offset < 0n || length < 0n || offset + length > this.virtualSize) {
       throw new BlockError(this.filename, `${what} of ${length} bytes at offset ${offset} is beyond the disk size ${this.virtualSize}`);
     }
+  }
+
+  mapForRead(offset: bigint, length: bigint): MappedBytes | undefined {
+    if (offset < 0n || length <= 0n || offset + length > this.virtualSize) return undefined;
+    return this.file.mapForRead(Number(offset), Number(length));
   }
 
   // Reads and writes hand back the file's own promise, with no async frame of their own in

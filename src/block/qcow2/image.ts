@@ -18,7 +18,7 @@ import { BlockError } from '../errors.js';
 import { HostFile } from '../host-file.js';
 import { RawDriver } from '../raw.js';
 import { probeFormat } from '../probe.js';
-import type { BlockDriver, BlockStatus, BlockTopology, CacheMode, OpenOptions } from '../driver.js';
+import type { BlockDriver, BlockStatus, BlockTopology, CacheMode, MappedBytes, OpenOptions } from '../driver.js';
 import {
   COMPAT_LAZY_REFCOUNTS, HEADER_FIELD, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2,
   MAX_L1_BYTES, parseHeader, serializeHeader, type Qcow2Header,
@@ -609,6 +609,27 @@ export class Qcow2Image implements BlockDriver {
     if (reads.length === 1 && zeroes.length === 0) return this.file.readv(reads[0]!.host, buffers);
     for (const z of zeroes) for (const b of sliceVectors(buffers, z.from, z.length)) b.fill(0);
     return Promise.all(reads.map((r) => this.file.readv(r.host, sliceVectors(buffers, r.from, r.length)))).then(() => undefined);
+  }
+
+  /**
+   * The bytes of [offset, offset+length) straight from the image file's leased mapping
+   * (BlockDriver.mapForRead), when they are data clusters of this image that follow each
+   * other in the file and whose table is cached; undefined otherwise (read them instead).
+   */
+  mapForRead(offset: bigint, length: bigint): MappedBytes | undefined {
+    const start = Number(offset);
+    const n = Number(length);
+    if (this.closed || n <= 0 || start < 0 || start + n > Number(this.header.size)) return undefined;
+    try {
+      const host = this.plainDataCluster(start, n);
+      if (host >= 0) return this.file.mapForRead(host + (start % this.clusterSize), n);
+      const plan = this.cachedTablePlan(start, n);
+      if (plan?.reads.length !== 1 || plan.zeroes.length !== 0) return undefined;
+      return this.file.mapForRead(plan.reads[0]!.host, n);
+    } catch {
+      // A bad entry: readv() reports it.
+      return undefined;
+    }
   }
 
   /**

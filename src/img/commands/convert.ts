@@ -244,23 +244,40 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
           // image would pay for the switch (loading node:v8, 2.5 ms) and gain nothing from it.
           if (copiedBytes < BULK_COPY_AFTER && copiedBytes + n >= BULK_COPY_AFTER) io.bulkCopyOnly?.();
           copiedBytes += n;
-          // Reuse chunk buffers: fresh 2 MiB allocations cost page faults on every chunk. Each
-          // starts on a page: the kernel's copies into and out of a buffer that malloc placed
-          // 16 bytes past one took 2.5 times as long (raw->qcow2 of 1 GiB: 0.40 s of system
-          // time against 0.30 s, and 0.31-0.55 s against 0.26-0.33 s in all). Not zero-filled:
-          // the read below fills what the write takes.
-          const whole = pool.pop() ?? uninitializedAlignedBuffer(Number(CHUNK));
-          try {
-            const buf = whole.subarray(0, Number(n));
-            await from.readv(at + pos, [buf]);
-            await writeSparse(to, dest + pos, buf);
-          } finally {
-            pool.push(whole);
-          }
+          await copyData(from, at + pos, n, to, dest + pos);
         }
         allZero &&= zero;
       }
       return allZero;
+    }
+
+    /** Copies the data at `at` of `from` to `dest`, leaving out runs of zeroes (writeSparse). */
+    async function copyData(from: BlockDriver, at: bigint, n: bigint, to: BlockDriver, dest: bigint): Promise<void> {
+      // A read-only raw source offers its page cache's own bytes: scanned and written from
+      // there, they are not first copied into a buffer. A convert of 2 GiB, half of it
+      // written zeroes, went from 0.43-0.44 s to 0.37 s (qemu-img: 0.40-0.44 s).
+      const mapped = from.mapForRead?.(at, n);
+      if (mapped) {
+        try {
+          await writeSparse(to, dest, mapped.bytes);
+        } finally {
+          mapped.release();
+        }
+        return;
+      }
+      // Reuse chunk buffers: fresh 2 MiB allocations cost page faults on every chunk. Each
+      // starts on a page: the kernel's copies into and out of a buffer that malloc placed
+      // 16 bytes past one took 2.5 times as long (raw->qcow2 of 1 GiB: 0.40 s of system
+      // time against 0.30 s, and 0.31-0.55 s against 0.26-0.33 s in all). Not zero-filled:
+      // the read below fills what the write takes.
+      const whole = pool.pop() ?? uninitializedAlignedBuffer(Number(CHUNK));
+      try {
+        const buf = whole.subarray(0, Number(n));
+        await from.readv(at, [buf]);
+        await writeSparse(to, dest, buf);
+      } finally {
+        pool.push(whole);
+      }
     }
 
     /** Writes buf, leaving out runs of zeroes at least `sparse` bytes long (aligned to it). */
