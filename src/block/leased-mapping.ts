@@ -93,10 +93,11 @@ export class LeasedMapping {
   private revoked = false;
   private closed = false;
 
-  /** The file's length once leased (it cannot shrink while the lease holds): views end there. */
-  length = 0;
-
-  private constructor(private readonly fd: number) {}
+  private constructor(
+    private readonly fd: number,
+    /** The file's length under the lease (it cannot shrink while the lease holds): views end there. */
+    readonly length: number,
+  ) {}
 
   /**
    * A mapping of the regular file open read-only on `fd`, or undefined when the kernel
@@ -105,21 +106,20 @@ export class LeasedMapping {
    */
   static tryCreate(fd: number): LeasedMapping | undefined {
     if (process.platform !== 'linux' || process.arch !== 'x64' || !onMainThread()) return undefined;
-    // The listener first: SIGIO with none ends the process.
+    // The listener first: SIGIO with none ends the process. (It runs from the event loop,
+    // so it finds this mapping in the set even if a break starts right after the lease.)
     if (leased.size === 0) process.on('SIGIO', onLeaseBreak);
-    const mapping = new LeasedMapping(fd);
-    leased.add(mapping);
     if (fcntlInt(fd, F_SETLEASE, F_RDLCK) !== 0) {
-      leased.delete(mapping);
       if (leased.size === 0) process.off('SIGIO', onLeaseBreak);
       return undefined;
     }
     // Measured under the lease: a truncation between a look and the lease would go unseen.
-    mapping.length = fstatSync(fd).size;
+    const mapping = new LeasedMapping(fd, fstatSync(fd).size);
+    leased.add(mapping);
     return mapping;
   }
 
-  /** True once the lease has been broken or the mapping closed: no more views. */
+  /** False once the lease is being broken or the mapping is closed: no more views. */
   get usable(): boolean {
     return !this.revoked && !this.closed;
   }
@@ -132,9 +132,16 @@ export class LeasedMapping {
     if (!this.usable || length <= 0 || offset < 0 || offset + length > this.length) return undefined;
     const index = Math.floor(offset / MAPPING_WINDOW);
     if (Math.floor((offset + length - 1) / MAPPING_WINDOW) !== index) return undefined;
-    const window = this.windows.get(index) ?? this.mapWindow(index);
-    if (!window) return undefined;
-    window.holds++;
+    let window = this.windows.get(index);
+    if (!window) {
+      window = this.mapWindow(index);
+      if (!window) return undefined;
+      window.holds++;
+      // Held first, so that trimming never takes the window just mapped.
+      this.trim();
+    } else {
+      window.holds++;
+    }
     const from = offset - window.start;
     let released = false;
     return {
@@ -178,7 +185,6 @@ export class LeasedMapping {
     const window: Window = { start, length, address, bytes: Buffer.from(nativeView(address, length)), holds: 0 };
     // Newest last: trim() unmaps idle windows from the oldest.
     this.windows.set(index, window);
-    this.trim();
     return window;
   }
 
