@@ -70,9 +70,9 @@ export interface BlockDriver {
   blockStatus(offset: bigint, length: bigint): Promise<BlockStatus>;
   /**
    * The bytes of [offset, offset+length) as they stand in the host's page cache, without a
-   * copy, when the driver can offer them (a raw image open read-only: see
-   * block/leased-mapping.ts); undefined otherwise, and the caller reads instead. The caller
-   * releases them when done and touches them no more after.
+   * copy, when the driver can offer them (an image open read-only: a raw one's bytes, a
+   * qcow2 one's runs of data clusters; see block/leased-mapping.ts); undefined otherwise, and
+   * the caller reads instead. The caller releases them when done and touches them no more after.
    */
   mapForRead?(offset: bigint, length: bigint): MappedBytes | undefined;
   close(): Promise<void>;

@@ -15,7 +15,9 @@
 // write, milliseconds.
 //
 // The file is mapped in windows, a few at a time, so that page tables do not grow with the
-// size of the file as a convert goes through it.
+// size of the file as a convert goes through it. While any mapping holds a lease, the
+// process listens for SIGIO (its default action would end the process); with the last one
+// released, the listener goes too.
 import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { koffi } from '../kvm/ffi.js';
