@@ -10,6 +10,7 @@ import { MAPPING_WINDOW } from '../../../src/block/leased-mapping.js';
 import { openImage } from '../../../src/block/index.js';
 import { createQcow2 } from '../../../src/block/qcow2/create.js';
 import { randomBytes, rng, tempDir } from './helpers.js';
+import { waitFor } from '../../support/wait.js';
 
 const MiB = 1 << 20;
 
@@ -92,13 +93,17 @@ test('a process truncating a mapped file waits until the view in use is given ba
         truncation.on('error', reject);
         truncation.on('exit', (code) => resolve(code));
       });
-      // The kernel holds the truncation back while the lease stands, and signals the holder.
-      await new Promise((r) => setTimeout(r, 300));
+      // The kernel holds the truncation back while the lease stands, and signals the holder:
+      // from then on no new view is handed out.
+      await waitFor('the lease break to reach the mapping', () => {
+        const probe = f.mapForRead(0, 4096);
+        probe?.release();
+        return probe === undefined;
+      }, 20_000);
       assert.equal(truncation.exitCode, null, 'truncate went ahead while a view was in use');
       assert.equal(statSync(file).size, data.length);
       // The view's pages are all still there (a page past the end would raise SIGBUS).
       assert.deepEqual(view.bytes, Buffer.from(data.subarray(MiB, 3 * MiB)));
-      assert.equal(f.mapForRead(0, 4096), undefined, 'no new view once the lease is being broken');
       view.release();
       // Well inside the kernel's own limit (lease-break-time, 45 s by default).
       const timeout = setTimeout(() => truncation.kill(), 20_000);
