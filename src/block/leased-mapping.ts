@@ -107,7 +107,7 @@ export class LeasedMapping {
    * leases, this process does not own the file) or the platform is not one this is written for.
    */
   static tryCreate(fd: number): LeasedMapping | undefined {
-    if (process.platform !== 'linux' || process.arch !== 'x64' || !onMainThread()) return undefined;
+    if (!LeasedMapping.supported) return undefined;
     // The listener first: SIGIO with none ends the process. (It runs from the event loop,
     // so it finds this mapping in the set even if a break starts right after the lease.)
     if (leased.size === 0) process.on('SIGIO', onLeaseBreak);
@@ -119,6 +119,11 @@ export class LeasedMapping {
     const mapping = new LeasedMapping(fd, fstatSync(fd).size);
     leased.add(mapping);
     return mapping;
+  }
+
+  /** Whether mappings are made here at all: Linux on x86-64, on the main thread. */
+  static get supported(): boolean {
+    return process.platform === 'linux' && process.arch === 'x64' && onMainThread();
   }
 
   /** False once the lease is being broken or the mapping is closed: no more views. */

@@ -1,4 +1,5 @@
 // Format probing: qcow2 by its magic number, raw for anything else.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { BlockError } from './errors.js';
 import { QCOW2_MAGIC } from './qcow2/header.js';
@@ -20,5 +21,28 @@ export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
     return 'raw';
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * The format of a regular file from its first bytes, read synchronously; undefined when it
+ * is not a regular file or cannot be read (opening it for real reports why).
+ */
+export function probeRegularFileSync(filename: string): 'raw' | 'qcow2' | undefined {
+  let fd: number;
+  try {
+    fd = openSync(filename, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    if (!fstatSync(fd).isFile()) return undefined;
+    const magic = Buffer.alloc(4);
+    const n = readSync(fd, magic, 0, 4, 0);
+    return n === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
   }
 }

@@ -9,9 +9,13 @@
 //             flight at 4 whatever the queue depth asked for: `bench -i threads`, started
 //             from the command line with the default pool, runs itself once more with a
 //             bigger one (its timing starts after that, like qemu-img's).
-// Other commands keep the pool: their large buffered transfers measured no faster otherwise.
+// Other commands keep the pool, with one exception: an uncompressed convert whose pool work
+// is only the output's writes (convertWritesOnly) gives it a single thread.
 import { createRequire } from 'node:module';
 import { basename, dirname } from 'node:path';
+import type { CacheMode } from '../block/driver.js';
+import { LeasedMapping } from '../block/leased-mapping.js';
+import { probeRegularFileSync } from '../block/probe.js';
 
 /** Pool threads for I/O-bound runs: 16 measured best for O_DIRECT reads and writes at queue depth 32 on two cores (4 left reads at half speed). */
 export const IO_THREADS = 16;
@@ -63,4 +67,26 @@ export function rerunWithIoSetup(argv: string[], engine: AioEngine): Promise<num
     child.on('error', reject);
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
   });
+}
+
+/**
+ * Whether a convert leaves the thread pool nothing but the output's writes: uncompressed,
+ * its output written through the page cache, and every source a raw regular file read
+ * through the page cache, which convert reads through the file's leased mapping (see
+ * block/leased-mapping.ts) rather than with reads on the pool. Decided before any file is
+ * opened, from a synchronous look at each source. (A source whose lease is refused at open,
+ * because a writer holds it, is then read on the pool after all: correct, only slower.)
+ */
+export function convertWritesOnly(options: {
+  sources: string[];
+  sourceFormat: string | undefined;
+  sourceCache: CacheMode;
+  targetCache: CacheMode;
+  compress: boolean;
+}): boolean {
+  if (options.compress || !LeasedMapping.supported) return false;
+  if (options.targetCache !== 'writeback' && options.targetCache !== 'unsafe') return false;
+  if (options.sourceCache === 'none' || options.sourceCache === 'directsync') return false;
+  if (options.sourceFormat !== undefined && options.sourceFormat !== 'raw') return false;
+  return options.sources.every((s) => probeRegularFileSync(s) === 'raw');
 }

@@ -13,6 +13,7 @@ import { cacheMode, checkFormatName, openForImg } from '../open.js';
 import { parseSize } from '../size.js';
 import { compressedWriter } from '../compress.js';
 import { progressBar } from '../progress.js';
+import { convertWritesOnly } from '../io-threads.js';
 
 const CHUNK = 2n << 20n; // the unit of work: qemu-img also copies in 2 MiB pieces
 /**
@@ -113,6 +114,8 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
   // Like qemu-img: the new image is written without flushes (cache=unsafe) unless -t says otherwise.
   const targetCache = cacheMode(opts.get('t'), 'unsafe');
   const sourceCache = cacheMode(opts.get('T'), 'writeback');
+  // Asked before any file is opened: the thread pool's size is fixed by its first request.
+  if (io.writesOnlyOnPool && convertWritesOnly({ sources, sourceFormat: opts.get('f'), sourceCache, targetCache, compress })) io.writesOnlyOnPool();
   const drivers: BlockDriver[] = [];
   const hostHoles = new HostHoleFiles();
   let out: BlockDriver | undefined;
