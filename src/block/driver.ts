@@ -6,11 +6,22 @@ import { BlockError } from './errors.js';
 import { RawDriver } from './raw.js';
 import { openQcow2 } from './qcow2/image.js';
 import { probeFormat } from './probe.js';
-import type { MappedBytes } from './leased-mapping.js';
 
 export { BlockError } from './errors.js';
 export { probeFormat } from './probe.js';
 export type { MappedBytes } from './leased-mapping.js';
+
+/** A stretch of an image's bytes as mapped: `at` bytes into the range asked of mapForRead. */
+export interface MappedRun {
+  readonly at: number;
+  readonly bytes: Buffer;
+}
+
+/** The runs, in order, that cover a range asked of mapForRead; release() gives them all back. */
+export interface MappedRange {
+  readonly runs: MappedRun[];
+  release(): void;
+}
 
 export interface BlockTopology {
   logicalBlockSize: number;
@@ -71,10 +82,11 @@ export interface BlockDriver {
   /**
    * The bytes of [offset, offset+length) as they stand in the host's page cache, without a
    * copy, when the driver can offer them (an image open read-only: a raw one's bytes, a
-   * qcow2 one's runs of data clusters; see block/leased-mapping.ts); undefined otherwise, and
-   * the caller reads instead. The caller releases them when done and touches them no more after.
+   * qcow2 one's data clusters, a run for each stretch that follows on in the file; see
+   * block/leased-mapping.ts); undefined otherwise, and the caller reads instead. The caller
+   * releases them when done and touches them no more after.
    */
-  mapForRead?(offset: bigint, length: bigint): MappedBytes | undefined;
+  mapForRead?(offset: bigint, length: bigint): MappedRange | undefined;
   close(): Promise<void>;
 }
 

@@ -25,10 +25,11 @@ export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
 }
 
 /**
- * The format of a regular file from its first bytes, read synchronously; undefined when it
- * is not a regular file or cannot be read (opening it for real reports why).
+ * The format of a regular file from its first bytes, read synchronously, and for qcow2
+ * whether its header names a backing file; undefined when it is not a regular file or
+ * cannot be read (opening it for real reports why).
  */
-export function probeRegularFileSync(filename: string): 'raw' | 'qcow2' | undefined {
+export function probeRegularFileSync(filename: string): { format: 'raw' | 'qcow2'; backing: boolean } | undefined {
   let fd: number;
   try {
     fd = openSync(filename, 'r');
@@ -37,9 +38,11 @@ export function probeRegularFileSync(filename: string): 'raw' | 'qcow2' | undefi
   }
   try {
     if (!fstatSync(fd).isFile()) return undefined;
-    const magic = Buffer.alloc(4);
-    const n = readSync(fd, magic, 0, 4, 0);
-    return n === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+    // The magic, the version and the backing file's offset in the header (0: none).
+    const head = Buffer.alloc(16);
+    const n = readSync(fd, head, 0, 16, 0);
+    if (n < 4 || head.readUInt32BE(0) !== QCOW2_MAGIC) return { format: 'raw', backing: false };
+    return { format: 'qcow2', backing: n < 16 || head.readBigUInt64BE(8) !== 0n };
   } catch {
     return undefined;
   } finally {

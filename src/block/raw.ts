@@ -2,8 +2,7 @@
 // reported by blockStatus as zero, unallocated extents.
 import { BlockError } from './errors.js';
 import { createEmptyFile, HostFile } from './host-file.js';
-import type { BlockDriver, BlockStatus, BlockTopology, OpenOptions } from './driver.js';
-import type { MappedBytes } from './leased-mapping.js';
+import type { BlockDriver, BlockStatus, BlockTopology, MappedRange, OpenOptions } from './driver.js';
 
 
 export class RawDriver implements BlockDriver {
@@ -52,9 +51,10 @@ export class RawDriver implements BlockDriver {
     }
   }
 
-  mapForRead(offset: bigint, length: bigint): MappedBytes | undefined {
+  mapForRead(offset: bigint, length: bigint): MappedRange | undefined {
     if (offset < 0n || length <= 0n || offset + length > this.virtualSize) return undefined;
-    return this.file.mapForRead(Number(offset), Number(length));
+    const mapped = this.file.mapForRead(Number(offset), Number(length));
+    return mapped && { runs: [{ at: 0, bytes: mapped.bytes }], release: mapped.release };
   }
 
   // Reads and writes hand back the file's own promise, with no async frame of their own in

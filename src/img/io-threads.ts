@@ -71,11 +71,13 @@ export function rerunWithIoSetup(argv: string[], engine: AioEngine): Promise<num
 
 /**
  * Whether a convert leaves the thread pool nothing but the output's writes: uncompressed,
- * its output written through the page cache, and every source a raw regular file read
- * through the page cache, which convert reads through the file's leased mapping (see
- * block/leased-mapping.ts) rather than with reads on the pool. Decided before any file is
- * opened, from a synchronous look at each source. (A source whose lease is refused at open,
- * because a writer holds it, is then read on the pool after all: correct, only slower.)
+ * its output written through the page cache, and every source a regular file read through
+ * the page cache, raw or qcow2 without a backing file, which convert reads through the
+ * file's leased mapping (see block/leased-mapping.ts) rather than with reads on the pool.
+ * Decided before any file is opened, from a synchronous look at each source. What is still
+ * read on the pool then shares its one thread with the writes: correct, only slower (a
+ * source whose lease is refused because a writer holds it, a qcow2 source's compressed
+ * clusters and table loads).
  */
 export function convertWritesOnly(options: {
   sources: string[];
@@ -87,6 +89,11 @@ export function convertWritesOnly(options: {
   if (options.compress || !LeasedMapping.supported) return false;
   if (options.targetCache !== 'writeback' && options.targetCache !== 'unsafe') return false;
   if (options.sourceCache === 'none' || options.sourceCache === 'directsync') return false;
-  if (options.sourceFormat !== undefined && options.sourceFormat !== 'raw') return false;
-  return options.sources.every((s) => probeRegularFileSync(s) === 'raw');
+  return options.sources.every((s) => {
+    const probe = probeRegularFileSync(s);
+    if (!probe) return false;
+    // Read as raw whatever its header says (-f raw), or as its own format.
+    const format = options.sourceFormat ?? probe.format;
+    return format === 'raw' || (format === 'qcow2' && probe.format === 'qcow2' && !probe.backing);
+  });
 }

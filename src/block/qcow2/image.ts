@@ -18,7 +18,8 @@ import { BlockError } from '../errors.js';
 import { HostFile } from '../host-file.js';
 import { RawDriver } from '../raw.js';
 import { probeFormat } from '../probe.js';
-import type { BlockDriver, BlockStatus, BlockTopology, CacheMode, MappedBytes, OpenOptions } from '../driver.js';
+import type { BlockDriver, BlockStatus, BlockTopology, CacheMode, MappedRange, OpenOptions } from '../driver.js';
+import type { MappedBytes } from '../leased-mapping.js';
 import {
   COMPAT_LAZY_REFCOUNTS, HEADER_FIELD, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2,
   MAX_L1_BYTES, parseHeader, serializeHeader, type Qcow2Header,
@@ -613,23 +614,41 @@ export class Qcow2Image implements BlockDriver {
 
   /**
    * The bytes of [offset, offset+length) straight from the image file's leased mapping
-   * (BlockDriver.mapForRead), when they are data clusters of this image that follow each
-   * other in the file and whose table is cached; undefined otherwise (read them instead).
+   * (BlockDriver.mapForRead), a run for each stretch of data clusters that follow each other
+   * in the file, when the range is all data clusters of this image whose table is cached;
+   * undefined otherwise (read them instead).
    */
-  mapForRead(offset: bigint, length: bigint): MappedBytes | undefined {
+  mapForRead(offset: bigint, length: bigint): MappedRange | undefined {
     const start = Number(offset);
     const n = Number(length);
     if (this.closed || n <= 0 || start < 0 || start + n > Number(this.header.size)) return undefined;
+    let reads: Array<{ host: number; from: number; length: number }>;
     try {
       const host = this.plainDataCluster(start, n);
-      if (host >= 0) return this.file.mapForRead(host + (start % this.clusterSize), n);
-      const plan = this.cachedTablePlan(start, n);
-      if (plan?.reads.length !== 1 || plan.zeroes.length !== 0) return undefined;
-      return this.file.mapForRead(plan.reads[0]!.host, n);
+      if (host >= 0) {
+        reads = [{ host: host + (start % this.clusterSize), from: 0, length: n }];
+      } else {
+        const plan = this.cachedTablePlan(start, n);
+        if (!plan || plan.zeroes.length !== 0) return undefined;
+        reads = plan.reads;
+      }
     } catch {
       // A bad entry: readv() reports it.
       return undefined;
     }
+    const held: MappedBytes[] = [];
+    const release = (): void => {
+      for (const m of held) m.release();
+    };
+    for (const r of reads) {
+      const mapped = this.file.mapForRead(r.host, r.length);
+      if (!mapped) {
+        release();
+        return undefined;
+      }
+      held.push(mapped);
+    }
+    return { runs: held.map((m, i) => ({ at: reads[i]!.from, bytes: m.bytes })), release };
   }
 
   /**

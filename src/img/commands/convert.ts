@@ -260,14 +260,16 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
       // there, they are not first copied into a buffer. A convert of 2 GiB, half of it
       // written zeroes, went from 0.43-0.44 s to 0.37 s (qemu-img: 0.40-0.44 s).
       const mapped = from.mapForRead?.(at, n);
-      if (mapped) {
+      // Each run is scanned for zeroes on its own: its blocks must line up with the output's.
+      if (mapped && (sparse === 0 || mapped.runs.every((r) => r.at % sparse === 0))) {
         try {
-          await writeSparse(to, dest, mapped.bytes);
+          for (const run of mapped.runs) await writeSparse(to, dest + BigInt(run.at), run.bytes);
         } finally {
           mapped.release();
         }
         return;
       }
+      mapped?.release();
       // Reuse chunk buffers: fresh 2 MiB allocations cost page faults on every chunk. Each
       // starts on a page: the kernel's copies into and out of a buffer that malloc placed
       // 16 bytes past one took 2.5 times as long (raw->qcow2 of 1 GiB: 0.40 s of system

@@ -123,23 +123,34 @@ test('a process truncating a mapped file waits until the view in use is given ba
   }
 });
 
-test('a qcow2 image open read-only maps runs of its data clusters, and nothing else', async () => {
+test('a qcow2 image open read-only maps its data clusters, a run per stretch that follows on in the file, and nothing else', async () => {
   const t = tempDir();
   try {
     const file = t.path('disk.qcow2');
+    const cluster = 65536;
     await createQcow2(file, { size: 8n * BigInt(MiB) });
     const data = randomBytes(rng(14), 2 * MiB);
     const rw = await openImage(file, { format: 'qcow2' });
     await rw.writev(0n, [data]);
+    // Two clusters written last one first: they lie in the file in the other order.
+    const tail = randomBytes(rng(15), 2 * cluster);
+    await rw.writev(BigInt(4 * MiB + cluster), [tail.subarray(cluster)]);
+    await rw.writev(BigInt(4 * MiB), [tail.subarray(0, cluster)]);
     await rw.close();
     const ro = await openImage(file, { format: 'qcow2', readOnly: true });
     try {
       // The table is cached by a read first (convert asks block status before it maps).
       await ro.readv(0n, [Buffer.alloc(512)]);
-      const view = ro.mapForRead?.(65536n, BigInt(MiB));
-      assert.ok(view, 'clusters written in one go follow each other in the file');
-      assert.deepEqual(view.bytes, Buffer.from(data.subarray(65536, 65536 + MiB)));
-      view.release();
+      const one = ro.mapForRead?.(65536n, BigInt(MiB));
+      assert.ok(one, 'clusters written in one go');
+      assert.equal(one.runs.length, 1, 'follow each other in the file');
+      assert.deepEqual(one.runs[0], { at: 0, bytes: Buffer.from(data.subarray(65536, 65536 + MiB)) });
+      one.release();
+      const two = ro.mapForRead?.(BigInt(4 * MiB), BigInt(2 * cluster));
+      assert.ok(two);
+      assert.deepEqual(two.runs.map((r) => r.at), [0, cluster]);
+      assert.deepEqual(Buffer.concat(two.runs.map((r) => r.bytes)), Buffer.from(tail));
+      two.release();
       assert.equal(ro.mapForRead?.(BigInt(3 * MiB), 4096n), undefined, 'unallocated');
       assert.equal(ro.mapForRead?.(BigInt(2 * MiB) - 4096n, 8192n), undefined, 'half data, half unallocated');
     } finally {
