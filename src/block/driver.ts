@@ -9,7 +9,6 @@ import { probeFormat } from './probe.js';
 
 export { BlockError } from './errors.js';
 export { probeFormat } from './probe.js';
-export type { MappedBytes } from './leased-mapping.js';
 
 /** A stretch of an image's bytes as mapped: `at` bytes into the range asked of mapForRead. */
 export interface MappedRun {

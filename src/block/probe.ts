@@ -4,6 +4,11 @@ import { open } from 'node:fs/promises';
 import { BlockError } from './errors.js';
 import { QCOW2_MAGIC } from './qcow2/header.js';
 
+/** The format the first `bytesRead` bytes of a file (at least its first four) say it has. */
+function formatOf(head: Uint8Array, bytesRead: number): 'raw' | 'qcow2' {
+  return bytesRead >= 4 && new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+}
+
 /** Guess an image's format from its first bytes. */
 export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
   let handle;
@@ -17,8 +22,7 @@ export async function probeFormat(filename: string): Promise<'raw' | 'qcow2'> {
     const { bytesRead } = await handle.read(magic, 0, 4, 0).catch((err: NodeJS.ErrnoException) => {
       throw new BlockError(filename, `cannot read: ${err.code ?? err.message}`);
     });
-    if (bytesRead === 4 && new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
-    return 'raw';
+    return formatOf(magic, bytesRead);
   } finally {
     await handle.close();
   }
@@ -41,7 +45,7 @@ export function probeRegularFileSync(filename: string): { format: 'raw' | 'qcow2
     // The magic, the version and the backing file's offset in the header (0: none).
     const head = Buffer.alloc(16);
     const n = readSync(fd, head, 0, 16, 0);
-    if (n < 4 || head.readUInt32BE(0) !== QCOW2_MAGIC) return { format: 'raw', backing: false };
+    if (formatOf(head, n) === 'raw') return { format: 'raw', backing: false };
     return { format: 'qcow2', backing: n < 16 || head.readBigUInt64BE(8) !== 0n };
   } catch {
     return undefined;

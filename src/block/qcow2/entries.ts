@@ -42,7 +42,6 @@ export function offsetOf(hi: number, lo: number): number {
   return (hi & OFFSET_HI_MASK) * 0x100000000 + ((lo & OFFSET_LO_MASK) >>> 0);
 }
 
-/** The hi/lo words of an entry pointing at `offset` with the given flags. */
 /** The high word of an entry pointing at `offset`. */
 function entryHi(offset: number, copied: boolean): number {
   return ((Math.floor(offset / 0x100000000) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0;
@@ -53,6 +52,7 @@ function entryLo(offset: number, zero: boolean): number {
   return (((offset % 0x100000000) & OFFSET_LO_MASK) | (zero ? ZERO_LO : 0)) >>> 0;
 }
 
+/** The hi/lo words of an entry pointing at `offset` with the given flags. */
 export function makeEntry(offset: number, copied: boolean, zero = false): [number, number] {
   return [entryHi(offset, copied), entryLo(offset, zero)];
 }

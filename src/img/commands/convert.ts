@@ -256,8 +256,9 @@ export async function convert(argv: string[], io: ImgIO): Promise<number> {
 
     /** Copies the data at `at` of `from` to `dest`, leaving out runs of zeroes (writeSparse). */
     async function copyData(from: BlockDriver, at: bigint, n: bigint, to: BlockDriver, dest: bigint): Promise<void> {
-      // A read-only raw source offers its page cache's own bytes: scanned and written from
-      // there, they are not first copied into a buffer. A convert of 2 GiB, half of it
+      // A source open read-only offers its page cache's own bytes (a raw file's, a qcow2
+      // file's data clusters): scanned and written from there, they are not first copied
+      // into a buffer. A convert of 2 GiB, half of it
       // written zeroes, went from 0.43-0.44 s to 0.37 s (qemu-img: 0.40-0.44 s).
       const mapped = from.mapForRead?.(at, n);
       // Each run is scanned for zeroes on its own: its blocks must line up with the output's.
