@@ -12,16 +12,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runImg } from '../../../src/img/main.js';
 import { BufferIO } from '../../../src/img/io.js';
+import { RecordingIO } from './recording-io.js';
 
 /** More data than a convert copies before it asks for the bulk-copy set-up. */
 const BULK_SOURCE_BYTES = 40 << 20;
 
-class RecordingIO extends BufferIO {
-  bulkCopies = 0;
-  bulkCopyOnly(): void {
-    this.bulkCopies++;
-  }
-}
 
 test('convert asks for the bulk-copy set-up once it has copied enough data, unless it compresses', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-bulk-'));

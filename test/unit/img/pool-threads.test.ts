@@ -13,14 +13,9 @@ import { fileURLToPath } from 'node:url';
 import { createQcow2 } from '../../../src/block/qcow2/create.js';
 import { convertWritesOnly } from '../../../src/img/io-threads.js';
 import { BufferIO } from '../../../src/img/io.js';
+import { RecordingIO } from './recording-io.js';
 import { runImg } from '../../../src/img/main.js';
 
-class RecordingIO extends BufferIO {
-  writesOnly = 0;
-  writesOnlyOnPool(): void {
-    this.writesOnly++;
-  }
-}
 
 test('convertWritesOnly: raw or stand-alone qcow2 regular-file sources, uncompressed, through the page cache on both sides', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvirt-pool-'));
